@@ -1,0 +1,406 @@
+"""Typed training configuration: dataclass schema, YAML loading, validation and overrides.
+
+A config is a YAML mapping whose sections mirror the dataclasses below. Loading checks every
+key and value against the schema; an unknown key, a wrong type or an out-of-range value raises
+:class:`ConfigError` naming the full dotted key and, for unknown keys, the nearest valid one.
+Command-line overrides are dotted assignments (``train.epochs=5``) whose right-hand side is
+parsed as YAML, so ``model.overrides={width: 16}`` or ``optim.betas=[0.9, 0.99]`` work.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "ModelConfig",
+    "DataConfig",
+    "LossConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "parse_override",
+    "save_config",
+    "CONFIG_DIR",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or is out of range."""
+
+
+def _range(minimum=None, maximum=None, *, min_exclusive=False):
+    """Field metadata describing the allowed numeric range."""
+    return {"min": minimum, "max": maximum, "min_exclusive": min_exclusive}
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (``kpfast.models.build_model``) and how to run it."""
+
+    name: str = "litehrnet_18"
+    num_keypoints: int = field(default=17, metadata=_range(1))
+    visibility_head: bool = False
+    # Extra keyword arguments for build_model (e.g. narrower widths for a CPU-sized model).
+    overrides: dict = field(default_factory=dict)
+    gradient_checkpointing: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how samples are prepared."""
+
+    dataset: Literal["synthetic", "coco"] = "synthetic"
+    # COCO layout root (annotations/person_keypoints_{split}.json, images/{split}/).
+    # For "synthetic", None means the package's cache directory.
+    root: Optional[str] = None
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    input_size: list = field(default_factory=lambda: [256, 192])  # (H, W) of the crop
+    # Synthetic dataset generation (only used when dataset == "synthetic").
+    synthetic_num_train: int = field(default=512, metadata=_range(1))
+    synthetic_num_val: int = field(default=64, metadata=_range(1))
+    synthetic_seed: int = 0
+    # Validation boxes: ground truth, or a detector's COCO-results JSON.
+    use_gt_boxes: bool = True
+    detections: Optional[str] = None
+    det_score_threshold: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    # Passed unchanged to kpfast.data's augmentation builder (validated there).
+    augmentation: dict = field(default_factory=dict)
+    # Extra keyword arguments for the dataset constructor (validated there).
+    dataset_options: dict = field(default_factory=dict)
+    workers: int = field(default=2, metadata=_range(0))
+
+
+@dataclass
+class LossConfig:
+    """Heatmap loss (``kpfast.ops.heatmap_loss``) plus the optional auxiliary terms."""
+
+    kind: Literal["mse", "focal", "cornernet"] = "focal"
+    encoding: Literal["udp", "msra", "dark"] = "udp"
+    sigma: float = field(default=2.0, metadata=_range(0.0, min_exclusive=True))
+    # Scale sigma with the heatmap size relative to 64x48 (kpfast.ops.adaptive_sigma).
+    adaptive_sigma: bool = False
+    alpha: float = field(default=0.25, metadata=_range(0.0))
+    gamma: float = field(default=2.0, metadata=_range(0.0))
+    keypoint_weight: float = field(default=15.0, metadata=_range(0.0))
+    background_weight: float = field(default=1.0, metadata=_range(0.0))
+    threshold: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    l1_weight: Optional[float] = field(default=None, metadata=_range(0.0))
+    # Online hard keypoint mining: average only the top-k per-keypoint losses of each sample.
+    ohkm_topk: Optional[int] = field(default=None, metadata=_range(1))
+    # Weights of the total loss terms.
+    heatmap_weight: float = field(default=1.0, metadata=_range(0.0))
+    visibility_weight: float = field(default=0.0, metadata=_range(0.0))
+    coordinate_weight: float = field(default=0.0, metadata=_range(0.0))
+    # Inverse temperature of the soft-argmax used by the coordinate loss.
+    soft_argmax_beta: float = field(default=20.0, metadata=_range(0.0, min_exclusive=True))
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = field(default=1e-3, metadata=_range(0.0, min_exclusive=True))
+    weight_decay: float = field(default=1e-4, metadata=_range(0.0))
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    # Max global gradient norm; None disables clipping.
+    grad_clip: Optional[float] = field(default=None, metadata=_range(0.0, min_exclusive=True))
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, evaluated per optimizer step (epochs may be fractional)."""
+
+    name: Literal["constant", "cosine", "cosine_restarts", "step", "multistep"] = "cosine"
+    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
+    warmup_start_factor: float = field(default=0.001, metadata=_range(0.0, 1.0))
+    # cosine / cosine_restarts: first cycle length (epochs, after warm-up) and growth factor.
+    cycle_epochs: Optional[float] = field(default=None, metadata=_range(0.0, min_exclusive=True))
+    cycle_mult: float = field(default=2.0, metadata=_range(1.0))
+    min_lr_factor: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    # step / multistep
+    step_epochs: int = field(default=30, metadata=_range(1))
+    milestones: list = field(default_factory=lambda: [170, 200])
+    gamma: float = field(default=0.1, metadata=_range(0.0, min_exclusive=True))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=10, metadata=_range(1))
+    batch_size: int = field(default=32, metadata=_range(1))  # per process
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    ops_backend: Literal["auto", "torch", "cpu", "cuda", "triton"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ema: bool = False
+    ema_decay: float = field(default=0.9998, metadata=_range(0.0, 1.0))
+    eval_interval: int = field(default=1, metadata=_range(1))  # epochs
+    # Stop after this many evaluations without a val-AP improvement; 0 disables.
+    early_stopping_patience: int = field(default=0, metadata=_range(0))
+    early_stopping_min_delta: float = field(default=0.0, metadata=_range(0.0))
+    top_k: int = field(default=3, metadata=_range(0))
+    max_consecutive_nonfinite: int = field(default=5, metadata=_range(1))
+    log_interval: int = field(default=20, metadata=_range(1))  # steps between plain log lines
+    # Stop (saving last.pt) after this many optimizer steps in this process; None = no limit.
+    max_steps: Optional[int] = field(default=None, metadata=_range(1))
+    output_dir: str = "runs"
+    run_name: Optional[str] = None
+    deterministic: bool = False
+    visualize_samples: int = field(default=8, metadata=_range(0))
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = field(default=64, metadata=_range(1))
+    flip_test: bool = True
+    decoder: Literal["argmax", "quarter", "dark", "udp", "local_mean"] = "dark"
+    blur_kernel: int = field(default=11, metadata=_range(1))
+    # Keypoints scoring above this count towards the instance's rescored confidence.
+    keypoint_score_threshold: float = field(default=0.2, metadata=_range(0.0, 1.0))
+    # OKS-NMS between instances of one image (detector boxes); None disables.
+    oks_nms_threshold: Optional[float] = field(default=0.9, metadata=_range(0.0, 1.0))
+    pck_threshold: float = field(default=0.2, metadata=_range(0.0, min_exclusive=True))
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp``; return it (ints are accepted for floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}{extra}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    if tp is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return list(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return copy.deepcopy(value)
+    raise ConfigError(f"{key}: unsupported schema type {_type_name(tp)}")
+
+
+def _check_range(value, meta: dict, key: str) -> None:
+    if value is None or not meta:
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None:
+        if meta.get("min_exclusive") and not value > lo:
+            raise ConfigError(f"{key}: must be > {lo}, got {value!r}")
+        if not meta.get("min_exclusive") and not value >= lo:
+            raise ConfigError(f"{key}: must be >= {lo}, got {value!r}")
+    if hi is not None and not value <= hi:
+        raise ConfigError(f"{key}: must be <= {hi}, got {value!r}")
+
+
+def _build(cls, data: Any, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{dotted}'{_suggest(str(key), list(fields))}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, dotted)
+            continue
+        coerced = _coerce(value, tp, dotted)
+        _check_range(coerced, dict(fields[key].metadata), dotted)
+        kwargs[key] = coerced
+    config = cls(**kwargs)
+    _check_section(config, prefix)
+    return config
+
+
+def _check_section(section, prefix: str) -> None:
+    """Cross-field checks that the per-field types cannot express."""
+    if isinstance(section, DataConfig):
+        size = section.input_size
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise ConfigError(f"{prefix}.input_size: expected [H, W] positive ints, got {size!r}")
+        if not section.use_gt_boxes and section.detections is None:
+            raise ConfigError(f"{prefix}.detections: required when {prefix}.use_gt_boxes is false")
+    if isinstance(section, OptimConfig):
+        if len(section.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in section.betas):
+            raise ConfigError(f"{prefix}.betas: expected two floats in [0, 1), got {section.betas!r}")
+    if isinstance(section, ScheduleConfig):
+        ms = section.milestones
+        if not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in ms) or list(ms) != sorted(ms):
+            raise ConfigError(f"{prefix}.milestones: expected increasing numbers, got {ms!r}")
+
+
+def config_from_dict(data: dict) -> Config:
+    """Validate a plain mapping against the schema and return a :class:`Config`."""
+    return _build(Config, data, "")
+
+
+def config_to_dict(config) -> dict:
+    """The config as plain YAML-serialisable containers."""
+    return dataclasses.asdict(config)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into (["a", "b"], yaml-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``data`` with dotted ``KEY=VALUE`` overrides applied.
+
+    Keys are checked against the schema so that a typo fails with a suggestion instead of
+    creating a new, silently ignored key. Inside free-form mappings (model.overrides,
+    data.augmentation, data.dataset_options) any sub-key is allowed.
+    """
+    result = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        cls: Any = Config
+        node = result
+        for depth, part in enumerate(path):
+            dotted = ".".join(path[: depth + 1])
+            last = depth == len(path) - 1
+            if cls is not None:
+                names = {f.name: f for f in dataclasses.fields(cls)}
+                if part not in names:
+                    raise ConfigError(f"unknown config key '{dotted}'{_suggest(part, list(names))}")
+                tp = typing.get_type_hints(cls)[part]
+                cls = tp if dataclasses.is_dataclass(tp) else None
+            if last:
+                node[part] = value
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                if not isinstance(child, dict):
+                    raise ConfigError(f"override {text!r}: '{dotted}' is not a mapping")
+                node = child
+    return result
+
+
+def _read_yaml(path: Path) -> dict:
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config path as given, or a name in the shipped configs/ directory."""
+    path = Path(name)
+    if path.exists():
+        return path
+    for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
+        if candidate.exists():
+            return candidate
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.exists() else []
+    hint = difflib.get_close_matches(path.stem, shipped, n=1, cutoff=0.5)
+    extra = f"; did you mean '{hint[0]}'?" if hint else (f"; shipped configs: {shipped}" if shipped else "")
+    raise ConfigError(f"config file {str(name)!r} not found{extra}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (default: configs/default.yaml), apply overrides, validate."""
+    data = _read_yaml(resolve_config_path(path if path is not None else "default"))
+    data = apply_overrides(data, list(overrides or []))
+    return config_from_dict(data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from kpfast.engine.checkpoint import atomic_write_bytes
+
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    atomic_write_bytes(Path(path), text.encode())

@@ -1,0 +1,55 @@
+"""Exponential moving average of model weights."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+__all__ = ["ModelEMA"]
+
+
+class ModelEMA:
+    """Keeps ``ema = d * ema + (1 - d) * weights`` after every optimizer step.
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates so that the
+    average is not dominated by the random initialisation. Buffers (BatchNorm statistics) are
+    copied, not averaged.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.9998):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay: expected in [0, 1), got {decay}")
+        self.module = copy.deepcopy(_unwrap(model)).eval()
+        for param in self.module.parameters():
+            param.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = self.current_decay()
+        source = _unwrap(model).state_dict()
+        for name, value in self.module.state_dict().items():
+            new = source[name].detach()
+            if value.dtype.is_floating_point:
+                value.mul_(d).add_(new.to(value.dtype), alpha=1.0 - d)
+            else:
+                value.copy_(new)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+        self.decay = float(state["decay"])
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return getattr(model, "_orig_mod", model)  # torch.compile
