@@ -84,8 +84,9 @@ class DataConfig:
     use_gt_boxes: bool = True
     detections: Optional[str] = None
     det_score_threshold: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    # Passed unchanged to kpfast.data's augmentation builder (validated there).
-    augmentation: dict = field(default_factory=dict)
+    # Passed unchanged to kpfast.data's augmentation builder (validated there):
+    # "default", "none", or a mapping merged over kpfast.data.DEFAULT_AUGMENTATION.
+    augmentation: Union[dict, str] = "default"
     # Extra keyword arguments for the dataset constructor (validated there).
     dataset_options: dict = field(default_factory=dict)
     workers: int = field(default=2, metadata=_range(0))

@@ -170,3 +170,149 @@ def gt_as_results(coco_gt, image_ids: Iterable[int] | None = None) -> list[dict]
             }
         )
     return results
+
+
+# --------------------------------------------------------------------------- model evaluation
+
+
+def logit_activation(loss_kind: str) -> str | None:
+    """Heatmaps trained with a logit loss are passed through a sigmoid before decoding."""
+    return "sigmoid" if loss_kind in ("focal", "cornernet") else None
+
+
+def _rank_indices(length: int, rank: int, world_size: int) -> list[int]:
+    # Strided split without padding: every instance is evaluated exactly once.
+    return list(range(rank, length, world_size))
+
+
+def predict_instances(model, dataset, config, device, dataset_info, rank: int = 0, world_size: int = 1) -> list[dict]:
+    """Run the model over (this rank's share of) ``dataset``; one record per instance.
+
+    Each record: image_id, keypoints (K, 3 = x, y, score) in image pixels, box_score, area,
+    bbox (x, y, w, h), gt_keypoints (K, 2) in image pixels and gt_weights (K,).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from kpfast.engine import builders
+    from kpfast.engine.inference import decode, predict_heatmaps
+
+    loader = DataLoader(
+        dataset,
+        batch_size=config.eval.batch_size,
+        sampler=_rank_indices(len(dataset), rank, world_size),
+        num_workers=config.data.workers,
+        collate_fn=builders.collate,
+        generator=torch.Generator().manual_seed(0),
+    )
+    was_training = model.training
+    model.eval()
+    activation = logit_activation(config.loss.kind)
+    records: list[dict] = []
+    try:
+        for batch in loader:
+            images = batch["image"].to(device)
+            if config.model.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            heatmaps = predict_heatmaps(
+                model,
+                images,
+                flip_test=config.eval.flip_test,
+                flip_pairs=dataset_info.flip_pairs,
+                shift=config.loss.encoding == "msra",
+                precision=config.train.precision,
+                activation=activation,
+            )
+            coords, scores = decode(heatmaps, config.eval.decoder, config.eval.blur_kernel, config.train.ops_backend)
+            metas = builders.meta_list(batch)
+            image_xy = builders.heatmap_to_image(coords, metas, config, heatmaps.shape[-2:])
+            gt_xy = builders.heatmap_to_image(batch["keypoints"].double().numpy(), metas, config, heatmaps.shape[-2:])
+            gt_w = batch["weights"].double().numpy()
+            for i, meta in enumerate(metas):
+                records.append(
+                    {
+                        "image_id": int(meta["image_id"]),
+                        "keypoints": np.concatenate([image_xy[i], scores[i][:, None]], axis=1),
+                        "box_score": float(meta.get("score", 1.0)),
+                        "area": float(meta.get("area") or 0.0),
+                        "bbox": [float(v) for v in meta["bbox"]],
+                        "gt_keypoints": gt_xy[i],
+                        "gt_weights": gt_w[i],
+                    }
+                )
+    finally:
+        model.train(was_training)
+    return records
+
+
+def records_to_results(records: list[dict], config, sigmas, category_id: int = 1) -> list[dict]:
+    """Rescore instances, OKS-NMS per image (detector boxes), and write COCO results entries."""
+    by_image: dict[int, list[dict]] = {}
+    for rec in records:
+        by_image.setdefault(rec["image_id"], []).append(rec)
+    results = []
+    use_nms = (not config.data.use_gt_boxes) and config.eval.oks_nms_threshold is not None
+    for image_id in sorted(by_image):
+        instances = by_image[image_id]
+        scores = np.array(
+            [instance_score(r["keypoints"][:, 2], r["box_score"], config.eval.keypoint_score_threshold) for r in instances]
+        )
+        keep = list(range(len(instances)))
+        if use_nms and len(instances) > 1:
+            kps = np.stack([r["keypoints"] for r in instances])
+            areas = np.array([r["area"] if r["area"] > 0 else r["bbox"][2] * r["bbox"][3] for r in instances])
+            keep = oks_nms(kps, scores, areas, sigmas, config.eval.oks_nms_threshold)
+        for index in keep:
+            rec = instances[index]
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "keypoints": [float(v) for v in rec["keypoints"].reshape(-1)],
+                    "score": float(scores[index]),
+                }
+            )
+    return results
+
+
+def evaluate_model(
+    model,
+    dataset,
+    config,
+    device,
+    dataset_info,
+    coco_gt,
+    distributed: bool = False,
+    results_out: list | None = None,
+) -> dict:
+    """COCO AP/AR of ``model`` on ``dataset`` (plus PCK and EPE when boxes are ground truth).
+
+    Under DDP every rank predicts its share; records are gathered with ``all_gather_object``,
+    rank 0 computes the metrics and they are broadcast so that every rank agrees (early stopping).
+    """
+    from kpfast.engine import distributed as dist_utils
+
+    rank, world = (dist_utils.get_rank(), dist_utils.get_world_size()) if distributed else (0, 1)
+    records = predict_instances(model, dataset, config, device, dataset_info, rank, world)
+    if distributed:
+        records = [r for part in dist_utils.all_gather_objects(records) for r in part]
+    metrics: dict = {}
+    if rank == 0:
+        sigmas = np.asarray(dataset_info.sigmas, dtype=np.float64)
+        results = records_to_results(records, config, sigmas)
+        metrics = evaluate_coco(coco_gt, results, sigmas)
+        metrics["num_instances"] = len(records)
+        metrics["num_results"] = len(results)
+        if config.data.use_gt_boxes and records:
+            pred = np.stack([r["keypoints"][:, :2] for r in records])
+            gt = np.stack([r["gt_keypoints"] for r in records])
+            visible = np.stack([r["gt_weights"] for r in records]) >= 0.5
+            wh = np.array([[r["bbox"][2], r["bbox"][3]] for r in records])
+            pck = pck_and_epe(pred, gt, visible, wh, config.eval.pck_threshold)
+            metrics["PCK"] = pck["PCK"]
+            metrics["EPE"] = pck["EPE"]
+        if results_out is not None:
+            results_out.extend(results)
+    if distributed:
+        metrics = dist_utils.broadcast_object(metrics)
+    return metrics

@@ -115,6 +115,10 @@ class SeededDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        # kpfast.data datasets derive each sample's augmentation from (seed, epoch, index)
+        # themselves; tell them the epoch too.
+        if callable(getattr(self.dataset, "set_epoch", None)):
+            self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -137,7 +141,7 @@ class SeededDataset(Dataset):
             torch.manual_seed(seed)
             if callable(getattr(self.dataset, "set_random_seed", None)):
                 self.dataset.set_random_seed(seed)
-            else:
+            elif not callable(getattr(self.dataset, "set_epoch", None)):
                 _reseed_augmenters(self.dataset, seed)
             return self.dataset[index]
         finally:

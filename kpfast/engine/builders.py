@@ -1,0 +1,211 @@
+"""The glue between the engine and kpfast.models / kpfast.data / kpfast.geometry.
+
+Everything the trainer, evaluation, prediction and export need from the other packages goes
+through this module, so the engine itself never depends on their internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from kpfast.engine.config import Config, ModelConfig
+
+__all__ = [
+    "DataBundle",
+    "build_model",
+    "model_from_checkpoint",
+    "heatmap_size",
+    "convention",
+    "data_section",
+    "build_data",
+    "collate",
+    "meta_list",
+    "heatmap_to_image",
+    "heatmap_to_crop",
+    "denormalize",
+    "info_from_dict",
+]
+
+
+def build_model(cfg: ModelConfig) -> torch.nn.Module:
+    """``kpfast.models.build_model`` with the config's name, keypoints, head and overrides."""
+    from kpfast.models import build_model as build
+
+    overrides = dict(cfg.overrides)
+    if cfg.gradient_checkpointing:
+        overrides["gradient_checkpointing"] = True
+    for key, value in list(overrides.items()):
+        if isinstance(value, list):  # YAML lists -> the tuples LiteHRNetConfig expects
+            overrides[key] = tuple(value)
+    return build(cfg.name, num_keypoints=cfg.num_keypoints, visibility_head=cfg.visibility_head, **overrides)
+
+
+def model_from_checkpoint(state: dict, config: Config, weights: str = "auto") -> torch.nn.Module:
+    """Rebuild the network of a checkpoint and load its weights (EMA ones when asked/auto)."""
+    model = build_model(config.model)
+    ema = state.get("ema")
+    if weights == "ema" and ema is None:
+        raise ValueError("weights: 'ema' requested but the checkpoint has no EMA weights")
+    if weights in ("auto", "ema") and ema is not None:
+        model.load_state_dict(ema["module"])
+    else:
+        model.load_state_dict(state["model"])
+    return model
+
+
+def heatmap_size(config: Config, model: torch.nn.Module | None = None) -> tuple[int, int]:
+    """(H, W) of the heatmaps: the input size divided by the model's stride (4)."""
+    stride = getattr(model, "stride", 4) if model is not None else 4
+    h, w = config.data.input_size
+    if model is not None and hasattr(model, "check_input_size"):
+        model.check_input_size(int(h), int(w))
+    return h // stride, w // stride
+
+
+def convention(config: Config) -> str:
+    """Crop/heatmap geometry matching the heatmap encoding: MSRA -> standard, UDP/DARK -> udp."""
+    return "standard" if config.loss.encoding == "msra" else "udp"
+
+
+def data_section(config: Config, train: bool) -> dict:
+    """The ``data`` dict understood by ``kpfast.data.build_dataset``."""
+    d = config.data
+    section: dict[str, Any] = {
+        "root": d.root,
+        "train_split": d.train_split,
+        "val_split": d.val_split,
+        "input_size": list(d.input_size),
+        "convention": convention(config),
+        "augmentation": d.augmentation if train else "none",
+        "detections": None if d.use_gt_boxes else d.detections,
+        "det_score_threshold": d.det_score_threshold,
+        "seed": config.train.seed,
+    }
+    if d.dataset == "synthetic":
+        from kpfast.data import ensure_synthetic_dataset
+
+        section["root"] = str(
+            ensure_synthetic_dataset(
+                root=d.root, num_train=d.synthetic_num_train, num_val=d.synthetic_num_val, seed=d.synthetic_seed
+            )
+        )
+    elif d.root is None:
+        raise ValueError("data.root: required for dataset 'coco' (pass --data_root)")
+    section.update(d.dataset_options)
+    return section
+
+
+@dataclass
+class DataBundle:
+    train: Any  # torch Dataset, or None when only evaluating
+    val: Any
+    info: Any  # kpfast.data.DatasetInfo
+    val_coco: Any  # pycocotools COCO of the validation annotations
+
+
+def build_data(config: Config, train: bool = True) -> DataBundle:
+    from kpfast.data import build_dataset
+
+    train_set = build_dataset({"data": data_section(config, True)}, "train", train=True) if train else None
+    val_set = build_dataset({"data": data_section(config, False)}, "val", train=False)
+    info = val_set.info
+    if info.sigmas is None:
+        raise ValueError(
+            "data.dataset_options.dataset_info.sigmas: the dataset's keypoints have no known OKS sigmas; "
+            "give them in the config for COCO evaluation"
+        )
+    if info.num_keypoints != config.model.num_keypoints:
+        raise ValueError(
+            f"model.num_keypoints: the dataset has {info.num_keypoints} keypoints, the config says "
+            f"{config.model.num_keypoints}"
+        )
+    return DataBundle(train=train_set, val=val_set, info=info, val_coco=val_set.coco)
+
+
+def collate(samples):
+    from kpfast.data import collate_samples
+
+    return collate_samples(samples)
+
+
+def meta_list(batch: dict) -> list[dict]:
+    """The batch's collated ``meta`` as one plain dict per sample."""
+    meta = batch["meta"]
+    size = int(batch["image"].shape[0])
+    out = [dict() for _ in range(size)]
+    for key, values in meta.items():
+        for i in range(size):
+            value = values[i]
+            if torch.is_tensor(value):
+                value = value.item() if value.ndim == 0 else value.double().numpy()
+            out[i][key] = value
+    return out
+
+
+def heatmap_to_image(coords: np.ndarray, metas: list[dict], config: Config, hm_size) -> np.ndarray:
+    """Heatmap-pixel coordinates (B, K, 2) -> image pixels, inverting each sample's affine."""
+    from kpfast import geometry
+
+    coords = np.asarray(coords, dtype=np.float64)
+    if metas and "affine" in metas[0]:
+        matrices = np.stack([np.asarray(m["affine"], dtype=np.float64) for m in metas])
+        return geometry.transform_points(coords, geometry.invert_affine(matrices))
+    h, w = config.data.input_size
+    return geometry.heatmap_to_image(
+        coords,
+        np.stack([m["center"] for m in metas]),
+        np.stack([m["scale"] for m in metas]),
+        np.array([m.get("rotation", 0.0) for m in metas]),
+        (w, h),
+        (hm_size[1], hm_size[0]),
+        convention(config),
+        np.array([bool(m.get("flipped", False)) for m in metas]),
+    )
+
+
+def heatmap_to_crop(coords: np.ndarray, config: Config, hm_size) -> np.ndarray:
+    """Heatmap pixels -> input-crop pixels."""
+    from kpfast import geometry
+
+    h, w = config.data.input_size
+    return geometry.heatmap_to_crop(np.asarray(coords, np.float64), (w, h), (hm_size[1], hm_size[0]), convention(config))
+
+
+def denormalize(images: torch.Tensor) -> list[np.ndarray]:
+    """Normalised (B, 3, H, W) crops -> BGR uint8 images for OpenCV drawing."""
+    from kpfast.data.transforms import denormalize_image
+
+    return [np.ascontiguousarray(denormalize_image(img.float().cpu().numpy())[:, :, ::-1]) for img in images]
+
+
+def normalize(rgb: np.ndarray) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised (3, H, W) float tensor, as the data loader does."""
+    from kpfast.data.transforms import normalize_image
+
+    return torch.from_numpy(normalize_image(np.ascontiguousarray(rgb)))
+
+
+def info_from_dict(data: dict):
+    """A DatasetInfo-like object from the dict stored in checkpoints (prediction without data)."""
+
+    @dataclass(frozen=True)
+    class StoredInfo:
+        keypoint_names: tuple
+        flip_pairs: tuple
+        skeleton: tuple
+        sigmas: np.ndarray
+
+        @property
+        def num_keypoints(self) -> int:
+            return len(self.keypoint_names)
+
+    return StoredInfo(
+        keypoint_names=tuple(data["keypoint_names"]),
+        flip_pairs=tuple(tuple(p) for p in data["flip_pairs"]),
+        skeleton=tuple(tuple(p) for p in data["skeleton"]),
+        sigmas=np.asarray(data["sigmas"], dtype=np.float64),
+    )

@@ -1,0 +1,61 @@
+"""``python -m kpfast.eval --checkpoint PATH``: COCO keypoint AP (and PCK/EPE with GT boxes).
+
+The checkpoint's stored config is used unless --config is given; any key can be changed with
+--set (e.g. ``--set eval.flip_test=false --set data.use_gt_boxes=false
+--set data.detections=dets.json --set eval.decoder=udp``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kpfast.engine.cli import add_config_arguments, resolve_config, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kpfast.eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) to evaluate")
+    add_config_arguments(parser, flags=("batch_size", "data_root", "device", "ops_backend", "workers"))
+    parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto",
+                        help="which weights to use: the EMA ones when present (auto), or the raw model")
+    parser.add_argument("--results", default=None, help="write COCO-format predictions JSON here")
+    parser.add_argument("--metrics", default=None, help="write the metrics JSON here")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from kpfast.engine import builders
+    from kpfast.engine.checkpoint import atomic_write_bytes, load_checkpoint
+    from kpfast.engine.evaluation import evaluate_model
+    from kpfast.engine.trainer import select_device
+
+    state = load_checkpoint(args.checkpoint)
+    config = resolve_config(args, state["config"])
+    if args.batch_size is not None:  # --batch_size means the evaluation batch here
+        config.eval.batch_size = args.batch_size
+    device = select_device(config.train.device)
+    model = builders.model_from_checkpoint(state, config, weights=args.weights).to(device).eval()
+    data = builders.build_data(config, train=False)
+    results: list = []
+    metrics = evaluate_model(model, data.val, config, device, dataset_info=data.info,
+                             coco_gt=data.val_coco, results_out=results)
+    print(metrics["summary"])
+    extra = f", PCK@{config.eval.pck_threshold:g} {metrics['PCK']:.4f}, EPE {metrics['EPE']:.2f} px" if "PCK" in metrics else ""
+    print(f"COCO keypoint AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, AP75 {metrics['AP75']:.4f}, "
+          f"APm {metrics['APm']:.4f}, APl {metrics['APl']:.4f}, AR {metrics['AR']:.4f}){extra}")
+    if args.results:
+        atomic_write_bytes(Path(args.results), json.dumps(results).encode())
+    if args.metrics:
+        payload = {k: v for k, v in metrics.items() if k != "summary"}
+        atomic_write_bytes(Path(args.metrics), json.dumps(payload, indent=2).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
