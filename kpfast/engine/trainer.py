@@ -321,6 +321,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         batch = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         self.train_model.train()
+        # BatchNorm updates its running statistics during the forward pass; keep a copy so that a
+        # skipped (non-finite) step leaves the model exactly as it was.
+        buffers = list(self.model.buffers())
+        saved_buffers = [b.detach().clone() for b in buffers]
         with autocast_context(self.device, cfg.train.precision):
             outputs = self.train_model(images)
         loss, parts = self.objective(outputs, batch)
@@ -343,6 +347,9 @@ class Trainer:
                 skipped = True  # gradients are all-reduced, so every rank sees the same norm
             self.optimizer.zero_grad(set_to_none=True)
         if skipped:
+            with torch.no_grad():
+                for buffer, saved in zip(buffers, saved_buffers):
+                    buffer.copy_(saved)
             self.nonfinite_total += 1
             self.nonfinite_consecutive += 1
         else:

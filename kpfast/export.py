@@ -1,0 +1,83 @@
+"""``python -m kpfast.export --checkpoint PATH --format onnx``: export the network.
+
+The exported graph takes normalised crops ``images (N, 3, H, W)`` (H, W from the config's
+input size, N dynamic) and returns ``heatmaps (N, K, H/4, W/4)`` (plus ``visibility (N, K)``
+logits when the model has that head). Decoding, flip test and the mapping to image space stay
+outside the graph (kpfast.ops / kpfast.geometry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kpfast.engine.cli import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kpfast.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--format", choices=("onnx",), default="onnx")
+    parser.add_argument("--output", default=None, help="output file (default: next to the checkpoint, .onnx)")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnx checker")
+    return parser
+
+
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from kpfast.engine import builders
+    from kpfast.engine.checkpoint import atomic_write_bytes, load_checkpoint
+    from kpfast.engine.config import config_from_dict
+
+    state = load_checkpoint(args.checkpoint)
+    config = config_from_dict(state["config"])
+    model = builders.model_from_checkpoint(state, config, weights=args.weights).eval()
+    has_visibility = config.model.visibility_head
+
+    class Exported(torch.nn.Module):
+        """Dict outputs -> a tuple, which ONNX export needs."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images):
+            out = self.inner(images)
+            return (out["heatmaps"], out["visibility"]) if has_visibility else out["heatmaps"]
+
+    h, w = config.data.input_size
+    example = torch.zeros(1, 3, h, w)
+    output = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".onnx")
+    names = ["heatmaps", "visibility"] if has_visibility else ["heatmaps"]
+    import io
+
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        Exported(model),
+        (example,),
+        buffer,
+        input_names=["images"],
+        output_names=names,
+        dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+        opset_version=args.opset,
+        dynamo=False,
+    )
+    payload = buffer.getvalue()
+    if not args.no_check:
+        import onnx
+
+        onnx.checker.check_model(onnx.load_from_string(payload))
+    atomic_write_bytes(output, payload)
+    print(f"exported {config.model.name} ({h}x{w} input) to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
