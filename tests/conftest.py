@@ -1,47 +1,41 @@
-"""Shared test fixtures: tiny configs and datasets so engine tests run in seconds on a CPU."""
+"""Test-wide setup.
+
+Without a GPU the Triton kernels run through Triton's interpreter, which must be switched on
+before triton is imported: this file is imported by pytest before any test module, so it sets
+TRITON_INTERPRET=1 here. With a GPU the Triton kernels run for real on CUDA tensors.
+"""
 
 import os
-from pathlib import Path
+import sys
 
-import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
+    os.environ["TRITON_INTERPRET"] = "1"
 
+import pytest  # noqa: E402
 
-def coco_sample_root() -> Path | None:
-    """<repo>/../shared/data/coco_sample (or $KPFAST_COCO_SAMPLE); None when absent."""
-    env = os.environ.get("KPFAST_COCO_SAMPLE")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "coco_sample",
-                                                     REPO.parents[1] / "shared" / "data" / "coco_sample"]:
-        if (candidate / "annotations" / "person_keypoints_val2017.json").is_file():
-            return candidate
-    return None
+from kpfast import backends  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory):
-    from kpfast.data import ensure_synthetic_dataset
+def kernel_device(backend: str) -> torch.device:
+    """The device a kernel backend's tests use: CUDA when there is one (cpu: the CPU)."""
+    if backend == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
 
-    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "ds", num_train=24, num_val=4, seed=0)
 
-
-@pytest.fixture
-def tiny_overrides(synthetic_root, tmp_path):
-    """Overrides making the default config a seconds-long CPU run."""
-    return [
-        "data.dataset=synthetic",
-        f"data.root={synthetic_root}",
-        "data.synthetic_num_train=24",
-        "data.synthetic_num_val=4",
-        "data.input_size=[64, 48]",
-        "data.workers=0",
-        "model.overrides={base_width: 8, num_branches: 2, num_modules: [1, 1, 1], stem_channels: 8}",
-        "train.batch_size=16",
-        "train.epochs=2",
-        "train.eval_interval=1",
-        "train.visualize_samples=0",
-        "train.log_interval=1",
-        f"train.output_dir={tmp_path / 'runs'}",
-        "eval.flip_test=false",
-        "schedule.warmup_epochs=0.5",
-    ]
+@pytest.fixture(params=["cpu", "cuda", pytest.param("triton", marks=pytest.mark.triton)])
+def kernel_backend(request):
+    """(backend name, device) for each kernel backend, skipped with the registry's reason when it cannot run."""
+    name = request.param
+    device = kernel_device(name)
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("cuda: no GPU on this machine")
+    reason = backends._device_reason(name, device)
+    if reason is not None:
+        pytest.skip(reason)
+    return name, device

@@ -1,0 +1,88 @@
+"""Turn benchmarks/results/*.json into Markdown tables and put them in the README.
+
+    python benchmarks/report.py            # rewrite the README's results section
+    python benchmarks/report.py --print    # print the tables only
+
+One table per device and op: a row per case, a column per implementation (median time;
+GPU time on CUDA, wall-clock on CPU), then the best kpfast backend's speed-up over eager and
+over torch.compile and, where the op's minimal traffic is known, its share of copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- benchmark-results:start -->", "<!-- benchmark-results:end -->"
+REFERENCE_IMPLS = ("torch-eager", "torch-compile")
+
+
+def _time_ms(record: dict) -> float:
+    return record["gpu_ms"] if record.get("gpu_ms") is not None else record["wall_ms"]
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms * 1e3:.0f} us" if ms < 1 else f"{ms:.2f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def tables_for(data: dict) -> str:
+    by_op: dict[str, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for record in data["records"]:
+        by_op[record["op"]][record["case"]][record["impl"]] = record
+    timing = "GPU time (CUDA events, median)" if data["device_type"] == "cuda" else "wall-clock (median)"
+    lines = [
+        f"#### {data['device']}",
+        "",
+        f"torch {data['torch']}, Triton {data['triton']}, CUDA {data['cuda']}; {timing}; "
+        f"copy bandwidth {data['copy_bandwidth_GBps']:.1f} GB/s; updated {data['updated']}; "
+        f"command: `{data['command']}`",
+        "",
+    ]
+    for op, cases in sorted(by_op.items()):
+        impls = sorted({i for c in cases.values() for i in c}, key=lambda i: (i in REFERENCE_IMPLS, i))
+        kpfast_impls = [i for i in impls if i not in REFERENCE_IMPLS]
+        header = ["case", *impls, "best kpfast vs eager", "vs compile", "% of copy bw"]
+        lines += [f"**{op}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for case, records in sorted(cases.items()):
+            row = [case] + [_fmt_ms(_time_ms(records[i])) if i in records else "-" for i in impls]
+            best = min((records[i] for i in kpfast_impls if i in records), key=_time_ms, default=None)
+            for ref in REFERENCE_IMPLS:
+                row.append(f"{_time_ms(records[ref]) / _time_ms(best):.1f}x" if best and ref in records else "-")
+            row.append(f"{best['pct_copy']:.0f}%" if best and best.get("pct_copy") is not None else "-")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def report() -> str:
+    files = sorted(RESULTS.glob("*.json"))
+    if not files:
+        return "_No benchmark results yet: run `python -m pytest benchmarks`._\n"
+    return "\n".join(tables_for(json.loads(f.read_text())) for f in files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--print", action="store_true", help="print the tables instead of updating README.md")
+    args = parser.parse_args()
+    text = report()
+    if args.print:
+        print(text)
+        return
+    readme = README.read_text()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"README.md lacks the markers {START} ... {END}")
+    updated = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}", readme,
+                     flags=re.S)
+    README.write_text(updated)
+    print(f"README.md results section updated from {len(list(RESULTS.glob('*.json')))} file(s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+// CPU implementations of the operators declared in csrc/ops.cpp; registered in cpu/register.cpp.
+#pragma once
+
+#include <tuple>
+
+#include <ATen/ATen.h>
+
+namespace kpfast {
+
+std::tuple<at::Tensor, at::Tensor> render_heatmaps_cpu(const at::Tensor& keypoints, const at::Tensor& weights,
+                                                       const at::Tensor& sigma, int64_t height, int64_t width,
+                                                       c10::string_view encoding, at::ScalarType dtype);
+std::tuple<at::Tensor, at::Tensor> render_heatmaps_backward_cpu(const at::Tensor& grad_heatmaps,
+                                                                const at::Tensor& keypoints, const at::Tensor& weights,
+                                                                const at::Tensor& sigma, c10::string_view encoding);
+
+}  // namespace kpfast

@@ -1,0 +1,13 @@
+// The CPU dispatch table: every operator of csrc/ops.cpp with its CPU kernel.
+#include <torch/library.h>
+
+#include "cpu/ops.h"
+
+namespace kpfast {
+
+TORCH_LIBRARY_IMPL(kpfast, CPU, m) {
+  m.impl("render_heatmaps", &render_heatmaps_cpu);
+  m.impl("render_heatmaps_backward", &render_heatmaps_backward_cpu);
+}
+
+}  // namespace kpfast

@@ -1,0 +1,172 @@
+// CPU kernels for Op 1, Gaussian heatmap rendering. One map (b, k) per task of
+// at::parallel_for; within a map, the Gaussian is separable, so each instance costs H + W
+// exponentials and the inner loop over columns is a vectorisable multiply-max.
+#include <algorithm>
+#include <vector>
+
+#include <ATen/AccumulateType.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/ops.h"
+#include "kpfast/common.h"
+
+namespace kpfast {
+namespace {
+
+template <typename scalar_t, typename out_t>
+void render_forward_cpu_kernel(const scalar_t* keypoints, const scalar_t* weights, const scalar_t* sigma,
+                               out_t* heatmaps, scalar_t* weights_out, int64_t B, int64_t N, int64_t K,
+                               int height, int width, Encoding encoding) {
+  const int64_t map_size = int64_t(height) * width;
+  // Enough maps per task to amortise scheduling, few enough to balance two to many cores.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(map_size, 1));
+  at::parallel_for(0, B * K, grain, [&](int64_t begin, int64_t end) {
+    std::vector<GaussianWindow<scalar_t>> windows(N);
+    std::vector<scalar_t> col_factor(N * width);  // exp(-dx^2 / 2 sigma^2) per instance, per column
+    std::vector<scalar_t> row(width);
+    for (int64_t map = begin; map < end; ++map) {
+      const int64_t b = map / K, k = map % K;
+      const scalar_t s = sigma[map];
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t idx = (b * N + n) * K + k;
+        const scalar_t w = weights[idx];
+        windows[n] = gaussian_window<scalar_t>(keypoints[2 * idx], keypoints[2 * idx + 1], w, s, height, width, encoding);
+        weights_out[idx] = windows[n].valid ? w : scalar_t(0);
+        const auto& g = windows[n];
+        for (int col = g.x0; col <= g.x1; ++col) {
+          const scalar_t dx = scalar_t(col) - g.cx;
+          col_factor[n * width + col] = std::exp(-dx * dx * g.inv_two_sigma_sq);
+        }
+      }
+      out_t* out = heatmaps + map * map_size;
+      for (int r = 0; r < height; ++r) {
+        std::fill(row.begin(), row.end(), scalar_t(0));
+        for (int64_t n = 0; n < N; ++n) {
+          const auto& g = windows[n];
+          if (!g.valid || r < g.y0 || r > g.y1) continue;
+          const scalar_t dy = scalar_t(r) - g.cy;
+          const scalar_t row_factor = std::exp(-dy * dy * g.inv_two_sigma_sq);
+          const scalar_t* cf = col_factor.data() + n * width;
+          for (int col = g.x0; col <= g.x1; ++col) {
+            row[col] = std::max(row[col], row_factor * cf[col]);
+          }
+        }
+        out_t* out_row = out + int64_t(r) * width;
+        for (int col = 0; col < width; ++col) out_row[col] = static_cast<out_t>(row[col]);
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename grad_t>
+void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, const scalar_t* weights,
+                                const scalar_t* sigma, scalar_t* grad_keypoints, scalar_t* grad_sigma, int64_t B,
+                                int64_t N, int64_t K, int height, int width, Encoding encoding) {
+  using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
+  const int64_t map_size = int64_t(height) * width;
+  at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
+    std::vector<GaussianWindow<scalar_t>> windows(N);
+    std::vector<acc_t> gx(N), gy(N);
+    for (int64_t map = begin; map < end; ++map) {
+      const int64_t b = map / K, k = map % K;
+      const scalar_t s = sigma[map];
+      // The pixels any instance touches: the union of the windows.
+      int r0 = height, r1 = -1, c0 = width, c1 = -1;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t idx = (b * N + n) * K + k;
+        windows[n] = gaussian_window<scalar_t>(keypoints[2 * idx], keypoints[2 * idx + 1], weights[idx], s, height,
+                                               width, encoding);
+        gx[n] = gy[n] = acc_t(0);
+        if (windows[n].valid) {
+          r0 = std::min(r0, windows[n].y0);
+          r1 = std::max(r1, windows[n].y1);
+          c0 = std::min(c0, windows[n].x0);
+          c1 = std::max(c1, windows[n].x1);
+        }
+      }
+      acc_t gs = acc_t(0);
+      const grad_t* g_map = grad + map * map_size;
+      for (int r = r0; r <= r1; ++r) {
+        for (int c = c0; c <= c1; ++c) {
+          // The map is the max over instances; the gradient goes to the first maximal one.
+          int64_t best = -1;
+          scalar_t best_value = scalar_t(0);
+          for (int64_t n = 0; n < N; ++n) {
+            const scalar_t v = gaussian_value(windows[n], r, c);
+            if (v > best_value) {
+              best_value = v;
+              best = n;
+            }
+          }
+          if (best < 0) continue;
+          const auto& g = windows[best];
+          const acc_t upstream = static_cast<acc_t>(g_map[int64_t(r) * width + c]) * best_value;
+          const acc_t dx = acc_t(c) - g.cx, dy = acc_t(r) - g.cy;
+          const acc_t two_c = acc_t(2) * g.inv_two_sigma_sq;  // 1 / sigma^2
+          gx[best] += upstream * dx * two_c;
+          gy[best] += upstream * dy * two_c;
+          gs += upstream * (dx * dx + dy * dy) * two_c / acc_t(s);
+        }
+      }
+      const bool moves_with_keypoint = encoding != Encoding::MSRA;  // MSRA centres are rounded
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t idx = (b * N + n) * K + k;
+        grad_keypoints[2 * idx] = moves_with_keypoint ? static_cast<scalar_t>(gx[n]) : scalar_t(0);
+        grad_keypoints[2 * idx + 1] = moves_with_keypoint ? static_cast<scalar_t>(gy[n]) : scalar_t(0);
+      }
+      grad_sigma[map] = static_cast<scalar_t>(gs);
+    }
+  });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> render_heatmaps_cpu(const at::Tensor& keypoints, const at::Tensor& weights,
+                                                       const at::Tensor& sigma, int64_t height, int64_t width,
+                                                       c10::string_view encoding, at::ScalarType dtype) {
+  check_render_inputs(keypoints, weights, sigma);
+  TORCH_CHECK(height >= 0 && width >= 0, "height and width must be >= 0, got ", height, "x", width);
+  const Encoding enc = encoding_from_string(std::string(encoding));
+  const auto B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
+  auto heatmaps = at::empty({B, K, height, width}, keypoints.options().dtype(dtype));
+  auto weights_out = at::empty_like(weights);
+  if (heatmaps.numel() == 0 && weights.numel() == 0) return {heatmaps, weights_out};
+  AT_DISPATCH_FLOATING_TYPES(keypoints.scalar_type(), "render_heatmaps_cpu", [&] {
+    using compute_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "render_heatmaps_cpu_out", [&] {
+      render_forward_cpu_kernel<compute_t, scalar_t>(
+          keypoints.data_ptr<compute_t>(), weights.data_ptr<compute_t>(), sigma.data_ptr<compute_t>(),
+          heatmaps.data_ptr<scalar_t>(), weights_out.data_ptr<compute_t>(), B, N, K, static_cast<int>(height),
+          static_cast<int>(width), enc);
+    });
+  });
+  return {heatmaps, weights_out};
+}
+
+std::tuple<at::Tensor, at::Tensor> render_heatmaps_backward_cpu(const at::Tensor& grad_heatmaps,
+                                                                const at::Tensor& keypoints, const at::Tensor& weights,
+                                                                const at::Tensor& sigma, c10::string_view encoding) {
+  check_render_inputs(keypoints, weights, sigma);
+  const Encoding enc = encoding_from_string(std::string(encoding));
+  const auto B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
+  TORCH_CHECK(grad_heatmaps.dim() == 4 && grad_heatmaps.size(0) == B && grad_heatmaps.size(1) == K,
+              "grad_heatmaps must have shape (", B, ", ", K, ", H, W), got ", grad_heatmaps.sizes());
+  const auto grad = grad_heatmaps.contiguous();
+  auto grad_keypoints = at::zeros_like(keypoints);
+  auto grad_sigma = at::zeros_like(sigma);
+  if (B * K == 0) return {grad_keypoints, grad_sigma};
+  AT_DISPATCH_FLOATING_TYPES(keypoints.scalar_type(), "render_heatmaps_backward_cpu", [&] {
+    using compute_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "render_backward_cpu_grad", [&] {
+      render_backward_cpu_kernel<compute_t, scalar_t>(
+          grad.data_ptr<scalar_t>(), keypoints.data_ptr<compute_t>(), weights.data_ptr<compute_t>(),
+          sigma.data_ptr<compute_t>(), grad_keypoints.data_ptr<compute_t>(), grad_sigma.data_ptr<compute_t>(), B, N,
+          K, static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)), enc);
+    });
+  });
+  return {grad_keypoints, grad_sigma};
+}
+
+}  // namespace kpfast

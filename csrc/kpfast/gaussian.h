@@ -1,0 +1,98 @@
+// The Gaussian target rule shared by every compiled kernel (render, and the fused loss that
+// renders its target on the fly). One definition keeps the CPU and CUDA kernels bit-for-bit
+// on the same rule; kpfast/reference/render.py is the PyTorch statement of the same rule.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define KPF_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define KPF_HOST_DEVICE inline
+#endif
+
+namespace kpfast {
+
+// Encodings, in the order of the schema's string argument (see encoding_from_string).
+enum class Encoding : int { MSRA = 0, UDP = 1, DARK = 2 };
+
+// Where one keypoint's Gaussian lives on an H x W map.
+template <typename T>
+struct GaussianWindow {
+  bool valid;        // false: ignored keypoint (zero heatmap, weight 0, zero gradient)
+  T cx, cy;          // centre the Gaussian is evaluated at
+  int x0, x1;        // inclusive column range, already clipped to the map
+  int y0, y1;        // inclusive row range, already clipped to the map
+  T inv_two_sigma_sq;
+};
+
+template <typename T>
+KPF_HOST_DEVICE bool is_finite_value(T v) {
+  // Written out rather than std::isfinite so that fast-math builds keep the test.
+  return v == v && v < T(INFINITY) && v > T(-INFINITY);
+}
+
+// The published MSRA/UDP rule: the centre is rounded, mu = floor(kp + 0.5); the window is the
+// square of radius R = floor(3 sigma) around mu; a window wholly outside the map zeroes the
+// keypoint's weight. MSRA evaluates the Gaussian at mu, UDP and DARK at the exact keypoint;
+// DARK does not truncate (the window is the whole map). All comparisons are made in floating
+// point before any conversion to int, so huge or non-finite coordinates cannot overflow.
+template <typename T>
+KPF_HOST_DEVICE GaussianWindow<T> gaussian_window(T x, T y, T weight, T sigma, int height, int width,
+                                                  Encoding encoding) {
+  GaussianWindow<T> g;
+  g.valid = false;
+  g.cx = T(0);
+  g.cy = T(0);
+  g.x0 = 0;
+  g.x1 = -1;
+  g.y0 = 0;
+  g.y1 = -1;
+  g.inv_two_sigma_sq = T(0);
+  if (!(is_finite_value(x) && is_finite_value(y) && is_finite_value(weight) && weight >= T(0.5) &&
+        is_finite_value(sigma) && sigma > T(0))) {
+    return g;
+  }
+  const T radius = floor(T(3) * sigma);
+  const T mu_x = floor(x + T(0.5));
+  const T mu_y = floor(y + T(0.5));
+  if (mu_x - radius > T(width - 1) || mu_x + radius < T(0) || mu_y - radius > T(height - 1) ||
+      mu_y + radius < T(0)) {
+    return g;
+  }
+  g.valid = true;
+  g.inv_two_sigma_sq = T(1) / (T(2) * sigma * sigma);
+  if (encoding == Encoding::MSRA) {
+    g.cx = mu_x;
+    g.cy = mu_y;
+  } else {
+    g.cx = x;
+    g.cy = y;
+  }
+  if (encoding == Encoding::DARK) {
+    g.x0 = 0;
+    g.x1 = width - 1;
+    g.y0 = 0;
+    g.y1 = height - 1;
+  } else {
+    // Safe conversions: each bound was compared against the map above.
+    g.x0 = mu_x - radius < T(0) ? 0 : static_cast<int>(mu_x - radius);
+    g.x1 = mu_x + radius > T(width - 1) ? width - 1 : static_cast<int>(mu_x + radius);
+    g.y0 = mu_y - radius < T(0) ? 0 : static_cast<int>(mu_y - radius);
+    g.y1 = mu_y + radius > T(height - 1) ? height - 1 : static_cast<int>(mu_y + radius);
+  }
+  return g;
+}
+
+// Value of the Gaussian at pixel (row, col); zero outside its window.
+template <typename T>
+KPF_HOST_DEVICE T gaussian_value(const GaussianWindow<T>& g, int row, int col) {
+  if (!g.valid || col < g.x0 || col > g.x1 || row < g.y0 || row > g.y1) {
+    return T(0);
+  }
+  const T dx = T(col) - g.cx;
+  const T dy = T(row) - g.cy;
+  return exp(-(dx * dx + dy * dy) * g.inv_two_sigma_sq);
+}
+
+}  // namespace kpfast

@@ -1,0 +1,46 @@
+// The one schema file: every kpfast operator is declared here, once, for all devices.
+// Implementations live in cpu/*.cpp and cuda/*.cu (TORCH_LIBRARY_IMPL, one file per device);
+// fake (meta) and autograd registrations live in Python (kpfast/ops/_registration.py).
+#include <Python.h>
+
+#include <string>
+
+#include <torch/library.h>
+#include <torch/version.h>
+
+extern "C" {
+// `import kpfast._C` loads this library, which runs the TORCH_LIBRARY registrations below.
+// The module itself is empty: the ops are reached through torch.ops.kpfast.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace kpfast {
+
+// What this binary was compiled against, so that Python can refuse a build made for another
+// torch with a clear message instead of failing later with an obscure symbol error.
+std::string build_info() {
+  const std::string torch_version = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
+                                    "." + std::to_string(TORCH_VERSION_PATCH);
+#ifdef KPFAST_WITH_CUDA
+  return "torch=" + torch_version + ";cuda=1";
+#else
+  return "torch=" + torch_version + ";cuda=0";
+#endif
+}
+
+TORCH_LIBRARY(kpfast, m) {
+  m.def("build_info() -> str", &build_info);
+
+  // Op 1: Gaussian heatmap rendering (DESIGN.md). Inputs are normalised by the Python layer:
+  // keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K), one floating dtype, contiguous.
+  m.def("render_heatmaps(Tensor keypoints, Tensor weights, Tensor sigma, int height, int width, "
+        "str encoding, ScalarType dtype) -> (Tensor heatmaps, Tensor weights_out)");
+  // Gradient of the rendered maps w.r.t. keypoints (B, N, K, 2) and sigma (B, K).
+  m.def("render_heatmaps_backward(Tensor grad_heatmaps, Tensor keypoints, Tensor weights, Tensor sigma, "
+        "str encoding) -> (Tensor grad_keypoints, Tensor grad_sigma)");
+}
+
+}  // namespace kpfast

@@ -1,0 +1,48 @@
+"""Fake (meta) and autograd registrations of the render ops.
+
+The compiled op ``kpfast::render_heatmaps`` (C++, one schema for CPU and CUDA) and the Triton
+op ``kpfast_triton::render_heatmaps`` share one signature, so they share these registrations:
+the forward saves its normalised inputs and the backward calls the backend's own backward op.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _fake_forward(keypoints, weights, sigma, height, width, encoding, dtype):
+    batch, _, num_keypoints = keypoints.shape[:3]
+    heatmaps = keypoints.new_empty((batch, num_keypoints, height, width), dtype=dtype)
+    return heatmaps, torch.empty_like(weights)
+
+
+def _fake_backward(grad_heatmaps, keypoints, weights, sigma, encoding):
+    return torch.empty_like(keypoints), torch.empty_like(sigma)
+
+
+def register(forward_name: str, backward_op) -> None:
+    """Register fake kernels for ``forward_name`` and its backward, and autograd through ``backward_op``."""
+    backward_name = forward_name + "_backward"
+
+    def setup_context(ctx, inputs, output):
+        keypoints, weights, sigma, _, _, encoding, _ = inputs
+        ctx.save_for_backward(keypoints, weights, sigma)
+        ctx.encoding = encoding
+
+    def backward(ctx, grad_heatmaps, grad_weights_out):
+        # weights_out is piecewise constant in every input: its gradient is ignored.
+        keypoints, weights, sigma = ctx.saved_tensors
+        grad_keypoints, grad_sigma = backward_op(grad_heatmaps, keypoints, weights, sigma, ctx.encoding)
+        return (
+            grad_keypoints if ctx.needs_input_grad[0] else None,
+            None,
+            grad_sigma if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+    torch.library.register_fake(forward_name)(_fake_forward)
+    torch.library.register_fake(backward_name)(_fake_backward)
+    torch.library.register_autograd(forward_name, backward, setup_context=setup_context)

@@ -1,0 +1,99 @@
+"""Op 1: Gaussian heatmap rendering (DESIGN.md), on the four backends."""
+
+from __future__ import annotations
+
+import torch
+
+from kpfast import _extension, backends
+from kpfast import reference as _reference
+from kpfast.ops._checks import (HEATMAP_DTYPES, check_choice, check_size, normalise_keypoints, normalise_sigma)
+from kpfast.ops import _render_autograd
+
+ENCODINGS = ("msra", "udp", "dark")
+
+
+def _compiled(keypoints, weights, sigma, height, width, encoding, dtype):
+    return torch.ops.kpfast.render_heatmaps(keypoints, weights, sigma, height, width, encoding, dtype)
+
+
+def _triton(keypoints, weights, sigma, height, width, encoding, dtype):
+    return torch.ops.kpfast_triton.render_heatmaps(keypoints, weights, sigma, height, width, encoding, dtype)
+
+
+def _float32_only(compute_dtype: torch.dtype, **_) -> str | None:
+    if compute_dtype != torch.float32:
+        return f"computes in float32 only, keypoints are {compute_dtype}"
+    return None
+
+
+RENDER = backends.OpBackends(
+    "render_heatmaps",
+    implementations={"torch": _reference.render_heatmaps, "cpu": _compiled, "cuda": _compiled, "triton": _triton},
+    input_checks={"triton": _float32_only},
+    # No GPU measurement yet decides between the two GPU backends; the CUDA kernel is the
+    # default until benchmarks/results/ holds a GPU run that says otherwise.
+    auto_cuda_order=("cuda", "triton"),
+)
+
+if _extension.is_loaded():
+    _render_autograd.register("kpfast::render_heatmaps", torch.ops.kpfast.render_heatmaps_backward)
+
+if backends.triton_available():
+    from kpfast.triton import render as _triton_render
+
+    _render_autograd.register("kpfast_triton::render_heatmaps", _triton_render.render_heatmaps_backward)
+
+
+def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None = None, size=(64, 48), sigma=2.0,
+                    encoding: str = "udp", dtype: torch.dtype = torch.float32,
+                    backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render one Gaussian heatmap per keypoint.
+
+    Args:
+        keypoints: ``(B, K, 2)`` float ``(x, y)`` in heatmap pixels (pixel ``(i, j)`` has its centre
+            at ``x=j, y=i``), or ``(B, N, K, 2)`` to render N people into one map per keypoint
+            (element-wise max).
+        weights: ``(B, K)`` / ``(B, N, K)`` visibility weights; a keypoint with weight < 0.5 or a
+            non-finite coordinate is ignored. Default: all ones.
+        size: ``(H, W)`` of the maps.
+        sigma: float, or a tensor of shape ``(K,)`` or ``(B, K)``; > 0.
+        encoding: ``"msra"`` (rounded centre, 3-sigma window), ``"udp"`` (exact centre, 3-sigma
+            window) or ``"dark"`` (exact centre, whole map). A keypoint whose window lies wholly
+            outside the map gets weight 0.
+        dtype: heatmap dtype: float32, bfloat16 or float16 (float64 with float64 keypoints).
+        backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"``; None uses the
+            current default (:func:`kpfast.use_backend`, ``KPFAST_BACKEND``, else ``"auto"``).
+
+    Returns:
+        ``heatmaps (B, K, H, W)`` and ``weights_out`` shaped like ``weights``: the input weight,
+        or 0 for ignored keypoints. Differentiable w.r.t. the coordinates (``udp``, ``dark``) and
+        a tensor sigma.
+    """
+    keypoints4, weights3, has_instances = normalise_keypoints(keypoints, weights)
+    height, width = check_size("size", size)
+    check_choice("encoding", encoding, ENCODINGS)
+    compute = keypoints4.dtype
+    allowed = HEATMAP_DTYPES + ((torch.float64,) if compute == torch.float64 else ())
+    if dtype not in allowed:
+        raise TypeError(f"dtype: expected one of {[str(d) for d in allowed]}, got {dtype}")
+    batch, _, num_keypoints = keypoints4.shape[:3]
+    sigma2 = normalise_sigma(sigma, batch, num_keypoints, compute, keypoints4.device)
+    implementation = RENDER.select(backend, keypoints4.device, compute_dtype=compute)
+    heatmaps, weights_out = implementation(keypoints4, weights3, sigma2, height, width, encoding, dtype)
+    if not has_instances:
+        weights_out = weights_out.squeeze(1)
+    if weights is not None:
+        weights_out = weights_out.to(weights.dtype)
+    return heatmaps, weights_out
+
+
+def adaptive_sigma(size, base_sigma: float = 2.0, base_size=(64, 48)) -> float:
+    """Sigma scaled with the heatmap size: ``base_sigma * sqrt(H W / (H0 W0))``.
+
+    The standard sigma (2 at 64x48, the 256x192 input) grows with the map so that the Gaussian
+    covers the same fraction of the person at every resolution (3 at 96x72)."""
+    height, width = check_size("size", size)
+    base_height, base_width = check_size("base_size", base_size)
+    if isinstance(base_sigma, bool) or not isinstance(base_sigma, (int, float)) or not base_sigma > 0:
+        raise ValueError(f"base_sigma: expected a float > 0, got {base_sigma!r}")
+    return float(base_sigma) * ((height * width) / (base_height * base_width)) ** 0.5

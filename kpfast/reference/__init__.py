@@ -1,0 +1,8 @@
+"""Pure-PyTorch reference implementations of every kpfast op.
+
+Short, obviously correct, differentiable by autograd, and the yardstick every kernel is tested
+against. They take the normalised inputs the public ops prepare (see kpfast/ops)."""
+
+from kpfast.reference.render import gaussian_maps, render_heatmaps
+
+__all__ = ["gaussian_maps", "render_heatmaps"]

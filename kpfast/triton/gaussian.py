@@ -1,0 +1,69 @@
+"""The Gaussian target rule in Triton, shared by the render and loss kernels.
+
+The same rule as csrc/kpfast/gaussian.h and kpfast/reference/render.py (see there). Window
+bounds stay in floating point, so huge or non-finite coordinates never overflow an integer;
+an invalid keypoint is masked out by ``valid``.
+"""
+
+import triton
+import triton.language as tl
+
+MSRA: tl.constexpr = 0
+UDP: tl.constexpr = 1
+DARK: tl.constexpr = 2
+
+ENCODINGS = {"msra": 0, "udp": 1, "dark": 2}
+
+
+@triton.jit
+def _is_finite(v):
+    # inf - inf and nan - nan are nan; every finite value minus itself is 0.
+    return (v - v) == 0.0
+
+
+@triton.jit
+def gaussian_window(x, y, weight, sigma, height, width, ENCODING: tl.constexpr):
+    """(valid, cx, cy, x0, x1, y0, y1, inv_two_sigma_sq) of one keypoint on an H x W map."""
+    valid = _is_finite(x) & _is_finite(y) & _is_finite(weight) & (weight >= 0.5) & _is_finite(sigma) & (sigma > 0.0)
+    radius = tl.floor(3.0 * sigma)
+    mu_x = tl.floor(x + 0.5)
+    mu_y = tl.floor(y + 0.5)
+    outside = (mu_x - radius > width - 1) | (mu_x + radius < 0.0) | (mu_y - radius > height - 1) | (mu_y + radius < 0.0)
+    valid = valid & (outside == 0)
+    if ENCODING == 0:
+        cx = mu_x
+        cy = mu_y
+    else:
+        cx = x
+        cy = y
+    if ENCODING == 2:
+        x0 = -1.0e30
+        x1 = 1.0e30
+        y0 = -1.0e30
+        y1 = 1.0e30
+    else:
+        x0 = mu_x - radius
+        x1 = mu_x + radius
+        y0 = mu_y - radius
+        y1 = mu_y + radius
+    # An ignored keypoint's centre may be inf or nan: pin it so that no product with a zero
+    # weight turns into nan downstream (0 * inf).
+    cx = tl.where(valid, cx, 0.0)
+    cy = tl.where(valid, cy, 0.0)
+    inv_two_sigma_sq = 1.0 / (2.0 * sigma * sigma)
+    return valid, cx, cy, x0, x1, y0, y1, inv_two_sigma_sq
+
+
+@triton.jit
+def gaussian_tile(rows, cols, x, y, weight, sigma, height, width, ENCODING: tl.constexpr):
+    """The Gaussian of one keypoint on a (rows x cols) tile, zero outside its window.
+
+    rows and cols are float32 1-D index vectors; returns (values, valid, cx, cy, c)."""
+    valid, cx, cy, x0, x1, y0, y1, c = gaussian_window(x, y, weight, sigma, height, width, ENCODING)
+    dx = cols - cx
+    dy = rows - cy
+    ex = tl.where((cols >= x0) & (cols <= x1), tl.exp(-dx * dx * c), 0.0)
+    ey = tl.where((rows >= y0) & (rows <= y1), tl.exp(-dy * dy * c), 0.0)
+    values = ey[:, None] * ex[None, :]
+    values = tl.where(valid, values, 0.0)
+    return values, valid, cx, cy, c
