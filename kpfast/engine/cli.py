@@ -41,12 +41,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(COMMON_FLA
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
-    overrides = []
+    """--set overrides first, then the dedicated flags (which therefore win over --set)."""
+    overrides = list(args.overrides)
     for dest, (key, _, _) in COMMON_FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:
             overrides.append(f"{key}={value}" if not isinstance(value, str) else f"{key}={_yaml_str(value)}")
-    return overrides + list(args.overrides)
+    return overrides
 
 
 def _yaml_str(value: str) -> str:
