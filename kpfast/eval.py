@@ -33,13 +33,14 @@ def main(argv=None) -> int:
     from kpfast.engine import builders
     from kpfast.engine.checkpoint import atomic_write_bytes, load_checkpoint
     from kpfast.engine.evaluation import evaluate_model
-    from kpfast.engine.trainer import select_device
+    from kpfast.engine.trainer import configure_cpu_threads, select_device
 
     state = load_checkpoint(args.checkpoint)
     config = resolve_config(args, state["config"])
     if args.batch_size is not None:  # --batch_size means the evaluation batch here
         config.eval.batch_size = args.batch_size
     device = select_device(config.train.device)
+    configure_cpu_threads(config, device)
     model = builders.model_from_checkpoint(state, config, weights=args.weights).to(device).eval()
     data = builders.build_data(config, train=False)
     results: list = []

@@ -153,6 +153,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ops_backend: Literal["auto", "torch", "cpu", "cuda", "triton"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Intra-op threads of each training process on CPU. None: the cores available to this
+    # process divided among local processes, minus the data workers (at least 1), because
+    # oversubscribed OpenMP threads slow a busy CPU down by an order of magnitude.
+    cpu_threads: Optional[int] = field(default=None, metadata=_range(1))
     ema: bool = False
     ema_decay: float = field(default=0.9998, metadata=_range(0.0, 1.0))
     eval_interval: int = field(default=1, metadata=_range(1))  # epochs

@@ -180,6 +180,12 @@ def logit_activation(loss_kind: str) -> str | None:
     return "sigmoid" if loss_kind in ("focal", "cornernet") else None
 
 
+def _single_threaded_worker(worker_id: int) -> None:
+    from kpfast.engine.trainer import single_threaded_worker
+
+    single_threaded_worker(worker_id)
+
+
 def _rank_indices(length: int, rank: int, world_size: int) -> list[int]:
     # Strided split without padding: every instance is evaluated exactly once.
     return list(range(rank, length, world_size))
@@ -204,6 +210,7 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
         num_workers=config.data.workers,
         collate_fn=builders.collate,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=_single_threaded_worker,
     )
     was_training = model.training
     model.eval()

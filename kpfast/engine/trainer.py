@@ -73,6 +73,33 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_cpu_threads(config: Config, device: torch.device) -> int | None:
+    """Set torch's intra-op threads for CPU training (see TrainConfig.cpu_threads)."""
+    if device.type != "cpu":
+        return None
+    threads = config.train.cpu_threads
+    if threads is None:
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = max(1, available_cores() // local_procs - config.data.workers)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def single_threaded_worker(_worker_id: int) -> None:
+    """Data workers are one core's worth of work each: no OpenCV/torch thread pools inside."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -133,6 +160,7 @@ class Trainer:
         self.is_main = self.dist.rank == 0
         self._log = log or (lambda text: print(text, flush=True))
         cfg = config
+        self.cpu_threads = configure_cpu_threads(cfg, self.device)
 
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -308,6 +336,7 @@ class Trainer:
             drop_last=False,
             generator=generator,
             persistent_workers=False,
+            worker_init_fn=single_threaded_worker,
         )
 
     def _lr(self) -> float:
@@ -383,7 +412,9 @@ class Trainer:
                 self.log(
                     f"run dir {self.run_dir} | {len(self.train_set)} train / {len(self.data.val)} val instances | "
                     f"{self.steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs | device {self.device} | "
-                    f"world size {self.dist.world_size} | params {sum(p.numel() for p in self.model.parameters()):,}"
+                    f"world size {self.dist.world_size}"
+                    + (f" | {self.cpu_threads} CPU thread(s)" if self.cpu_threads else "")
+                    + f" | params {sum(p.numel() for p in self.model.parameters()):,}"
                 )
             while self.epoch < cfg.train.epochs and not self.stopped_early:
                 loader = self._train_loader()
