@@ -19,7 +19,7 @@ from kpfast.engine.checkpoint import load_checkpoint
 # The engine tests' tiny-run fixtures (tests/ is on sys.path: it has no __init__.py).
 from engine.conftest import synthetic_root, tiny_overrides  # noqa: F401
 
-PACKAGE_ROOT = Path(kpfast.__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(os.path.abspath(kpfast.__file__)).parents[1]
 
 
 def _set_args(overrides):

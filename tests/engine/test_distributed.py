@@ -8,7 +8,7 @@ from pathlib import Path
 import kpfast
 from kpfast.engine.checkpoint import load_checkpoint
 
-PACKAGE_ROOT = Path(kpfast.__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(os.path.abspath(kpfast.__file__)).parents[1]
 
 
 def test_two_process_gloo_run_trains_evaluates_and_checkpoints(tiny_overrides, tmp_path):

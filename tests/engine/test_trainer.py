@@ -18,7 +18,7 @@ from kpfast.engine.trainer import Trainer, TrainingDiverged
 import kpfast
 
 # The directory holding the kpfast package under test (subprocesses must import the same one).
-PACKAGE_ROOT = Path(kpfast.__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(os.path.abspath(kpfast.__file__)).parents[1]
 
 
 def _trainer(overrides, *extra, resume=None, log=None):
