@@ -10,7 +10,10 @@ One sample is one person instance cropped by an affine warp around its (GT or de
                    "index": int, "affine": (2, 3) image -> heatmap matrix}}
 
 ``center``/``scale``/``rotation``/``flipped`` with :func:`kpfast.geometry.heatmap_to_image`
-(or simply the inverse of ``affine``) put heatmap coordinates back into the image.
+(or simply the inverse of ``affine``) put heatmap coordinates back into the image. They describe
+the affine part of the augmentation; albumentations' non-affine warps (Perspective, Elastic,
+off by default) move the keypoints further, and only evaluation samples (never augmented) need
+the mapping back. ``index`` is the instance actually returned (another one after a failed decode).
 
 Faults: images missing when the index is built are dropped, counted (``skipped_missing``) and
 reported once; an image that fails to decode at load time is skipped and another sample drawn;
