@@ -6,7 +6,7 @@ from a config dict, so a category with K != 17 keypoints needs no code change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -57,7 +57,7 @@ def _infer_flip_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
     return pairs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DatasetInfo:
     """Metadata of one keypoint category.
 
@@ -79,7 +79,6 @@ class DatasetInfo:
     lower_body_ids: tuple[int, ...]
     category_id: int = 1
     name: str = "person"
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def num_keypoints(self) -> int:

@@ -69,8 +69,8 @@ def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
     Checks: the ``images``/``annotations``/``categories`` lists; a keypoint category; unique
     image ids and relative ``file_name``s that stay inside the image root; per annotation a known
     ``image_id``, a known category, ``keypoints`` of length ``3 * K`` with finite numbers and
-    visibility in {0, 1, 2}, ``num_keypoints`` (when present) equal to the labelled count, and a
-    ``bbox`` of 4 finite numbers with positive width and height.
+    visibility in {0, 1, 2}, and a ``bbox`` of 4 finite numbers with positive width and height.
+    (``num_keypoints`` is not trusted: the loader counts the visibility flags itself.)
     """
     problems = _Problems(source, max_errors)
     if not isinstance(data, dict):
@@ -137,9 +137,6 @@ def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
             bad = sorted({v for v in vis if v not in (0, 1, 2)})
             if bad:
                 problems.add(f"{where}: visibility flags must be 0, 1 or 2, got {bad}")
-            elif "num_keypoints" in ann and ann["num_keypoints"] != sum(1 for v in vis if v > 0):
-                problems.add(f"{where}: num_keypoints {ann['num_keypoints']!r} != "
-                             f"{sum(1 for v in vis if v > 0)} labelled keypoints")
         box = ann.get("bbox")
         if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
             problems.add(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {box!r}")
