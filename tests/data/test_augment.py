@@ -174,3 +174,18 @@ def test_augmentation_config_is_checked():
         CropAugmenter([{"type": "Blurr", "p": 1.0}], FLIP_INDEX)
     with pytest.raises(ValueError, match="bad parameters for albumentations RandomGamma"):
         CropAugmenter([{"type": "RandomGamma", "p": 1.0, "gamma_limt": [80, 120]}], FLIP_INDEX)
+
+
+def test_show_augmentations_writes_a_grid(coco_sample, tmp_path):
+    from kpfast.data import show_augmentations
+
+    out = show_augmentations.main(["--out", str(tmp_path / "grid.png"), "--data", str(coco_sample),
+                                   "--split", "val", "--n", "4", "--input-size", "128", "96"])
+    grid = cv2.imread(str(out))
+    assert grid is not None and grid.shape == (2 * 130 + 2, 2 * 98 + 2, 3)
+    # Keypoint dots (orange/blue/green, white rim) are drawn on the tiles.
+    rgb = grid[..., ::-1].astype(int)
+    orange = (rgb[..., 0] > 200) & (rgb[..., 1] > 100) & (rgb[..., 1] < 180) & (rgb[..., 2] < 60)
+    assert orange.sum() > 20
+    with pytest.raises(SystemExit):
+        show_augmentations.main(["--out", str(tmp_path / "x.png"), "--n", "0"])
