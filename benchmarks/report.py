@@ -60,18 +60,55 @@ def tables_for(data: dict) -> str:
     return "\n".join(lines)
 
 
-def report() -> str:
+def plot(data: dict, path: Path) -> None:
+    """One panel per op: median time of every implementation for every case (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_op: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for record in data["records"]:
+        by_op[record["op"]][record["impl"]][record["case"]] = _time_ms(record)
+    fig, axes = plt.subplots(len(by_op), 1, figsize=(11, 3.2 * len(by_op)), squeeze=False)
+    for ax, (op, impls) in zip(axes[:, 0], sorted(by_op.items())):
+        cases = sorted({c for times in impls.values() for c in times})
+        width = 0.8 / len(impls)
+        for i, (impl, times) in enumerate(sorted(impls.items(), key=lambda kv: (kv[0] in REFERENCE_IMPLS, kv[0]))):
+            xs = [j + i * width for j, c in enumerate(cases) if c in times]
+            ax.bar(xs, [times[c] for c in cases if c in times], width, label=impl)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
+        ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (median)")
+        ax.set_title(f"{op} on {data['device']}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(make_plots: bool = False) -> str:
     files = sorted(RESULTS.glob("*.json"))
     if not files:
         return "_No benchmark results yet: run `python -m pytest benchmarks`._\n"
-    return "\n".join(tables_for(json.loads(f.read_text())) for f in files)
+    parts = []
+    for f in files:
+        data = json.loads(f.read_text())
+        text = tables_for(data)
+        if make_plots:
+            image = f.with_suffix(".png")
+            plot(data, image)
+            text += f"\n![{data['device']}]({image.relative_to(ROOT).as_posix()})\n"
+        parts.append(text)
+    return "\n".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--print", action="store_true", help="print the tables instead of updating README.md")
     args = parser.parse_args()
-    text = report()
+    text = report(make_plots=not args.print)
     if args.print:
         print(text)
         return

@@ -7,6 +7,7 @@ against another torch, the compiled backends (``cpu``, ``cuda``) report why they
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import torch
@@ -18,23 +19,21 @@ _unavailable_reason: str | None = None
 
 def _load() -> None:
     global _loaded, _has_cuda_kernels, _unavailable_reason
+    if importlib.util.find_spec("kpfast._C") is None:
+        _unavailable_reason = (
+            "the compiled extension kpfast._C is not built "
+            "(install with `pip install --no-build-isolation .`, or build in place with "
+            "`python setup.py build_ext --inplace`)"
+        )
+        return
     try:
         from kpfast import _C  # noqa: F401  (loading the library registers torch.ops.kpfast)
-    except ImportError as error:
-        if getattr(error, "name", None) == "kpfast._C":
-            _unavailable_reason = (
-                "the compiled extension kpfast._C is not built "
-                "(install with `pip install --no-build-isolation .`, or build in place with "
-                "`python setup.py build_ext --inplace`)"
-            )
-        else:
-            _unavailable_reason = (
-                f"the compiled extension kpfast._C failed to load ({error}); it was probably "
-                f"built against another torch than the installed {torch.__version__}: rebuild it"
-            )
-        return
-    except OSError as error:
-        _unavailable_reason = f"the compiled extension kpfast._C failed to load: {error}"
+    except (ImportError, OSError) as error:
+        # Undefined symbols are the usual sign of a binary built for another torch.
+        _unavailable_reason = (
+            f"the compiled extension kpfast._C failed to load ({error}); it was probably "
+            f"built against another torch than the installed {torch.__version__}: rebuild it"
+        )
         return
     info = dict(item.split("=", 1) for item in torch.ops.kpfast.build_info().split(";"))
     running = torch.__version__.split("+")[0]

@@ -1,0 +1,167 @@
+"""Validation of COCO keypoint annotation files and detector results before they are used.
+
+Every problem names the file and the annotation or image id; up to ``max_errors`` problems are
+collected so one run shows what is wrong instead of failing one problem at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AnnotationError", "load_json", "validate_keypoint_annotations", "validate_detections"]
+
+
+class AnnotationError(ValueError):
+    """An annotation or detection file that cannot be used; the message lists the problems."""
+
+
+def load_json(path: str | Path) -> Any:
+    """Load a JSON file; invalid JSON raises :class:`AnnotationError` naming line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: "
+                              f"{err.msg}") from None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _escapes_root(file_name: str) -> bool:
+    """True when ``file_name`` is absolute or leaves the image directory through ``..``."""
+    name = file_name.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return True
+    normalized = posixpath.normpath(name)
+    return normalized == ".." or normalized.startswith("../")
+
+
+class _Problems:
+    def __init__(self, source: str, max_errors: int):
+        self.source, self.max_errors, self.items = source, max_errors, []
+        self.total = 0
+
+    def add(self, message: str):
+        self.total += 1
+        if len(self.items) < self.max_errors:
+            self.items.append(message)
+
+    def raise_if_any(self):
+        if self.total:
+            more = f"\n  ... and {self.total - len(self.items)} more" if self.total > len(self.items) else ""
+            raise AnnotationError(f"{self.source}: {self.total} problem(s) in the annotations:\n  "
+                                  + "\n  ".join(self.items) + more)
+
+
+def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
+                                  category_id: int | None = None, max_errors: int = 20) -> None:
+    """Check a loaded COCO keypoint annotation dict; raise :class:`AnnotationError` on problems.
+
+    Checks: the ``images``/``annotations``/``categories`` lists; a keypoint category; unique
+    image ids and relative ``file_name``s that stay inside the image root; per annotation a known
+    ``image_id``, a known category, ``keypoints`` of length ``3 * K`` with finite numbers and
+    visibility in {0, 1, 2}, and a ``bbox`` of 4 finite numbers with positive width and height.
+    (``num_keypoints`` is not trusted: the loader counts the visibility flags itself.)
+    """
+    problems = _Problems(source, max_errors)
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{source}: expected a JSON object with images/annotations/"
+                              f"categories, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise AnnotationError(f"{source}: missing or non-list '{key}' "
+                                  f"(got {type(data.get(key)).__name__})")
+    categories = {}
+    for cat in data["categories"]:
+        if not isinstance(cat, dict) or "id" not in cat:
+            problems.add(f"category {cat!r} has no 'id'")
+            continue
+        categories[cat["id"]] = cat
+    keypoint_cats = {cid: c for cid, c in categories.items() if c.get("keypoints")}
+    if category_id is not None and category_id not in keypoint_cats:
+        raise AnnotationError(f"{source}: no keypoint category with id {category_id} "
+                              f"(keypoint categories: {sorted(keypoint_cats)})")
+    if not keypoint_cats:
+        raise AnnotationError(f"{source}: no category has a 'keypoints' list")
+
+    image_ids = set()
+    for img in data["images"]:
+        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
+            problems.add(f"image entry {str(img)[:80]} has no integer 'id'")
+            continue
+        iid = img["id"]
+        if iid in image_ids:
+            problems.add(f"image id {iid}: duplicate image id")
+        image_ids.add(iid)
+        name = img.get("file_name")
+        if not isinstance(name, str) or not name:
+            problems.add(f"image id {iid}: missing 'file_name'")
+        elif _escapes_root(name):
+            problems.add(f"image id {iid}: file_name {name!r} escapes the image root "
+                         "(absolute path or '..')")
+        for dim in ("width", "height"):
+            if dim in img and not (_is_number(img[dim]) and img[dim] > 0):
+                problems.add(f"image id {iid}: {dim} must be positive, got {img[dim]!r}")
+
+    for ann in data["annotations"]:
+        aid = ann.get("id", "?") if isinstance(ann, dict) else "?"
+        if not isinstance(ann, dict):
+            problems.add(f"annotation entry {str(ann)[:80]} is not an object")
+            continue
+        where = f"annotation id {aid} (image id {ann.get('image_id')!r})"
+        if ann.get("image_id") not in image_ids:
+            problems.add(f"{where}: unknown image_id {ann.get('image_id')!r}")
+        cat = keypoint_cats.get(ann.get("category_id"))
+        if cat is None:
+            if ann.get("category_id") not in categories:
+                problems.add(f"{where}: unknown category_id {ann.get('category_id')!r}")
+            continue  # annotations of non-keypoint categories are not ours to check further
+        k = len(cat["keypoints"])
+        kps = ann.get("keypoints")
+        if not isinstance(kps, list) or len(kps) != 3 * k:
+            n = len(kps) if isinstance(kps, list) else type(kps).__name__
+            problems.add(f"{where}: keypoints must be a list of 3*K = {3 * k} numbers, got {n}")
+        elif not all(_is_number(v) for v in kps):
+            problems.add(f"{where}: keypoints contain non-numbers or non-finite values")
+        else:
+            vis = kps[2::3]
+            bad = sorted({v for v in vis if v not in (0, 1, 2)})
+            if bad:
+                problems.add(f"{where}: visibility flags must be 0, 1 or 2, got {bad}")
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            problems.add(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {box!r}")
+        elif not (box[2] > 0 and box[3] > 0):
+            problems.add(f"{where}: bbox {box} has non-positive size (w={box[2]}, h={box[3]})")
+    problems.raise_if_any()
+
+
+def validate_detections(data: Any, image_ids: set[int], source: str = "<detections>",
+                        max_errors: int = 20) -> None:
+    """Check a COCO results list of ``{image_id, category_id, bbox, score}`` detections."""
+    if not isinstance(data, list):
+        raise AnnotationError(f"{source}: expected a JSON list of detections, got "
+                              f"{type(data).__name__}")
+    problems = _Problems(source, max_errors)
+    for i, det in enumerate(data):
+        if not isinstance(det, dict):
+            problems.add(f"detection #{i}: not an object")
+            continue
+        where = f"detection #{i} (image id {det.get('image_id')!r})"
+        if det.get("image_id") not in image_ids:
+            problems.add(f"{where}: unknown image_id {det.get('image_id')!r}")
+        box = det.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            problems.add(f"{where}: bbox must be 4 finite numbers, got {box!r}")
+        if not _is_number(det.get("score")):
+            problems.add(f"{where}: score must be a finite number, got {det.get('score')!r}")
+    problems.raise_if_any()
