@@ -203,6 +203,9 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
     from kpfast.engine import builders
     from kpfast.engine.inference import decode, predict_heatmaps
 
+    from kpfast.engine.trainer import prepare_fork_for_workers
+
+    prepare_fork_for_workers(config.data.workers)
     loader = DataLoader(
         dataset,
         batch_size=config.eval.batch_size,
