@@ -3,7 +3,7 @@
 from .litehrnet import LiteHRNet, LiteHRNetConfig
 from .pose_model import PoseModel, init_weights
 from .presets import PRESETS, available_models, build_model, model_options
-from .summary import count_params_and_macs
+from .summary import ModelComplexity, count_params_and_macs, model_complexity
 
 __all__ = [
     "LiteHRNet",
@@ -14,5 +14,7 @@ __all__ = [
     "build_model",
     "count_params_and_macs",
     "init_weights",
+    "model_complexity",
     "model_options",
+    "ModelComplexity",
 ]

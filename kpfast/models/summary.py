@@ -31,14 +31,16 @@ Two counting conventions (``count_params_and_macs(..., convention=...)``):
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["PAPER_FLOPS_UNIT", "PAPER_TABLE", "count_params_and_macs", "main"]
+__all__ = ["PAPER_FLOPS_UNIT", "PAPER_TABLE", "ModelComplexity", "count_params_and_macs", "main", "model_complexity"]
 
 PAPER_FLOPS_UNIT = 2**20  # the "M" of the paper's FLOPs column (torchstat, binary rounding)
 
@@ -82,6 +84,41 @@ def _paper_elementwise_ops(model: nn.Module, run) -> int:
     return sum(per_module.values())
 
 
+class ModelComplexity(NamedTuple):
+    """Counts for one image: parameters, conv/linear MACs ("torch" convention) and the operation
+    count behind the paper's FLOPs column ("paper" convention, in units of 1; divide by
+    :data:`PAPER_FLOPS_UNIT` for the paper's "M")."""
+
+    params: int
+    macs: int
+    paper_flops: int
+
+
+def model_complexity(model: nn.Module, input_size: Sequence[int]) -> ModelComplexity:
+    """Count parameters, MACs and paper-convention FLOPs in one forward pass of one image.
+
+    The forward pass runs on a ``meta``-device copy of the model (shapes only, no arithmetic),
+    so counting is cheap and never touches the model's own weights, buffers or mode.
+    """
+    if (
+        len(input_size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size)
+    ):
+        raise ValueError(f"input_size must be (H, W) positive ints, got {input_size!r}")
+    params = sum(p.numel() for p in model.parameters())
+    shadow = copy.deepcopy(model).to("meta").eval()
+    images = torch.zeros(1, getattr(model, "in_channels", 3), *input_size, device="meta")
+    counter = FlopCounterMode(display=False)
+
+    def run() -> None:
+        with torch.no_grad(), counter:
+            shadow(images)
+
+    elementwise = _paper_elementwise_ops(shadow, run)
+    macs = counter.get_total_flops() // 2
+    return ModelComplexity(params, macs, macs + elementwise)
+
+
 def count_params_and_macs(
     model: nn.Module, input_size: Sequence[int], convention: str = "torch"
 ) -> tuple[int, int]:
@@ -93,31 +130,8 @@ def count_params_and_macs(
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    if len(input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in input_size):
-        raise ValueError(f"input_size must be (H, W) positive ints, got {input_size!r}")
-    params = sum(p.numel() for p in model.parameters())
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None else torch.float32
-    images = torch.zeros(1, getattr(model, "in_channels", 3), *input_size, device=device, dtype=dtype)
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad():
-            if convention == "paper":
-                def run() -> None:
-                    with counter:
-                        model(images)
-
-                extra = _paper_elementwise_ops(model, run)
-            else:
-                with counter:
-                    model(images)
-                extra = 0
-    finally:
-        model.train(was_training)
-    return params, counter.get_total_flops() // 2 + extra
+    counts = model_complexity(model, input_size)
+    return counts.params, counts.macs if convention == "torch" else counts.paper_flops
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -154,8 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model.check_input_size(height, width)
             except ValueError as error:
                 parser.error(str(error))
-            params, macs = count_params_and_macs(model, (height, width))
-            _, paper_ops = count_params_and_macs(model, (height, width), convention="paper")
+            params, macs, paper_ops = model_complexity(model, (height, width))
             reference = PAPER_TABLE.get((name, (height, width)))
             ref_params, ref_flops = (f"{reference[0]:.1f}M", f"{reference[1]:.1f}M") if reference else ("-", "-")
             print(
