@@ -36,8 +36,18 @@ def test_compile_fullgraph_training_step_with_checkpointing():
     compiled(images)["heatmaps"].square().mean().backward()
     reference(images)["heatmaps"].square().mean().backward()
     ref_grads = {n: p.grad for n, p in reference.named_parameters()}
+    # Tolerance relative to the largest gradient: some gradients are exactly 0 in exact
+    # arithmetic (e.g. the bias of a BN followed by conv + training-mode BN) and are pure
+    # rounding noise in both runs, so a per-element relative comparison would be meaningless.
+    scale = max(g.abs().max().item() for g in ref_grads.values())
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref_grads[name], rtol=1e-3, atol=1e-6, msg=name)
+        # Inductor reorders float32 reductions (training-mode BN statistics), which moves the
+        # gradients by ~1e-4 of their scale through this randomly weighted network.
+        torch.testing.assert_close(p.grad, ref_grads[name], rtol=1e-3, atol=1e-3 * scale)
+    # BN running statistics move once per step, as in eager mode without checkpointing.
+    ref_buffers = dict(reference.named_buffers())
+    for name, buffer in model.named_buffers():
+        torch.testing.assert_close(buffer, ref_buffers[name], rtol=1e-4, atol=1e-4)
 
 
 def _onnx_export(model, images, buffer):
