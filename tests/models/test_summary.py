@@ -46,25 +46,22 @@ def test_torch_macs_within_tolerance_of_paper(name, size):
     assert macs < paper_ops  # the paper's convention adds BN/ReLU/upsample/bias work on top
 
 
-# The published figure is rounded to 0.1M: our exact count must round to it (equivalently lie in
-# [figure - 0.05M, figure + 0.05M)), which is tighter than 5% of the figure for every row.
-PARAM_ROWS = [
-    pytest.param(
-        name,
-        size,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="published config (30/60/120/240, ShuffleUnits, 2 blocks) gives 0.760M; "
-            "the paper prints 0.7M while its FLOPs (194.8M) match this structure within 1%",
-        ),
-    )
-    if name == "naive_litehrnet_18"
-    else (name, size)
-    for name, size in ROWS
-]
+@pytest.mark.parametrize("name, size", ROWS)
+def test_params_within_tolerance_of_paper(name, size):
+    """Issue 5's criterion: within 5% of the paper's figure. The paper prints parameters rounded
+    to 0.1M, so the exact published count lies in [figure - 0.05M, figure + 0.05M); the test
+    measures our count's distance to that interval, relative to the figure."""
+    params, _, _ = _counts(name, size)
+    figure = PAPER_TABLE[(name, size)][0] * 1e6
+    low, high = figure - 0.05e6, figure + 0.05e6
+    distance = max(low - params, params - high, 0.0)
+    assert distance / figure < TOLERANCE, (params, figure)
 
 
-@pytest.mark.parametrize("name, size", PARAM_ROWS)
+# Stricter: the count rounds to the printed figure. It does for every row but the naive one,
+# whose published config (30/60/120/240, ShuffleUnits, 2 blocks) gives 0.760M against a printed
+# 0.7M, while its FLOPs (194.8M) match this structure within 1% (test below pins the gap).
+@pytest.mark.parametrize("name, size", [row for row in ROWS if row[0] != "naive_litehrnet_18"])
 def test_params_round_to_paper(name, size):
     params, _, _ = _counts(name, size)
     assert round(params / 1e6, 1) == PAPER_TABLE[(name, size)][0], params
