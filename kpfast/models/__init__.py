@@ -1,0 +1,20 @@
+"""Lite-HRNet pose models: ``build_model(name, num_keypoints, visibility_head, **overrides)``."""
+
+from .litehrnet import LiteHRNet, LiteHRNetConfig
+from .pose_model import PoseModel, init_weights
+from .presets import PRESETS, available_models, build_model, model_options
+from .summary import ModelComplexity, count_params_and_macs, model_complexity
+
+__all__ = [
+    "LiteHRNet",
+    "LiteHRNetConfig",
+    "PRESETS",
+    "PoseModel",
+    "available_models",
+    "build_model",
+    "count_params_and_macs",
+    "init_weights",
+    "model_complexity",
+    "model_options",
+    "ModelComplexity",
+]
