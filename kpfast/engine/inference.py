@@ -32,8 +32,16 @@ def flip_back(heatmaps: torch.Tensor, flip_pairs: Sequence[Sequence[int]], shift
 
 
 def merge_flip(heatmaps: torch.Tensor, flipped_heatmaps: torch.Tensor, flip_pairs, shift: bool = False) -> torch.Tensor:
-    """Average of the plain and the flipped-back prediction (the standard flip test)."""
-    return 0.5 * (heatmaps + flip_back(flipped_heatmaps, flip_pairs, shift))
+    """Average of the plain and the flipped-back prediction (the standard flip test).
+
+    Uses ``kpfast.ops.flip_merge`` (issue 4) when the installed ops provide it.
+    """
+    import kpfast.ops
+
+    pairs = [(int(a), int(b)) for a, b in flip_pairs]
+    if hasattr(kpfast.ops, "flip_merge"):
+        return kpfast.ops.flip_merge(heatmaps, flipped_heatmaps, pairs, shift=shift)
+    return 0.5 * (heatmaps + flip_back(flipped_heatmaps, pairs, shift))
 
 
 def autocast_context(device: torch.device, precision: str):

@@ -135,3 +135,14 @@ def test_pipeline_with_ground_truth_heatmaps_recovers_ground_truth(coco_sample):
     assert metrics["num_instances"] == 12
     assert metrics["AP"] > 0.95, metrics["summary"]
     assert metrics["PCK"] > 0.99 and metrics["EPE"] < 2.0
+
+
+def test_merge_flip_averages_with_the_flipped_back_prediction():
+    from kpfast.engine.inference import merge_flip
+
+    a = torch.rand(2, 3, 5, 4)
+    b = torch.rand(2, 3, 5, 4)
+    expected = 0.5 * (a + flip_back(b, [(1, 2)]))
+    torch.testing.assert_close(merge_flip(a, b, [(1, 2)]), expected)
+    shifted = merge_flip(a, b, [(1, 2)], shift=True)
+    torch.testing.assert_close(shifted[..., 1:], (0.5 * (a + flip_back(b, [(1, 2)], shift=True)))[..., 1:])
