@@ -154,3 +154,33 @@ def test_sigterm_saves_last_checkpoint_and_exits_cleanly(tiny_overrides, tmp_pat
 def test_resume_rejects_missing_checkpoint(tiny_overrides, tmp_path):
     with pytest.raises(FileNotFoundError, match="--resume"):
         _trainer(tiny_overrides, resume=tmp_path / "nothing.pt")
+
+
+def test_options_bf16_ema_checkpointing_channels_last_visibility_and_coordinate_loss(tiny_overrides):
+    trainer = _trainer(tiny_overrides, "train.run_name=opts", "train.epochs=1", "train.max_steps=2",
+                       "train.precision=bf16", "train.ema=true", "model.gradient_checkpointing=true",
+                       "model.channels_last=true", "model.visibility_head=true", "loss.visibility_weight=1.0",
+                       "loss.coordinate_weight=0.5", "loss.kind=focal", "optim.grad_clip=1.0")
+    assert trainer.model.gradient_checkpointing
+    losses = []
+    original = trainer.objective
+
+    def record(outputs, batch):
+        loss, parts = original(outputs, batch)
+        losses.append({k: float(v) for k, v in parts.items()})
+        return loss, parts
+
+    trainer.objective = record
+    result = trainer.train()
+    assert result.interrupted and result.global_step == 2
+    assert set(losses[0]) == {"heatmap", "visibility", "coordinate"}
+    assert all(math.isfinite(v) for row in losses for v in row.values())
+    assert trainer.ema.updates == 2
+    state = load_checkpoint(result.run_dir / "last.pt")
+    assert state["ema"]["updates"] == 2
+
+
+def test_visibility_weight_without_head_is_a_clear_error(tiny_overrides):
+    trainer = _trainer(tiny_overrides, "train.run_name=nohead", "loss.visibility_weight=1.0", "train.max_steps=1")
+    with pytest.raises(ValueError, match="visibility head"):
+        trainer.train()
