@@ -36,7 +36,7 @@ def _logit_parts(z):
     e = tl.exp(-tl.abs(z))  # in (0, 1]
     u = 1.0 + e
     # log1p(e) without libdevice: log(u) * e / (u - 1) corrects the rounding of 1 + e.
-    log_term = tl.where(u == 1.0, e, tl.log(u) * e / (u - 1.0))
+    log_term = tl.where(u == 1.0, e, tl.log(u) * e / tl.where(u == 1.0, 1.0, u - 1.0))
     inv = 1.0 / u
     small = e * inv
     nonneg = z >= 0.0
@@ -174,7 +174,8 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
         w = tl.where(target > threshold, keypoint_weight, background_weight)
         grad = tl.where(skip, 0.0, scale * (w * grad))
         out = map_id * height * width + row_idx[:, None] * width + col_idx[None, :]
-        tl.store(grad_ptr + out, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+        # (.to(float32) first: the interpreter may widen the math to float64, whose bf16 cast it gets wrong.)
+        tl.store(grad_ptr + out, grad.to(tl.float32).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def _tile_shape(height: int, width: int, max_elements: int = 4096) -> tuple[int, int]:
