@@ -30,7 +30,27 @@ KPF_HOST_DEVICE float pow_nonneg(float x, float g) {
   return g == 0.0f ? 1.0f : 0.0f;
 }
 
-KPF_HOST_DEVICE float sign_of(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
+
+// The elementary functions of the formulas, as a policy. The CUDA kernels use libm
+// (PreciseMath); the CPU kernels use branch-free polynomials GCC can vectorise (cpu/loss.cpp).
+// Every data-dependent choice goes through Math::select (a bit blend on the CPU: GCC will not
+// if-convert a ternary whose operands it sank into branches, under the default -ftrapping-math).
+struct PreciseMath {
+  static KPF_HOST_DEVICE float exp_nonpositive(float x) { return expf(x); }
+  static KPF_HOST_DEVICE float log1p_unit(float e) { return log1pf(e); }  // e in [0, 1]
+  static KPF_HOST_DEVICE float pow(float x, float g) { return pow_nonneg(x, g); }
+  static KPF_HOST_DEVICE float select(bool condition, float a, float b) { return condition ? a : b; }
+};
+
+template <typename Math>
+KPF_HOST_DEVICE float max_of(float a, float b) {
+  return Math::select(a > b, a, b);
+}
+
+template <typename Math>
+KPF_HOST_DEVICE float sign_of(float v) {
+  return Math::select(v > 0.0f, 1.0f, Math::select(v < 0.0f, -1.0f, 0.0f));
+}
 
 // Everything a logit kind needs from z, computed from one exp and one log1p so that nothing
 // overflows for any finite z: p = sigmoid(z), q = 1 - p = sigmoid(-z),
@@ -39,28 +59,30 @@ struct LogitParts {
   float p, q, softplus_pos, softplus_neg;
 };
 
+template <typename Math>
 KPF_HOST_DEVICE LogitParts logit_parts(float z) {
-  const float e = expf(-fabsf(z));  // in (0, 1]
-  const float log_term = log1pf(e);
+  const float e = Math::exp_nonpositive(-fabsf(z));  // in [0, 1]
+  const float log_term = Math::log1p_unit(e);
   const float inv = 1.0f / (1.0f + e);
   const float big = inv, small = e * inv;
   LogitParts r;
-  r.p = z >= 0.0f ? big : small;
-  r.q = z >= 0.0f ? small : big;
-  r.softplus_pos = fmaxf(z, 0.0f) + log_term;
-  r.softplus_neg = fmaxf(-z, 0.0f) + log_term;
+  r.p = Math::select(z >= 0.0f, big, small);
+  r.q = Math::select(z >= 0.0f, small, big);
+  r.softplus_pos = max_of<Math>(z, 0.0f) + log_term;
+  r.softplus_neg = max_of<Math>(-z, 0.0f) + log_term;
   return r;
 }
 
-// The unweighted loss of one pixel (FORWARD) or its derivative w.r.t. the prediction x.
-template <LossKind KIND, bool GRADIENT>
+// The unweighted loss of one pixel or (GRADIENT) its derivative w.r.t. the prediction x.
+// Branch-free apart from compile-time choices, so that a CPU loop over pixels vectorises.
+template <LossKind KIND, bool GRADIENT, typename Math = PreciseMath>
 KPF_HOST_DEVICE float pixel_loss(float x, float t, bool positive, const LossParams& P) {
   if (KIND == LossKind::MSE) {
     const float d = x - t;
-    if (GRADIENT) return 2.0f * d + P.l1_weight * sign_of(d);
+    if (GRADIENT) return 2.0f * d + P.l1_weight * sign_of<Math>(d);
     return d * d + P.l1_weight * fabsf(d);
   }
-  const LogitParts s = logit_parts(x);
+  const LogitParts s = logit_parts<Math>(x);
   const float pq = s.p * s.q;  // dp/dz
   const float diff = s.p - t;
   float value;
@@ -68,32 +90,48 @@ KPF_HOST_DEVICE float pixel_loss(float x, float t, bool positive, const LossPara
     const float alpha_t = P.alpha * t + (1.0f - P.alpha) * (1.0f - t);
     const float d = fabsf(diff);
     const float bce = t * s.softplus_neg + (1.0f - t) * s.softplus_pos;  // BCEWithLogits(z, t)
-    const float modulation = pow_nonneg(d, P.gamma);
+    const float modulation = Math::pow(d, P.gamma);
     if (GRADIENT) {
       // d|t - p|^gamma / dz = gamma |t - p|^(gamma - 1) sign(p - t) p q, taken as 0 where p == t.
-      const float d_modulation = d > 0.0f ? P.gamma * pow_nonneg(d, P.gamma - 1.0f) * sign_of(diff) * pq : 0.0f;
+      const float d_modulation_any = P.gamma * Math::pow(d, P.gamma - 1.0f) * sign_of<Math>(diff) * pq;
+      const float d_modulation = Math::select(d > 0.0f, d_modulation_any, 0.0f);
       value = alpha_t * (d_modulation * bce + modulation * diff);
     } else {
       value = alpha_t * modulation * bce;
     }
-  } else {  // CORNERNET
-    if (positive) {
-      const float qa = pow_nonneg(s.q, P.alpha);
-      // (1 - p)^alpha (-log p); d/dz = -q^alpha (alpha p softplus(-z) + q)
-      value = GRADIENT ? -qa * (P.alpha * s.p * s.softplus_neg + s.q) : qa * s.softplus_neg;
+  } else {  // CORNERNET: both terms, then a select (no data-dependent branch)
+    const float qa = Math::pow(s.q, P.alpha);
+    const float neg = Math::pow(max_of<Math>(1.0f - t, 0.0f), P.beta) * Math::pow(s.p, P.alpha);
+    if (GRADIENT) {
+      // (1 - p)^alpha (-log p):                  d/dz = -q^alpha (alpha p softplus(-z) + q)
+      // (1 - t)^beta p^alpha (-log(1 - p)):      d/dz = (1 - t)^beta p^alpha (alpha q softplus(z) + p)
+      const float positive_value = -qa * (P.alpha * s.p * s.softplus_neg + s.q);
+      const float negative_value = neg * (P.alpha * s.q * s.softplus_pos + s.p);
+      value = Math::select(positive, positive_value, negative_value);
     } else {
-      const float neg = pow_nonneg(fmaxf(1.0f - t, 0.0f), P.beta) * pow_nonneg(s.p, P.alpha);
-      // (1 - t)^beta p^alpha (-log(1 - p)); d/dz = (1 - t)^beta p^alpha (alpha q softplus(z) + p)
-      value = GRADIENT ? neg * (P.alpha * s.q * s.softplus_pos + s.p) : neg * s.softplus_pos;
+      const float positive_value = qa * s.softplus_neg;
+      const float negative_value = neg * s.softplus_pos;
+      value = Math::select(positive, positive_value, negative_value);
     }
   }
-  if (GRADIENT) return value + P.l1_weight * sign_of(diff) * pq;
+  if (GRADIENT) return value + P.l1_weight * sign_of<Math>(diff) * pq;
   return value + P.l1_weight * fabsf(diff);
 }
 
+// The cornernet positive of a keypoint: the pixel floor(kp + 0.5) when the keypoint is valid (the
+// render rule) and that pixel lies on the map, else (-1, -1). Compared in floating point before
+// the conversion to int, so that huge coordinates (valid under a huge sigma) cannot overflow.
+KPF_HOST_DEVICE void positive_pixel(float x, float y, bool valid, int height, int width, int* px, int* py) {
+  const float mx = floorf(x + 0.5f), my = floorf(y + 0.5f);
+  const bool on_map = valid && mx >= 0.0f && mx < float(width) && my >= 0.0f && my < float(height);
+  *px = on_map ? static_cast<int>(mx) : -1;
+  *py = on_map ? static_cast<int>(my) : -1;
+}
+
 // w = keypoint_weight where t > threshold, else background_weight (times the map's weight).
+template <typename Math = PreciseMath>
 KPF_HOST_DEVICE float pixel_weight(float t, const LossParams& P) {
-  return t > P.threshold ? P.keypoint_weight : P.background_weight;
+  return Math::select(t > P.threshold, P.keypoint_weight, P.background_weight);
 }
 
 inline LossKind loss_kind_from_string(const std::string& name) {
