@@ -84,9 +84,17 @@ bool uses_small_exponents(LossKind kind, const LossParams& P) {
   return true;
 }
 
+// On x86-64 GCC the inner loop is also compiled for AVX2+FMA (8 floats a step) and picked at load
+// time by the CPU it runs on (an ifunc); the default clone keeps the baseline ISA.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define KPF_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#else
+#define KPF_CPU_CLONES
+#endif
+
 // values[c] = w(t) * (loss or gradient) of each pixel of a row: the vectorised inner loop.
 template <LossKind KIND, bool GRADIENT, typename Math>
-void row_values(const float* __restrict__ x, const float* __restrict__ t, const char* __restrict__ positive,
+KPF_CPU_CLONES void row_values(const float* __restrict__ x, const float* __restrict__ t, const char* __restrict__ positive,
                 float* __restrict__ values, int width, const LossParams& P) {
   for (int c = 0; c < width; ++c) {
     values[c] = pixel_weight<Math>(t[c], P) * pixel_loss<KIND, GRADIENT, Math>(x[c], t[c], positive[c] != 0, P);
