@@ -94,8 +94,9 @@ bool uses_small_exponents(LossKind kind, const LossParams& P) {
 
 // values[c] = w(t) * (loss or gradient) of each pixel of a row: the vectorised inner loop.
 template <LossKind KIND, bool GRADIENT, typename Math>
-KPF_CPU_CLONES void row_values(const float* __restrict__ x, const float* __restrict__ t, const char* __restrict__ positive,
-                float* __restrict__ values, int width, const LossParams& P) {
+KPF_CPU_CLONES void row_values(const float* __restrict__ x, const float* __restrict__ t,
+                               const char* __restrict__ positive, float* __restrict__ values, int width,
+                               const LossParams& P) {
   for (int c = 0; c < width; ++c) {
     values[c] = pixel_weight<Math>(t[c], P) * pixel_loss<KIND, GRADIENT, Math>(x[c], t[c], positive[c] != 0, P);
   }

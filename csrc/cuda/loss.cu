@@ -194,7 +194,8 @@ at::Tensor heatmap_loss_backward_cuda(const at::Tensor& grad_map_losses, const a
   const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
   TORCH_CHECK(grad_map_losses.dim() == 2 && grad_map_losses.size(0) == pred.size(0) &&
                   grad_map_losses.size(1) == pred.size(1),
-              "grad_map_losses must have shape (", pred.size(0), ", ", pred.size(1), "), got ", grad_map_losses.sizes());
+              "grad_map_losses must have shape (", pred.size(0), ", ", pred.size(1), "), got ",
+              grad_map_losses.sizes());
   TORCH_CHECK(grad_map_losses.device() == pred.device(), "grad_map_losses and pred must be on one device");
   const c10::cuda::CUDAGuard guard(pred.device());
   // (B, K) floats: the upstream gradient is often an expanded scalar (stride 0).

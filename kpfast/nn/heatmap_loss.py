@@ -72,7 +72,9 @@ class HeatmapLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor | None = None,
                 sigma=None) -> torch.Tensor:
-        """Loss of ``pred (B, K, H, W)`` against targets rendered from ``keypoints``; ``sigma`` overrides the module's."""
+        """Loss of ``pred (B, K, H, W)`` against targets rendered from ``keypoints``.
+
+        ``sigma`` (optional) overrides the module's for this call."""
         sigma = self.sigma if sigma is None else sigma
         options = {k: v for k, v in self.config.items() if k != "reduction"}
         if self.ohkm_topk is None:

@@ -9,7 +9,8 @@ import torch
 from kpfast import _extension, backends
 from kpfast import reference as _reference
 from kpfast.ops import _loss_autograd
-from kpfast.ops._checks import HEATMAP_DTYPES, check_choice, check_same_device, check_tensor, normalise_keypoints, normalise_sigma
+from kpfast.ops._checks import (HEATMAP_DTYPES, check_choice, check_same_device, check_tensor, normalise_keypoints,
+                                normalise_sigma)
 
 ENCODINGS = ("msra", "udp", "dark")
 KINDS = ("mse", "focal", "cornernet")

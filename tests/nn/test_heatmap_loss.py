@@ -81,7 +81,8 @@ def test_sigma_override_at_call_time():
     logits, keypoints, visibility = _batch(seed=4)
     criterion = HeatmapLoss.weighted_mse(sigma=2.0, backend="torch")
     wider = criterion(logits, keypoints, visibility, sigma=torch.full((6,), 3.0))
-    torch.testing.assert_close(wider, HeatmapLoss.weighted_mse(sigma=3.0, backend="torch")(logits, keypoints, visibility))
+    expected = HeatmapLoss.weighted_mse(sigma=3.0, backend="torch")(logits, keypoints, visibility)
+    torch.testing.assert_close(wider, expected)
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,6 @@
 published focal/CenterNet formulas written independently, normalisation, stability, edge cases,
 argument errors, opcheck, torch.compile and the no-temporaries memory claim."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,7 +215,8 @@ def test_cornernet_is_centernet(kernel_backend, has_positives):
         got, grad = loss_and_grad(backend, logits, keypoints, None, reduction=reduction, **kwargs)
         assert_close_rel(got, expected.detach(), LOSS_RTOL, f"cornernet {reduction}")
         assert_close_rel(grad, expected_grad, GRAD_RTOL, f"cornernet {reduction} gradient")
-    per_map, _ = loss_and_grad(backend, logits, keypoints, None, reduction="none", probe=torch.ones((), device=device), **kwargs)
+    per_map, _ = loss_and_grad(backend, logits, keypoints, None, reduction="none",
+                               probe=torch.ones((), device=device), **kwargs)
     for b in range(2):
         for k in range(3):
             expected_map = _centernet_neg_loss(torch.sigmoid(logits[b, k]).detach(), gt[b, k])
@@ -324,7 +323,8 @@ def test_bad_arguments_are_named(kwargs, error, message):
 
 def test_bad_pred_is_named():
     keypoints = torch.rand(2, 5, 2) * 8
-    with pytest.raises(ValueError, match=r"pred: expected shape \(2, 5, H, W\) to match keypoints, got \(2, 4, 11, 13\)"):
+    with pytest.raises(ValueError,
+                       match=r"pred: expected shape \(2, 5, H, W\) to match keypoints, got \(2, 4, 11, 13\)"):
         heatmap_loss(torch.zeros(2, 4, H, W), keypoints)
     with pytest.raises(ValueError, match=r"pred: expected a 4-D tensor, got shape \(5, 11, 13\)"):
         heatmap_loss(torch.zeros(5, H, W), keypoints)
@@ -435,15 +435,18 @@ def test_no_map_sized_temporaries_on_gpu(backend):
 
 def test_backend_selection_uses_the_registry(monkeypatch):
     calls = []
-    original = loss_module.LOSS.implementations["torch"]
+    for name in ("torch", "cpu"):
+        original = loss_module.LOSS.implementations[name]
 
-    def spy(*args):
-        calls.append("torch")
-        return original(*args)
+        def spy(*args, _name=name, _original=original):
+            calls.append(_name)
+            return _original(*args)
 
-    monkeypatch.setitem(loss_module.LOSS.implementations, "torch", spy)
+        monkeypatch.setitem(loss_module.LOSS.implementations, name, spy)
+    monkeypatch.delenv("KPFAST_BACKEND", raising=False)
     keypoints = torch.rand(1, 2, 2) * 5
+    heatmap_loss(torch.zeros(1, 2, H, W), keypoints)
+    assert calls[-1] == ("cpu" if kpfast.extension_status()["loaded"] else "torch"), "auto picks cpu on CPU"
     with kpfast.use_backend("torch"):
         heatmap_loss(torch.zeros(1, 2, H, W), keypoints)
-    assert calls == ["torch"]
-    assert math.isfinite(float(heatmap_loss(torch.zeros(1, 2, H, W), keypoints)))
+        assert calls[-1] == "torch", "the context manager sets the default"
