@@ -137,6 +137,20 @@ def test_half_precision_predictions(kernel_backend, dtype, kind):
     assert_close_rel(grad.float(), ref_grad.float(), HALF_GRAD_RTOL[dtype], "gradient")
 
 
+@pytest.mark.parametrize("kind, exponents", [("focal", dict(gamma=1.5)), ("focal", dict(gamma=0.0)),
+                                             ("cornernet", dict(alpha=1.5, beta=3.5))])
+def test_general_exponents(kernel_backend, kind, exponents):
+    """Exponents outside {0..4} take the CPU kernel's libm path; gamma 0 is plain weighted BCE."""
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device, seed=12)
+    pred = make_pred(kind, *keypoints.shape[:2], device)
+    kwargs = dict(kind=kind, reduction="sum", **exponents)
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, **kwargs)
+    loss, grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs)
+    assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
+    assert_close_rel(grad, ref_grad, GRAD_RTOL, "gradient")
+
+
 def test_non_contiguous_pred(kernel_backend):
     backend, device = kernel_backend
     keypoints, weights = keypoints_with_edge_cases(device=device)
