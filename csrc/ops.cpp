@@ -41,6 +41,18 @@ TORCH_LIBRARY(kpfast, m) {
   // Gradient of the rendered maps w.r.t. keypoints (B, N, K, 2) and sigma (B, K).
   m.def("render_heatmaps_backward(Tensor grad_heatmaps, Tensor keypoints, Tensor weights, Tensor sigma, "
         "str encoding) -> (Tensor grad_keypoints, Tensor grad_sigma)");
+
+  // Op 2: fused weighted heatmap loss, target rendered on the fly (DESIGN.md). pred (B, K, H, W)
+  // float32/bf16/fp16 with any strides; keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K)
+  // float32 contiguous. Returns per-map weighted loss sums (B, K) and cornernet positive counts
+  // (B, K), both float32; the reduction is applied in Python (kpfast/reference/loss.py).
+  m.def("heatmap_loss(Tensor pred, Tensor keypoints, Tensor weights, Tensor sigma, str encoding, str kind, "
+        "float alpha, float gamma, float beta, float keypoint_weight, float background_weight, float threshold, "
+        "float l1_weight) -> (Tensor map_losses, Tensor positives)");
+  // Gradient w.r.t. pred (contiguous, pred's dtype) given the upstream gradient of map_losses.
+  m.def("heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, "
+        "Tensor sigma, str encoding, str kind, float alpha, float gamma, float beta, float keypoint_weight, "
+        "float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
 }
 
 }  // namespace kpfast

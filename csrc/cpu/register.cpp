@@ -8,6 +8,10 @@ namespace kpfast {
 TORCH_LIBRARY_IMPL(kpfast, CPU, m) {
   m.impl("render_heatmaps", &render_heatmaps_cpu);
   m.impl("render_heatmaps_backward", &render_heatmaps_backward_cpu);
+
+  // Op 2: fused heatmap loss.
+  m.impl("heatmap_loss", &heatmap_loss_cpu);
+  m.impl("heatmap_loss_backward", &heatmap_loss_backward_cpu);
 }
 
 }  // namespace kpfast

@@ -8,6 +8,10 @@ namespace kpfast {
 TORCH_LIBRARY_IMPL(kpfast, CUDA, m) {
   m.impl("render_heatmaps", &render_heatmaps_cuda);
   m.impl("render_heatmaps_backward", &render_heatmaps_backward_cuda);
+
+  // Op 2: fused heatmap loss.
+  m.impl("heatmap_loss", &heatmap_loss_cuda);
+  m.impl("heatmap_loss_backward", &heatmap_loss_backward_cuda);
 }
 
 }  // namespace kpfast

@@ -7,3 +7,8 @@ See DESIGN.md for the contract. Every op takes ``backend=`` (``"auto"``, ``"torc
 from kpfast.ops.render import adaptive_sigma, render_heatmaps
 
 __all__ = ["adaptive_sigma", "render_heatmaps"]
+
+# Op 2: fused heatmap loss.
+from kpfast.ops.loss import heatmap_loss  # noqa: E402
+
+__all__ += ["heatmap_loss"]
