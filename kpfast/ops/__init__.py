@@ -7,3 +7,8 @@ See DESIGN.md for the contract. Every op takes ``backend=`` (``"auto"``, ``"torc
 from kpfast.ops.render import adaptive_sigma, render_heatmaps
 
 __all__ = ["adaptive_sigma", "render_heatmaps"]
+
+# Op 3: decoding.
+from kpfast.ops.decode import decode_heatmaps, find_peaks, flip_merge, soft_argmax  # noqa: E402
+
+__all__ += ["decode_heatmaps", "find_peaks", "flip_merge", "soft_argmax"]
