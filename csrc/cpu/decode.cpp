@@ -10,6 +10,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
 #include "cpu/ops.h"
@@ -20,6 +21,15 @@ namespace kpfast {
 namespace {
 
 constexpr int kLanes = 16;  // independent accumulators: lets -O3 vectorise the reductions
+
+// The hot float loops of soft-argmax are compiled twice on x86-64, for AVX2+FMA and for the
+// baseline, and the loader picks the clone the CPU supports (GCC/Clang function multiversioning):
+// the build itself stays portable (no -march flag).
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define KPF_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#else
+#define KPF_CPU_CLONES
+#endif
 
 // Enough maps per task to amortise scheduling, few enough to balance two to many cores.
 int64_t grain_for(int64_t map_size) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(map_size, 1)); }
@@ -192,10 +202,15 @@ void decode_cpu_kernel(const scalar_t* heatmaps, float* coords, float* scores, i
 
 // ---- soft-argmax --------------------------------------------------------------------------
 
-// exp(x) for x <= 0 (Cephes' expf polynomial, |relative error| < 2e-7), branch-free so that
-// the loops below vectorise without a vector math library; 0 below float's normal range.
+// exp(x) for x <= 0 (Cephes' expf polynomial, measured |relative error| < 1e-7 on [-87, 0]).
+// Branch-free, so that -O3 vectorises the loops below without -fno-trapping-math or a vector
+// math library: max(x, -87) is an unsigned-integer min of the bit patterns (valid for every
+// x <= 87: positive floats sort below negative ones, negative ones by magnitude). Below -87 it
+// returns exp(-87) ~ 1.6e-38 instead of a smaller number: invisible next to the softmax total (>= 1).
 inline float exp_nonpositive(float x) {
-  const float clamped = x < -87.0f ? -87.0f : x;
+  const uint32_t bits_x = c10::bit_cast<uint32_t>(x);
+  const uint32_t bits_limit = 0xC2AE0000u;  // -87.0f
+  const float clamped = c10::bit_cast<float>(bits_x < bits_limit ? bits_x : bits_limit);
   const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   float r = clamped - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
@@ -207,9 +222,42 @@ inline float exp_nonpositive(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
+  return p * c10::bit_cast<float>(bits);
+}
+
+// One row of the soft-argmax forward, float32: e = exp(beta (h - max)) into a buffer, then its
+// sums over eight independent lanes (a plain float reduction would not be vectorised).
+KPF_CPU_CLONES void soft_argmax_row_f32(const float* line, int width, float beta, float best, float* e,
+                                        float* row_total, float* row_x) {
+  for (int col = 0; col < width; ++col) e[col] = exp_nonpositive(beta * (line[col] - best));
+  float total[8] = {0, 0, 0, 0, 0, 0, 0, 0}, weighted[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int col = 0;
+  for (; col + 8 <= width; col += 8) {
+    for (int j = 0; j < 8; ++j) {
+      total[j] += e[col + j];
+      weighted[j] += e[col + j] * static_cast<float>(col + j);
+    }
+  }
+  for (; col < width; ++col) {
+    total[0] += e[col];
+    weighted[0] += e[col] * static_cast<float>(col);
+  }
+  float t = 0.0f, x = 0.0f;
+  for (int j = 0; j < 8; ++j) {
+    t += total[j];
+    x += weighted[j];
+  }
+  *row_total = t;
+  *row_x = x;
+}
+
+// One row of the soft-argmax backward, float32: beta p (gx j + row_term), p = exp(beta h - lse).
+KPF_CPU_CLONES void soft_argmax_backward_row_f32(const float* line, int width, float beta, float lse, float gx,
+                                                 float row_term, float* out) {
+  for (int col = 0; col < width; ++col) {
+    const float p = exp_nonpositive(beta * line[col] - lse);
+    out[col] = beta * p * (gx * static_cast<float>(col) + row_term);
+  }
 }
 
 template <typename T>
@@ -221,30 +269,83 @@ inline T exp_nonpositive_t(T x) {
   }
 }
 
+// Monotonic integer key of a float: signed comparisons of keys order the floats as < does
+// (NaN above +inf). Integer max vectorises where a float select would not (see exp_nonpositive).
+inline int32_t order_key(float v) {
+  const int32_t bits = c10::bit_cast<int32_t>(v);
+  return bits ^ ((bits >> 31) & 0x7fffffff);
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t map_maximum(const scalar_t* m, int64_t size) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    int32_t lanes[kLanes];
+    std::fill(lanes, lanes + kLanes, order_key(-std::numeric_limits<float>::infinity()));
+    int64_t i = 0;
+    for (; i + kLanes <= size; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        const int32_t key = order_key(m[i + j]);
+        lanes[j] = key > lanes[j] ? key : lanes[j];
+      }
+    }
+    int32_t best = lanes[0];
+    for (int j = 1; j < kLanes; ++j) best = lanes[j] > best ? lanes[j] : best;
+    for (; i < size; ++i) best = order_key(m[i]) > best ? order_key(m[i]) : best;
+    return c10::bit_cast<float>(best ^ ((best >> 31) & 0x7fffffff));  // the key map is an involution
+  } else {
+    acc_t best = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t i = 0; i < size; ++i) {
+      const acc_t v = static_cast<acc_t>(m[i]);
+      best = v > best ? v : best;
+    }
+    return best;
+  }
+}
+
+// Per row: e = exp(beta (h - max)) into a buffer (a vectorised map loop), then its sums over
+// eight independent lanes (vectorised; a plain float reduction would not be reordered).
+template <typename scalar_t, typename acc_t>
+void soft_argmax_row(const scalar_t* line, int width, acc_t beta, acc_t best, acc_t* e, acc_t& row_total,
+                     acc_t& row_x) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    soft_argmax_row_f32(line, width, beta, best, e, &row_total, &row_x);
+    return;
+  }
+  for (int col = 0; col < width; ++col) e[col] = exp_nonpositive_t<acc_t>(beta * (static_cast<acc_t>(line[col]) - best));
+  acc_t total[8] = {0, 0, 0, 0, 0, 0, 0, 0}, weighted[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int col = 0;
+  for (; col + 8 <= width; col += 8) {
+    for (int j = 0; j < 8; ++j) {
+      total[j] += e[col + j];
+      weighted[j] += e[col + j] * static_cast<acc_t>(col + j);
+    }
+  }
+  for (; col < width; ++col) {
+    total[0] += e[col];
+    weighted[0] += e[col] * static_cast<acc_t>(col);
+  }
+  row_total = 0;
+  row_x = 0;
+  for (int j = 0; j < 8; ++j) {
+    row_total += total[j];
+    row_x += weighted[j];
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void soft_argmax_cpu_kernel(const scalar_t* heatmaps, acc_t* coords, acc_t* scores, acc_t* log_normaliser,
                             int64_t maps, int height, int width, acc_t beta) {
   const int64_t map_size = int64_t(height) * width;
   at::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buffer(width);
+    std::vector<acc_t> e(width);
     for (int64_t map = begin; map < end; ++map) {
       const scalar_t* m = heatmaps + map * map_size;
-      acc_t best = -std::numeric_limits<acc_t>::infinity();
-      for (int64_t i = 0; i < map_size; ++i) {
-        const acc_t v = static_cast<acc_t>(m[i]);
-        best = v > best ? v : best;
-      }
-      // Sums of e = exp(beta (h - max)): total, and weighted by column and by row. Per row in
-      // a vectorised inner loop; across rows in double, so that large maps keep float accuracy.
+      const acc_t best = map_maximum<scalar_t, acc_t>(m, map_size);
+      // Across rows in double, so that large maps keep float accuracy.
       double total = 0.0, sum_x = 0.0, sum_y = 0.0;
       for (int row = 0; row < height; ++row) {
-        const scalar_t* line = m + int64_t(row) * width;
-        acc_t row_total = 0, row_x = 0;
-        for (int col = 0; col < width; ++col) {
-          const acc_t e = exp_nonpositive_t<acc_t>(beta * (static_cast<acc_t>(line[col]) - best));
-          row_total += e;
-          row_x += e * static_cast<acc_t>(col);
-        }
+        acc_t row_total, row_x;
+        soft_argmax_row<scalar_t, acc_t>(m + int64_t(row) * width, width, beta, best, e.data(), row_total, row_x);
         total += row_total;
         sum_x += row_x;
         sum_y += static_cast<double>(row_total) * row;
@@ -263,6 +364,7 @@ void soft_argmax_backward_cpu_kernel(const acc_t* grad_coords, const scalar_t* h
                                      acc_t beta) {
   const int64_t map_size = int64_t(height) * width;
   at::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> row_grad(width);
     for (int64_t map = begin; map < end; ++map) {
       // d x / d h_ij = beta p_ij (j - x), d y / d h_ij = beta p_ij (i - y).
       const acc_t gx = grad_coords[2 * map], gy = grad_coords[2 * map + 1];
@@ -271,10 +373,20 @@ void soft_argmax_backward_cpu_kernel(const acc_t* grad_coords, const scalar_t* h
       scalar_t* out = grad + map * map_size;
       for (int row = 0; row < height; ++row) {
         const acc_t row_term = gy * (static_cast<acc_t>(row) - y) - gx * x;
+        const scalar_t* line = m + int64_t(row) * width;
+        scalar_t* out_row = out + int64_t(row) * width;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          soft_argmax_backward_row_f32(line, width, beta, lse, gx, row_term, out_row);
+          continue;
+        }
+        // Straight into the output when it holds acc_t (a vectorised loop), else via a row buffer.
+        acc_t* target = std::is_same_v<scalar_t, acc_t> ? reinterpret_cast<acc_t*>(out_row) : row_grad.data();
         for (int col = 0; col < width; ++col) {
-          const int64_t i = int64_t(row) * width + col;
-          const acc_t p = exp_nonpositive_t<acc_t>(beta * static_cast<acc_t>(m[i]) - lse);
-          out[i] = static_cast<scalar_t>(beta * p * (gx * static_cast<acc_t>(col) + row_term));
+          const acc_t p = exp_nonpositive_t<acc_t>(beta * static_cast<acc_t>(line[col]) - lse);
+          target[col] = beta * p * (gx * static_cast<acc_t>(col) + row_term);
+        }
+        if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+          for (int col = 0; col < width; ++col) out_row[col] = static_cast<scalar_t>(row_grad[col]);
         }
       }
     }

@@ -35,8 +35,6 @@ def _assert_peaks_equal(got, expected):
                                                                 (0.2, 4, 3)])
 def test_backend_matches_reference(kernel_backend, threshold, min_distance, max_peaks):
     backend, device = kernel_backend
-    if backend == "cuda":
-        pytest.skip("find_peaks has no cuda kernel (torch, cpu and triton do)")
     maps = _all_maps(device)
     expected = find_peaks(maps, threshold, min_distance, max_peaks, backend="torch")
     got = find_peaks(maps, threshold, min_distance, max_peaks, backend=backend)
@@ -84,8 +82,6 @@ def test_equal_scores_sorted_by_index():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_and_strides(kernel_backend, dtype):
     backend, device = kernel_backend
-    if backend == "cuda":
-        pytest.skip("find_peaks has no cuda kernel")
     maps = _all_maps(device).to(dtype)
     strided = maps.transpose(0, 1).contiguous().transpose(0, 1)
     _assert_peaks_equal(find_peaks(strided, 0.1, 2, 6, backend=backend), find_peaks(maps, 0.1, 2, 6, backend="torch"))
@@ -93,8 +89,6 @@ def test_half_precision_and_strides(kernel_backend, dtype):
 
 def test_empty_batches_and_more_peaks_than_pixels(kernel_backend):
     backend, device = kernel_backend
-    if backend == "cuda":
-        pytest.skip("find_peaks has no cuda kernel")
     for shape in [(0, 3, H, W), (2, 0, H, W)]:
         coords, scores, valid = find_peaks(torch.zeros(shape, device=device), backend=backend)
         assert coords.shape == shape[:2] + (20, 2) and valid.shape == shape[:2] + (20,)
@@ -104,11 +98,19 @@ def test_empty_batches_and_more_peaks_than_pixels(kernel_backend):
     assert expected[2][0, 0].tolist() == [True] * 4 + [False] * 2
 
 
-def test_cuda_backend_is_refused_with_reason():
+def test_cuda_backend_on_cpu_tensors_is_refused_with_reason():
     from kpfast import backends
 
     with pytest.raises(backends.BackendUnavailableError, match="cuda: "):
         find_peaks(torch.rand(1, 1, 4, 4), backend="cuda")
+
+
+def test_many_peaks_beyond_the_cuda_candidate_list(kernel_backend):
+    """min_distance=0 on noise makes every pixel a peak: more than the CUDA kernel's shared
+    list holds (2048), which then rescans the map; all backends must agree."""
+    backend, device = kernel_backend
+    maps = torch.rand(1, 2, 48, 50, generator=torch.Generator().manual_seed(9)).to(device)
+    _assert_peaks_equal(find_peaks(maps, -1.0, 0, 25, backend=backend), find_peaks(maps, -1.0, 0, 25, backend="torch"))
 
 
 @pytest.mark.parametrize(
@@ -127,16 +129,12 @@ def test_bad_arguments_are_named(kwargs, error, message):
 
 def test_opcheck(kernel_backend):
     backend, device = kernel_backend
-    if backend == "cuda":
-        pytest.skip("find_peaks has no cuda kernel")
     op = torch.ops.kpfast_triton.find_peaks if backend == "triton" else torch.ops.kpfast.find_peaks
     torch.library.opcheck(op, (_all_maps(device), 0.1, 2, 5))
 
 
 def test_torch_compile_fullgraph(kernel_backend):
     backend, device = kernel_backend
-    if backend == "cuda":
-        pytest.skip("find_peaks has no cuda kernel")
     maps = _all_maps(device)
 
     def peaks(m):
