@@ -46,23 +46,49 @@ const float* as_float(const scalar_t* map, int64_t size, std::vector<float>& buf
   }
 }
 
-// Index of the first maximum in row-major order (NaN pixels are ignored). Two passes over a
-// cache-resident map: a vectorisable max, then the first index holding it.
-int64_t first_argmax(const float* m, int64_t size) {
-  float lanes[kLanes];
-  std::fill(lanes, lanes + kLanes, -std::numeric_limits<float>::infinity());
+// Monotonic integer key of a float: signed comparisons of keys order floats as < does, with
+// NaN above +inf (as torch.argmax treats NaN). Integer max vectorises where a float select would
+// not (that needs -fno-trapping-math, which the build does not set).
+inline int32_t order_key(float v) {
+  const int32_t bits = c10::bit_cast<int32_t>(v);
+  return bits ^ ((bits >> 31) & 0x7fffffff);
+}
+
+// Largest key of a float map (16 independent lanes: a vectorised loop).
+KPF_CPU_CLONES int32_t max_key_f32(const float* m, int64_t size) {
+  int32_t lanes[kLanes];
+  std::fill(lanes, lanes + kLanes, order_key(-std::numeric_limits<float>::infinity()));
   int64_t i = 0;
   for (; i + kLanes <= size; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) lanes[j] = m[i + j] > lanes[j] ? m[i + j] : lanes[j];
+    for (int j = 0; j < kLanes; ++j) {
+      const int32_t key = order_key(m[i + j]);
+      lanes[j] = key > lanes[j] ? key : lanes[j];
+    }
   }
-  float best = -std::numeric_limits<float>::infinity();
-  for (int j = 0; j < kLanes; ++j) best = lanes[j] > best ? lanes[j] : best;
-  for (; i < size; ++i) best = m[i] > best ? m[i] : best;
-  for (int64_t p = 0; p < size; ++p) {
-    if (m[p] == best) return p;
-  }
-  return 0;  // every pixel NaN or -inf: the first one
+  int32_t best = lanes[0];
+  for (int j = 1; j < kLanes; ++j) best = lanes[j] > best ? lanes[j] : best;
+  for (; i < size; ++i) best = order_key(m[i]) > best ? order_key(m[i]) : best;
+  return best;
 }
+
+// First pixel whose key is `key`: whole chunks are tested with a vectorised OR, then the chunk
+// that holds it pixel by pixel.
+KPF_CPU_CLONES int64_t first_key_f32(const float* m, int64_t size, int32_t key) {
+  int64_t p = 0;
+  for (; p + kLanes <= size; p += kLanes) {
+    int hit = 0;
+    for (int j = 0; j < kLanes; ++j) hit |= order_key(m[p + j]) == key;
+    if (hit) break;
+  }
+  for (; p < size; ++p) {
+    if (order_key(m[p]) == key) return p;
+  }
+  return 0;
+}
+
+// Index of the first maximum in row-major order: the largest key, then the first pixel
+// holding it (the map is cache-resident for this second, early-exiting pass).
+int64_t first_argmax(const float* m, int64_t size) { return first_key_f32(m, size, max_key_f32(m, size)); }
 
 // The 5x5 patch of blurred values (zero padding) at coordinates clamped into the map, around
 // (x, y): rows first, then columns, as OpenCV's separable filter does.
@@ -269,28 +295,10 @@ inline T exp_nonpositive_t(T x) {
   }
 }
 
-// Monotonic integer key of a float: signed comparisons of keys order the floats as < does
-// (NaN above +inf). Integer max vectorises where a float select would not (see exp_nonpositive).
-inline int32_t order_key(float v) {
-  const int32_t bits = c10::bit_cast<int32_t>(v);
-  return bits ^ ((bits >> 31) & 0x7fffffff);
-}
-
 template <typename scalar_t, typename acc_t>
 acc_t map_maximum(const scalar_t* m, int64_t size) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    int32_t lanes[kLanes];
-    std::fill(lanes, lanes + kLanes, order_key(-std::numeric_limits<float>::infinity()));
-    int64_t i = 0;
-    for (; i + kLanes <= size; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) {
-        const int32_t key = order_key(m[i + j]);
-        lanes[j] = key > lanes[j] ? key : lanes[j];
-      }
-    }
-    int32_t best = lanes[0];
-    for (int j = 1; j < kLanes; ++j) best = lanes[j] > best ? lanes[j] : best;
-    for (; i < size; ++i) best = order_key(m[i]) > best ? order_key(m[i]) : best;
+    const int32_t best = max_key_f32(m, size);
     return c10::bit_cast<float>(best ^ ((best >> 31) & 0x7fffffff));  // the key map is an involution
   } else {
     acc_t best = -std::numeric_limits<acc_t>::infinity();
