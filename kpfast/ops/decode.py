@@ -120,7 +120,12 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: i
     Returns:
         ``coords (B, K, 2)`` float32 ``(x, y)`` in heatmap pixels (pixel ``(i, j)`` at ``x=j, y=i``),
         ``-1`` where the map maximum is <= 0; ``scores (B, K)`` float32, the map maximum.
-        Not differentiable (the outputs never require grad).
+        Not differentiable (the outputs never require grad). Maps must be finite: NaN pixels
+        give backend-dependent results (not checked, to keep the op free of a device sync).
+
+    Deviations from the published code, where it fails: a map whose maximum is <= 0 keeps
+    ``-1`` also for ``udp`` (MMPose refines it with wrapped indices); a singular Hessian
+    (``det == 0``) or a non-finite step leaves the argmax (numpy's inverse would raise).
     """
     _check_heatmaps(heatmaps)
     check_choice("method", method, DECODE_METHODS)
