@@ -43,7 +43,6 @@ def test_backend_matches_reference(kernel_backend, threshold, min_distance, max_
 
 
 def test_people_are_found():
-    maps, keypoints = _people_maps("cpu", batch=1, people=3, num_keypoints=1, seed=4)
     keypoints = torch.tensor([[[[2.2, 3.1]], [[9.0, 10.4]], [[8.6, 1.7]]]])
     maps, _ = render_heatmaps(keypoints, size=(H, W), sigma=1.0, encoding="udp")
     coords, scores, valid = find_peaks(maps, threshold=0.3, min_distance=2, max_peaks=5, backend="torch")
