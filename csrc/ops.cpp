@@ -53,6 +53,17 @@ TORCH_LIBRARY(kpfast, m) {
   m.def("heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, "
         "Tensor sigma, str encoding, str kind, float alpha, float gamma, float beta, float keypoint_weight, "
         "float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
+  // Op 3: heatmap decoding (DESIGN.md). heatmaps (B, K, H, W) contiguous float32/float16/bfloat16;
+  // method one of argmax, quarter, dark, udp, local_mean; coords (B, K, 2) and scores (B, K) float32.
+  m.def("decode_heatmaps(Tensor heatmaps, str method, int blur_kernel, int window) -> (Tensor coords, Tensor scores)");
+  // Soft-argmax: coords (B, K, 2), scores (B, K) = the map maximum, and the per-map log-normaliser
+  // log sum exp(beta h) that the fused backward needs (float32, or float64 for float64 maps).
+  m.def("soft_argmax(Tensor heatmaps, float beta) -> (Tensor coords, Tensor scores, Tensor log_normaliser)");
+  m.def("soft_argmax_backward(Tensor grad_coords, Tensor heatmaps, Tensor coords, Tensor log_normaliser, "
+        "float beta) -> Tensor");
+  // Peaks after non-maximum suppression: coords (B, K, P, 2), scores (B, K, P), valid (B, K, P) bool.
+  m.def("find_peaks(Tensor heatmaps, float threshold, int min_distance, int max_peaks) -> (Tensor coords, "
+        "Tensor scores, Tensor valid)");
 }
 
 }  // namespace kpfast
