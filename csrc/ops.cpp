@@ -41,6 +41,29 @@ TORCH_LIBRARY(kpfast, m) {
   // Gradient of the rendered maps w.r.t. keypoints (B, N, K, 2) and sigma (B, K).
   m.def("render_heatmaps_backward(Tensor grad_heatmaps, Tensor keypoints, Tensor weights, Tensor sigma, "
         "str encoding) -> (Tensor grad_keypoints, Tensor grad_sigma)");
+
+  // Op 2: fused weighted heatmap loss, target rendered on the fly (DESIGN.md). pred (B, K, H, W)
+  // float32/bf16/fp16 with any strides; keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K)
+  // float32 contiguous. Returns per-map weighted loss sums (B, K) and cornernet positive counts
+  // (B, K), both float32; the reduction is applied in Python (kpfast/reference/loss.py).
+  m.def("heatmap_loss(Tensor pred, Tensor keypoints, Tensor weights, Tensor sigma, str encoding, str kind, "
+        "float alpha, float gamma, float beta, float keypoint_weight, float background_weight, float threshold, "
+        "float l1_weight) -> (Tensor map_losses, Tensor positives)");
+  // Gradient w.r.t. pred (contiguous, pred's dtype) given the upstream gradient of map_losses.
+  m.def("heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, "
+        "Tensor sigma, str encoding, str kind, float alpha, float gamma, float beta, float keypoint_weight, "
+        "float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
+  // Op 3: heatmap decoding (DESIGN.md). heatmaps (B, K, H, W) contiguous float32/float16/bfloat16;
+  // method one of argmax, quarter, dark, udp, local_mean; coords (B, K, 2) and scores (B, K) float32.
+  m.def("decode_heatmaps(Tensor heatmaps, str method, int blur_kernel, int window) -> (Tensor coords, Tensor scores)");
+  // Soft-argmax: coords (B, K, 2), scores (B, K) = the map maximum, and the per-map log-normaliser
+  // log sum exp(beta h) that the fused backward needs (float32, or float64 for float64 maps).
+  m.def("soft_argmax(Tensor heatmaps, float beta) -> (Tensor coords, Tensor scores, Tensor log_normaliser)");
+  m.def("soft_argmax_backward(Tensor grad_coords, Tensor heatmaps, Tensor coords, Tensor log_normaliser, "
+        "float beta) -> Tensor");
+  // Peaks after non-maximum suppression: coords (B, K, P, 2), scores (B, K, P), valid (B, K, P) bool.
+  m.def("find_peaks(Tensor heatmaps, float threshold, int min_distance, int max_peaks) -> (Tensor coords, "
+        "Tensor scores, Tensor valid)");
 }
 
 }  // namespace kpfast

@@ -1,0 +1,297 @@
+// CPU kernels for Op 2, the fused weighted heatmap loss that renders its target on the fly.
+//
+// One map (b, k) per task of at::parallel_for. Within a map the target is rebuilt row by row
+// from the separable Gaussian (H + W exponentials per instance, like render), so neither the
+// target nor the pixel weights ever exist as (B, K, H, W) tensors: the forward reads pred once
+// and writes two floats per map; the backward reads pred once and writes the gradient once.
+// pred may have any strides; the gradient is contiguous, in pred's dtype.
+//
+// The pixel formulas run over one row at a time on float buffers with branch-free polynomial
+// exp/log1p (VectorMath below), which GCC vectorises at -O3; exponents outside the small
+// integers the fast pow covers fall back to libm (PreciseMath), one pixel at a time.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/ops.h"
+#include "kpfast/loss.h"
+
+namespace kpfast {
+namespace {
+
+// Branch-free float32 exp / log1p / pow, accurate to a few ulp (well inside the 1e-5 relative
+// tolerance of the tests), written so that loops calling them vectorise.
+struct VectorMath {
+  // a where condition else b, as a bit blend (no branch for the vectoriser to give up on).
+  static inline float select(bool condition, float a, float b) {
+    uint32_t ua, ub;
+    std::memcpy(&ua, &a, sizeof(ua));
+    std::memcpy(&ub, &b, sizeof(ub));
+    const uint32_t mask = 0u - static_cast<uint32_t>(condition);
+    const uint32_t bits = (ua & mask) | (ub & ~mask);
+    float out;
+    std::memcpy(&out, &bits, sizeof(out));
+    return out;
+  }
+  // exp(x) for x <= 0 (Cephes-style: x = n ln2 + r, a degree-6 polynomial in r, 2^n from bits).
+  static inline float exp_nonpositive(float x) {
+    const float xc = select(x < -87.0f, -87.0f, x);
+    const float n = static_cast<float>(static_cast<int32_t>(xc * 1.44269504088896341f - 0.5f));  // round, xc <= 0
+    const float r = xc - n * 0.693359375f - n * -2.12194440e-4f;
+    float poly = 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    poly = poly * r * r + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // n >= -126: a normal power of two
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return select(x < -87.0f, 0.0f, poly * scale);
+  }
+  // log(1 + e) for e in [0, 1] as 2 atanh(f), f = e / (2 + e) in [0, 1/3]: no cancellation for tiny e.
+  static inline float log1p_unit(float e) {
+    const float f = e / (2.0f + e);
+    const float f2 = f * f;
+    float series = 1.0f / 13.0f;
+    series = series * f2 + 1.0f / 11.0f;
+    series = series * f2 + 1.0f / 9.0f;
+    series = series * f2 + 1.0f / 7.0f;
+    series = series * f2 + 1.0f / 5.0f;
+    series = series * f2 + 1.0f / 3.0f;
+    series = series * f2 + 1.0f;
+    return 2.0f * f * series;
+  }
+  // x^g for x >= 0 and g in {0, 1, 2, 3, 4} only (see uses_small_exponents).
+  static inline float pow(float x, float g) {
+    const float x2 = x * x, x3 = x2 * x, x4 = x2 * x2;
+    return select(g == 0.0f, 1.0f, select(g == 1.0f, x, select(g == 2.0f, x2, select(g == 3.0f, x3, x4))));
+  }
+};
+
+bool small_exponent(float g) { return g == 0.0f || g == 1.0f || g == 2.0f || g == 3.0f || g == 4.0f; }
+
+// Whether every exponent the formulas raise to is one VectorMath::pow covers.
+bool uses_small_exponents(LossKind kind, const LossParams& P) {
+  if (kind == LossKind::FOCAL) return small_exponent(P.gamma) && (P.gamma == 0.0f || small_exponent(P.gamma - 1.0f));
+  if (kind == LossKind::CORNERNET) return small_exponent(P.alpha) && small_exponent(P.beta);
+  return true;
+}
+
+// On x86-64 GCC the inner loop is also compiled for AVX2+FMA (8 floats a step) and picked at load
+// time by the CPU it runs on (an ifunc); the default clone keeps the baseline ISA.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define KPF_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#else
+#define KPF_CPU_CLONES
+#endif
+
+// values[c] = w(t) * (loss or gradient) of each pixel of a row: the vectorised inner loop.
+template <LossKind KIND, bool GRADIENT, typename Math>
+KPF_CPU_CLONES void row_values(const float* __restrict__ x, const float* __restrict__ t,
+                               const char* __restrict__ positive, float* __restrict__ values, int width,
+                               const LossParams& P) {
+  for (int c = 0; c < width; ++c) {
+    values[c] = pixel_weight<Math>(t[c], P) * pixel_loss<KIND, GRADIENT, Math>(x[c], t[c], positive[c] != 0, P);
+  }
+}
+
+// The target rule of one map, prepared once per map and evaluated row by row.
+struct MapTarget {
+  std::vector<GaussianWindow<float>> windows;
+  std::vector<float> col_factor;  // exp(-dx^2 / 2 sigma^2) per instance, per column of its window
+  std::vector<int> mu_x, mu_y;    // the positive pixel of each valid instance, (-1, -1) when off the map
+  float map_weight = 0.0f;        // max over instances of the render rule's output weight
+
+  MapTarget(int64_t N, int width) : windows(N), col_factor(N * width), mu_x(N), mu_y(N) {}
+
+  void prepare(const float* keypoints, const float* weights, float s, int64_t b, int64_t k, int64_t N, int64_t K,
+               int height, int width, Encoding encoding) {
+    map_weight = 0.0f;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t idx = (b * N + n) * K + k;
+      const float x = keypoints[2 * idx], y = keypoints[2 * idx + 1], w = weights[idx];
+      auto& g = windows[n];
+      g = gaussian_window<float>(x, y, w, s, height, width, encoding);
+      if (!g.valid) continue;
+      map_weight = std::max(map_weight, w);
+      positive_pixel(x, y, g.valid, height, width, &mu_x[n], &mu_y[n]);
+      for (int col = g.x0; col <= g.x1; ++col) {
+        const float dx = float(col) - g.cx;
+        col_factor[n * width + col] = std::exp(-dx * dx * g.inv_two_sigma_sq);
+      }
+    }
+  }
+
+  // Target values of row r into `target`, positive flags into `positive`.
+  void row(int r, int width, float* target, char* positive) const {
+    std::fill(target, target + width, 0.0f);
+    std::fill(positive, positive + width, char(0));
+    const int64_t N = static_cast<int64_t>(windows.size());
+    for (int64_t n = 0; n < N; ++n) {
+      const auto& g = windows[n];
+      if (!g.valid) continue;
+      if (mu_y[n] == r) positive[mu_x[n]] = 1;  // (-1, -1) when off the map
+      if (r < g.y0 || r > g.y1) continue;
+      const float dy = float(r) - g.cy;
+      const float row_factor = std::exp(-dy * dy * g.inv_two_sigma_sq);
+      const float* cf = col_factor.data() + n * width;
+      for (int col = g.x0; col <= g.x1; ++col) target[col] = std::max(target[col], row_factor * cf[col]);
+    }
+  }
+};
+
+struct LossGeometry {
+  int64_t B, N, K;
+  int height, width;
+  int64_t stride_b, stride_k, stride_h, stride_w;  // of pred, in elements
+};
+
+template <LossKind KIND, typename Math, typename pred_t>
+void loss_forward_kernel(const pred_t* pred, const float* keypoints, const float* weights, const float* sigma,
+                         float* map_losses, float* positives, const LossGeometry& G, Encoding encoding,
+                         const LossParams& P) {
+  const int64_t map_size = int64_t(G.height) * G.width;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(map_size, 1));
+  at::parallel_for(0, G.B * G.K, grain, [&](int64_t begin, int64_t end) {
+    MapTarget target(G.N, G.width);
+    std::vector<float> t(G.width), x(G.width), values(G.width);
+    std::vector<char> pos(G.width);
+    for (int64_t map = begin; map < end; ++map) {
+      const int64_t b = map / G.K, k = map % G.K;
+      target.prepare(keypoints, weights, sigma[map], b, k, G.N, G.K, G.height, G.width, encoding);
+      double total = 0.0;
+      int64_t count = 0;
+      if (target.map_weight > 0.0f) {  // an ignored map contributes exactly 0, whatever pred holds
+        const pred_t* p_map = pred + b * G.stride_b + k * G.stride_k;
+        for (int r = 0; r < G.height; ++r) {
+          target.row(r, G.width, t.data(), pos.data());
+          const pred_t* p_row = p_map + r * G.stride_h;
+          for (int c = 0; c < G.width; ++c) x[c] = static_cast<float>(p_row[c * G.stride_w]);
+          row_values<KIND, false, Math>(x.data(), t.data(), pos.data(), values.data(), G.width, P);
+          float row_total = 0.0f;
+          for (int c = 0; c < G.width; ++c) {
+            row_total += values[c];
+            count += pos[c];
+          }
+          total += row_total;
+        }
+      }
+      map_losses[map] = static_cast<float>(total * target.map_weight);
+      positives[map] = static_cast<float>(count);
+    }
+  });
+}
+
+template <LossKind KIND, typename Math, typename pred_t>
+void loss_backward_kernel(const float* upstream, const pred_t* pred, const float* keypoints, const float* weights,
+                          const float* sigma, pred_t* grad, const LossGeometry& G, Encoding encoding,
+                          const LossParams& P) {
+  const int64_t map_size = int64_t(G.height) * G.width;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(map_size, 1));
+  at::parallel_for(0, G.B * G.K, grain, [&](int64_t begin, int64_t end) {
+    MapTarget target(G.N, G.width);
+    std::vector<float> t(G.width), x(G.width), values(G.width);
+    std::vector<char> pos(G.width);
+    for (int64_t map = begin; map < end; ++map) {
+      const int64_t b = map / G.K, k = map % G.K;
+      pred_t* g_map = grad + map * map_size;
+      target.prepare(keypoints, weights, sigma[map], b, k, G.N, G.K, G.height, G.width, encoding);
+      const float scale = upstream[map] * target.map_weight;
+      if (target.map_weight == 0.0f || upstream[map] == 0.0f) {  // ignored map, or a map OHKM dropped
+        std::fill(g_map, g_map + map_size, pred_t(0));
+        continue;
+      }
+      const pred_t* p_map = pred + b * G.stride_b + k * G.stride_k;
+      for (int r = 0; r < G.height; ++r) {
+        target.row(r, G.width, t.data(), pos.data());
+        const pred_t* p_row = p_map + r * G.stride_h;
+        pred_t* g_row = g_map + int64_t(r) * G.width;
+        for (int c = 0; c < G.width; ++c) x[c] = static_cast<float>(p_row[c * G.stride_w]);
+        row_values<KIND, true, Math>(x.data(), t.data(), pos.data(), values.data(), G.width, P);
+        for (int c = 0; c < G.width; ++c) g_row[c] = static_cast<pred_t>(scale * values[c]);
+      }
+    }
+  });
+}
+
+LossGeometry geometry(const at::Tensor& pred, const at::Tensor& keypoints) {
+  return LossGeometry{keypoints.size(0),  keypoints.size(1),  keypoints.size(2), static_cast<int>(pred.size(2)),
+                      static_cast<int>(pred.size(3)), pred.stride(0), pred.stride(1), pred.stride(2), pred.stride(3)};
+}
+
+// Calls fn(kind tag, math tag) with the kind and the math policy as compile-time types.
+template <typename Fn>
+void dispatch_kind(LossKind kind, const LossParams& P, Fn&& fn) {
+  auto with_math = [&](auto kind_tag) {
+    if (uses_small_exponents(kind, P)) {
+      fn(kind_tag, VectorMath{});
+    } else {
+      fn(kind_tag, PreciseMath{});
+    }
+  };
+  switch (kind) {
+    case LossKind::MSE: with_math(std::integral_constant<LossKind, LossKind::MSE>{}); break;
+    case LossKind::FOCAL: with_math(std::integral_constant<LossKind, LossKind::FOCAL>{}); break;
+    case LossKind::CORNERNET: with_math(std::integral_constant<LossKind, LossKind::CORNERNET>{}); break;
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> heatmap_loss_cpu(const at::Tensor& pred, const at::Tensor& keypoints,
+                                                    const at::Tensor& weights, const at::Tensor& sigma,
+                                                    c10::string_view encoding, c10::string_view kind, double alpha,
+                                                    double gamma, double beta, double keypoint_weight,
+                                                    double background_weight, double threshold, double l1_weight) {
+  check_loss_inputs(pred, keypoints, weights, sigma);
+  const Encoding enc = encoding_from_string(std::string(encoding));
+  const LossKind loss_kind = loss_kind_from_string(std::string(kind));
+  const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
+  const auto G = geometry(pred, keypoints);
+  auto map_losses = at::zeros({G.B, G.K}, keypoints.options());
+  auto positives = at::zeros({G.B, G.K}, keypoints.options());
+  if (G.B * G.K == 0 || pred.numel() == 0) return {map_losses, positives};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "heatmap_loss_cpu", [&] {
+    dispatch_kind(loss_kind, P, [&](auto kind_tag, auto math) {
+      loss_forward_kernel<decltype(kind_tag)::value, decltype(math), scalar_t>(
+          pred.data_ptr<scalar_t>(), keypoints.data_ptr<float>(), weights.data_ptr<float>(), sigma.data_ptr<float>(),
+          map_losses.data_ptr<float>(), positives.data_ptr<float>(), G, enc, P);
+    });
+  });
+  return {map_losses, positives};
+}
+
+at::Tensor heatmap_loss_backward_cpu(const at::Tensor& grad_map_losses, const at::Tensor& pred,
+                                     const at::Tensor& keypoints, const at::Tensor& weights, const at::Tensor& sigma,
+                                     c10::string_view encoding, c10::string_view kind, double alpha, double gamma,
+                                     double beta, double keypoint_weight, double background_weight, double threshold,
+                                     double l1_weight) {
+  check_loss_inputs(pred, keypoints, weights, sigma);
+  const Encoding enc = encoding_from_string(std::string(encoding));
+  const LossKind loss_kind = loss_kind_from_string(std::string(kind));
+  const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
+  const auto G = geometry(pred, keypoints);
+  TORCH_CHECK(grad_map_losses.dim() == 2 && grad_map_losses.size(0) == G.B && grad_map_losses.size(1) == G.K,
+              "grad_map_losses must have shape (", G.B, ", ", G.K, "), got ", grad_map_losses.sizes());
+  // (B, K) floats: the upstream gradient is often an expanded scalar (stride 0).
+  const auto upstream = grad_map_losses.to(at::kFloat).contiguous();
+  auto grad = at::empty(pred.sizes(), pred.options().memory_format(at::MemoryFormat::Contiguous));
+  if (grad.numel() == 0) return grad;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "heatmap_loss_backward_cpu", [&] {
+    dispatch_kind(loss_kind, P, [&](auto kind_tag, auto math) {
+      loss_backward_kernel<decltype(kind_tag)::value, decltype(math), scalar_t>(
+          upstream.data_ptr<float>(), pred.data_ptr<scalar_t>(), keypoints.data_ptr<float>(),
+          weights.data_ptr<float>(), sigma.data_ptr<float>(), grad.data_ptr<scalar_t>(), G, enc, P);
+    });
+  });
+  return grad;
+}
+
+}  // namespace kpfast

@@ -1,0 +1,217 @@
+"""Op 3: heatmap decoding (DESIGN.md) on the four backends: argmax-based decoders with the
+published sub-pixel refinements, soft-argmax with a fused backward, peak extraction, and the
+flip-test merge."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kpfast import _extension, backends
+from kpfast.ops import _decode_registration
+from kpfast.ops._checks import FLOAT_DTYPES, HEATMAP_DTYPES, check_choice, check_same_device, check_tensor
+from kpfast.reference import decode as _reference
+
+DECODE_METHODS = _reference.DECODE_METHODS
+MAX_BLUR_KERNEL = 31  # csrc/kpfast/decode.h kMaxBlurKernel
+
+
+def _compiled_decode(heatmaps, method, blur_kernel, window):
+    return torch.ops.kpfast.decode_heatmaps(heatmaps, method, blur_kernel, window)
+
+
+def _triton_decode(heatmaps, method, blur_kernel, window):
+    return torch.ops.kpfast_triton.decode_heatmaps(heatmaps, method, blur_kernel, window)
+
+
+def _compiled_soft_argmax(heatmaps, beta):
+    return torch.ops.kpfast.soft_argmax(heatmaps, beta)[:2]
+
+
+def _triton_soft_argmax(heatmaps, beta):
+    return torch.ops.kpfast_triton.soft_argmax(heatmaps, beta)[:2]
+
+
+def _compiled_find_peaks(heatmaps, threshold, min_distance, max_peaks):
+    return torch.ops.kpfast.find_peaks(heatmaps, threshold, min_distance, max_peaks)
+
+
+def _triton_find_peaks(heatmaps, threshold, min_distance, max_peaks):
+    return torch.ops.kpfast_triton.find_peaks(heatmaps, threshold, min_distance, max_peaks)
+
+
+def _no_float64(dtype: torch.dtype, **_) -> str | None:
+    if dtype == torch.float64:
+        return "computes in float32 only, heatmaps are torch.float64"
+    return None
+
+
+# No GPU measurement yet decides between the two GPU backends; the CUDA kernels are the
+# default until benchmarks/results/ holds a GPU run that says otherwise.
+DECODE = backends.OpBackends(
+    "decode_heatmaps",
+    implementations={"torch": _reference.decode_heatmaps, "cpu": _compiled_decode, "cuda": _compiled_decode,
+                     "triton": _triton_decode},
+    auto_cuda_order=("cuda", "triton"),
+)
+SOFT_ARGMAX = backends.OpBackends(
+    "soft_argmax",
+    implementations={"torch": _reference.soft_argmax, "cpu": _compiled_soft_argmax, "cuda": _compiled_soft_argmax,
+                     "triton": _triton_soft_argmax},
+    input_checks={"triton": _no_float64},
+    auto_cuda_order=("cuda", "triton"),
+)
+FIND_PEAKS = backends.OpBackends(
+    "find_peaks",
+    implementations={"torch": _reference.find_peaks, "cpu": _compiled_find_peaks, "cuda": _compiled_find_peaks,
+                     "triton": _triton_find_peaks},
+    auto_cuda_order=("cuda", "triton"),
+)
+
+if _extension.is_loaded():
+    _decode_registration.register("kpfast", torch.ops.kpfast.soft_argmax_backward)
+
+if backends.triton_available():
+    from kpfast.triton import decode as _triton_decode_module
+
+    _decode_registration.register("kpfast_triton", _triton_decode_module.soft_argmax_backward)
+
+
+def _check_heatmaps(heatmaps, dtypes=HEATMAP_DTYPES) -> None:
+    check_tensor("heatmaps", heatmaps, dims=(4,), dtypes=dtypes)
+    if heatmaps.shape[2] < 1 or heatmaps.shape[3] < 1:
+        raise ValueError(f"heatmaps: expected H >= 1 and W >= 1, got shape {tuple(heatmaps.shape)}")
+
+
+def _check_odd(name: str, value, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an odd int, got {type(value).__name__} {value!r}")
+    if value % 2 != 1 or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected an odd int {bound}, got {value}")
+    return value
+
+
+def _check_positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+    if not (float(value) > 0 and float(value) < float("inf")):
+        raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
+    return float(value)
+
+
+def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: int = 11, window: int = 3,
+                    backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoint coordinates and scores from heatmaps, by the published decoders.
+
+    Args:
+        heatmaps: ``(B, K, H, W)`` float32, float16 or bfloat16 (math in float32); any strides.
+        method: ``"argmax"`` (first maximum in row-major order), ``"quarter"`` (HRNet: when
+            1 < x < W-1 and 1 < y < H-1, 0.25 px towards the higher neighbour along each axis),
+            ``"dark"`` (DARK Taylor step on the log of the Gaussian-blurred map, refined when
+            1 < x < W-2 and 1 < y < H-2), ``"udp"`` (MMPose's UDP refinement: clipped blurred map,
+            edge padding, everywhere) or ``"local_mean"`` (centroid of the ``window x window``
+            neighbourhood weighted by the positive heatmap values).
+        blur_kernel: odd kernel size of the DARK/UDP blur (OpenCV's default sigma for it), 1..31.
+        window: odd window of ``local_mean``.
+        backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"`` (None: the default).
+
+    Returns:
+        ``coords (B, K, 2)`` float32 ``(x, y)`` in heatmap pixels (pixel ``(i, j)`` at ``x=j, y=i``),
+        ``-1`` where the map maximum is <= 0; ``scores (B, K)`` float32, the map maximum.
+        Not differentiable (the outputs never require grad). Maps must be finite: NaN pixels
+        give backend-dependent results (not checked, to keep the op free of a device sync).
+
+    Deviations from the published code, where it fails: a map whose maximum is <= 0 keeps
+    ``-1`` also for ``udp`` (MMPose refines it with wrapped indices); a singular Hessian
+    (``det == 0``) or a non-finite step leaves the argmax (numpy's inverse would raise).
+    """
+    _check_heatmaps(heatmaps)
+    check_choice("method", method, DECODE_METHODS)
+    blur_kernel = _check_odd("blur_kernel", blur_kernel, 1, MAX_BLUR_KERNEL)
+    window = _check_odd("window", window, 1)
+    maps = heatmaps.detach().contiguous()
+    implementation = DECODE.select(backend, maps.device, dtype=maps.dtype)
+    return implementation(maps, method, blur_kernel, window)
+
+
+def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0, backend: str | None = None):
+    """Differentiable sub-pixel coordinates: the expectation of ``(x, y)`` under
+    ``softmax(beta * h)`` over each map (pixel ``(i, j)`` at ``x=j, y=i``).
+
+    Args:
+        heatmaps: ``(B, K, H, W)`` float32, float16, bfloat16 (math in float32) or float64
+            (math in float64; not on ``triton``).
+        beta: inverse temperature, a float > 0 (not a tensor: no gradient w.r.t. it).
+
+    Returns:
+        ``coords (B, K, 2)`` (float32, float64 for float64 maps), differentiable w.r.t. the
+        heatmaps through each backend's fused backward kernel; ``scores (B, K)``: the map
+        maximum, not differentiable.
+    """
+    _check_heatmaps(heatmaps, FLOAT_DTYPES)
+    beta = _check_positive_float("beta", beta)
+    maps = heatmaps.contiguous()
+    implementation = SOFT_ARGMAX.select(backend, maps.device, dtype=maps.dtype)
+    return implementation(maps, beta)
+
+
+def find_peaks(heatmaps: torch.Tensor, threshold: float = 0.1, min_distance: int = 2, max_peaks: int = 20,
+               backend: str | None = None):
+    """Local maxima of each map after non-maximum suppression, the top ``max_peaks`` by score.
+
+    A pixel is a peak when its value is > ``threshold``, >= every pixel within ``min_distance``
+    (the ``(2d+1)^2`` window, clipped to the map) and > every such pixel earlier in row-major
+    order (the first pixel of a plateau wins). Peaks are sorted by score (descending), ties by
+    row-major index.
+
+    Returns:
+        ``coords (B, K, P, 2)`` float32 ``(x, y)``, ``-1`` in unused slots; ``scores (B, K, P)``
+        float32, 0 in unused slots; ``valid (B, K, P)`` bool. Not differentiable.
+    """
+    _check_heatmaps(heatmaps)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
+        raise TypeError(f"threshold: expected a float, got {threshold!r}")
+    for name, value, low in (("min_distance", min_distance, 0), ("max_peaks", max_peaks, 1)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+        if value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    maps = heatmaps.detach().contiguous()
+    implementation = FIND_PEAKS.select(backend, maps.device, dtype=maps.dtype)
+    return implementation(maps, float(threshold), min_distance, max_peaks)
+
+
+def flip_merge(heatmaps: torch.Tensor, flipped_heatmaps: torch.Tensor, flip_pairs: Sequence[Sequence[int]],
+               shift: bool = True) -> torch.Tensor:
+    """Average the heatmaps of an image with those of its horizontal flip (flip test).
+
+    ``flipped_heatmaps`` (predicted on the flipped image) are flipped back along W, their
+    left/right channels swapped by ``flip_pairs`` (e.g. ``[(1, 2), (3, 4), ...]``) and, with
+    ``shift=True``, moved one pixel right as HRNet's ``shift_heatmap`` does (column 0 keeps its
+    value), then averaged with ``heatmaps``. Pure PyTorch (memory-bound), differentiable.
+    """
+    check_tensor("heatmaps", heatmaps, dims=(4,))
+    check_tensor("flipped_heatmaps", flipped_heatmaps, dims=(4,))
+    if flipped_heatmaps.shape != heatmaps.shape:
+        raise ValueError(f"flipped_heatmaps: expected shape {tuple(heatmaps.shape)} (that of heatmaps), "
+                         f"got {tuple(flipped_heatmaps.shape)}")
+    check_same_device("heatmaps", heatmaps, flipped_heatmaps=flipped_heatmaps)
+    num_keypoints = heatmaps.shape[1]
+    permutation = list(range(num_keypoints))
+    seen: set[int] = set()
+    for pair in flip_pairs:
+        if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
+            raise TypeError(f"flip_pairs: expected pairs of two ints, got {pair!r}")
+        left, right = pair
+        if not (0 <= left < num_keypoints and 0 <= right < num_keypoints) or left == right:
+            raise ValueError(f"flip_pairs: expected two distinct channels in [0, {num_keypoints}), got {tuple(pair)}")
+        if left in seen or right in seen:
+            raise ValueError(f"flip_pairs: expected each channel in at most one pair, got {tuple(pair)} again")
+        seen.update((left, right))
+        permutation[left], permutation[right] = right, left
+    unflipped = flipped_heatmaps.flip(-1)[:, permutation]
+    if shift:
+        unflipped = torch.cat([unflipped[..., :1], unflipped[..., :-1]], dim=-1)
+    return (heatmaps + unflipped) * 0.5

@@ -1,0 +1,146 @@
+"""Op 2: the fused weighted heatmap loss that renders its target on the fly (DESIGN.md)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kpfast import _extension, backends
+from kpfast import reference as _reference
+from kpfast.ops import _loss_autograd
+from kpfast.ops._checks import (HEATMAP_DTYPES, check_choice, check_same_device, check_tensor, normalise_keypoints,
+                                normalise_sigma)
+
+ENCODINGS = ("msra", "udp", "dark")
+KINDS = ("mse", "focal", "cornernet")
+REDUCTIONS = ("mean", "sum", "none")
+# alpha means different things per kind: the focal class balance (RetinaNet, 0.25) and the
+# cornernet focusing exponent (CenterNet, 2).
+DEFAULT_ALPHA = {"focal": 0.25, "cornernet": 2.0, "mse": 0.0}
+# The L1 term is part of the focal preset (focal + 0.1 x L1); off otherwise.
+DEFAULT_L1_WEIGHT = {"focal": 0.1, "cornernet": 0.0, "mse": 0.0}
+
+
+def _compiled(*args):
+    return torch.ops.kpfast.heatmap_loss(*args)
+
+
+def _triton(*args):
+    return torch.ops.kpfast_triton.heatmap_loss(*args)
+
+
+LOSS = backends.OpBackends(
+    "heatmap_loss",
+    implementations={"torch": _reference.heatmap_loss_maps, "cpu": _compiled, "cuda": _compiled, "triton": _triton},
+    # No GPU measurement yet decides between the two GPU backends; the CUDA kernel is the
+    # default until benchmarks/results/ holds a GPU run that says otherwise.
+    auto_cuda_order=("cuda", "triton"),
+)
+
+if _extension.is_loaded():
+    _loss_autograd.register("kpfast::heatmap_loss", torch.ops.kpfast.heatmap_loss_backward)
+
+if backends.triton_available():
+    from kpfast.triton import loss as _triton_loss
+
+    _loss_autograd.register("kpfast_triton::heatmap_loss", _triton_loss.heatmap_loss_backward)
+
+
+def _check_float(name: str, value, *, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+    value = float(value)
+    bounds = f"in [{low}, {high}]" if high is not None else f">= {low}" if low is not None else "finite"
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name}: expected a finite value {bounds}, got {value!r}")
+    return value
+
+
+def resolve_loss_config(kind: str = "focal", alpha=None, gamma=2.0, beta=4.0, keypoint_weight=15.0,
+                        background_weight=1.0, threshold=0.1, l1_weight=None, reduction="mean") -> dict:
+    """Checked loss settings with the kind-dependent defaults filled in (alpha, l1_weight)."""
+    check_choice("kind", kind, KINDS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if alpha is None:
+        alpha = DEFAULT_ALPHA[kind]
+    alpha = _check_float("alpha", alpha, low=0.0, high=1.0 if kind == "focal" else None)
+    if l1_weight is None:
+        l1_weight = DEFAULT_L1_WEIGHT[kind]
+    return dict(
+        kind=kind,
+        alpha=alpha,
+        gamma=_check_float("gamma", gamma, low=0.0),
+        beta=_check_float("beta", beta, low=0.0),
+        keypoint_weight=_check_float("keypoint_weight", keypoint_weight, low=0.0),
+        background_weight=_check_float("background_weight", background_weight, low=0.0),
+        threshold=_check_float("threshold", threshold),
+        l1_weight=_check_float("l1_weight", l1_weight, low=0.0),
+        reduction=reduction,
+    )
+
+
+def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor | None = None, sigma=2.0,
+                 encoding: str = "udp", kind: str = "focal", alpha: float | None = None, gamma: float = 2.0,
+                 beta: float = 4.0, keypoint_weight: float = 15.0, background_weight: float = 1.0,
+                 threshold: float = 0.1, l1_weight: float | None = None, reduction: str = "mean",
+                 backend: str | None = None) -> torch.Tensor:
+    """Weighted heatmap loss of ``pred`` against Gaussian targets rendered from ``keypoints`` on the fly.
+
+    No (B, K, H, W) target, weight or intermediate tensor is allocated; the backward pass writes
+    the one gradient buffer. Per pixel, with ``t`` the target of :func:`render_heatmaps` (same
+    encodings, sigma forms and instance axis: the max over instances) and ``p`` the prediction
+    (``p = sigmoid(z)`` for the logit kinds):
+
+    * ``"mse"``: ``(p - t)^2`` on raw values;
+    * ``"focal"`` (logits): ``a_t |t - p|^gamma BCEWithLogits(z, t)``, ``a_t = alpha t + (1 - alpha)(1 - t)``;
+      RetinaNet's sigmoid focal loss for ``t`` in {0, 1};
+    * ``"cornernet"`` (logits): CenterNet's penalty-reduced focal loss, ``(1 - p)^alpha (-log p)`` at the
+      positive pixels ``floor(kp + 0.5)`` of the valid keypoints, ``(1 - t)^beta p^alpha (-log(1 - p))`` elsewhere.
+
+    plus ``l1_weight * |p - t|``, all times the pixel weight ``w = keypoint_weight if t > threshold else
+    background_weight``, times the map's keypoint weight (the max over instances of the render rule's
+    output weight: ignored keypoints count 0). Logit kinds use stable log-sigmoid forms (finite for
+    any finite logit).
+
+    Args:
+        pred: ``(B, K, H, W)`` float32/bfloat16/float16 predictions (logits for focal/cornernet); any strides.
+        keypoints, weights, sigma, encoding: as :func:`kpfast.ops.render_heatmaps` (``(B, K, 2)`` or
+            ``(B, N, K, 2)``). The loss is not differentiable w.r.t. them (they are detached).
+        kind: ``"mse"``, ``"focal"`` or ``"cornernet"``.
+        alpha: focal class balance (default 0.25) or cornernet exponent (default 2); unused by mse.
+        gamma: focal exponent (default 2). beta: cornernet negative exponent (default 4).
+        keypoint_weight, background_weight, threshold: the pixel weighting (15, 1, 0.1).
+        l1_weight: weight of the L1 term (default 0.1 for focal, 0 otherwise).
+        reduction: ``"mean"`` (over all B*K*H*W pixels), ``"sum"``, or ``"none"`` -> per-keypoint ``(B, K)``
+            losses (the map's pixel mean, so ``none.mean() == mean``). For ``cornernet`` (CenterNet
+            normalisation) ``mean`` and ``sum`` both divide the batch total by the total number of
+            positives (by 1 when there are none) and ``none`` divides each map by its own positives.
+        backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"`` (None: the current default).
+
+    Returns:
+        A float32 scalar (``mean``/``sum``; 0 for an empty batch) or ``(B, K)`` float32 losses (``none``).
+        The gradient w.r.t. ``pred`` is returned in ``pred``'s dtype.
+    """
+    check_tensor("pred", pred, dims=(4,), dtypes=HEATMAP_DTYPES)
+    config = resolve_loss_config(kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
+                                 reduction)
+    check_choice("encoding", encoding, ENCODINGS)
+    if not isinstance(keypoints, torch.Tensor):
+        check_tensor("keypoints", keypoints, dims=(3, 4))
+    keypoints4, weights3, _ = normalise_keypoints(keypoints.detach(), None if weights is None else weights.detach())
+    check_same_device("pred", pred, keypoints=keypoints4)
+    batch, _, num_keypoints = keypoints4.shape[:3]
+    if tuple(pred.shape[:2]) != (batch, num_keypoints):
+        raise ValueError(f"pred: expected shape ({batch}, {num_keypoints}, H, W) to match keypoints, "
+                         f"got {tuple(pred.shape)}")
+    height, width = pred.shape[-2:]
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.detach()
+    keypoints4, weights3 = keypoints4.float().contiguous(), weights3.float().contiguous()
+    sigma2 = normalise_sigma(sigma, batch, num_keypoints, torch.float32, pred.device)
+    implementation = LOSS.select(backend, pred.device)
+    map_losses, positives = implementation(pred, keypoints4, weights3, sigma2, encoding, config["kind"],
+                                           config["alpha"], config["gamma"], config["beta"], config["keypoint_weight"],
+                                           config["background_weight"], config["threshold"], config["l1_weight"])
+    return _reference.reduce_map_losses(map_losses, positives, config["kind"], config["reduction"], height * width)

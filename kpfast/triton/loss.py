@@ -1,0 +1,222 @@
+"""Triton kernels for Op 2, the fused weighted heatmap loss, registered as torch custom ops.
+
+One program per map (b, k) walks the map in BLOCK_H x BLOCK_W tiles, rebuilds the Gaussian
+target of the tile from the keypoints (kpfast/triton/gaussian.py, the rule of every backend)
+and applies the pixel formula (the same as csrc/kpfast/loss.h). The forward reads pred once and
+writes the map's loss sum and positive count; the backward reads pred once and writes the
+gradient once. No target or weight tensor exists outside registers.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, gaussian_window
+
+KINDS = {"mse": 0, "focal": 1, "cornernet": 2}
+
+
+@triton.jit
+def _sign(v):
+    return tl.where(v > 0.0, 1.0, tl.where(v < 0.0, -1.0, 0.0))
+
+
+@triton.jit
+def _pow_nonneg(x, g):
+    """x^g for x >= 0 (0^0 = 1), without libdevice (the interpreter has none)."""
+    general = tl.where(x > 0.0, tl.exp(g * tl.log(tl.maximum(x, 1.0e-38))), tl.where(g == 0.0, 1.0, 0.0))
+    return tl.where(g == 2.0, x * x, tl.where(g == 4.0, (x * x) * (x * x), tl.where(g == 1.0, x, general)))
+
+
+@triton.jit
+def _logit_parts(z):
+    """p = sigmoid(z), q = 1 - p, softplus(z), softplus(-z) from one exp and one log: finite for any finite z."""
+    e = tl.exp(-tl.abs(z))  # in (0, 1]
+    u = 1.0 + e
+    # log1p(e) without libdevice: log(u) * e / (u - 1) corrects the rounding of 1 + e.
+    log_term = tl.where(u == 1.0, e, tl.log(u) * e / tl.where(u == 1.0, 1.0, u - 1.0))
+    inv = 1.0 / u
+    small = e * inv
+    nonneg = z >= 0.0
+    p = tl.where(nonneg, inv, small)
+    q = tl.where(nonneg, small, inv)
+    return p, q, tl.maximum(z, 0.0) + log_term, tl.maximum(-z, 0.0) + log_term
+
+
+@triton.jit
+def _pixel_loss(x, t, positive, alpha, gamma, beta, l1_weight, KIND: tl.constexpr, GRADIENT: tl.constexpr):
+    """The unweighted loss of each pixel, or (GRADIENT) its derivative w.r.t. x."""
+    if KIND == 0:  # mse
+        d = x - t
+        if GRADIENT:
+            value = 2.0 * d + l1_weight * _sign(d)
+        else:
+            value = d * d + l1_weight * tl.abs(d)
+    else:
+        p, q, softplus_pos, softplus_neg = _logit_parts(x)
+        pq = p * q
+        diff = p - t
+        if KIND == 1:  # focal
+            alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
+            d = tl.abs(diff)
+            bce = t * softplus_neg + (1.0 - t) * softplus_pos
+            modulation = _pow_nonneg(d, gamma)
+            if GRADIENT:
+                d_modulation = tl.where(d > 0.0, gamma * _pow_nonneg(d, gamma - 1.0) * _sign(diff) * pq, 0.0)
+                value = alpha_t * (d_modulation * bce + modulation * diff)
+            else:
+                value = alpha_t * modulation * bce
+        else:  # cornernet
+            qa = _pow_nonneg(q, alpha)
+            neg = _pow_nonneg(tl.maximum(1.0 - t, 0.0), beta) * _pow_nonneg(p, alpha)
+            if GRADIENT:
+                value = tl.where(positive, -qa * (alpha * p * softplus_neg + q), neg * (alpha * q * softplus_pos + p))
+            else:
+                value = tl.where(positive, qa * softplus_neg, neg * softplus_pos)
+        if GRADIENT:
+            value = value + l1_weight * _sign(diff) * pq
+        else:
+            value = value + l1_weight * tl.abs(diff)
+    return value
+
+
+@triton.jit
+def _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING: tl.constexpr):
+    """Max over instances of the render rule's output weight (0: the map is ignored)."""
+    m = 0.0
+    for n in range(N):
+        idx = (b * N + n) * K + k
+        weight = tl.load(weights_ptr + idx)
+        valid, _, _, _, _, _, _, _ = gaussian_window(tl.load(keypoints_ptr + 2 * idx),
+                                                     tl.load(keypoints_ptr + 2 * idx + 1), weight, sigma, height,
+                                                     width, ENCODING)
+        m = tl.maximum(m, tl.where(valid, weight, 0.0))
+    return m
+
+
+@triton.jit
+def _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, height, width, ENCODING: tl.constexpr,
+                 BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """(target, positive) of a tile: the max over instances, and the pixels floor(kp + 0.5) of valid ones."""
+    target = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    positive = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for n in range(N):
+        idx = (b * N + n) * K + k
+        x = tl.load(keypoints_ptr + 2 * idx)
+        y = tl.load(keypoints_ptr + 2 * idx + 1)
+        values, valid, _, _, _ = gaussian_tile(rows, cols, x, y, tl.load(weights_ptr + idx), sigma, height, width,
+                                               ENCODING)
+        target = tl.maximum(target, values)
+        hit = (rows[:, None] == tl.floor(y + 0.5)) & (cols[None, :] == tl.floor(x + 0.5))
+        positive = tl.maximum(positive, tl.where(hit, tl.where(valid, 1.0, 0.0), 0.0))
+    return target, positive
+
+
+@triton.jit
+def _loss_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, map_losses_ptr, positives_ptr, N, K, height,
+                         width, stride_b, stride_k, stride_h, stride_w, alpha, gamma, beta, keypoint_weight,
+                         background_weight, threshold, l1_weight, ENCODING: tl.constexpr, KIND: tl.constexpr,
+                         BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    map_id = tl.program_id(0).to(tl.int64)
+    b = map_id // K
+    k = map_id % K
+    sigma = tl.load(sigma_ptr + map_id)
+    m = _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING)
+    col_idx = tl.arange(0, BLOCK_W)
+    cols = col_idx.to(tl.float32)
+    total = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    count = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for row0 in range(0, height, BLOCK_H):
+        row_idx = row0 + tl.arange(0, BLOCK_H)
+        rows = row_idx.to(tl.float32)
+        mask = (row_idx[:, None] < height) & (col_idx[None, :] < width)
+        target, positive = _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, height, width,
+                                        ENCODING, BLOCK_H, BLOCK_W)
+        offsets = b * stride_b + k * stride_k + row_idx[:, None].to(tl.int64) * stride_h + col_idx[None, :] * stride_w
+        x = tl.load(pred_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        loss = _pixel_loss(x, target, positive > 0.0, alpha, gamma, beta, l1_weight, KIND, False)
+        w = tl.where(target > threshold, keypoint_weight, background_weight)
+        # An ignored map contributes exactly 0, whatever pred holds.
+        total += tl.where(mask, tl.where(m > 0.0, w * loss, 0.0), 0.0)
+        count += tl.where(mask, positive, 0.0)
+    tl.store(map_losses_ptr + map_id, tl.sum(tl.sum(total, axis=1), axis=0) * m)
+    tl.store(positives_ptr + map_id, tl.sum(tl.sum(count, axis=1), axis=0))
+
+
+@triton.jit
+def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, grad_ptr, N, K, height, width,
+                          stride_b, stride_k, stride_h, stride_w, alpha, gamma, beta, keypoint_weight,
+                          background_weight, threshold, l1_weight, ENCODING: tl.constexpr, KIND: tl.constexpr,
+                          BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    map_id = tl.program_id(0).to(tl.int64)
+    b = map_id // K
+    k = map_id % K
+    sigma = tl.load(sigma_ptr + map_id)
+    m = _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING)
+    upstream = tl.load(upstream_ptr + map_id)
+    scale = upstream * m
+    # An ignored map, or a map OHKM dropped, gets exact zeros without reading pred. (A 2-D mask:
+    # the interpreter cannot broadcast a scalar bool into `&`.)
+    skip = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32) + tl.where((m == 0.0) | (upstream == 0.0), 1.0, 0.0) > 0.0
+    col_idx = tl.arange(0, BLOCK_W)
+    cols = col_idx.to(tl.float32)
+    for row0 in range(0, height, BLOCK_H):
+        row_idx = row0 + tl.arange(0, BLOCK_H)
+        rows = row_idx.to(tl.float32)
+        mask = (row_idx[:, None] < height) & (col_idx[None, :] < width)
+        target, positive = _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, height, width,
+                                        ENCODING, BLOCK_H, BLOCK_W)
+        offsets = b * stride_b + k * stride_k + row_idx[:, None].to(tl.int64) * stride_h + col_idx[None, :] * stride_w
+        x = tl.load(pred_ptr + offsets, mask=mask & (skip == 0), other=0.0).to(tl.float32)
+        grad = _pixel_loss(x, target, positive > 0.0, alpha, gamma, beta, l1_weight, KIND, True)
+        w = tl.where(target > threshold, keypoint_weight, background_weight)
+        grad = tl.where(skip, 0.0, scale * (w * grad))
+        out = map_id * height * width + row_idx[:, None] * width + col_idx[None, :]
+        # (.to(float32) first: the interpreter may widen the math to float64, whose bf16 cast it gets wrong.)
+        tl.store(grad_ptr + out, grad.to(tl.float32).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def _tile_shape(height: int, width: int, max_elements: int = 4096) -> tuple[int, int]:
+    block_w = triton.next_power_of_2(max(width, 1))
+    block_h = max(1, min(triton.next_power_of_2(max(height, 1)), max_elements // block_w))
+    return block_h, block_w
+
+
+def _launch_args(pred, encoding, kind):
+    block_h, block_w = _tile_shape(pred.shape[2], pred.shape[3])
+    return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], BLOCK_H=block_h, BLOCK_W=block_w)
+
+
+@torch.library.custom_op("kpfast_triton::heatmap_loss", mutates_args=())
+def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,
+                 encoding: str, kind: str, alpha: float, gamma: float, beta: float, keypoint_weight: float,
+                 background_weight: float, threshold: float, l1_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, instances, num_keypoints = keypoints.shape[:3]
+    map_losses = torch.zeros((batch, num_keypoints), dtype=torch.float32, device=pred.device)
+    positives = torch.zeros_like(map_losses)
+    if pred.numel() == 0:
+        return map_losses, positives
+    _loss_forward_kernel[(batch * num_keypoints,)](
+        pred, keypoints, weights, sigma, map_losses, positives, instances, num_keypoints, pred.shape[2], pred.shape[3],
+        *pred.stride(), alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
+        **_launch_args(pred, encoding, kind))
+    return map_losses, positives
+
+
+@torch.library.custom_op("kpfast_triton::heatmap_loss_backward", mutates_args=())
+def heatmap_loss_backward(grad_map_losses: torch.Tensor, pred: torch.Tensor, keypoints: torch.Tensor,
+                          weights: torch.Tensor, sigma: torch.Tensor, encoding: str, kind: str, alpha: float,
+                          gamma: float, beta: float, keypoint_weight: float, background_weight: float,
+                          threshold: float, l1_weight: float) -> torch.Tensor:
+    batch, instances, num_keypoints = keypoints.shape[:3]
+    grad = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
+    if grad.numel() == 0:
+        return grad
+    upstream = grad_map_losses.to(torch.float32).contiguous()  # (B, K); often an expanded scalar
+    _loss_backward_kernel[(batch * num_keypoints,)](
+        upstream, pred, keypoints, weights, sigma, grad, instances, num_keypoints, pred.shape[2], pred.shape[3],
+        *pred.stride(), alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
+        **_launch_args(pred, encoding, kind))
+    return grad

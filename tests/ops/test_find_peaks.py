@@ -1,0 +1,145 @@
+"""find_peaks: kernel backends against the reference, the suppression rule on hand-made maps,
+several people rendered into one map, dtypes, argument errors, opcheck, torch.compile."""
+
+import pytest
+import torch
+
+from kpfast.ops import find_peaks, render_heatmaps
+
+from .decode_maps import gaussian_maps, special_maps
+
+H, W = 14, 12
+
+
+def _people_maps(device, batch=2, people=4, num_keypoints=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    keypoints = torch.rand(batch, people, num_keypoints, 2, generator=generator) * torch.tensor([W - 1.0, H - 1.0])
+    maps, _ = render_heatmaps(keypoints, size=(H, W), sigma=1.0, encoding="udp", backend="torch")
+    return maps.to(device), keypoints
+
+
+def _all_maps(device):
+    people, _ = _people_maps(device)
+    noisy = gaussian_maps(2, 3, H, W, seed=2, noise=0.3).to(device)
+    special = special_maps(H, W, device).expand(2, -1, -1, -1)
+    return torch.cat([people, noisy, special], dim=1)
+
+
+def _assert_peaks_equal(got, expected):
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threshold, min_distance, max_peaks", [(0.1, 2, 5), (0.0, 1, 20), (-0.5, 0, 7),
+                                                                (0.2, 4, 3)])
+def test_backend_matches_reference(kernel_backend, threshold, min_distance, max_peaks):
+    backend, device = kernel_backend
+    maps = _all_maps(device)
+    expected = find_peaks(maps, threshold, min_distance, max_peaks, backend="torch")
+    got = find_peaks(maps, threshold, min_distance, max_peaks, backend=backend)
+    _assert_peaks_equal(got, expected)
+    assert expected[2].sum() > 0
+
+
+def test_people_are_found():
+    keypoints = torch.tensor([[[[2.2, 3.1]], [[9.0, 10.4]], [[8.6, 1.7]]]])
+    maps, _ = render_heatmaps(keypoints, size=(H, W), sigma=1.0, encoding="udp")
+    coords, scores, valid = find_peaks(maps, threshold=0.3, min_distance=2, max_peaks=5, backend="torch")
+    assert valid[0, 0].tolist() == [True, True, True, False, False]
+    found = sorted(coords[0, 0, :3].tolist())
+    expected = sorted(torch.floor(keypoints[0, :, 0] + 0.5).tolist())
+    assert found == expected
+    assert scores[0, 0, :3].tolist() == sorted(scores[0, 0, :3].tolist(), reverse=True)
+    assert coords[0, 0, 3:].eq(-1).all() and scores[0, 0, 3:].eq(0).all()
+
+
+def test_suppression_and_ties_on_hand_made_map():
+    m = torch.zeros(1, 1, 6, 8)
+    m[0, 0, 1, 1] = 0.9
+    m[0, 0, 2, 3] = 0.8      # within 2 px of the 0.9: suppressed; 3 px away with d=1: kept
+    m[0, 0, 4, 6] = 0.5
+    m[0, 0, 4, 7] = 0.5      # a plateau: its first pixel (row-major) is the peak
+    m[0, 0, 0, 7] = 0.05     # below the threshold
+    for backend in ("torch", "cpu"):
+        coords, scores, valid = find_peaks(m, threshold=0.1, min_distance=2, max_peaks=4, backend=backend)
+        assert coords[0, 0].tolist() == [[1, 1], [6, 4], [-1, -1], [-1, -1]]
+        assert scores[0, 0].tolist() == pytest.approx([0.9, 0.5, 0.0, 0.0])
+        assert valid[0, 0].tolist() == [True, True, False, False]
+        coords, _, _ = find_peaks(m, threshold=0.1, min_distance=1, max_peaks=4, backend=backend)
+        assert coords[0, 0].tolist()[:3] == [[1, 1], [3, 2], [6, 4]]
+
+
+def test_equal_scores_sorted_by_index():
+    m = torch.zeros(1, 1, 5, 9)
+    m[0, 0, 3, 1] = m[0, 0, 0, 7] = m[0, 0, 3, 7] = 0.6
+    for backend in ("torch", "cpu"):
+        coords, _, _ = find_peaks(m, threshold=0.1, min_distance=1, max_peaks=3, backend=backend)
+        assert coords[0, 0].tolist() == [[7, 0], [1, 3], [7, 3]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_and_strides(kernel_backend, dtype):
+    backend, device = kernel_backend
+    maps = _all_maps(device).to(dtype)
+    strided = maps.transpose(0, 1).contiguous().transpose(0, 1)
+    _assert_peaks_equal(find_peaks(strided, 0.1, 2, 6, backend=backend), find_peaks(maps, 0.1, 2, 6, backend="torch"))
+
+
+def test_empty_batches_and_more_peaks_than_pixels(kernel_backend):
+    backend, device = kernel_backend
+    for shape in [(0, 3, H, W), (2, 0, H, W)]:
+        coords, scores, valid = find_peaks(torch.zeros(shape, device=device), backend=backend)
+        assert coords.shape == shape[:2] + (20, 2) and valid.shape == shape[:2] + (20,)
+    tiny = torch.rand(1, 2, 2, 2, generator=torch.Generator().manual_seed(0)).to(device)
+    expected = find_peaks(tiny, 0.0, 0, 6, backend="torch")
+    _assert_peaks_equal(find_peaks(tiny, 0.0, 0, 6, backend=backend), expected)
+    assert expected[2][0, 0].tolist() == [True] * 4 + [False] * 2
+
+
+def test_cuda_backend_on_cpu_tensors_is_refused_with_reason():
+    from kpfast import backends
+
+    with pytest.raises(backends.BackendUnavailableError, match="cuda: "):
+        find_peaks(torch.rand(1, 1, 4, 4), backend="cuda")
+
+
+def test_many_peaks_beyond_the_cuda_candidate_list(kernel_backend):
+    """min_distance=0 on noise makes every pixel a peak: more than the CUDA kernel's shared
+    list holds (2048), which then rescans the map; all backends must agree."""
+    backend, device = kernel_backend
+    maps = torch.rand(1, 2, 48, 50, generator=torch.Generator().manual_seed(9)).to(device)
+    _assert_peaks_equal(find_peaks(maps, -1.0, 0, 25, backend=backend), find_peaks(maps, -1.0, 0, 25, backend="torch"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(min_distance=-1), ValueError, "min_distance: expected an int >= 0, got -1"),
+        (dict(max_peaks=0), ValueError, "max_peaks: expected an int >= 1, got 0"),
+        (dict(max_peaks=2.0), TypeError, "max_peaks: expected an int, got float"),
+        (dict(threshold="0.1"), TypeError, "threshold: expected a float"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        find_peaks(torch.rand(1, 2, H, W), **kwargs)
+
+
+def test_opcheck(kernel_backend):
+    backend, device = kernel_backend
+    op = torch.ops.kpfast_triton.find_peaks if backend == "triton" else torch.ops.kpfast.find_peaks
+    torch.library.opcheck(op, (_all_maps(device), 0.1, 2, 5))
+
+
+def test_torch_compile_fullgraph(kernel_backend):
+    backend, device = kernel_backend
+    maps = _all_maps(device)
+
+    def peaks(m):
+        coords, scores, valid = find_peaks(m, 0.1, 2, 5, backend=backend)
+        return coords * 2, scores, valid
+
+    compiled = torch.compile(peaks, fullgraph=True, backend="inductor" if backend != "triton" else "aot_eager")
+    for got, expected in zip(compiled(maps), peaks(maps)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

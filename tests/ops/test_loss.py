@@ -1,0 +1,466 @@
+"""heatmap_loss: every kernel backend against the torch reference (values and gradients), the
+published focal/CenterNet formulas written independently, normalisation, stability, edge cases,
+argument errors, opcheck, torch.compile and the no-temporaries memory claim."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kpfast
+from kpfast.ops import heatmap_loss, render_heatmaps
+from kpfast.ops import loss as loss_module
+
+H, W = 11, 13  # odd, non-square maps catch row/column mix-ups
+KINDS = ("mse", "focal", "cornernet")
+ENCODINGS = ("msra", "udp", "dark")
+# float32: loss values to 1e-5 relative, gradients to 1e-4 relative (the brief's tolerances).
+LOSS_RTOL, GRAD_RTOL = 1e-5, 1e-4
+# Half-precision predictions: the loss is computed in float32 from the same half inputs, so it
+# keeps the float32 tolerance; the gradient is rounded once to the half dtype by every backend,
+# so it may differ by one unit in the last place of that dtype.
+HALF_GRAD_RTOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def keypoints_with_edge_cases(batch=2, instances=None, num_keypoints=5, seed=0, device="cpu"):
+    """Keypoints inside, on the border and outside the map, invisible and non-finite ones."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch,) + ((instances,) if instances else ()) + (num_keypoints,)
+    xy = torch.rand(shape + (2,), generator=generator) * torch.tensor([W + 4.0, H + 4.0]) - 2.0
+    # Keep sub-pixel parts away from .5, where the MSRA rounding (and so the positives) jumps.
+    xy = torch.where((xy.frac().abs() - 0.5).abs() < 0.02, xy + 0.1, xy)
+    weights = torch.ones(shape)
+    flat_xy, flat_w = xy.view(-1, 2), weights.view(-1)
+    flat_xy[0] = torch.tensor([0.0, 0.0])
+    flat_xy[1] = torch.tensor([W - 1.0, H - 1.0])
+    flat_xy[2] = torch.tensor([-1.3, 4.2])  # window overlaps the map, positive pixel off the map
+    flat_w[3] = 0.3  # invisible
+    flat_xy[4, 0] = float("nan")
+    flat_xy[5] = torch.tensor([60.0, 3.0])  # window wholly outside: weight 0
+    flat_w[6] = 2.0  # weights above 1 are kept as given
+    if instances:
+        weights[1, :, 0] = 0.0  # a map whose every instance is invisible
+    return xy.to(device), weights.to(device)
+
+
+def make_pred(kind, batch, num_keypoints, device, dtype=torch.float32, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "mse":
+        pred = torch.rand(batch, num_keypoints, H, W, generator=generator)
+    else:
+        pred = torch.randn(batch, num_keypoints, H, W, generator=generator) * 3
+    return pred.to(device=device, dtype=dtype)
+
+
+def sigma_value(form, batch, num_keypoints, device):
+    generator = torch.Generator().manual_seed(1)
+    if form == "float":
+        return 1.7
+    if form == "per_keypoint":
+        return (torch.rand(num_keypoints, generator=generator) * 2 + 0.8).to(device)
+    return (torch.rand(batch, num_keypoints, generator=generator) * 2 + 0.8).to(device)
+
+
+def loss_and_grad(backend, pred, keypoints, weights, probe=None, **kwargs):
+    """The loss (detached) and d(sum(loss * probe))/d pred."""
+    x = pred.detach().clone().requires_grad_(True)
+    loss = heatmap_loss(x, keypoints, weights, backend=backend, **kwargs)
+    objective = loss if probe is None else (loss * probe).sum()
+    (grad,) = torch.autograd.grad(objective, x)
+    return loss.detach(), grad
+
+
+def assert_close_rel(got, expected, rtol, what):
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * scale + 1e-12, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("instances", [None, 2])
+def test_backend_matches_reference(kernel_backend, kind, encoding, instances):
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(instances=instances, device=device)
+    batch, num_keypoints = keypoints.shape[0], keypoints.shape[-2]
+    pred = make_pred(kind, batch, num_keypoints, device)
+    probe = torch.rand(batch, num_keypoints, generator=torch.Generator().manual_seed(5)).to(device)
+    kwargs = dict(sigma=1.6, encoding=encoding, kind=kind, reduction="none", l1_weight=0.1)
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, probe, **kwargs)
+    loss, grad = loss_and_grad(backend, pred, keypoints, weights, probe, **kwargs)
+    assert ref_loss.shape == (batch, num_keypoints)
+    assert (ref_loss > 0).sum() >= 4, "the test must have maps that contribute"
+    assert (ref_loss == 0).any(), "the test must have ignored maps"
+    assert_close_rel(loss, ref_loss, LOSS_RTOL, "per-keypoint loss")
+    assert grad.dtype == pred.dtype and grad.shape == pred.shape
+    assert torch.isfinite(grad).all()
+    assert_close_rel(grad, ref_grad, GRAD_RTOL, "gradient")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_reductions_match_reference(kernel_backend, kind, reduction):
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device, seed=7)
+    pred = make_pred(kind, *keypoints.shape[:2], device)
+    # reduction="none" is backpropagated through its sum (the per-keypoint vjp has its own test).
+    kwargs = dict(kind=kind, reduction=reduction, probe=torch.ones((), device=device) if reduction == "none" else None)
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, **kwargs)
+    loss, grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs)
+    assert loss.dtype == torch.float32
+    assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
+    assert_close_rel(grad, ref_grad, GRAD_RTOL, "gradient")
+
+
+@pytest.mark.parametrize("sigma_form", ["float", "per_keypoint", "per_sample"])
+def test_sigma_forms(kernel_backend, sigma_form):
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device, seed=2)
+    sigma = sigma_value(sigma_form, keypoints.shape[0], keypoints.shape[1], device)
+    pred = make_pred("focal", *keypoints.shape[:2], device)
+    kwargs = dict(sigma=sigma, kind="focal", reduction="sum")
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, **kwargs)
+    loss, grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs)
+    assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
+    assert_close_rel(grad, ref_grad, GRAD_RTOL, "gradient")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", KINDS)
+def test_half_precision_predictions(kernel_backend, dtype, kind):
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device, seed=4)
+    pred = make_pred(kind, *keypoints.shape[:2], device, dtype=dtype)
+    kwargs = dict(kind=kind, reduction="mean")
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, **kwargs)
+    loss, grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs)
+    assert loss.dtype == torch.float32 and grad.dtype == dtype
+    assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
+    assert_close_rel(grad.float(), ref_grad.float(), HALF_GRAD_RTOL[dtype], "gradient")
+
+
+@pytest.mark.parametrize("kind, exponents", [("focal", dict(gamma=1.5)), ("focal", dict(gamma=0.0)),
+                                             ("cornernet", dict(alpha=1.5, beta=3.5))])
+def test_general_exponents(kernel_backend, kind, exponents):
+    """Exponents outside {0..4} take the CPU kernel's libm path; gamma 0 is plain weighted BCE."""
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device, seed=12)
+    pred = make_pred(kind, *keypoints.shape[:2], device)
+    kwargs = dict(kind=kind, reduction="sum", **exponents)
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, **kwargs)
+    loss, grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs)
+    assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
+    assert_close_rel(grad, ref_grad, GRAD_RTOL, "gradient")
+
+
+def test_non_contiguous_pred(kernel_backend):
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device)
+    pred = make_pred("focal", *keypoints.shape[:2], device)
+    transposed = pred.transpose(2, 3).contiguous().transpose(2, 3)  # same values, column-major maps
+    wide = torch.zeros(pred.shape[0], pred.shape[1] * 2, H, W, device=device)
+    wide[:, ::2] = pred
+    strided = wide[:, ::2]  # every other channel
+    assert not transposed.is_contiguous() and not strided.is_contiguous()
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, kind="focal")
+    for view in (transposed, strided):
+        x = view.detach().requires_grad_(True)
+        loss = heatmap_loss(x, keypoints, weights, kind="focal", backend=backend)
+        loss.backward()
+        assert_close_rel(loss.detach(), ref_loss, LOSS_RTOL, "loss")
+        assert_close_rel(x.grad, ref_grad, GRAD_RTOL, "gradient")
+
+
+def _retinanet_sigmoid_focal_loss(logits, targets, alpha, gamma):
+    """Lin et al. 2017, as in torchvision.ops.sigmoid_focal_loss, written independently."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * loss
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (0.5, 1.0), (0.75, 3.0)])
+def test_focal_with_hard_targets_is_retinanet(kernel_backend, alpha, gamma):
+    backend, device = kernel_backend
+    keypoints = torch.tensor([[[3.2, 4.9], [0.0, 10.0], [12.4, 0.3]], [[6.0, 6.0], [7.7, 2.2], [1.1, 8.8]]],
+                             device=device)
+    # msra with sigma < 1/3: radius 0, the target is exactly 1 at the rounded keypoint, 0 elsewhere.
+    hard, _ = render_heatmaps(keypoints, size=(H, W), sigma=0.3, encoding="msra", backend="torch")
+    assert set(hard.unique().tolist()) == {0.0, 1.0}
+    logits = make_pred("focal", 2, 3, device).requires_grad_(True)
+    expected = _retinanet_sigmoid_focal_loss(logits, hard, alpha, gamma).sum()
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    got, grad = loss_and_grad(backend, logits, keypoints, None, sigma=0.3, encoding="msra", kind="focal",
+                              alpha=alpha, gamma=gamma, keypoint_weight=1.0, background_weight=1.0, l1_weight=0.0,
+                              reduction="sum")
+    assert_close_rel(got, expected.detach(), LOSS_RTOL, "loss")
+    assert_close_rel(grad, expected_grad, GRAD_RTOL, "gradient")
+
+
+def _centernet_neg_loss(pred, gt):
+    """CenterNet's _neg_loss (Zhou et al. 2019), written independently (without its clamp)."""
+    pos_inds = gt.eq(1).float()
+    neg_inds = gt.lt(1).float()
+    neg_weights = torch.pow(1 - gt, 4)
+    pos_loss = (torch.log(pred) * torch.pow(1 - pred, 2) * pos_inds).sum()
+    neg_loss = (torch.log(1 - pred) * torch.pow(pred, 2) * neg_weights * neg_inds).sum()
+    num_pos = pos_inds.sum()
+    if num_pos == 0:
+        return -neg_loss
+    return -(pos_loss + neg_loss) / num_pos
+
+
+@pytest.mark.parametrize("has_positives", [True, False])
+def test_cornernet_is_centernet(kernel_backend, has_positives):
+    backend, device = kernel_backend
+    if has_positives:
+        keypoints = torch.tensor([[[3.2, 4.9], [0.0, 10.0], [12.4, 0.3]], [[6.0, 6.0], [7.7, 2.2], [1.1, 8.8]]])
+    else:  # visible keypoints whose windows meet the map, but whose nearest pixel lies off it
+        keypoints = torch.tensor([[[-1.3, 4.9], [5.0, -0.9], [13.7, 2.0]], [[4.0, 11.6], [-2.0, -2.0], [6.0, 12.0]]])
+    keypoints = keypoints.to(device)
+    gt, weights_out = render_heatmaps(keypoints, size=(H, W), sigma=1.5, encoding="msra", backend="torch")
+    assert bool((weights_out == 1).all()), "every keypoint must take part"
+    assert bool((gt == 1).any()) == has_positives
+    logits = (torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(9)) * 2).to(device).requires_grad_(True)
+    expected = _centernet_neg_loss(torch.sigmoid(logits), gt)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    kwargs = dict(sigma=1.5, encoding="msra", kind="cornernet", keypoint_weight=1.0, background_weight=1.0)
+    for reduction in ("mean", "sum"):  # both use CenterNet's batch normalisation
+        got, grad = loss_and_grad(backend, logits, keypoints, None, reduction=reduction, **kwargs)
+        assert_close_rel(got, expected.detach(), LOSS_RTOL, f"cornernet {reduction}")
+        assert_close_rel(grad, expected_grad, GRAD_RTOL, f"cornernet {reduction} gradient")
+    per_map, _ = loss_and_grad(backend, logits, keypoints, None, reduction="none",
+                               probe=torch.ones((), device=device), **kwargs)
+    for b in range(2):
+        for k in range(3):
+            expected_map = _centernet_neg_loss(torch.sigmoid(logits[b, k]).detach(), gt[b, k])
+            torch.testing.assert_close(per_map[b, k], expected_map, rtol=LOSS_RTOL, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_extreme_logits_and_invisible_batches_stay_finite(kernel_backend, kind):
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device, seed=11)
+    values = torch.tensor([50.0, -50.0, 1000.0, -1000.0, 0.0, 88.0, -104.0])
+    pred = values[torch.randint(len(values), (2, 5, H, W), generator=torch.Generator().manual_seed(0))].to(device)
+    for reduction in ("mean", "sum", "none"):
+        ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, kind=kind, reduction=reduction,
+                                           probe=torch.ones((), device=device))
+        loss, grad = loss_and_grad(backend, pred, keypoints, weights, kind=kind, reduction=reduction,
+                                   probe=torch.ones((), device=device))
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+        assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
+        assert_close_rel(grad, ref_grad, GRAD_RTOL, "gradient")
+    invisible = torch.zeros_like(weights)
+    for reduction in ("mean", "sum", "none"):
+        loss, grad = loss_and_grad(backend, pred, keypoints, invisible, kind=kind, reduction=reduction,
+                                   probe=torch.ones((), device=device))
+        assert torch.count_nonzero(loss) == 0 and torch.count_nonzero(grad) == 0
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 2), (3, 0, 2), (0, 2, 5, 2), (2, 2, 0, 2)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batches(kernel_backend, shape, reduction):
+    backend, device = kernel_backend
+    keypoints = torch.zeros(shape, device=device)
+    pred = torch.zeros(shape[0], shape[-2], H, W, device=device, requires_grad=True)
+    loss = heatmap_loss(pred, keypoints, reduction=reduction, backend=backend)
+    if reduction == "none":
+        assert loss.shape == (shape[0], shape[-2])
+    else:
+        assert loss.shape == () and float(loss.detach()) == 0.0
+    loss.sum().backward()
+    assert pred.grad.shape == pred.shape
+
+
+def test_defaults_depend_on_kind():
+    keypoints, weights = keypoints_with_edge_cases()
+    pred = make_pred("focal", 2, 5, "cpu")
+    for kind, alpha, l1 in (("focal", 0.25, 0.1), ("cornernet", 2.0, 0.0), ("mse", None, 0.0)):
+        explicit = heatmap_loss(pred, keypoints, weights, kind=kind, alpha=alpha, l1_weight=l1, backend="torch")
+        default = heatmap_loss(pred, keypoints, weights, kind=kind, backend="torch")
+        assert float(default) == float(explicit)
+    with_l1 = heatmap_loss(pred, keypoints, weights, kind="focal", backend="torch")
+    without = heatmap_loss(pred, keypoints, weights, kind="focal", l1_weight=0.0, backend="torch")
+    assert float(with_l1) > float(without), "focal's default includes 0.1 x L1"
+
+
+def test_pixel_weighting_and_keypoint_weights():
+    """w = keypoint_weight where t > threshold else background_weight, times the keypoint weight."""
+    keypoints = torch.tensor([[[5.0, 5.0]]])
+    pred = torch.zeros(1, 1, H, W)
+    target, _ = render_heatmaps(keypoints, size=(H, W), sigma=2.0, encoding="udp", backend="torch")
+    per_pixel = (pred - target) ** 2
+    expected = (torch.where(target > 0.1, 15.0, 1.0) * per_pixel).sum()
+    for backend in ("torch", "cpu"):
+        got = heatmap_loss(pred, keypoints, kind="mse", reduction="sum", backend=backend)
+        torch.testing.assert_close(got, expected, rtol=LOSS_RTOL, atol=0)
+        doubled = heatmap_loss(pred, keypoints, torch.tensor([[2.0]]), kind="mse", reduction="sum", backend=backend)
+        torch.testing.assert_close(doubled, 2 * expected, rtol=LOSS_RTOL, atol=0)
+        mean = heatmap_loss(pred, keypoints, kind="mse", reduction="mean", backend=backend)
+        torch.testing.assert_close(mean, expected / (H * W), rtol=LOSS_RTOL, atol=0)
+
+
+def test_not_differentiable_wrt_keypoints():
+    keypoints = (torch.rand(2, 5, 2) * 8).requires_grad_(True)
+    pred = make_pred("focal", 2, 5, "cpu").requires_grad_(True)
+    heatmap_loss(pred, keypoints, backend="torch").backward()
+    assert keypoints.grad is None and pred.grad is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(kind="l2"), ValueError, r"kind: expected one of \('mse', 'focal', 'cornernet'\), got 'l2'"),
+        (dict(reduction="avg"), ValueError, "reduction: expected one of"),
+        (dict(encoding="gauss"), ValueError, "encoding: expected one of"),
+        (dict(alpha=1.5), ValueError, r"alpha: expected a finite value in \[0.0, 1.0\], got 1.5"),
+        (dict(kind="cornernet", alpha=-1.0), ValueError, "alpha: expected a finite value >= 0.0, got -1.0"),
+        (dict(gamma=-2.0), ValueError, "gamma: expected a finite value >= 0.0"),
+        (dict(beta=float("nan")), ValueError, "beta: expected a finite value"),
+        (dict(keypoint_weight=-1.0), ValueError, "keypoint_weight: expected a finite value >= 0.0"),
+        (dict(background_weight="1"), TypeError, "background_weight: expected a float, got str"),
+        (dict(threshold=float("inf")), ValueError, "threshold: expected a finite value"),
+        (dict(l1_weight=-0.1), ValueError, "l1_weight: expected a finite value >= 0.0"),
+        (dict(sigma=0.0), ValueError, "sigma: expected a finite value > 0"),
+        (dict(sigma=torch.ones(4)), ValueError, r"sigma: expected shape \(5,\)"),
+        (dict(weights=torch.ones(2, 4)), ValueError, r"weights: expected shape \(2, 5\)"),
+        (dict(backend="gpu"), ValueError, "backend: expected one of"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, message):
+    keypoints = torch.rand(2, 5, 2) * 8
+    with pytest.raises(error, match=message):
+        heatmap_loss(torch.zeros(2, 5, H, W), keypoints, **kwargs)
+
+
+def test_bad_pred_is_named():
+    keypoints = torch.rand(2, 5, 2) * 8
+    with pytest.raises(ValueError,
+                       match=r"pred: expected shape \(2, 5, H, W\) to match keypoints, got \(2, 4, 11, 13\)"):
+        heatmap_loss(torch.zeros(2, 4, H, W), keypoints)
+    with pytest.raises(ValueError, match=r"pred: expected a 4-D tensor, got shape \(5, 11, 13\)"):
+        heatmap_loss(torch.zeros(5, H, W), keypoints)
+    with pytest.raises(TypeError, match=r"pred: expected dtype .* got torch.int64"):
+        heatmap_loss(torch.zeros(2, 5, H, W, dtype=torch.long), keypoints)
+    with pytest.raises(TypeError, match=r"pred: expected a torch.Tensor, got list"):
+        heatmap_loss([0.0], keypoints)
+    with pytest.raises(TypeError, match=r"keypoints: expected a torch.Tensor, got list"):
+        heatmap_loss(torch.zeros(2, 5, H, W), [[1.0, 2.0]])
+
+
+def test_backend_that_cannot_run_says_why():
+    with pytest.raises(kpfast.BackendUnavailableError, match="heatmap_loss: backend 'cuda' cannot run.*cuda: "):
+        heatmap_loss(torch.zeros(2, 5, H, W), torch.rand(2, 5, 2), backend="cuda")
+
+
+def _ops(backend):
+    namespace = torch.ops.kpfast_triton if backend == "triton" else torch.ops.kpfast
+    return namespace.heatmap_loss, namespace.heatmap_loss_backward
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_opcheck(kernel_backend, kind):
+    backend, device = kernel_backend
+    forward, backward = _ops(backend)
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device)
+    sigma = torch.full((2, 5), 1.5, device=device)
+    pred = make_pred(kind, 2, 5, device).requires_grad_(True)
+    config = ("udp", kind, 0.25 if kind == "focal" else 2.0, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1)
+    torch.library.opcheck(forward, (pred, keypoints, weights, sigma) + config)
+    upstream = torch.rand(2, 5, device=device)
+    torch.library.opcheck(backward, (upstream, pred.detach(), keypoints, weights, sigma) + config)
+
+
+def test_torch_compile_fullgraph(kernel_backend):
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device)
+
+    def step(pred):
+        per_keypoint = heatmap_loss(pred, keypoints, weights, sigma=2.0, kind="focal", reduction="none",
+                                    backend=backend)
+        return per_keypoint.topk(2, dim=1).values.mean() + heatmap_loss(pred, keypoints, weights, kind="mse",
+                                                                         backend=backend)
+
+    # Inductor for the compiled extension; aot_eager keeps the interpreted Triton run short.
+    compiled = torch.compile(step, fullgraph=True, backend="inductor" if backend != "triton" else "aot_eager")
+    pred = make_pred("focal", 2, 5, device)
+    p1, p2 = pred.clone().requires_grad_(True), pred.clone().requires_grad_(True)
+    expected = step(p1)
+    got = compiled(p2)
+    torch.testing.assert_close(got, expected)
+    expected.backward()
+    got.backward()
+    torch.testing.assert_close(p2.grad, p1.grad)
+
+
+def _large_cpu_allocations(fn, threshold_bytes):
+    """Sizes of the CPU allocations of at least threshold_bytes made while running fn."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Each allocation is the self memory of the op that made it (frees are negative).
+    return [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage >= threshold_bytes]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_map_sized_temporaries_on_cpu(kind):
+    """Forward + backward allocate exactly one (B, K, H, W) buffer, the gradient; the reference,
+    which renders its target, allocates many (so the probe can see them)."""
+    if not kpfast.extension_status()["loaded"]:
+        pytest.skip(kpfast.extension_status()["reason"])
+    batch, num_keypoints, height, width = 2, 17, 32, 24
+    keypoints = torch.rand(batch, num_keypoints, 2) * torch.tensor([width, height])
+    map_bytes = batch * num_keypoints * height * width * 4
+
+    def run(backend):
+        pred = torch.randn(batch, num_keypoints, height, width, requires_grad=True)
+
+        def step():
+            heatmap_loss(pred, keypoints, kind=kind, backend=backend).backward()
+        return step
+
+    assert _large_cpu_allocations(run("cpu"), map_bytes) == [map_bytes], "only the gradient may be map-sized"
+    assert len(_large_cpu_allocations(run("torch"), map_bytes)) > 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_no_map_sized_temporaries_on_gpu(backend):
+    reason = kpfast.backends._device_reason(backend, torch.device("cuda"))
+    if reason is not None:
+        pytest.skip(reason)
+    batch, num_keypoints, height, width = 64, 17, 64, 48
+    keypoints = (torch.rand(batch, num_keypoints, 2) * torch.tensor([width, height])).cuda()
+    pred = torch.randn(batch, num_keypoints, height, width, device="cuda", requires_grad=True)
+    map_bytes = pred.numel() * 4
+    heatmap_loss(pred, keypoints, backend=backend).backward()  # warm-up (autotuning, allocator)
+    pred.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    heatmap_loss(pred, keypoints, backend=backend).backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - baseline
+    assert extra < map_bytes + map_bytes // 4, f"peak extra {extra} bytes; the gradient alone is {map_bytes}"
+
+
+def test_backend_selection_uses_the_registry(monkeypatch):
+    calls = []
+    for name in ("torch", "cpu"):
+        original = loss_module.LOSS.implementations[name]
+
+        def spy(*args, _name=name, _original=original):
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setitem(loss_module.LOSS.implementations, name, spy)
+    monkeypatch.delenv("KPFAST_BACKEND", raising=False)
+    keypoints = torch.rand(1, 2, 2) * 5
+    heatmap_loss(torch.zeros(1, 2, H, W), keypoints)
+    assert calls[-1] == ("cpu" if kpfast.extension_status()["loaded"] else "torch"), "auto picks cpu on CPU"
+    with kpfast.use_backend("torch"):
+        heatmap_loss(torch.zeros(1, 2, H, W), keypoints)
+        assert calls[-1] == "torch", "the context manager sets the default"
