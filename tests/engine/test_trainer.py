@@ -167,7 +167,7 @@ def test_options_bf16_ema_checkpointing_channels_last_visibility_and_coordinate_
 
     def record(outputs, batch):
         loss, parts = original(outputs, batch)
-        losses.append({k: float(v) for k, v in parts.items()})
+        losses.append({k: float(v.detach()) for k, v in parts.items()})
         return loss, parts
 
     trainer.objective = record
