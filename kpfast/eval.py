@@ -47,7 +47,9 @@ def main(argv=None) -> int:
     metrics = evaluate_model(model, data.val, config, device, dataset_info=data.info,
                              coco_gt=data.val_coco, results_out=results)
     print(metrics["summary"])
-    extra = f", PCK@{config.eval.pck_threshold:g} {metrics['PCK']:.4f}, EPE {metrics['EPE']:.2f} px" if "PCK" in metrics else ""
+    extra = ""
+    if "PCK" in metrics:
+        extra = f", PCK@{config.eval.pck_threshold:g} {metrics['PCK']:.4f}, EPE {metrics['EPE']:.2f} px"
     print(f"COCO keypoint AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, AP75 {metrics['AP75']:.4f}, "
           f"APm {metrics['APm']:.4f}, APl {metrics['APl']:.4f}, AR {metrics['AR']:.4f}){extra}")
     if args.results:

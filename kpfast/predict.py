@@ -60,7 +60,8 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
         if "bbox" not in entry or "image_id" not in entry:
             raise ValueError(f"--boxes: entries need 'image_id' and 'bbox', got {entry!r}")
         if int(entry["image_id"]) in ids:
-            per_image[ids[int(entry["image_id"])]].append(([float(v) for v in entry["bbox"]], float(entry.get("score", 1.0))))
+            box = [float(v) for v in entry["bbox"]]
+            per_image[ids[int(entry["image_id"])]].append((box, float(entry.get("score", 1.0))))
     return per_image
 
 
@@ -97,7 +98,10 @@ def main(argv=None) -> int:
             print(f"skipped unreadable image {path}", file=sys.stderr)
             continue
         h, w = image.shape[:2]
-        instances = [b for b in boxes.get(order, []) if b[1] >= args.box_score_threshold] if args.boxes else [([0.0, 0.0, float(w), float(h)], 1.0)]
+        if args.boxes:
+            instances = [b for b in boxes.get(order, []) if b[1] >= args.box_score_threshold]
+        else:
+            instances = [([0.0, 0.0, float(w), float(h)], 1.0)]  # the whole image is the box
         overlay = image
         if instances:
             crops, matrices = [], []

@@ -28,12 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from kpfast.engine.checkpoint import load_checkpoint
-    from kpfast.engine.trainer import Trainer, TrainingDiverged, _resolve_resume
+    from kpfast.engine.trainer import Trainer, TrainingDiverged, resolve_resume
     from kpfast.engine import distributed as dist_utils
 
     stored = None
     if args.resume is not None:
-        stored = load_checkpoint(_resolve_resume(args.resume))["config"]
+        stored = load_checkpoint(resolve_resume(args.resume))["config"]
     config = resolve_config(args, stored)
     trainer = Trainer(config, resume=args.resume)
     try:
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
             if metrics:
                 print(metrics.get("summary", ""), flush=True)
                 print(
-                    f"final COCO keypoint AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, AP75 {metrics['AP75']:.4f}, "
+                    f"final COCO keypoint AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, "
+                    f"AP75 {metrics['AP75']:.4f}, "
                     f"AR {metrics['AR']:.4f}); best AP {result.best_ap:.4f}; run dir {result.run_dir}",
                     flush=True,
                 )

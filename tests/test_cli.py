@@ -55,7 +55,8 @@ def test_wrong_type_and_range_fail_naming_the_key(capsys):
 def trained_run(tiny_overrides, tmp_path):
     """A one-epoch run through the train CLI (in-process)."""
     # Dedicated flags (--epochs, --seed) win over --set values of the same keys.
-    code = run_cli(train_cli.main, ["--epochs", "1", "--seed", "3"] + _set_args(tiny_overrides + ["train.run_name=cli", "train.seed=7"]))
+    sets = _set_args(tiny_overrides + ["train.run_name=cli", "train.seed=7"])
+    code = run_cli(train_cli.main, ["--epochs", "1", "--seed", "3"] + sets)
     assert code == 0
     return tmp_path / "runs" / "cli"
 
@@ -107,7 +108,8 @@ def test_predict_cli_writes_overlays_and_coco_json(trained_run, synthetic_root, 
 def test_predict_cli_counts_unreadable_images(trained_run, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    code = run_cli(predict_cli.main, ["--checkpoint", str(trained_run / "last.pt"), str(bad), "--output-dir", str(tmp_path / "p")])
+    code = run_cli(predict_cli.main, ["--checkpoint", str(trained_run / "last.pt"), str(bad),
+                                      "--output-dir", str(tmp_path / "p")])
     captured = capsys.readouterr()
     assert code == 1 and "skipped unreadable image" in captured.err
     assert json.loads((tmp_path / "p" / "results.json").read_text()) == []

@@ -172,7 +172,8 @@ def heatmap_to_crop(coords: np.ndarray, config: Config, hm_size) -> np.ndarray:
     from kpfast import geometry
 
     h, w = config.data.input_size
-    return geometry.heatmap_to_crop(np.asarray(coords, np.float64), (w, h), (hm_size[1], hm_size[0]), convention(config))
+    points = np.asarray(coords, np.float64)
+    return geometry.heatmap_to_crop(points, (w, h), (hm_size[1], hm_size[0]), convention(config))
 
 
 def denormalize(images: torch.Tensor) -> list[np.ndarray]:

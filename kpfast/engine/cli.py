@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from kpfast.engine.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
-from kpfast.engine.config import _read_yaml, resolve_config_path  # noqa: F401  (re-used by entry points)
 
 # flag dest -> dotted config key
 COMMON_FLAGS = {

@@ -60,7 +60,8 @@ def init_distributed(device: torch.device | None = None, timeout_s: float = 1800
     if world_size <= 1:
         return DistInfo()
     if is_distributed():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_backend())
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device is not None and device.type == "cuda"
     backend = "nccl" if use_cuda else "gloo"

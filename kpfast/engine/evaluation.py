@@ -264,9 +264,8 @@ def records_to_results(records: list[dict], config, sigmas, category_id: int = 1
     use_nms = (not config.data.use_gt_boxes) and config.eval.oks_nms_threshold is not None
     for image_id in sorted(by_image):
         instances = by_image[image_id]
-        scores = np.array(
-            [instance_score(r["keypoints"][:, 2], r["box_score"], config.eval.keypoint_score_threshold) for r in instances]
-        )
+        threshold = config.eval.keypoint_score_threshold
+        scores = np.array([instance_score(r["keypoints"][:, 2], r["box_score"], threshold) for r in instances])
         keep = list(range(len(instances)))
         if use_nms and len(instances) > 1:
             kps = np.stack([r["keypoints"] for r in instances])

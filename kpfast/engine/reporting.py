@@ -57,7 +57,8 @@ class ProgressReporter:
             self.bar.update(1)
         elif self.count % self.log_interval == 0 or (self.count == self.total and self.total >= self.log_interval):
             self.log(
-                f"{self.desc} step {self.count}/{self.total} loss {loss_text} (avg {self.loss_ema if self.loss_ema is not None else float('nan'):.4g}) "
+                f"{self.desc} step {self.count}/{self.total} loss {loss_text} "
+                f"(avg {self.loss_ema if self.loss_ema is not None else float('nan'):.4g}) "
                 f"lr {lr:.3g} data {data_time * 1e3:.0f}ms step {step_time * 1e3:.0f}ms"
             )
 

@@ -10,12 +10,9 @@ uninterrupted run on the same machine and thread count.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
-import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -166,7 +163,7 @@ class Trainer:
         from kpfast.engine import builders
 
         self.config = config
-        self.resume_path = _resolve_resume(resume) if resume else None
+        self.resume_path = resolve_resume(resume) if resume else None
         self.dist = dist_utils.init_distributed(select_device(config.train.device))
         self.device = select_device(config.train.device)
         self.is_main = self.dist.rank == 0
@@ -194,7 +191,9 @@ class Trainer:
         )
         self.steps_per_epoch = self.sampler.batches_per_epoch()
         if self.steps_per_epoch == 0:
-            raise ValueError(f"train.batch_size: {cfg.train.batch_size} leaves no batch for {len(self.train_set)} samples")
+            raise ValueError(
+                f"train.batch_size: {cfg.train.batch_size} leaves no batch for {len(self.train_set)} samples"
+            )
 
         # Model / optimisation ------------------------------------------------------------
         model = builders.build_model(cfg.model).to(self.device)
@@ -204,7 +203,8 @@ class Trainer:
         self.heatmap_size = builders.heatmap_size(cfg, model)
         self.optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16" and self.device.type == "cuda")
+        use_scaler = cfg.train.precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema else None
         self.objective = TrainingObjective(cfg.loss, self.heatmap_size, backend=cfg.train.ops_backend)
         self.train_model: torch.nn.Module = model
@@ -321,7 +321,9 @@ class Trainer:
         self.history = list(state["history"])
         rng_states = state["rng"]
         if len(rng_states) != self.dist.world_size:
-            raise ValueError(f"resume: checkpoint holds {len(rng_states)} RNG states for world size {self.dist.world_size}")
+            raise ValueError(
+                f"resume: checkpoint holds {len(rng_states)} RNG states for world size {self.dist.world_size}"
+            )
         restore_rng_state(rng_states[self.dist.rank])
         self.log(f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, step {self.global_step}")
 
@@ -529,7 +531,11 @@ class Trainer:
             self.log(
                 f"epoch {self.epoch}: AP {metrics['AP']:.4f} AP50 {metrics['AP50']:.4f} AP75 {metrics['AP75']:.4f} "
                 f"AR {metrics['AR']:.4f}"
-                + (f" PCK@{self.config.eval.pck_threshold:g} {metrics['PCK']:.4f} EPE {metrics['EPE']:.2f}px" if "PCK" in metrics else "")
+                + (
+                    f" PCK@{self.config.eval.pck_threshold:g} {metrics['PCK']:.4f} EPE {metrics['EPE']:.2f}px"
+                    if "PCK" in metrics
+                    else ""
+                )
             )
             if self.writer is not None:
                 for key, value in metrics.items():
@@ -582,7 +588,7 @@ class Trainer:
             self.log(f"best val AP {self.best_ap:.4f} at epoch {self.best_epoch}; checkpoints in {self.run_dir}")
 
 
-def _resolve_resume(resume: str | Path) -> Path:
+def resolve_resume(resume: str | Path) -> Path:
     path = Path(resume)
     if path.is_dir():
         path = path / "last.pt"

@@ -39,7 +39,8 @@ def test_ground_truth_as_predictions_scores_ap_1(coco_sample):
     for name in ("AP", "AP50", "AP75", "AR"):
         assert stats[name] == pytest.approx(1.0), name
     # Moving every keypoint by a few pixels must lower AP: the metric is really looking.
-    shifted = [dict(r, keypoints=[v + (6.0 if i % 3 != 2 else 0.0) for i, v in enumerate(r["keypoints"])]) for r in results]
+    shifted = [dict(r, keypoints=[v + (6.0 if i % 3 != 2 else 0.0) for i, v in enumerate(r["keypoints"])])
+               for r in results]
     assert ev.evaluate_coco(coco, shifted, COCO_SIGMAS)["AP"] < 0.9
 
 

@@ -126,7 +126,8 @@ def test_sigterm_saves_last_checkpoint_and_exits_cleanly(tiny_overrides, tmp_pat
     for item in tiny_overrides + ["train.epochs=200", "train.run_name=sig"]:
         args += ["--set", item]
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(PACKAGE_ROOT))
-    proc = subprocess.Popen(args, cwd=PACKAGE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(args, cwd=PACKAGE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     lines = []
     try:
         deadline = time.time() + 120
