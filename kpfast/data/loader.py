@@ -107,6 +107,19 @@ def build_dataset(config: Mapping[str, Any], split: str = "train", train: bool |
                                detections=None if train else cfg.get("detections"), **kwargs)
 
 
+def prepare_fork_for_workers(num_workers: int) -> None:
+    """Make OpenCV single-threaded in this (parent) process before forking data workers.
+
+    A worker forked while OpenCV's thread pool exists inherits its locks in whatever state they
+    were; calling ``cv2.setNumThreads`` in the child then deadlocks (pthread_cond_destroy on a
+    condition variable owned by a thread that no longer exists). Shrinking the pool before the
+    fork leaves the children nothing to tear down; the parent does no image work while workers
+    load the data.
+    """
+    if num_workers > 0:
+        cv2.setNumThreads(1)
+
+
 def _worker_init(_worker_id: int) -> None:
     # Each worker is one core's worth of work: OpenCV's own thread pool would oversubscribe.
     cv2.setNumThreads(1)
@@ -133,6 +146,7 @@ def build_dataloader(config: Mapping[str, Any], split: str = "train", *,
         extra["persistent_workers"] = bool(cfg.get("persistent_workers", True))
         extra["prefetch_factor"] = int(cfg.get("prefetch_factor", 2))
         extra["worker_init_fn"] = _worker_init
+        prepare_fork_for_workers(num_workers)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
                       sampler=sampler, num_workers=num_workers, collate_fn=collate_samples,
                       drop_last=train, pin_memory=bool(cfg.get("pin_memory", torch.cuda.is_available())),

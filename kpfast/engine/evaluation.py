@@ -203,7 +203,7 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
     from kpfast.engine import builders
     from kpfast.engine.inference import decode, predict_heatmaps
 
-    from kpfast.engine.trainer import prepare_fork_for_workers
+    from kpfast.data.loader import prepare_fork_for_workers
 
     prepare_fork_for_workers(config.data.workers)
     loader = DataLoader(

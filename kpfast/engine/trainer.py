@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from kpfast.data.loader import prepare_fork_for_workers
 from kpfast.engine import distributed as dist_utils
 from kpfast.engine.checkpoint import (
     TopKCheckpoints,
@@ -92,21 +93,6 @@ def configure_cpu_threads(config: Config, device: torch.device) -> int | None:
 def single_threaded_worker(_worker_id: int) -> None:
     """Data workers are one core's worth of work each: no torch thread pool inside."""
     torch.set_num_threads(1)
-
-
-def prepare_fork_for_workers(num_workers: int) -> None:
-    """Make OpenCV single-threaded in this (parent) process before forking data workers.
-
-    A worker forked while OpenCV's thread pool exists inherits its locks in whatever state they
-    were; calling ``cv2.setNumThreads`` in the child then deadlocks (pthread_cond_destroy on a
-    condition variable owned by a thread that no longer exists). Shrinking the pool here, before
-    the fork, leaves the children nothing to tear down; the parent does no image work while
-    workers load the data.
-    """
-    if num_workers > 0:
-        import cv2
-
-        cv2.setNumThreads(1)
 
 
 def seed_everything(seed: int) -> None:

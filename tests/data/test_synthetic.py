@@ -3,11 +3,14 @@
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import kpfast
 
 from kpfast.data import CocoKeypointDataset, build_dataloader, validate_keypoint_annotations
 from kpfast.data import synthetic
@@ -105,8 +108,12 @@ def test_ensure_reuses_a_valid_cache_and_repairs_a_broken_one(tmp_path, monkeypa
 
 def test_cli_and_default_config_loader(tmp_path, monkeypatch):
     out = tmp_path / "cli"
+    # The subprocess imports the kpfast under test (installed or built in place), not whatever
+    # ./kpfast the working directory holds.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kpfast.__file__)))
     proc = subprocess.run([sys.executable, "-m", "kpfast.data.synthetic", str(out), "--images", "3",
-                           "--val-images", "2", "--seed", "4"], capture_output=True, text=True, timeout=120)
+                           "--val-images", "2", "--seed", "4"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=package_root))
     assert proc.returncode == 0, proc.stderr
     assert "RuntimeWarning" not in proc.stderr
     assert len(_load(out, "train")["images"]) == 3 and len(_load(out, "val")["images"]) == 2
