@@ -126,7 +126,8 @@ class ResultBook:
     def add(self, *, op: str, case: str, impl: str, wall_s: float, gpu_ms: float | None = None,
             bytes_moved: int | None = None, extra: dict | None = None) -> dict:
         seconds = gpu_ms / 1e3 if gpu_ms is not None else wall_s
-        record = {"op": op, "case": case, "impl": impl, "wall_ms": wall_s * 1e3, "gpu_ms": gpu_ms}
+        record = {"op": op, "case": case, "impl": impl, "wall_ms": wall_s * 1e3, "gpu_ms": gpu_ms,
+                  "command": os.environ.get("KPFAST_BENCH_COMMAND", "python -m pytest benchmarks")}
         if bytes_moved is not None:
             bandwidth = copy_bandwidth(self.device)
             record.update(bytes=bytes_moved, GBps=bytes_moved / seconds / 1e9, pct_copy=100 * bytes_moved / seconds / bandwidth)
@@ -146,7 +147,7 @@ class ResultBook:
             **environment(self.device),
             "copy_bandwidth_GBps": copy_bandwidth(self.device) / 1e9,
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": os.environ.get("KPFAST_BENCH_COMMAND", "python -m pytest benchmarks"),
+            "command": "python -m pytest benchmarks/test_bench_<op>.py (each record names its own command)",
             "records": sorted(kept + self.records, key=lambda r: (r["op"], r["case"], r["impl"])),
         }
         tmp = path.with_suffix(".json.tmp")

@@ -45,6 +45,9 @@ def tables_for(data: dict) -> str:
         "",
     ]
     for op, cases in sorted(by_op.items()):
+        if op.startswith("train_step"):
+            lines += _train_step_table(op, cases)
+            continue
         impls = sorted({i for c in cases.values() for i in c}, key=lambda i: (i in REFERENCE_IMPLS, i))
         kpfast_impls = [i for i in impls if i not in REFERENCE_IMPLS]
         header = ["case", *impls, "best kpfast vs eager", "vs compile", "% of copy bw"]
@@ -86,6 +89,18 @@ def plot(data: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _train_step_table(op: str, cases: dict[str, dict[str, dict]]) -> list[str]:
+    """End-to-end rows: step time and the heatmap work inside it, per ops backend."""
+    lines = [f"**{op}** (end to end)", "",
+             "| case | ops | step | heatmap loss fwd+bwd | share of step | decode (DARK) per val batch |",
+             "|---|---|---|---|---|---|"]
+    for case, records in sorted(cases.items()):
+        for impl, r in sorted(records.items()):
+            lines.append(f"| {case} | {impl} | {_fmt_ms(_time_ms(r))} | {_fmt_ms(r['loss_fwd_bwd_ms'])} | "
+                         f"{r['loss_share_pct']:.1f}% | {_fmt_ms(r['decode_ms_per_val_batch'])} |")
+    return lines + [""]
 
 
 def report(make_plots: bool = False) -> str:
