@@ -83,7 +83,8 @@ def normalise_sigma(sigma, batch: int, num_keypoints: int, dtype: torch.dtype, d
         if sigma.dim() == 0:
             sigma = sigma.reshape(1, 1)
         check_tensor("sigma", sigma, dims=(1, 2))
-        check_same_device("keypoints", torch.empty(0, device=device), sigma=sigma)
+        if sigma.device != device:
+            raise ValueError(f"sigma: expected a tensor on {device} (the device of keypoints), got {sigma.device}")
         if sigma.dim() == 1 and sigma.shape[0] != num_keypoints and not (sigma.shape[0] == 1):
             raise ValueError(f"sigma: expected shape ({num_keypoints},) (one per keypoint), got {tuple(sigma.shape)}")
         if sigma.dim() == 2 and tuple(sigma.shape) not in ((batch, num_keypoints), (1, 1)):
