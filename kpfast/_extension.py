@@ -1,7 +1,9 @@
 """Loading the compiled extension, ``kpfast._C``, and saying clearly when it is unusable.
 
-``import kpfast`` always works: when the extension is missing, fails to load, or was built
-against another torch, the compiled backends (``cpu``, ``cuda``) report why they cannot run,
+``kpfast._C`` is built on the LibTorch stable ABI: a binary built against any torch >= its
+target version (2.11) loads in every torch >= that target, so only a torch OLDER than the
+target is refused. ``import kpfast`` always works: when the extension is missing, fails to load,
+or targets a newer torch than the installed one, the compiled backends (``cpu``, ``cuda``) report why they cannot run,
 ``backend="auto"`` falls back to the pure-PyTorch reference, and one warning says so.
 """
 
@@ -22,7 +24,7 @@ def _load() -> None:
     if importlib.util.find_spec("kpfast._C") is None:
         _unavailable_reason = (
             "the compiled extension kpfast._C is not built "
-            "(install with `pip install --no-build-isolation .`, or build in place with "
+            "(install with `pip install .`, or build in place with "
             "`python setup.py build_ext --inplace`)"
         )
         return
@@ -31,20 +33,43 @@ def _load() -> None:
     except (ImportError, OSError) as error:
         # Undefined symbols are the usual sign of a binary built for another torch.
         _unavailable_reason = (
-            f"the compiled extension kpfast._C failed to load ({error}); it was probably "
-            f"built against another torch than the installed {torch.__version__}: rebuild it"
+            f"the compiled extension kpfast._C failed to load ({error}); rebuild it with `pip install .` "
+            f"(it must target a torch <= the installed {torch.__version__})"
         )
         return
-    info = dict(item.split("=", 1) for item in torch.ops.kpfast.build_info().split(";"))
-    running = torch.__version__.split("+")[0]
-    if info.get("torch") != running:
+    info = build_info()
+    running = _version_tuple(torch.__version__)
+    target = _version_tuple(info.get("target", ""))
+    if info.get("abi") != "stable" or not target:
         _unavailable_reason = (
-            f"the compiled extension was built against torch {info.get('torch')} but torch {running} "
-            "is installed: rebuild it with `pip install --no-build-isolation .`"
+            f"the compiled extension does not say which stable ABI it targets (build info {info}): "
+            "it is an old build; rebuild it with `pip install .`"
+        )
+        return
+    if running < target:
+        _unavailable_reason = (
+            f"the compiled extension targets torch >= {info['target']} but torch {torch.__version__} "
+            "is installed: upgrade torch or rebuild with `pip install .`"
         )
         return
     _loaded = True
     _has_cuda_kernels = info.get("cuda") == "1"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """(major, minor) of "2.13.0+cpu" / "2.11"; () when it cannot be read."""
+    parts = version.split("+")[0].split(".")[:2]
+    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else ()
+
+
+def build_info() -> dict[str, str]:
+    """How the loaded ``kpfast._C`` was built: ``abi`` ("stable"), ``target`` (the oldest torch it
+    loads in, "2.11"), ``torch`` (the torch it was compiled against), ``cuda`` ("1" with CUDA
+    kernels) and ``arches`` (TORCH_CUDA_ARCH_LIST of those kernels, "_"-separated). Empty when
+    the extension is not loaded."""
+    if importlib.util.find_spec("kpfast._C") is None or not hasattr(torch.ops.kpfast, "build_info"):
+        return {}
+    return dict(item.split("=", 1) for item in torch.ops.kpfast.build_info().split(";"))
 
 
 def is_loaded() -> bool:

@@ -1,35 +1,22 @@
 // CPU kernels for Op 3, heatmap decoding: argmax-based decoders with their refinements,
 // soft-argmax (forward and fused backward) and peak extraction. One map (b, k) per task of
-// at::parallel_for; each map is read once into L1 (a 64x48 float map is 12 KiB) and every
+// torch::stable::parallel_for; each map is read once into L1 (a 64x48 float map is 12 KiB) and every
 // later access (refinement stencils, the second pass of the argmax) hits the cache.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <c10/util/bit_cast.h>
-#include <torch/library.h>
-
-#include "cpu/ops.h"
-#include "kpfast/decode.h"
-#include "kpfast/decode_checks.h"
+#include "cpu/vector_math.h"
+#include "kpfast/checks.h"
 
 namespace kpfast {
 namespace {
 
 constexpr int kLanes = 16;  // independent accumulators: lets -O3 vectorise the reductions
-
-// The hot float loops of soft-argmax are compiled twice on x86-64, for AVX2+FMA and for the
-// baseline, and the loader picks the clone the CPU supports (GCC/Clang function multiversioning):
-// the build itself stays portable (no -march flag).
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
-#define KPF_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
-#else
-#define KPF_CPU_CLONES
-#endif
 
 // Enough maps per task to amortise scheduling, few enough to balance two to many cores.
 int64_t grain_for(int64_t map_size) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(map_size, 1)); }
@@ -46,28 +33,26 @@ const float* as_float(const scalar_t* map, int64_t size, std::vector<float>& buf
   }
 }
 
-// Monotonic integer key of a float: signed comparisons of keys order floats as < does, with
-// NaN above +inf (as torch.argmax treats NaN). Integer max vectorises where a float select would
-// not (that needs -fno-trapping-math, which the build does not set).
-inline int32_t order_key(float v) {
-  const int32_t bits = c10::bit_cast<int32_t>(v);
-  return bits ^ ((bits >> 31) & 0x7fffffff);
-}
-
-// Largest key of a float map (16 independent lanes: a vectorised loop).
-KPF_CPU_CLONES int32_t max_key_f32(const float* m, int64_t size) {
+// Largest key of a float map (16 independent lanes: a vectorised loop), NaN pixels keyed as
+// `nan_key`: INT32_MIN to skip them (argmax), INT32_MAX to make the maximum NaN (soft-argmax).
+// An all-NaN map gives the key of -inf under INT32_MIN (the lanes' starting value).
+KPF_CPU_CLONES int32_t max_key_f32(const float* m, int64_t size, int32_t nan_key) {
   int32_t lanes[kLanes];
   std::fill(lanes, lanes + kLanes, order_key(-std::numeric_limits<float>::infinity()));
   int64_t i = 0;
   for (; i + kLanes <= size; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
-      const int32_t key = order_key(m[i + j]);
+      const float v = m[i + j];
+      const int32_t key = v != v ? nan_key : order_key(v);
       lanes[j] = key > lanes[j] ? key : lanes[j];
     }
   }
   int32_t best = lanes[0];
   for (int j = 1; j < kLanes; ++j) best = lanes[j] > best ? lanes[j] : best;
-  for (; i < size; ++i) best = order_key(m[i]) > best ? order_key(m[i]) : best;
+  for (; i < size; ++i) {
+    const int32_t key = m[i] != m[i] ? nan_key : order_key(m[i]);
+    best = key > best ? key : best;
+  }
   return best;
 }
 
@@ -77,18 +62,20 @@ KPF_CPU_CLONES int64_t first_key_f32(const float* m, int64_t size, int32_t key) 
   int64_t p = 0;
   for (; p + kLanes <= size; p += kLanes) {
     int hit = 0;
-    for (int j = 0; j < kLanes; ++j) hit |= order_key(m[p + j]) == key;
+    for (int j = 0; j < kLanes; ++j) hit |= argmax_key(m[p + j]) == key;
     if (hit) break;
   }
   for (; p < size; ++p) {
-    if (order_key(m[p]) == key) return p;
+    if (argmax_key(m[p]) == key) return p;
   }
-  return 0;
+  return 0;  // an all-NaN map: pixel 0, whose NaN becomes the score
 }
 
-// Index of the first maximum in row-major order: the largest key, then the first pixel
-// holding it (the map is cache-resident for this second, early-exiting pass).
-int64_t first_argmax(const float* m, int64_t size) { return first_key_f32(m, size, max_key_f32(m, size)); }
+// Index of the first maximum in row-major order, NaN pixels skipped: the largest key, then the
+// first pixel holding it (the map is cache-resident for this second, early-exiting pass).
+int64_t first_argmax(const float* m, int64_t size) {
+  return first_key_f32(m, size, max_key_f32(m, size, INT32_MIN));
+}
 
 // The 5x5 patch of blurred values (zero padding) at coordinates clamped into the map, around
 // (x, y): rows first, then columns, as OpenCV's separable filter does.
@@ -155,8 +142,7 @@ void refine(const float* m, int height, int width, int x, int y, float best, Dec
     case DecodeMethod::QUARTER: {
       if (x > 1 && x < width - 1 && y > 1 && y < height - 1) {
         const float* row = m + int64_t(y) * width;
-        *ox = 0.25f * sign_of(row[x + 1] - row[x - 1]);
-        *oy = 0.25f * sign_of(row[x + width] - row[x - width]);
+        quarter_offset(row[x], row[x - 1], row[x + 1], row[x - width], row[x + width], ox, oy);
       }
       return;
     }
@@ -180,20 +166,25 @@ void refine(const float* m, int height, int width, int x, int y, float best, Dec
     case DecodeMethod::LOCAL_MEAN: {
       const int radius = window / 2;
       float total = 0.0f, sx = 0.0f, sy = 0.0f;
+      bool finite = true;  // a non-finite value in the window leaves the integer argmax
       for (int dy = -radius; dy <= radius; ++dy) {
         const int row = y + dy;
         if (row < 0 || row >= height) continue;
         for (int dx = -radius; dx <= radius; ++dx) {
           const int col = x + dx;
           if (col < 0 || col >= width) continue;
-          const float w = std::max(m[int64_t(row) * width + col], 0.0f);
+          const float v = m[int64_t(row) * width + col];
+          finite = finite && is_finite_value(v);
+          const float w = v > 0.0f ? v : 0.0f;
           total += w;
           sx += w * dx;
           sy += w * dy;
         }
       }
-      *ox = sx / total;
-      *oy = sy / total;
+      if (finite) {
+        *ox = sx / total;
+        *oy = sy / total;
+      }
       return;
     }
   }
@@ -205,7 +196,7 @@ void decode_cpu_kernel(const scalar_t* heatmaps, float* coords, float* scores, i
   float g[kMaxBlurKernel];
   opencv_gaussian_kernel(k, g);
   const int64_t map_size = int64_t(height) * width;
-  at::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
     std::vector<float> buffer, tmp;
     for (int64_t map = begin; map < end; ++map) {
       const float* m = as_float(heatmaps + map * map_size, map_size, buffer);
@@ -228,34 +219,11 @@ void decode_cpu_kernel(const scalar_t* heatmaps, float* coords, float* scores, i
 
 // ---- soft-argmax --------------------------------------------------------------------------
 
-// exp(x) for x <= 0 (Cephes' expf polynomial, measured |relative error| < 1e-7 on [-87, 0]).
-// Branch-free, so that -O3 vectorises the loops below without -fno-trapping-math or a vector
-// math library: max(x, -87) is an unsigned-integer min of the bit patterns (valid for every
-// x <= 87: positive floats sort below negative ones, negative ones by magnitude). Below -87 it
-// returns exp(-87) ~ 1.6e-38 instead of a smaller number: invisible next to the softmax total (>= 1).
-inline float exp_nonpositive(float x) {
-  const uint32_t bits_x = c10::bit_cast<uint32_t>(x);
-  const uint32_t bits_limit = 0xC2AE0000u;  // -87.0f
-  const float clamped = c10::bit_cast<float>(bits_x < bits_limit ? bits_x : bits_limit);
-  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = clamped - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return p * c10::bit_cast<float>(bits);
-}
-
 // One row of the soft-argmax forward, float32: e = exp(beta (h - max)) into a buffer, then its
 // sums over eight independent lanes (a plain float reduction would not be vectorised).
 KPF_CPU_CLONES void soft_argmax_row_f32(const float* line, int width, float beta, float best, float* e,
                                         float* row_total, float* row_x) {
-  for (int col = 0; col < width; ++col) e[col] = exp_nonpositive(beta * (line[col] - best));
+  for (int col = 0; col < width; ++col) e[col] = VectorMath::exp_nonpositive(beta * (line[col] - best));
   float total[8] = {0, 0, 0, 0, 0, 0, 0, 0}, weighted[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int col = 0;
   for (; col + 8 <= width; col += 8) {
@@ -281,7 +249,7 @@ KPF_CPU_CLONES void soft_argmax_row_f32(const float* line, int width, float beta
 KPF_CPU_CLONES void soft_argmax_backward_row_f32(const float* line, int width, float beta, float lse, float gx,
                                                  float row_term, float* out) {
   for (int col = 0; col < width; ++col) {
-    const float p = exp_nonpositive(beta * line[col] - lse);
+    const float p = VectorMath::exp_nonpositive(beta * line[col] - lse);
     out[col] = beta * p * (gx * static_cast<float>(col) + row_term);
   }
 }
@@ -289,7 +257,7 @@ KPF_CPU_CLONES void soft_argmax_backward_row_f32(const float* line, int width, f
 template <typename T>
 inline T exp_nonpositive_t(T x) {
   if constexpr (std::is_same_v<T, float>) {
-    return exp_nonpositive(x);
+    return VectorMath::exp_nonpositive(x);
   } else {
     return std::exp(x);
   }
@@ -298,13 +266,12 @@ inline T exp_nonpositive_t(T x) {
 template <typename scalar_t, typename acc_t>
 acc_t map_maximum(const scalar_t* m, int64_t size) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    const int32_t best = max_key_f32(m, size);
-    return c10::bit_cast<float>(best ^ ((best >> 31) & 0x7fffffff));  // the key map is an involution
+    return key_value(max_key_f32(m, size, INT32_MAX));  // one NaN makes the maximum NaN
   } else {
     acc_t best = -std::numeric_limits<acc_t>::infinity();
     for (int64_t i = 0; i < size; ++i) {
       const acc_t v = static_cast<acc_t>(m[i]);
-      best = v > best ? v : best;
+      best = (v > best || v != v) ? v : best;  // NaN stays (NaN > x and x > NaN are false)
     }
     return best;
   }
@@ -344,7 +311,7 @@ template <typename scalar_t, typename acc_t>
 void soft_argmax_cpu_kernel(const scalar_t* heatmaps, acc_t* coords, acc_t* scores, acc_t* log_normaliser,
                             int64_t maps, int height, int width, acc_t beta) {
   const int64_t map_size = int64_t(height) * width;
-  at::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> e(width);
     for (int64_t map = begin; map < end; ++map) {
       const scalar_t* m = heatmaps + map * map_size;
@@ -360,7 +327,8 @@ void soft_argmax_cpu_kernel(const scalar_t* heatmaps, acc_t* coords, acc_t* scor
       }
       coords[2 * map] = static_cast<acc_t>(sum_x / total);
       coords[2 * map + 1] = static_cast<acc_t>(sum_y / total);
-      scores[map] = best;
+      // DESIGN.md: a NaN or +inf pixel makes the map's coords (already, through exp) and score NaN.
+      scores[map] = best == std::numeric_limits<acc_t>::infinity() ? std::numeric_limits<acc_t>::quiet_NaN() : best;
       log_normaliser[map] = beta * best + static_cast<acc_t>(std::log(total));
     }
   });
@@ -371,7 +339,7 @@ void soft_argmax_backward_cpu_kernel(const acc_t* grad_coords, const scalar_t* h
                                      const acc_t* log_normaliser, scalar_t* grad, int64_t maps, int height, int width,
                                      acc_t beta) {
   const int64_t map_size = int64_t(height) * width;
-  at::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row_grad(width);
     for (int64_t map = begin; map < end; ++map) {
       // d x / d h_ij = beta p_ij (j - x), d y / d h_ij = beta p_ij (i - y).
@@ -423,7 +391,7 @@ template <typename scalar_t>
 void find_peaks_cpu_kernel(const scalar_t* heatmaps, float* coords, float* scores, bool* valid, int64_t maps,
                            int height, int width, float threshold, int d, int64_t max_peaks) {
   const int64_t map_size = int64_t(height) * width;
-  at::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
     std::vector<float> buffer;
     std::vector<std::pair<float, int64_t>> found;
     for (int64_t map = begin; map < end; ++map) {
@@ -458,87 +426,88 @@ void find_peaks_cpu_kernel(const scalar_t* heatmaps, float* coords, float* score
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> decode_heatmaps_cpu(const at::Tensor& heatmaps, c10::string_view method,
-                                                       int64_t blur_kernel, int64_t window) {
+std::tuple<Tensor, Tensor> decode_heatmaps_cpu(Tensor heatmaps, std::string method, int64_t blur_kernel,
+                                               int64_t window) {
   check_heatmaps(heatmaps, /*allow_double=*/false);
   check_decode_arguments(blur_kernel, window);
-  const DecodeMethod chosen = decode_method_from_string(std::string(method));
-  const auto B = heatmaps.size(0), K = heatmaps.size(1);
-  const auto options = heatmaps.options().dtype(at::kFloat);
-  auto coords = at::empty({B, K, 2}, options);
-  auto scores = at::empty({B, K}, options);
+  const DecodeMethod chosen = decode_method_from_string(method);
+  const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
+  Tensor coords = new_empty(heatmaps, {B, K, 2}, ScalarType::Float);
+  Tensor scores = new_empty(heatmaps, {B, K}, ScalarType::Float);
   if (B * K == 0) return {coords, scores};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmaps.scalar_type(), "decode_heatmaps_cpu", [&] {
-    decode_cpu_kernel<scalar_t>(heatmaps.data_ptr<scalar_t>(), coords.data_ptr<float>(), scores.data_ptr<float>(),
-                                B * K, static_cast<int>(heatmaps.size(2)), static_cast<int>(heatmaps.size(3)), chosen,
-                                static_cast<int>(blur_kernel), static_cast<int>(window));
+  KPF_DISPATCH_HEATMAP_TYPES(heatmaps.scalar_type(), "decode_heatmaps_cpu", [&] {
+    decode_cpu_kernel<scalar_t>(heatmaps.const_data_ptr<scalar_t>(), coords.mutable_data_ptr<float>(),
+                                scores.mutable_data_ptr<float>(), B * K, static_cast<int>(heatmaps.size(2)),
+                                static_cast<int>(heatmaps.size(3)), chosen, static_cast<int>(blur_kernel),
+                                static_cast<int>(window));
   });
   return {coords, scores};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_argmax_cpu(const at::Tensor& heatmaps, double beta) {
+std::tuple<Tensor, Tensor, Tensor> soft_argmax_cpu(Tensor heatmaps, double beta) {
   check_heatmaps(heatmaps, /*allow_double=*/true);
-  TORCH_CHECK(beta > 0 && std::isfinite(beta), "beta must be finite and > 0, got ", beta);
-  const auto B = heatmaps.size(0), K = heatmaps.size(1);
-  const auto compute = heatmaps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto options = heatmaps.options().dtype(compute);
-  auto coords = at::empty({B, K, 2}, options);
-  auto scores = at::empty({B, K}, options);
-  auto log_normaliser = at::empty({B, K}, options);
+  STD_TORCH_CHECK(beta > 0 && std::isfinite(beta), "beta must be finite and > 0, got ", beta);
+  const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
+  const ScalarType compute = heatmaps.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  Tensor coords = new_empty(heatmaps, {B, K, 2}, compute);
+  Tensor scores = new_empty(heatmaps, {B, K}, compute);
+  Tensor log_normaliser = new_empty(heatmaps, {B, K}, compute);
   if (B * K == 0) return {coords, scores, log_normaliser};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmaps.scalar_type(), "soft_argmax_cpu", [&] {
+  KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(heatmaps.scalar_type(), "soft_argmax_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    soft_argmax_cpu_kernel<scalar_t, acc_t>(heatmaps.data_ptr<scalar_t>(), coords.data_ptr<acc_t>(),
-                                            scores.data_ptr<acc_t>(), log_normaliser.data_ptr<acc_t>(), B * K,
-                                            static_cast<int>(heatmaps.size(2)), static_cast<int>(heatmaps.size(3)),
-                                            static_cast<acc_t>(beta));
+    soft_argmax_cpu_kernel<scalar_t, acc_t>(heatmaps.const_data_ptr<scalar_t>(), coords.mutable_data_ptr<acc_t>(),
+                                            scores.mutable_data_ptr<acc_t>(), log_normaliser.mutable_data_ptr<acc_t>(),
+                                            B * K, static_cast<int>(heatmaps.size(2)),
+                                            static_cast<int>(heatmaps.size(3)), static_cast<acc_t>(beta));
   });
   return {coords, scores, log_normaliser};
 }
 
-at::Tensor soft_argmax_backward_cpu(const at::Tensor& grad_coords, const at::Tensor& heatmaps, const at::Tensor& coords,
-                                   const at::Tensor& log_normaliser, double beta) {
+Tensor soft_argmax_backward_cpu(Tensor grad_coords, Tensor heatmaps, Tensor coords, Tensor log_normaliser,
+                                double beta) {
   check_heatmaps(heatmaps, /*allow_double=*/true);
-  const auto B = heatmaps.size(0), K = heatmaps.size(1);
-  const auto compute = heatmaps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(grad_coords.sizes() == at::IntArrayRef({B, K, 2}) && coords.sizes() == grad_coords.sizes(),
-              "grad_coords and coords must have shape (", B, ", ", K, ", 2), got ", grad_coords.sizes(), " and ",
-              coords.sizes());
-  TORCH_CHECK(log_normaliser.sizes() == at::IntArrayRef({B, K}), "log_normaliser must have shape (", B, ", ", K,
-              "), got ", log_normaliser.sizes());
-  const auto g = grad_coords.to(compute).contiguous();
-  const auto c = coords.to(compute).contiguous();
-  const auto l = log_normaliser.to(compute).contiguous();
-  auto grad = at::empty_like(heatmaps);
+  check_soft_argmax_backward_inputs(grad_coords, heatmaps, coords, log_normaliser);
+  const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
+  const ScalarType compute = heatmaps.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  const Tensor g = to_contiguous(grad_coords, compute);
+  const Tensor c = to_contiguous(coords, compute);
+  const Tensor l = to_contiguous(log_normaliser, compute);
+  Tensor grad = new_empty(heatmaps, {B, K, heatmaps.size(2), heatmaps.size(3)}, heatmaps.scalar_type());
   if (B * K == 0) return grad;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmaps.scalar_type(), "soft_argmax_backward_cpu", [&] {
+  KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(heatmaps.scalar_type(), "soft_argmax_backward_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    soft_argmax_backward_cpu_kernel<scalar_t, acc_t>(g.data_ptr<acc_t>(), heatmaps.data_ptr<scalar_t>(),
-                                                     c.data_ptr<acc_t>(), l.data_ptr<acc_t>(),
-                                                     grad.data_ptr<scalar_t>(), B * K,
-                                                     static_cast<int>(heatmaps.size(2)),
-                                                     static_cast<int>(heatmaps.size(3)), static_cast<acc_t>(beta));
+    soft_argmax_backward_cpu_kernel<scalar_t, acc_t>(
+        g.const_data_ptr<acc_t>(), heatmaps.const_data_ptr<scalar_t>(), c.const_data_ptr<acc_t>(),
+        l.const_data_ptr<acc_t>(), grad.mutable_data_ptr<scalar_t>(), B * K, static_cast<int>(heatmaps.size(2)),
+        static_cast<int>(heatmaps.size(3)), static_cast<acc_t>(beta));
   });
   return grad;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> find_peaks_cpu(const at::Tensor& heatmaps, double threshold,
-                                                              int64_t min_distance, int64_t max_peaks) {
+std::tuple<Tensor, Tensor, Tensor> find_peaks_cpu(Tensor heatmaps, double threshold, int64_t min_distance,
+                                                  int64_t max_peaks) {
   check_heatmaps(heatmaps, /*allow_double=*/false);
   check_peak_arguments(min_distance, max_peaks);
-  const auto B = heatmaps.size(0), K = heatmaps.size(1);
-  const auto options = heatmaps.options().dtype(at::kFloat);
-  auto coords = at::empty({B, K, max_peaks, 2}, options);
-  auto scores = at::empty({B, K, max_peaks}, options);
-  auto valid = at::empty({B, K, max_peaks}, options.dtype(at::kBool));
+  const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
+  Tensor coords = new_empty(heatmaps, {B, K, max_peaks, 2}, ScalarType::Float);
+  Tensor scores = new_empty(heatmaps, {B, K, max_peaks}, ScalarType::Float);
+  Tensor valid = new_empty(heatmaps, {B, K, max_peaks}, ScalarType::Bool);
   if (B * K == 0) return {coords, scores, valid};
   const int d = static_cast<int>(std::min<int64_t>(min_distance, std::max(heatmaps.size(2), heatmaps.size(3))));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmaps.scalar_type(), "find_peaks_cpu", [&] {
-    find_peaks_cpu_kernel<scalar_t>(heatmaps.data_ptr<scalar_t>(), coords.data_ptr<float>(), scores.data_ptr<float>(),
-                                    valid.data_ptr<bool>(), B * K, static_cast<int>(heatmaps.size(2)),
-                                    static_cast<int>(heatmaps.size(3)), static_cast<float>(threshold), d, max_peaks);
+  KPF_DISPATCH_HEATMAP_TYPES(heatmaps.scalar_type(), "find_peaks_cpu", [&] {
+    find_peaks_cpu_kernel<scalar_t>(heatmaps.const_data_ptr<scalar_t>(), coords.mutable_data_ptr<float>(),
+                                    scores.mutable_data_ptr<float>(), valid.mutable_data_ptr<bool>(), B * K,
+                                    static_cast<int>(heatmaps.size(2)), static_cast<int>(heatmaps.size(3)),
+                                    static_cast<float>(threshold), d, max_peaks);
   });
   return {coords, scores, valid};
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kpfast, CPU, m) {
+  m.impl("decode_heatmaps", TORCH_BOX(&decode_heatmaps_cpu));
+  m.impl("soft_argmax", TORCH_BOX(&soft_argmax_cpu));
+  m.impl("_soft_argmax_backward", TORCH_BOX(&soft_argmax_backward_cpu));
+  m.impl("find_peaks", TORCH_BOX(&find_peaks_cpu));
 }
 
 }  // namespace kpfast

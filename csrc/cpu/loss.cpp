@@ -1,79 +1,26 @@
 // CPU kernels for Op 2, the fused weighted heatmap loss that renders its target on the fly.
 //
-// One map (b, k) per task of at::parallel_for. Within a map the target is rebuilt row by row
+// One map (b, k) per task of torch::stable::parallel_for. Within a map the target is rebuilt row by row
 // from the separable Gaussian (H + W exponentials per instance, like render), so neither the
 // target nor the pixel weights ever exist as (B, K, H, W) tensors: the forward reads pred once
 // and writes two floats per map; the backward reads pred once and writes the gradient once.
 // pred may have any strides; the gradient is contiguous, in pred's dtype.
 //
 // The pixel formulas run over one row at a time on float buffers with branch-free polynomial
-// exp/log1p (VectorMath below), which GCC vectorises at -O3; exponents outside the small
+// exp/log1p (VectorMath, cpu/vector_math.h), which GCC vectorises at -O3; exponents outside the small
 // integers the fast pow covers fall back to libm (PreciseMath), one pixel at a time.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
-#include "cpu/ops.h"
-#include "kpfast/loss.h"
+#include "cpu/vector_math.h"
+#include "kpfast/checks.h"
 
 namespace kpfast {
 namespace {
-
-// Branch-free float32 exp / log1p / pow, accurate to a few ulp (well inside the 1e-5 relative
-// tolerance of the tests), written so that loops calling them vectorise.
-struct VectorMath {
-  // a where condition else b, as a bit blend (no branch for the vectoriser to give up on).
-  static inline float select(bool condition, float a, float b) {
-    uint32_t ua, ub;
-    std::memcpy(&ua, &a, sizeof(ua));
-    std::memcpy(&ub, &b, sizeof(ub));
-    const uint32_t mask = 0u - static_cast<uint32_t>(condition);
-    const uint32_t bits = (ua & mask) | (ub & ~mask);
-    float out;
-    std::memcpy(&out, &bits, sizeof(out));
-    return out;
-  }
-  // exp(x) for x <= 0 (Cephes-style: x = n ln2 + r, a degree-6 polynomial in r, 2^n from bits).
-  static inline float exp_nonpositive(float x) {
-    const float xc = select(x < -87.0f, -87.0f, x);
-    const float n = static_cast<float>(static_cast<int32_t>(xc * 1.44269504088896341f - 0.5f));  // round, xc <= 0
-    const float r = xc - n * 0.693359375f - n * -2.12194440e-4f;
-    float poly = 1.9875691500e-4f;
-    poly = poly * r + 1.3981999507e-3f;
-    poly = poly * r + 8.3334519073e-3f;
-    poly = poly * r + 4.1665795894e-2f;
-    poly = poly * r + 1.6666665459e-1f;
-    poly = poly * r + 5.0000001201e-1f;
-    poly = poly * r * r + r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // n >= -126: a normal power of two
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    return select(x < -87.0f, 0.0f, poly * scale);
-  }
-  // log(1 + e) for e in [0, 1] as 2 atanh(f), f = e / (2 + e) in [0, 1/3]: no cancellation for tiny e.
-  static inline float log1p_unit(float e) {
-    const float f = e / (2.0f + e);
-    const float f2 = f * f;
-    float series = 1.0f / 13.0f;
-    series = series * f2 + 1.0f / 11.0f;
-    series = series * f2 + 1.0f / 9.0f;
-    series = series * f2 + 1.0f / 7.0f;
-    series = series * f2 + 1.0f / 5.0f;
-    series = series * f2 + 1.0f / 3.0f;
-    series = series * f2 + 1.0f;
-    return 2.0f * f * series;
-  }
-  // x^g for x >= 0 and g in {0, 1, 2, 3, 4} only (see uses_small_exponents).
-  static inline float pow(float x, float g) {
-    const float x2 = x * x, x3 = x2 * x, x4 = x2 * x2;
-    return select(g == 0.0f, 1.0f, select(g == 1.0f, x, select(g == 2.0f, x2, select(g == 3.0f, x3, x4))));
-  }
-};
 
 bool small_exponent(float g) { return g == 0.0f || g == 1.0f || g == 2.0f || g == 3.0f || g == 4.0f; }
 
@@ -83,14 +30,6 @@ bool uses_small_exponents(LossKind kind, const LossParams& P) {
   if (kind == LossKind::CORNERNET) return small_exponent(P.alpha) && small_exponent(P.beta);
   return true;
 }
-
-// On x86-64 GCC the inner loop is also compiled for AVX2+FMA (8 floats a step) and picked at load
-// time by the CPU it runs on (an ifunc); the default clone keeps the baseline ISA.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define KPF_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
-#else
-#define KPF_CPU_CLONES
-#endif
 
 // values[c] = w(t) * (loss or gradient) of each pixel of a row: the vectorised inner loop.
 template <LossKind KIND, bool GRADIENT, typename Math>
@@ -159,7 +98,7 @@ void loss_forward_kernel(const pred_t* pred, const float* keypoints, const float
                          const LossParams& P) {
   const int64_t map_size = int64_t(G.height) * G.width;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(map_size, 1));
-  at::parallel_for(0, G.B * G.K, grain, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, G.B * G.K, grain, [&](int64_t begin, int64_t end) {
     MapTarget target(G.N, G.width);
     std::vector<float> t(G.width), x(G.width), values(G.width);
     std::vector<char> pos(G.width);
@@ -195,7 +134,7 @@ void loss_backward_kernel(const float* upstream, const pred_t* pred, const float
                           const LossParams& P) {
   const int64_t map_size = int64_t(G.height) * G.width;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(map_size, 1));
-  at::parallel_for(0, G.B * G.K, grain, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, G.B * G.K, grain, [&](int64_t begin, int64_t end) {
     MapTarget target(G.N, G.width);
     std::vector<float> t(G.width), x(G.width), values(G.width);
     std::vector<char> pos(G.width);
@@ -221,7 +160,7 @@ void loss_backward_kernel(const float* upstream, const pred_t* pred, const float
   });
 }
 
-LossGeometry geometry(const at::Tensor& pred, const at::Tensor& keypoints) {
+LossGeometry geometry(const Tensor& pred, const Tensor& keypoints) {
   return LossGeometry{keypoints.size(0),  keypoints.size(1),  keypoints.size(2), static_cast<int>(pred.size(2)),
                       static_cast<int>(pred.size(3)), pred.stride(0), pred.stride(1), pred.stride(2), pred.stride(3)};
 }
@@ -245,53 +184,61 @@ void dispatch_kind(LossKind kind, const LossParams& P, Fn&& fn) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> heatmap_loss_cpu(const at::Tensor& pred, const at::Tensor& keypoints,
-                                                    const at::Tensor& weights, const at::Tensor& sigma,
-                                                    c10::string_view encoding, c10::string_view kind, double alpha,
-                                                    double gamma, double beta, double keypoint_weight,
-                                                    double background_weight, double threshold, double l1_weight) {
+std::tuple<Tensor, Tensor> heatmap_loss_cpu(Tensor pred, Tensor keypoints, Tensor weights, Tensor sigma,
+                                            std::string encoding, std::string kind, double alpha, double gamma,
+                                            double beta, double keypoint_weight, double background_weight,
+                                            double threshold, double l1_weight) {
   check_loss_inputs(pred, keypoints, weights, sigma);
-  const Encoding enc = encoding_from_string(std::string(encoding));
-  const LossKind loss_kind = loss_kind_from_string(std::string(kind));
+  const Encoding enc = encoding_from_string(encoding);
+  const LossKind loss_kind = loss_kind_from_string(kind);
   const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
   const auto G = geometry(pred, keypoints);
-  auto map_losses = at::zeros({G.B, G.K}, keypoints.options());
-  auto positives = at::zeros({G.B, G.K}, keypoints.options());
-  if (G.B * G.K == 0 || pred.numel() == 0) return {map_losses, positives};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "heatmap_loss_cpu", [&] {
+  // Every map's two values are written by the kernel, so no zero fill (but an empty map has
+  // no pixel to visit: then the sums are zeros).
+  Tensor map_losses = new_empty(keypoints, {G.B, G.K}, ScalarType::Float);
+  Tensor positives = new_empty(keypoints, {G.B, G.K}, ScalarType::Float);
+  if (G.B * G.K == 0) return {map_losses, positives};
+  KPF_DISPATCH_HEATMAP_TYPES(pred.scalar_type(), "heatmap_loss_cpu", [&] {
     dispatch_kind(loss_kind, P, [&](auto kind_tag, auto math) {
       loss_forward_kernel<decltype(kind_tag)::value, decltype(math), scalar_t>(
-          pred.data_ptr<scalar_t>(), keypoints.data_ptr<float>(), weights.data_ptr<float>(), sigma.data_ptr<float>(),
-          map_losses.data_ptr<float>(), positives.data_ptr<float>(), G, enc, P);
+          pred.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<float>(), weights.const_data_ptr<float>(),
+          sigma.const_data_ptr<float>(), map_losses.mutable_data_ptr<float>(), positives.mutable_data_ptr<float>(),
+          G, enc, P);
     });
   });
   return {map_losses, positives};
 }
 
-at::Tensor heatmap_loss_backward_cpu(const at::Tensor& grad_map_losses, const at::Tensor& pred,
-                                     const at::Tensor& keypoints, const at::Tensor& weights, const at::Tensor& sigma,
-                                     c10::string_view encoding, c10::string_view kind, double alpha, double gamma,
-                                     double beta, double keypoint_weight, double background_weight, double threshold,
-                                     double l1_weight) {
+Tensor heatmap_loss_backward_cpu(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, Tensor sigma,
+                                 std::string encoding, std::string kind, double alpha, double gamma, double beta,
+                                 double keypoint_weight, double background_weight, double threshold,
+                                 double l1_weight) {
   check_loss_inputs(pred, keypoints, weights, sigma);
-  const Encoding enc = encoding_from_string(std::string(encoding));
-  const LossKind loss_kind = loss_kind_from_string(std::string(kind));
+  const Encoding enc = encoding_from_string(encoding);
+  const LossKind loss_kind = loss_kind_from_string(kind);
   const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
   const auto G = geometry(pred, keypoints);
-  TORCH_CHECK(grad_map_losses.dim() == 2 && grad_map_losses.size(0) == G.B && grad_map_losses.size(1) == G.K,
-              "grad_map_losses must have shape (", G.B, ", ", G.K, "), got ", grad_map_losses.sizes());
+  STD_TORCH_CHECK(has_shape(grad_map_losses, {G.B, G.K}), "grad_map_losses must have shape (", G.B, ", ", G.K,
+                  "), got ", shape_of(grad_map_losses));
+  check_same_device(grad_map_losses, "grad_map_losses", pred, "pred");
   // (B, K) floats: the upstream gradient is often an expanded scalar (stride 0).
-  const auto upstream = grad_map_losses.to(at::kFloat).contiguous();
-  auto grad = at::empty(pred.sizes(), pred.options().memory_format(at::MemoryFormat::Contiguous));
+  const Tensor upstream = to_contiguous(grad_map_losses, ScalarType::Float);
+  Tensor grad = new_empty(pred, {pred.size(0), pred.size(1), pred.size(2), pred.size(3)}, pred.scalar_type());
   if (grad.numel() == 0) return grad;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "heatmap_loss_backward_cpu", [&] {
+  KPF_DISPATCH_HEATMAP_TYPES(pred.scalar_type(), "heatmap_loss_backward_cpu", [&] {
     dispatch_kind(loss_kind, P, [&](auto kind_tag, auto math) {
       loss_backward_kernel<decltype(kind_tag)::value, decltype(math), scalar_t>(
-          upstream.data_ptr<float>(), pred.data_ptr<scalar_t>(), keypoints.data_ptr<float>(),
-          weights.data_ptr<float>(), sigma.data_ptr<float>(), grad.data_ptr<scalar_t>(), G, enc, P);
+          upstream.const_data_ptr<float>(), pred.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<float>(),
+          weights.const_data_ptr<float>(), sigma.const_data_ptr<float>(), grad.mutable_data_ptr<scalar_t>(), G, enc,
+          P);
     });
   });
   return grad;
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kpfast, CPU, m) {
+  m.impl("heatmap_loss", TORCH_BOX(&heatmap_loss_cpu));
+  m.impl("_heatmap_loss_backward", TORCH_BOX(&heatmap_loss_backward_cpu));
 }
 
 }  // namespace kpfast

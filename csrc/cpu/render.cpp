@@ -1,16 +1,11 @@
 // CPU kernels for Op 1, Gaussian heatmap rendering. One map (b, k) per task of
-// at::parallel_for; within a map, the Gaussian is separable, so each instance costs H + W
+// torch::stable::parallel_for; within a map, the Gaussian is separable, so each instance costs H + W
 // exponentials and the inner loop over columns is a vectorisable multiply-max.
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
-#include <ATen/AccumulateType.h>
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
-
-#include "cpu/ops.h"
-#include "kpfast/common.h"
+#include "kpfast/checks.h"
 
 namespace kpfast {
 namespace {
@@ -22,7 +17,7 @@ void render_forward_cpu_kernel(const scalar_t* keypoints, const scalar_t* weight
   const int64_t map_size = int64_t(height) * width;
   // Enough maps per task to amortise scheduling, few enough to balance two to many cores.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(map_size, 1));
-  at::parallel_for(0, B * K, grain, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * K, grain, [&](int64_t begin, int64_t end) {
     std::vector<GaussianWindow<scalar_t>> windows(N);
     std::vector<scalar_t> col_factor(N * width);  // exp(-dx^2 / 2 sigma^2) per instance, per column
     std::vector<scalar_t> row(width);
@@ -64,9 +59,9 @@ template <typename scalar_t, typename grad_t>
 void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, const scalar_t* weights,
                                 const scalar_t* sigma, scalar_t* grad_keypoints, scalar_t* grad_sigma, int64_t B,
                                 int64_t N, int64_t K, int height, int width, Encoding encoding) {
-  using acc_t = at::acc_type<scalar_t, /*is_cuda=*/false>;
+  using acc_t = double;  // float sums over a map accumulate in double on CPU
   const int64_t map_size = int64_t(height) * width;
-  at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
     std::vector<GaussianWindow<scalar_t>> windows(N);
     std::vector<acc_t> gx(N), gy(N);
     for (int64_t map = begin; map < end; ++map) {
@@ -123,50 +118,61 @@ void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, c
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> render_heatmaps_cpu(const at::Tensor& keypoints, const at::Tensor& weights,
-                                                       const at::Tensor& sigma, int64_t height, int64_t width,
-                                                       c10::string_view encoding, at::ScalarType dtype) {
+std::tuple<Tensor, Tensor> render_heatmaps_cpu(Tensor keypoints, Tensor weights, Tensor sigma, int64_t height,
+                                               int64_t width, std::string encoding, ScalarType dtype) {
   check_render_inputs(keypoints, weights, sigma);
-  TORCH_CHECK(height >= 0 && width >= 0, "height and width must be >= 0, got ", height, "x", width);
-  const Encoding enc = encoding_from_string(std::string(encoding));
-  const auto B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
-  auto heatmaps = at::empty({B, K, height, width}, keypoints.options().dtype(dtype));
-  auto weights_out = at::empty_like(weights);
-  if (heatmaps.numel() == 0 && weights.numel() == 0) return {heatmaps, weights_out};
-  AT_DISPATCH_FLOATING_TYPES(keypoints.scalar_type(), "render_heatmaps_cpu", [&] {
+  check_size(height, width);
+  const Encoding enc = encoding_from_string(encoding);
+  const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
+  const ScalarType compute = keypoints.scalar_type();
+  STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Half || dtype == ScalarType::BFloat16 ||
+                      (dtype == ScalarType::Double && compute == ScalarType::Double),
+                  "dtype must be float32, float16 or bfloat16 (float64 with float64 keypoints), got ",
+                  dtype_name(dtype));
+  Tensor heatmaps = new_empty(keypoints, {B, K, height, width}, dtype);
+  Tensor weights_out = new_empty(weights, {B, N, K}, compute);
+  if (B * K == 0) return {heatmaps, weights_out};
+  KPF_DISPATCH_FLOAT_AND_DOUBLE(compute, "render_heatmaps_cpu", [&] {
     using compute_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "render_heatmaps_cpu_out", [&] {
+    KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(dtype, "render_heatmaps_cpu_out", [&] {
       render_forward_cpu_kernel<compute_t, scalar_t>(
-          keypoints.data_ptr<compute_t>(), weights.data_ptr<compute_t>(), sigma.data_ptr<compute_t>(),
-          heatmaps.data_ptr<scalar_t>(), weights_out.data_ptr<compute_t>(), B, N, K, static_cast<int>(height),
-          static_cast<int>(width), enc);
+          keypoints.const_data_ptr<compute_t>(), weights.const_data_ptr<compute_t>(),
+          sigma.const_data_ptr<compute_t>(), heatmaps.mutable_data_ptr<scalar_t>(),
+          weights_out.mutable_data_ptr<compute_t>(), B, N, K, static_cast<int>(height), static_cast<int>(width), enc);
     });
   });
   return {heatmaps, weights_out};
 }
 
-std::tuple<at::Tensor, at::Tensor> render_heatmaps_backward_cpu(const at::Tensor& grad_heatmaps,
-                                                                const at::Tensor& keypoints, const at::Tensor& weights,
-                                                                const at::Tensor& sigma, c10::string_view encoding) {
+std::tuple<Tensor, Tensor> render_heatmaps_backward_cpu(Tensor grad_heatmaps, Tensor keypoints, Tensor weights,
+                                                        Tensor sigma, std::string encoding) {
   check_render_inputs(keypoints, weights, sigma);
-  const Encoding enc = encoding_from_string(std::string(encoding));
-  const auto B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
-  TORCH_CHECK(grad_heatmaps.dim() == 4 && grad_heatmaps.size(0) == B && grad_heatmaps.size(1) == K,
-              "grad_heatmaps must have shape (", B, ", ", K, ", H, W), got ", grad_heatmaps.sizes());
-  const auto grad = grad_heatmaps.contiguous();
-  auto grad_keypoints = at::zeros_like(keypoints);
-  auto grad_sigma = at::zeros_like(sigma);
+  const Encoding enc = encoding_from_string(encoding);
+  const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
+  STD_TORCH_CHECK(grad_heatmaps.dim() == 4 && grad_heatmaps.size(0) == B && grad_heatmaps.size(1) == K,
+                  "grad_heatmaps must have shape (", B, ", ", K, ", H, W), got ", shape_of(grad_heatmaps));
+  check_same_device(grad_heatmaps, "grad_heatmaps", keypoints, "keypoints");
+  const Tensor grad = torch::stable::contiguous(grad_heatmaps);
+  // Every element is written by the kernel (0 for ignored keypoints), so no zero fill.
+  Tensor grad_keypoints = new_empty(keypoints, {B, N, K, 2}, keypoints.scalar_type());
+  Tensor grad_sigma = new_empty(sigma, {B, K}, sigma.scalar_type());
   if (B * K == 0) return {grad_keypoints, grad_sigma};
-  AT_DISPATCH_FLOATING_TYPES(keypoints.scalar_type(), "render_heatmaps_backward_cpu", [&] {
+  KPF_DISPATCH_FLOAT_AND_DOUBLE(keypoints.scalar_type(), "render_heatmaps_backward_cpu", [&] {
     using compute_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "render_backward_cpu_grad", [&] {
+    KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(grad.scalar_type(), "render_backward_cpu_grad", [&] {
       render_backward_cpu_kernel<compute_t, scalar_t>(
-          grad.data_ptr<scalar_t>(), keypoints.data_ptr<compute_t>(), weights.data_ptr<compute_t>(),
-          sigma.data_ptr<compute_t>(), grad_keypoints.data_ptr<compute_t>(), grad_sigma.data_ptr<compute_t>(), B, N,
-          K, static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)), enc);
+          grad.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<compute_t>(),
+          weights.const_data_ptr<compute_t>(), sigma.const_data_ptr<compute_t>(),
+          grad_keypoints.mutable_data_ptr<compute_t>(), grad_sigma.mutable_data_ptr<compute_t>(), B, N, K,
+          static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)), enc);
     });
   });
   return {grad_keypoints, grad_sigma};
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kpfast, CPU, m) {
+  m.impl("render_heatmaps", TORCH_BOX(&render_heatmaps_cpu));
+  m.impl("_render_heatmaps_backward", TORCH_BOX(&render_heatmaps_backward_cpu));
 }
 
 }  // namespace kpfast

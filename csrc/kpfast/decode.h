@@ -80,6 +80,14 @@ KPF_HOST_DEVICE bool udp_needs_scale(const float* patch, float original_max) {
   return false;
 }
 
+// DESIGN.md: when the refinement patch holds a non-finite value (or the rescaling factor is not
+// finite: a +inf maximum), the coordinates stay the integer argmax.
+KPF_HOST_DEVICE bool patch_is_finite(const float* patch, float scale) {
+  bool finite = is_finite_value(scale);
+  for (int i = 0; i < kPatch * kPatch; ++i) finite = finite && is_finite_value(patch[i]);
+  return finite;
+}
+
 // The Newton step -H^-1 g, or nothing for a singular Hessian or a non-finite step.
 KPF_HOST_DEVICE void newton_step(float dx, float dy, float dxx, float dxy, float dyy, float* ox, float* oy) {
   const float det = dxx * dyy - dxy * dxy;
@@ -102,6 +110,7 @@ KPF_HOST_DEVICE void dark_offset(const float* patch, float scale, int x, int y, 
   *ox = 0.0f;
   *oy = 0.0f;
   if (!(x > 1 && x < width - 2 && y > 1 && y < height - 2)) return;
+  if (!patch_is_finite(patch, scale)) return;
   float v[25];
   for (int i = 0; i < 25; ++i) {
     const float b = scale * patch[i];
@@ -119,6 +128,9 @@ KPF_HOST_DEVICE void dark_offset(const float* patch, float scale, int x, int y, 
 // UDP's step (MMPose refine_keypoints_dark_udp): clip to [1e-3, 50], log, edge padding (the
 // patch is at clamped coordinates), Hessian + eps * I. Refined everywhere.
 KPF_HOST_DEVICE void udp_offset(const float* patch, float scale, float* ox, float* oy) {
+  *ox = 0.0f;
+  *oy = 0.0f;
+  if (!patch_is_finite(patch, scale)) return;  // the clip would hide a +inf
   float v[9];
   for (int dy = -1; dy <= 1; ++dy) {
     for (int dx = -1; dx <= 1; ++dx) {
@@ -139,5 +151,14 @@ KPF_HOST_DEVICE void udp_offset(const float* patch, float scale, float* ox, floa
 // HRNet get_final_preds: when 1 < x < W-1 and 1 < y < H-1, 0.25 px along the sign of the
 // neighbour differences. at(r, c) reads the original map.
 KPF_HOST_DEVICE float sign_of(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
+
+// The quarter offset from the argmax value and its four neighbours; none when one is not finite.
+KPF_HOST_DEVICE void quarter_offset(float centre, float left, float right, float up, float down, float* ox,
+                                    float* oy) {
+  const bool finite = is_finite_value(centre) && is_finite_value(left) && is_finite_value(right) &&
+                      is_finite_value(up) && is_finite_value(down);
+  *ox = finite ? 0.25f * sign_of(right - left) : 0.0f;
+  *oy = finite ? 0.25f * sign_of(down - up) : 0.0f;
+}
 
 }  // namespace kpfast

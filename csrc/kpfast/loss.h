@@ -4,9 +4,8 @@
 #pragma once
 
 #include <cmath>
-#include <string>
 
-#include "kpfast/common.h"
+#include "kpfast/gaussian.h"
 
 namespace kpfast {
 
@@ -132,28 +131,6 @@ KPF_HOST_DEVICE void positive_pixel(float x, float y, bool valid, int height, in
 template <typename Math = PreciseMath>
 KPF_HOST_DEVICE float pixel_weight(float t, const LossParams& P) {
   return Math::select(t > P.threshold, P.keypoint_weight, P.background_weight);
-}
-
-inline LossKind loss_kind_from_string(const std::string& name) {
-  if (name == "mse") return LossKind::MSE;
-  if (name == "focal") return LossKind::FOCAL;
-  if (name == "cornernet") return LossKind::CORNERNET;
-  TORCH_CHECK(false, "kind must be one of 'mse', 'focal', 'cornernet', got '", name, "'");
-}
-
-// The inputs the Python layer normalises every loss call to: pred (B, K, H, W) float32/bf16/fp16
-// with any strides; keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K) float32 contiguous.
-inline void check_loss_inputs(const at::Tensor& pred, const at::Tensor& keypoints, const at::Tensor& weights,
-                              const at::Tensor& sigma) {
-  check_render_inputs(keypoints, weights, sigma);
-  TORCH_CHECK(keypoints.scalar_type() == at::kFloat, "heatmap_loss: keypoints must be float32, got ",
-              keypoints.scalar_type());
-  TORCH_CHECK(pred.dim() == 4 && pred.size(0) == keypoints.size(0) && pred.size(1) == keypoints.size(2),
-              "pred must have shape (", keypoints.size(0), ", ", keypoints.size(2), ", H, W), got ", pred.sizes());
-  TORCH_CHECK(pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kHalf ||
-                  pred.scalar_type() == at::kBFloat16,
-              "pred must be float32, float16 or bfloat16, got ", pred.scalar_type());
-  TORCH_CHECK(pred.device() == keypoints.device(), "pred and keypoints must be on one device");
 }
 
 inline LossParams make_loss_params(double alpha, double gamma, double beta, double keypoint_weight,

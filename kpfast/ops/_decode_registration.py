@@ -40,11 +40,14 @@ def _fake_find_peaks(heatmaps, threshold, min_distance, max_peaks):
             heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.bool))
 
 
-def register(namespace: str, soft_argmax_backward_op) -> None:
-    """Register fake kernels for ``namespace``'s decoding ops and soft-argmax's autograd."""
+def register(namespace: str, backward_name: str) -> None:
+    """Fake kernels of ``<namespace>``'s decoding ops and soft-argmax's autograd through the
+    backward op ``<namespace>::<backward_name>`` (the registration scheme of every op file: a
+    namespace and the name of its backward op, e.g. ``("kpfast", "_soft_argmax_backward")``)."""
+    soft_argmax_backward_op = getattr(getattr(torch.ops, namespace), backward_name)
     torch.library.register_fake(f"{namespace}::decode_heatmaps")(_fake_decode)
     torch.library.register_fake(f"{namespace}::soft_argmax")(_fake_soft_argmax)
-    torch.library.register_fake(f"{namespace}::soft_argmax_backward")(_fake_soft_argmax_backward)
+    torch.library.register_fake(f"{namespace}::{backward_name}")(_fake_soft_argmax_backward)
     torch.library.register_fake(f"{namespace}::find_peaks")(_fake_find_peaks)
 
     def setup_context(ctx, inputs, output):

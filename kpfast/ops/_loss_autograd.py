@@ -40,9 +40,13 @@ def _fake_backward(grad_map_losses, pred, keypoints, weights, sigma, encoding, k
     return pred.new_empty(pred.shape)
 
 
-def register(forward_name: str, backward_op) -> None:
-    """Register fake kernels for ``forward_name`` and its backward, and autograd through ``backward_op``."""
-    backward_name = forward_name + "_backward"
+def register(namespace: str, backward_name: str) -> None:
+    """Fake kernels of ``<namespace>::heatmap_loss`` and ``<namespace>::<backward_name>``, and the
+    forward's autograd through that backward op (the registration scheme of every op file: a
+    namespace and the name of its backward op, e.g. ``("kpfast", "_heatmap_loss_backward")``)."""
+    forward_name = f"{namespace}::heatmap_loss"
+    backward_op = getattr(getattr(torch.ops, namespace), backward_name)
+    backward_name = f"{namespace}::{backward_name}"
 
     def setup_context(ctx, inputs, output):
         pred, keypoints, weights, sigma = inputs[:4]

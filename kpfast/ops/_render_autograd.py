@@ -20,9 +20,13 @@ def _fake_backward(grad_heatmaps, keypoints, weights, sigma, encoding):
     return torch.empty_like(keypoints), torch.empty_like(sigma)
 
 
-def register(forward_name: str, backward_op) -> None:
-    """Register fake kernels for ``forward_name`` and its backward, and autograd through ``backward_op``."""
-    backward_name = forward_name + "_backward"
+def register(namespace: str, backward_name: str) -> None:
+    """Fake kernels of ``<namespace>::render_heatmaps`` and ``<namespace>::<backward_name>``, and
+    the forward's autograd through that backward op (the registration scheme of every op file:
+    a namespace and the name of its backward op, e.g. ``("kpfast", "_render_heatmaps_backward")``)."""
+    forward_name = f"{namespace}::render_heatmaps"
+    backward_op = getattr(getattr(torch.ops, namespace), backward_name)
+    backward_name = f"{namespace}::{backward_name}"
 
     def setup_context(ctx, inputs, output):
         keypoints, weights, sigma, _, _, encoding, _ = inputs

@@ -70,12 +70,12 @@ FIND_PEAKS = backends.OpBackends(
 )
 
 if _extension.is_loaded():
-    _decode_registration.register("kpfast", torch.ops.kpfast.soft_argmax_backward)
+    _decode_registration.register("kpfast", "_soft_argmax_backward")
 
 if backends.triton_available():
-    from kpfast.triton import decode as _triton_decode_module
+    from kpfast.triton import decode as _triton_decode_module  # noqa: F401  (defines the kpfast_triton ops)
 
-    _decode_registration.register("kpfast_triton", _triton_decode_module.soft_argmax_backward)
+    _decode_registration.register("kpfast_triton", "soft_argmax_backward")
 
 
 def _check_heatmaps(heatmaps, dtypes=HEATMAP_DTYPES) -> None:

@@ -39,12 +39,12 @@ LOSS = backends.OpBackends(
 )
 
 if _extension.is_loaded():
-    _loss_autograd.register("kpfast::heatmap_loss", torch.ops.kpfast.heatmap_loss_backward)
+    _loss_autograd.register("kpfast", "_heatmap_loss_backward")
 
 if backends.triton_available():
-    from kpfast.triton import loss as _triton_loss
+    from kpfast.triton import loss as _triton_loss  # noqa: F401  (defines the kpfast_triton ops)
 
-    _loss_autograd.register("kpfast_triton::heatmap_loss", _triton_loss.heatmap_loss_backward)
+    _loss_autograd.register("kpfast_triton", "heatmap_loss_backward")
 
 
 def _check_float(name: str, value, *, low: float | None = None, high: float | None = None) -> float:

@@ -36,12 +36,12 @@ RENDER = backends.OpBackends(
 )
 
 if _extension.is_loaded():
-    _render_autograd.register("kpfast::render_heatmaps", torch.ops.kpfast.render_heatmaps_backward)
+    _render_autograd.register("kpfast", "_render_heatmaps_backward")
 
 if backends.triton_available():
-    from kpfast.triton import render as _triton_render
+    from kpfast.triton import render as _triton_render  # noqa: F401  (defines the kpfast_triton ops)
 
-    _render_autograd.register("kpfast_triton::render_heatmaps", _triton_render.render_heatmaps_backward)
+    _render_autograd.register("kpfast_triton", "render_heatmaps_backward")
 
 
 def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None = None, size=(64, 48), sigma=2.0,

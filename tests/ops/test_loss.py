@@ -357,7 +357,8 @@ def test_backend_that_cannot_run_says_why():
 
 def _ops(backend):
     namespace = torch.ops.kpfast_triton if backend == "triton" else torch.ops.kpfast
-    return namespace.heatmap_loss, namespace.heatmap_loss_backward
+    backward = namespace.heatmap_loss_backward if backend == "triton" else namespace._heatmap_loss_backward
+    return namespace.heatmap_loss, backward
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -307,7 +307,7 @@ def test_opcheck(kernel_backend):
     backend, device = kernel_backend
     op = torch.ops.kpfast_triton.render_heatmaps if backend == "triton" else torch.ops.kpfast.render_heatmaps
     backward = (torch.ops.kpfast_triton.render_heatmaps_backward if backend == "triton"
-                else torch.ops.kpfast.render_heatmaps_backward)
+                else torch.ops.kpfast._render_heatmaps_backward)
     for args in _opcheck_samples(device):
         torch.library.opcheck(op, args)
         grad = torch.rand(args[0].shape[0], args[0].shape[2], H, W, device=device)

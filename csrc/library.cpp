@@ -1,15 +1,24 @@
-// The one schema file: every kpfast operator is declared here, once, for all devices.
-// Implementations live in cpu/*.cpp and cuda/*.cu (TORCH_LIBRARY_IMPL, one file per device);
-// fake (meta) and autograd registrations live in Python (kpfast/ops/_registration.py).
+// The one schema file: every kpfast operator is declared here, once, for all devices. Each kernel
+// file registers its own implementations at its end (STABLE_TORCH_LIBRARY_IMPL in cpu/*.cpp and
+// cuda/*.cu); fake (meta) and autograd registrations live in Python (kpfast/ops/_*_autograd.py,
+// kpfast/ops/_decode_registration.py). Backward ops are private (leading underscore).
+//
+// Stable ABI: only torch/csrc/stable and torch/headeronly are used, with TORCH_TARGET_VERSION set
+// by setup.py, and the Python module uses the limited API without libtorch_python, so the
+// binary loads in every torch >= the target version (checked by tests/test_extension.py).
+//
+// Not expressible at target 2.11, and the explicit fallback:
+// * set_python_module (telling torch which Python module holds the fake kernels) exists in the
+//   stable library only from 2.13. Python does it instead: `import kpfast._C` first imports the
+//   kpfast package, which imports kpfast.ops and registers every fake kernel before any op runs.
 #include <Python.h>
 
 #include <string>
 
-#include <torch/library.h>
-#include <torch/version.h>
+#include "kpfast/checks.h"
 
 extern "C" {
-// `import kpfast._C` loads this library, which runs the TORCH_LIBRARY registrations below.
+// `import kpfast._C` loads this library, which runs the STABLE_TORCH_LIBRARY registrations.
 // The module itself is empty: the ops are reached through torch.ops.kpfast.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
@@ -19,27 +28,33 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 namespace kpfast {
 
-// What this binary was compiled against, so that Python can refuse a build made for another
-// torch with a clear message instead of failing later with an obscure symbol error.
+#define KPF_STRINGIFY_(x) #x
+#define KPF_STRINGIFY(x) KPF_STRINGIFY_(x)
+
+// How this binary was built, for kpfast._extension and `python -m kpfast.info`: the stable ABI
+// version it targets (it loads in any torch >= that), the torch it was compiled against, and
+// the CUDA architectures of its kernels.
 std::string build_info() {
-  const std::string torch_version = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) +
-                                    "." + std::to_string(TORCH_VERSION_PATCH);
+  const uint64_t target = TORCH_TARGET_VERSION;
+  std::string info = "abi=stable;target=" + std::to_string((target >> 56) & 0xff) + "." +
+                     std::to_string((target >> 48) & 0xff) + ";torch=" + TORCH_VERSION;
 #ifdef KPFAST_WITH_CUDA
-  return "torch=" + torch_version + ";cuda=1";
+  info += ";cuda=1;arches=" KPF_STRINGIFY(KPFAST_CUDA_ARCHES);
 #else
-  return "torch=" + torch_version + ";cuda=0";
+  info += ";cuda=0;arches=";
 #endif
+  return info;
 }
 
-TORCH_LIBRARY(kpfast, m) {
-  m.def("build_info() -> str", &build_info);
+STABLE_TORCH_LIBRARY(kpfast, m) {
+  m.def("build_info() -> str");
 
   // Op 1: Gaussian heatmap rendering (DESIGN.md). Inputs are normalised by the Python layer:
   // keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K), one floating dtype, contiguous.
-  m.def("render_heatmaps(Tensor keypoints, Tensor weights, Tensor sigma, int height, int width, "
+  m.def("render_heatmaps(Tensor keypoints, Tensor weights, Tensor sigma, SymInt height, SymInt width, "
         "str encoding, ScalarType dtype) -> (Tensor heatmaps, Tensor weights_out)");
   // Gradient of the rendered maps w.r.t. keypoints (B, N, K, 2) and sigma (B, K).
-  m.def("render_heatmaps_backward(Tensor grad_heatmaps, Tensor keypoints, Tensor weights, Tensor sigma, "
+  m.def("_render_heatmaps_backward(Tensor grad_heatmaps, Tensor keypoints, Tensor weights, Tensor sigma, "
         "str encoding) -> (Tensor grad_keypoints, Tensor grad_sigma)");
 
   // Op 2: fused weighted heatmap loss, target rendered on the fly (DESIGN.md). pred (B, K, H, W)
@@ -50,7 +65,7 @@ TORCH_LIBRARY(kpfast, m) {
         "float alpha, float gamma, float beta, float keypoint_weight, float background_weight, float threshold, "
         "float l1_weight) -> (Tensor map_losses, Tensor positives)");
   // Gradient w.r.t. pred (contiguous, pred's dtype) given the upstream gradient of map_losses.
-  m.def("heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, "
+  m.def("_heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, "
         "Tensor sigma, str encoding, str kind, float alpha, float gamma, float beta, float keypoint_weight, "
         "float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
   // Op 3: heatmap decoding (DESIGN.md). heatmaps (B, K, H, W) contiguous float32/float16/bfloat16;
@@ -59,11 +74,16 @@ TORCH_LIBRARY(kpfast, m) {
   // Soft-argmax: coords (B, K, 2), scores (B, K) = the map maximum, and the per-map log-normaliser
   // log sum exp(beta h) that the fused backward needs (float32, or float64 for float64 maps).
   m.def("soft_argmax(Tensor heatmaps, float beta) -> (Tensor coords, Tensor scores, Tensor log_normaliser)");
-  m.def("soft_argmax_backward(Tensor grad_coords, Tensor heatmaps, Tensor coords, Tensor log_normaliser, "
+  m.def("_soft_argmax_backward(Tensor grad_coords, Tensor heatmaps, Tensor coords, Tensor log_normaliser, "
         "float beta) -> Tensor");
   // Peaks after non-maximum suppression: coords (B, K, P, 2), scores (B, K, P), valid (B, K, P) bool.
   m.def("find_peaks(Tensor heatmaps, float threshold, int min_distance, int max_peaks) -> (Tensor coords, "
         "Tensor scores, Tensor valid)");
+}
+
+// build_info has no tensor argument: CompositeExplicitAutograd serves it on every device.
+STABLE_TORCH_LIBRARY_IMPL(kpfast, CompositeExplicitAutograd, m) {
+  m.impl("build_info", TORCH_BOX(&build_info));
 }
 
 }  // namespace kpfast
