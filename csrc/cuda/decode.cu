@@ -16,21 +16,18 @@
 #include <cfloat>
 #include <climits>
 
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+#include <type_traits>
 
-#include "cuda/ops.h"
-#include "kpfast/decode.h"
-#include "kpfast/decode_checks.h"
+#include "cuda/common.cuh"
+#include "cuda/reduce.cuh"
 
 namespace kpfast {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kWarpsPerBlock = 4;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kHorizontalRows = kPatch + 2 * (kMaxBlurKernel / 2);  // rows of the horizontal pass
 
 struct Taps {
@@ -42,18 +39,13 @@ __device__ __forceinline__ float to_float(T v) {
   return static_cast<float>(v);
 }
 
-// (value, index) of the first maximum of the two, with NaN ignored.
-__device__ __forceinline__ void argmax_merge(float& best, int64_t& index, float other, int64_t other_index) {
-  if (other > best || (other == best && other_index < index)) {
-    best = other;
-    index = other_index;
+// The first maximum: a larger value, or an equal one earlier in row-major order. NaN is never
+// stored (the scan skips it), so this order never sees one.
+struct FirstMaximum {
+  __device__ __forceinline__ bool operator()(float a, int64_t a_index, float b, int64_t b_index) const {
+    return a > b || (a == b && a_index < b_index);
   }
-}
-
-__device__ float warp_max(float v) {
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
-  return v;
-}
+};
 
 template <typename scalar_t>
 __device__ float blurred_maximum(const scalar_t* m, int height, int width, const Taps& taps, int k, int lane) {
@@ -92,8 +84,10 @@ __global__ void decode_kernel(const scalar_t* __restrict__ heatmaps, float* __re
 
   // 1. First maximum: each lane visits increasing indices (strict > keeps its first), then
   //    the warp keeps the smallest index among equal values. Four loads in flight per lane.
+  //    NaN pixels are skipped (DESIGN.md); index stays INT64_MAX while a lane has seen only NaN,
+  //    so the first -inf is taken too and an all-NaN map is recognised.
   float best = -INFINITY;
-  int64_t index = lane < size ? lane : INT64_MAX;
+  int64_t index = INT64_MAX;
   int64_t p = lane;
   for (; p + 3 * kWarp < size; p += 4 * kWarp) {
     float v[4];
@@ -101,7 +95,7 @@ __global__ void decode_kernel(const scalar_t* __restrict__ heatmaps, float* __re
     for (int u = 0; u < 4; ++u) v[u] = to_float(m[p + u * kWarp]);
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      if (v[u] > best) {
+      if (v[u] > best || (index == INT64_MAX && v[u] == v[u])) {
         best = v[u];
         index = p + u * kWarp;
       }
@@ -109,17 +103,16 @@ __global__ void decode_kernel(const scalar_t* __restrict__ heatmaps, float* __re
   }
   for (; p < size; p += kWarp) {
     const float v = to_float(m[p]);
-    if (v > best) {
+    if (v > best || (index == INT64_MAX && v == v)) {
       best = v;
       index = p;
     }
   }
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
-    const float other = __shfl_xor_sync(kFullMask, best, offset);
-    const int64_t other_index = __shfl_xor_sync(kFullMask, index, offset);
-    argmax_merge(best, index, other, other_index);
+  warp_best(best, index, FirstMaximum{});
+  if (index == INT64_MAX) {  // an all-NaN map: coords -1, score NaN
+    index = 0;
+    best = NAN;
   }
-  if (index == INT64_MAX) index = 0;
   const int x = static_cast<int>(index % width), y = static_cast<int>(index / width);
   const bool positive = best > 0.0f;
   float ox = 0.0f, oy = 0.0f;
@@ -127,28 +120,31 @@ __global__ void decode_kernel(const scalar_t* __restrict__ heatmaps, float* __re
   if (positive && method == DecodeMethod::QUARTER) {
     if (lane == 0 && x > 1 && x < width - 1 && y > 1 && y < height - 1) {
       const scalar_t* at = m + int64_t(y) * width + x;
-      ox = 0.25f * sign_of(to_float(at[1]) - to_float(at[-1]));
-      oy = 0.25f * sign_of(to_float(at[width]) - to_float(at[-width]));
+      quarter_offset(to_float(at[0]), to_float(at[-1]), to_float(at[1]), to_float(at[-width]), to_float(at[width]),
+                     &ox, &oy);
     }
   } else if (positive && method == DecodeMethod::LOCAL_MEAN) {
     const int radius = window / 2, side = window;
     float total = 0.0f, sx = 0.0f, sy = 0.0f;
+    bool finite = true;  // a non-finite value in the window leaves the integer argmax
     for (int e = lane; e < side * side; e += kWarp) {
       const int dy = e / side - radius, dx = e % side - radius;
       const int row = y + dy, col = x + dx;
       if (row < 0 || row >= height || col < 0 || col >= width) continue;
-      const float w = fmaxf(to_float(m[int64_t(row) * width + col]), 0.0f);
+      const float v = to_float(m[int64_t(row) * width + col]);
+      finite = finite && is_finite_value(v);
+      const float w = v > 0.0f ? v : 0.0f;
       total += w;
       sx += w * dx;
       sy += w * dy;
     }
-    for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
-      total += __shfl_xor_sync(kFullMask, total, offset);
-      sx += __shfl_xor_sync(kFullMask, sx, offset);
-      sy += __shfl_xor_sync(kFullMask, sy, offset);
+    total = warp_sum(total);
+    sx = warp_sum(sx);
+    sy = warp_sum(sy);
+    if (__all_sync(kFullMask, finite)) {
+      ox = sx / total;
+      oy = sy / total;
     }
-    ox = sx / total;
-    oy = sy / total;
   } else if (positive && (method == DecodeMethod::DARK || method == DecodeMethod::UDP)) {
     const bool dark = method == DecodeMethod::DARK;
     if (!dark || (x > 1 && x < width - 2 && y > 1 && y < height - 2)) {
@@ -235,9 +231,17 @@ __global__ void soft_argmax_kernel(const scalar_t* __restrict__ heatmaps, acc_t*
   if (map >= maps) return;
   const int64_t size = int64_t(height) * width;
   const scalar_t* m = heatmaps + map * size;
+  // DESIGN.md: -inf pixels weigh 0 (skipped: exp(beta (-inf - -inf)) would be NaN); a NaN or
+  // +inf pixel makes the map's coords and score NaN (flagged, and kept out of the state).
   SoftState<acc_t> st{-INFINITY, 0, 0, 0};
+  bool non_finite = false;
   for (int64_t p = lane; p < size; p += kWarp) {
     const acc_t v = static_cast<acc_t>(m[p]);
+    if (!(v < acc_t(INFINITY))) {  // NaN or +inf
+      non_finite = true;
+      continue;
+    }
+    if (v == acc_t(-INFINITY)) continue;
     const acc_t col = static_cast<acc_t>(p % width), row = static_cast<acc_t>(p / width);
     if (st.s == acc_t(0) || v > st.m) {
       const acc_t f = st.s == acc_t(0) ? acc_t(0) : exp_of<acc_t>(beta * (st.m - v));
@@ -254,11 +258,13 @@ __global__ void soft_argmax_kernel(const scalar_t* __restrict__ heatmaps, acc_t*
                            __shfl_xor_sync(kFullMask, st.sx, offset), __shfl_xor_sync(kFullMask, st.sy, offset)};
     st = soft_merge(st, other, beta);
   }
+  non_finite = __any_sync(kFullMask, non_finite);
   if (lane == 0) {
-    coords[2 * map] = st.sx / st.s;
-    coords[2 * map + 1] = st.sy / st.s;
-    scores[map] = st.m;
-    log_normaliser[map] = beta * st.m + log(st.s);
+    const acc_t nan = acc_t(NAN);
+    coords[2 * map] = non_finite ? nan : st.sx / st.s;
+    coords[2 * map + 1] = non_finite ? nan : st.sy / st.s;
+    scores[map] = non_finite ? nan : st.m;
+    log_normaliser[map] = non_finite ? nan : beta * st.m + log(st.s);
   }
 }
 
@@ -299,6 +305,11 @@ __device__ bool is_peak_at(const scalar_t* m, int height, int width, int row, in
 __device__ __forceinline__ bool precedes(float a, int a_index, float b, int b_index) {
   return a > b || (a == b && a_index < b_index);
 }
+struct PeakOrder {
+  __device__ __forceinline__ bool operator()(float a, int64_t a_index, float b, int64_t b_index) const {
+    return a > b || (a == b && a_index < b_index);
+  }
+};
 
 template <typename scalar_t>
 __global__ void find_peaks_kernel(const scalar_t* __restrict__ heatmaps, float* __restrict__ coords,
@@ -307,8 +318,8 @@ __global__ void find_peaks_kernel(const scalar_t* __restrict__ heatmaps, float* 
   __shared__ float cand_score[kPeakCapacity];
   __shared__ int cand_index[kPeakCapacity];
   __shared__ int count;
-  __shared__ float red_score[kPeakThreads];
-  __shared__ int red_index[kPeakThreads];
+  __shared__ float red_score[kPeakThreads / kWarp];
+  __shared__ int64_t red_index[kPeakThreads / kWarp];
   const int64_t map = blockIdx.x;
   const int size = height * width;
   const scalar_t* m = heatmaps + map * int64_t(size);
@@ -351,21 +362,10 @@ __global__ void find_peaks_kernel(const scalar_t* __restrict__ heatmaps, float* 
         }
       }
     }
-    red_score[threadIdx.x] = best;
-    red_index[threadIdx.x] = best_index;
-    __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-      if (threadIdx.x < stride &&
-          precedes(red_score[threadIdx.x + stride], red_index[threadIdx.x + stride], red_score[threadIdx.x],
-                   red_index[threadIdx.x])) {
-        red_score[threadIdx.x] = red_score[threadIdx.x + stride];
-        red_index[threadIdx.x] = red_index[threadIdx.x + stride];
-      }
-      __syncthreads();
-    }
-    last_score = red_score[0];
-    last_index = red_index[0];
-    __syncthreads();
+    int64_t winner = best_index;
+    block_best<kPeakThreads>(best, winner, -INFINITY, INT_MAX, red_score, red_index, PeakOrder{});
+    last_score = best;
+    last_index = static_cast<int>(winner);
     if (threadIdx.x == 0) {
       const int64_t slot = map * max_peaks + round;
       const bool ok = last_index != INT_MAX;
@@ -377,114 +377,116 @@ __global__ void find_peaks_kernel(const scalar_t* __restrict__ heatmaps, float* 
   }
 }
 
-int blocks_for(int64_t maps) { return static_cast<int>((maps + kWarpsPerBlock - 1) / kWarpsPerBlock); }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> decode_heatmaps_cuda(const at::Tensor& heatmaps, c10::string_view method,
-                                                        int64_t blur_kernel, int64_t window) {
+std::tuple<Tensor, Tensor> decode_heatmaps_cuda(Tensor heatmaps, std::string method, int64_t blur_kernel,
+                                                int64_t window) {
   check_heatmaps(heatmaps, /*allow_double=*/false);
   check_decode_arguments(blur_kernel, window);
-  const DecodeMethod chosen = decode_method_from_string(std::string(method));
-  const c10::cuda::CUDAGuard guard(heatmaps.device());
-  const auto B = heatmaps.size(0), K = heatmaps.size(1);
-  const auto options = heatmaps.options().dtype(at::kFloat);
-  auto coords = at::empty({B, K, 2}, options);
-  auto scores = at::empty({B, K}, options);
+  const DecodeMethod chosen = decode_method_from_string(method);
+  const CudaDeviceGuard guard(heatmaps);
+  const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
+  Tensor coords = new_empty(heatmaps, {B, K, 2}, ScalarType::Float);
+  Tensor scores = new_empty(heatmaps, {B, K}, ScalarType::Float);
   const int64_t maps = B * K;
   if (maps == 0) return {coords, scores};
-  TORCH_CHECK(maps < (int64_t(1) << 33), "decode_heatmaps_cuda: too many maps, got ", maps);
+  const unsigned blocks = grid_for(maps, kWarpsPerBlock);  // 64-bit count: never an int overflow
   Taps taps{};
   opencv_gaussian_kernel(static_cast<int>(blur_kernel), taps.g);
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmaps.scalar_type(), "decode_heatmaps_cuda", [&] {
-    decode_kernel<scalar_t><<<blocks_for(maps), kWarp * kWarpsPerBlock, 0, stream>>>(
-        heatmaps.data_ptr<scalar_t>(), coords.data_ptr<float>(), scores.data_ptr<float>(), maps,
+  const cudaStream_t stream = current_cuda_stream(heatmaps);
+  KPF_DISPATCH_HEATMAP_TYPES(heatmaps.scalar_type(), "decode_heatmaps_cuda", [&] {
+    decode_kernel<scalar_t><<<blocks, kWarp * kWarpsPerBlock, 0, stream>>>(
+        heatmaps.const_data_ptr<scalar_t>(), coords.mutable_data_ptr<float>(), scores.mutable_data_ptr<float>(), maps,
         static_cast<int>(heatmaps.size(2)), static_cast<int>(heatmaps.size(3)), chosen, taps,
         static_cast<int>(blur_kernel), static_cast<int>(window));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch("decode_heatmaps_cuda");
   return {coords, scores};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_argmax_cuda(const at::Tensor& heatmaps, double beta) {
+std::tuple<Tensor, Tensor, Tensor> soft_argmax_cuda(Tensor heatmaps, double beta) {
   check_heatmaps(heatmaps, /*allow_double=*/true);
-  TORCH_CHECK(beta > 0 && std::isfinite(beta), "beta must be finite and > 0, got ", beta);
-  const c10::cuda::CUDAGuard guard(heatmaps.device());
-  const auto B = heatmaps.size(0), K = heatmaps.size(1);
-  const auto compute = heatmaps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto options = heatmaps.options().dtype(compute);
-  auto coords = at::empty({B, K, 2}, options);
-  auto scores = at::empty({B, K}, options);
-  auto log_normaliser = at::empty({B, K}, options);
+  STD_TORCH_CHECK(beta > 0 && std::isfinite(beta), "beta must be finite and > 0, got ", beta);
+  const CudaDeviceGuard guard(heatmaps);
+  const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
+  const ScalarType compute = heatmaps.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  Tensor coords = new_empty(heatmaps, {B, K, 2}, compute);
+  Tensor scores = new_empty(heatmaps, {B, K}, compute);
+  Tensor log_normaliser = new_empty(heatmaps, {B, K}, compute);
   const int64_t maps = B * K;
   if (maps == 0) return {coords, scores, log_normaliser};
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmaps.scalar_type(), "soft_argmax_cuda", [&] {
+  const unsigned blocks = grid_for(maps, kWarpsPerBlock);
+  const cudaStream_t stream = current_cuda_stream(heatmaps);
+  KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(heatmaps.scalar_type(), "soft_argmax_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    soft_argmax_kernel<scalar_t, acc_t><<<blocks_for(maps), kWarp * kWarpsPerBlock, 0, stream>>>(
-        heatmaps.data_ptr<scalar_t>(), coords.data_ptr<acc_t>(), scores.data_ptr<acc_t>(),
-        log_normaliser.data_ptr<acc_t>(), maps, static_cast<int>(heatmaps.size(2)),
+    soft_argmax_kernel<scalar_t, acc_t><<<blocks, kWarp * kWarpsPerBlock, 0, stream>>>(
+        heatmaps.const_data_ptr<scalar_t>(), coords.mutable_data_ptr<acc_t>(), scores.mutable_data_ptr<acc_t>(),
+        log_normaliser.mutable_data_ptr<acc_t>(), maps, static_cast<int>(heatmaps.size(2)),
         static_cast<int>(heatmaps.size(3)), static_cast<acc_t>(beta));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch("soft_argmax_cuda");
   return {coords, scores, log_normaliser};
 }
 
-at::Tensor soft_argmax_backward_cuda(const at::Tensor& grad_coords, const at::Tensor& heatmaps,
-                                     const at::Tensor& coords, const at::Tensor& log_normaliser, double beta) {
+Tensor soft_argmax_backward_cuda(Tensor grad_coords, Tensor heatmaps, Tensor coords, Tensor log_normaliser,
+                                 double beta) {
   check_heatmaps(heatmaps, /*allow_double=*/true);
-  const c10::cuda::CUDAGuard guard(heatmaps.device());
-  const auto B = heatmaps.size(0), K = heatmaps.size(1);
-  TORCH_CHECK(grad_coords.sizes() == at::IntArrayRef({B, K, 2}) && coords.sizes() == grad_coords.sizes(),
-              "grad_coords and coords must have shape (", B, ", ", K, ", 2), got ", grad_coords.sizes(), " and ",
-              coords.sizes());
-  TORCH_CHECK(log_normaliser.sizes() == at::IntArrayRef({B, K}), "log_normaliser must have shape (", B, ", ", K,
-              "), got ", log_normaliser.sizes());
-  const auto compute = heatmaps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto g = grad_coords.to(compute).contiguous();
-  const auto c = coords.to(compute).contiguous();
-  const auto l = log_normaliser.to(compute).contiguous();
-  auto grad = at::empty_like(heatmaps);
+  check_soft_argmax_backward_inputs(grad_coords, heatmaps, coords, log_normaliser);  // shapes and one device
+  const CudaDeviceGuard guard(heatmaps);
+  const ScalarType compute = heatmaps.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  const Tensor g = to_contiguous(grad_coords, compute);
+  const Tensor c = to_contiguous(coords, compute);
+  const Tensor l = to_contiguous(log_normaliser, compute);
+  Tensor grad = new_empty(heatmaps, {heatmaps.size(0), heatmaps.size(1), heatmaps.size(2), heatmaps.size(3)},
+                          heatmaps.scalar_type());
   const int64_t total = heatmaps.numel();
   if (total == 0) return grad;
   const int threads = 256;
-  const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 65535 * 8));
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmaps.scalar_type(), "soft_argmax_backward_cuda", [&] {
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + threads - 1) / threads, 65535 * 8));
+  const cudaStream_t stream = current_cuda_stream(heatmaps);
+  KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(heatmaps.scalar_type(), "soft_argmax_backward_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     soft_argmax_backward_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
-        g.data_ptr<acc_t>(), heatmaps.data_ptr<scalar_t>(), c.data_ptr<acc_t>(), l.data_ptr<acc_t>(),
-        grad.data_ptr<scalar_t>(), total, static_cast<int>(heatmaps.size(2)), static_cast<int>(heatmaps.size(3)),
-        static_cast<acc_t>(beta));
+        g.const_data_ptr<acc_t>(), heatmaps.const_data_ptr<scalar_t>(), c.const_data_ptr<acc_t>(),
+        l.const_data_ptr<acc_t>(), grad.mutable_data_ptr<scalar_t>(), total, static_cast<int>(heatmaps.size(2)),
+        static_cast<int>(heatmaps.size(3)), static_cast<acc_t>(beta));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch("soft_argmax_backward_cuda");
   return grad;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> find_peaks_cuda(const at::Tensor& heatmaps, double threshold,
-                                                               int64_t min_distance, int64_t max_peaks) {
+std::tuple<Tensor, Tensor, Tensor> find_peaks_cuda(Tensor heatmaps, double threshold, int64_t min_distance,
+                                                   int64_t max_peaks) {
   check_heatmaps(heatmaps, /*allow_double=*/false);
   check_peak_arguments(min_distance, max_peaks);
-  const c10::cuda::CUDAGuard guard(heatmaps.device());
-  const auto B = heatmaps.size(0), K = heatmaps.size(1);
-  const auto options = heatmaps.options().dtype(at::kFloat);
-  auto coords = at::empty({B, K, max_peaks, 2}, options);
-  auto scores = at::empty({B, K, max_peaks}, options);
-  auto valid = at::empty({B, K, max_peaks}, options.dtype(at::kBool));
+  const CudaDeviceGuard guard(heatmaps);
+  const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
+  Tensor coords = new_empty(heatmaps, {B, K, max_peaks, 2}, ScalarType::Float);
+  Tensor scores = new_empty(heatmaps, {B, K, max_peaks}, ScalarType::Float);
+  Tensor valid = new_empty(heatmaps, {B, K, max_peaks}, ScalarType::Bool);
   const int64_t maps = B * K;
   if (maps == 0) return {coords, scores, valid};
-  TORCH_CHECK(heatmaps.size(2) * heatmaps.size(3) < (int64_t(1) << 30), "find_peaks_cuda: maps too large");
+  STD_TORCH_CHECK(heatmaps.size(2) * heatmaps.size(3) < (int64_t(1) << 30), "find_peaks_cuda: maps too large");
+  STD_TORCH_CHECK(max_peaks < (int64_t(1) << 31), "find_peaks_cuda: max_peaks must be < 2^31, got ", max_peaks);
+  const unsigned blocks = grid_for(maps, 1);
   const int d = static_cast<int>(std::min<int64_t>(min_distance, std::max(heatmaps.size(2), heatmaps.size(3))));
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, heatmaps.scalar_type(), "find_peaks_cuda", [&] {
-    find_peaks_kernel<scalar_t><<<static_cast<unsigned>(maps), kPeakThreads, 0, stream>>>(
-        heatmaps.data_ptr<scalar_t>(), coords.data_ptr<float>(), scores.data_ptr<float>(), valid.data_ptr<bool>(),
-        static_cast<int>(heatmaps.size(2)), static_cast<int>(heatmaps.size(3)), static_cast<float>(threshold), d,
-        static_cast<int>(max_peaks));
+  const cudaStream_t stream = current_cuda_stream(heatmaps);
+  KPF_DISPATCH_HEATMAP_TYPES(heatmaps.scalar_type(), "find_peaks_cuda", [&] {
+    find_peaks_kernel<scalar_t><<<blocks, kPeakThreads, 0, stream>>>(
+        heatmaps.const_data_ptr<scalar_t>(), coords.mutable_data_ptr<float>(), scores.mutable_data_ptr<float>(),
+        valid.mutable_data_ptr<bool>(), static_cast<int>(heatmaps.size(2)), static_cast<int>(heatmaps.size(3)),
+        static_cast<float>(threshold), d, static_cast<int>(max_peaks));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch("find_peaks_cuda");
   return {coords, scores, valid};
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kpfast, CUDA, m) {
+  m.impl("decode_heatmaps", TORCH_BOX(&decode_heatmaps_cuda));
+  m.impl("soft_argmax", TORCH_BOX(&soft_argmax_cuda));
+  m.impl("_soft_argmax_backward", TORCH_BOX(&soft_argmax_backward_cuda));
+  m.impl("find_peaks", TORCH_BOX(&find_peaks_cuda));
 }
 
 }  // namespace kpfast

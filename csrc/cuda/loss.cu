@@ -10,13 +10,11 @@
 //             gradient; a map that is ignored (weight 0) or dropped (upstream 0, e.g. by OHKM)
 //             is written as zeros without reading pred.
 // No (B, K, H, W) target or weight tensor exists; the gradient is the only map-sized buffer.
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include <tuple>
+#include <type_traits>
 
-#include "cuda/ops.h"
-#include "kpfast/loss.h"
+#include "cuda/common.cuh"
+#include "cuda/reduce.cuh"
 
 namespace kpfast {
 namespace {
@@ -46,19 +44,6 @@ struct Geometry {
   int height, width;
   int64_t stride_b, stride_k, stride_h, stride_w;
 };
-
-// Sum over the block; the result is valid in thread 0. `scratch` holds kWarps floats.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < kWarps ? scratch[threadIdx.x] : 0.0f;
-  if (warp == 0) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  return v;
-}
 
 template <LossKind KIND, bool GRADIENT, typename pred_t>
 __global__ void __launch_bounds__(kThreads)
@@ -123,8 +108,8 @@ __global__ void __launch_bounds__(kThreads)
         total += pixel_weight(t, P) * pixel_loss<KIND, false>(x, t, positive, P);
       }
     }
-    total = block_sum(total, scratch[0]);
-    count = block_sum(count, scratch[1]);
+    total = block_sum<kThreads>(total, scratch[0]);
+    count = block_sum<kThreads>(count, scratch[1]);
     if (threadIdx.x == 0) {
       map_losses[map] = total * map_weight;
       positives[map] = count;
@@ -132,27 +117,26 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-Geometry geometry(const at::Tensor& pred, const at::Tensor& keypoints) {
+Geometry geometry(const Tensor& pred, const Tensor& keypoints) {
   return Geometry{keypoints.size(1),  keypoints.size(2), static_cast<int>(pred.size(2)), static_cast<int>(pred.size(3)),
                   pred.stride(0),     pred.stride(1),    pred.stride(2),                 pred.stride(3)};
 }
 
 template <bool GRADIENT>
-void launch(const at::Tensor& pred, const at::Tensor& keypoints, const at::Tensor& weights, const at::Tensor& sigma,
-            const float* upstream, float* map_losses, float* positives, at::Tensor* grad, LossKind kind,
+void launch(const Tensor& pred, const Tensor& keypoints, const Tensor& weights, const Tensor& sigma,
+            const float* upstream, float* map_losses, float* positives, Tensor* grad, LossKind kind,
             Encoding encoding, const LossParams& P) {
   const int64_t maps = pred.size(0) * pred.size(1);
-  TORCH_CHECK(maps < (int64_t(1) << 31), "heatmap_loss_cuda: B*K must be < 2^31, got ", maps);
-  TORCH_CHECK(pred.size(2) * pred.size(3) < (int64_t(1) << 31), "heatmap_loss_cuda: H*W must be < 2^31");
+  STD_TORCH_CHECK(pred.size(2) * pred.size(3) < (int64_t(1) << 31), "heatmap_loss_cuda: H*W must be < 2^31");
+  const unsigned blocks = grid_for(maps, 1);
   const Geometry G = geometry(pred, keypoints);
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "heatmap_loss_cuda", [&] {
-    scalar_t* grad_ptr = GRADIENT ? grad->data_ptr<scalar_t>() : nullptr;
+  const cudaStream_t stream = current_cuda_stream(pred);
+  KPF_DISPATCH_HEATMAP_TYPES(pred.scalar_type(), "heatmap_loss_cuda", [&] {
+    scalar_t* grad_ptr = GRADIENT ? grad->mutable_data_ptr<scalar_t>() : nullptr;
     auto run = [&](auto kind_tag) {
-      heatmap_loss_kernel<decltype(kind_tag)::value, GRADIENT, scalar_t>
-          <<<static_cast<unsigned>(maps), kThreads, 0, stream>>>(
-              pred.data_ptr<scalar_t>(), keypoints.data_ptr<float>(), weights.data_ptr<float>(),
-              sigma.data_ptr<float>(), upstream, map_losses, positives, grad_ptr, G, encoding, P);
+      heatmap_loss_kernel<decltype(kind_tag)::value, GRADIENT, scalar_t><<<blocks, kThreads, 0, stream>>>(
+          pred.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<float>(), weights.const_data_ptr<float>(),
+          sigma.const_data_ptr<float>(), upstream, map_losses, positives, grad_ptr, G, encoding, P);
     };
     switch (kind) {
       case LossKind::MSE: run(std::integral_constant<LossKind, LossKind::MSE>{}); break;
@@ -160,50 +144,58 @@ void launch(const at::Tensor& pred, const at::Tensor& keypoints, const at::Tenso
       case LossKind::CORNERNET: run(std::integral_constant<LossKind, LossKind::CORNERNET>{}); break;
     }
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch(GRADIENT ? "heatmap_loss_backward_cuda" : "heatmap_loss_cuda");
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> heatmap_loss_cuda(const at::Tensor& pred, const at::Tensor& keypoints,
-                                                     const at::Tensor& weights, const at::Tensor& sigma,
-                                                     c10::string_view encoding, c10::string_view kind, double alpha,
-                                                     double gamma, double beta, double keypoint_weight,
-                                                     double background_weight, double threshold, double l1_weight) {
+std::tuple<Tensor, Tensor> heatmap_loss_cuda(Tensor pred, Tensor keypoints, Tensor weights, Tensor sigma,
+                                             std::string encoding, std::string kind, double alpha, double gamma,
+                                             double beta, double keypoint_weight, double background_weight,
+                                             double threshold, double l1_weight) {
   check_loss_inputs(pred, keypoints, weights, sigma);
-  const Encoding enc = encoding_from_string(std::string(encoding));
-  const LossKind loss_kind = loss_kind_from_string(std::string(kind));
+  const Encoding enc = encoding_from_string(encoding);
+  const LossKind loss_kind = loss_kind_from_string(kind);
   const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
-  const c10::cuda::CUDAGuard guard(pred.device());
-  auto map_losses = at::zeros({pred.size(0), pred.size(1)}, keypoints.options());
-  auto positives = at::zeros_like(map_losses);
-  if (pred.numel() == 0) return {map_losses, positives};
-  launch<false>(pred, keypoints, weights, sigma, nullptr, map_losses.data_ptr<float>(), positives.data_ptr<float>(),
-                nullptr, loss_kind, enc, P);
+  const CudaDeviceGuard guard(pred);
+  const int64_t B = pred.size(0), K = pred.size(1);
+  if (pred.numel() == 0) {  // the kernel does not run: the sums are zeros
+    const std::vector<int64_t> shape{B, K};
+    const torch::headeronly::IntHeaderOnlyArrayRef sizes(shape.data(), shape.size());
+    return {torch::stable::new_zeros(keypoints, sizes, ScalarType::Float),
+            torch::stable::new_zeros(keypoints, sizes, ScalarType::Float)};
+  }
+  // Every map's two values are written by thread 0 of its block.
+  Tensor map_losses = new_empty(keypoints, {B, K}, ScalarType::Float);
+  Tensor positives = new_empty(keypoints, {B, K}, ScalarType::Float);
+  launch<false>(pred, keypoints, weights, sigma, nullptr, map_losses.mutable_data_ptr<float>(),
+                positives.mutable_data_ptr<float>(), nullptr, loss_kind, enc, P);
   return {map_losses, positives};
 }
 
-at::Tensor heatmap_loss_backward_cuda(const at::Tensor& grad_map_losses, const at::Tensor& pred,
-                                      const at::Tensor& keypoints, const at::Tensor& weights, const at::Tensor& sigma,
-                                      c10::string_view encoding, c10::string_view kind, double alpha, double gamma,
-                                      double beta, double keypoint_weight, double background_weight, double threshold,
-                                      double l1_weight) {
+Tensor heatmap_loss_backward_cuda(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, Tensor sigma,
+                                  std::string encoding, std::string kind, double alpha, double gamma, double beta,
+                                  double keypoint_weight, double background_weight, double threshold,
+                                  double l1_weight) {
   check_loss_inputs(pred, keypoints, weights, sigma);
-  const Encoding enc = encoding_from_string(std::string(encoding));
-  const LossKind loss_kind = loss_kind_from_string(std::string(kind));
+  const Encoding enc = encoding_from_string(encoding);
+  const LossKind loss_kind = loss_kind_from_string(kind);
   const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
-  TORCH_CHECK(grad_map_losses.dim() == 2 && grad_map_losses.size(0) == pred.size(0) &&
-                  grad_map_losses.size(1) == pred.size(1),
-              "grad_map_losses must have shape (", pred.size(0), ", ", pred.size(1), "), got ",
-              grad_map_losses.sizes());
-  TORCH_CHECK(grad_map_losses.device() == pred.device(), "grad_map_losses and pred must be on one device");
-  const c10::cuda::CUDAGuard guard(pred.device());
-  // (B, K) floats: the upstream gradient is often an expanded scalar (stride 0).
-  const auto upstream = grad_map_losses.to(at::kFloat).contiguous();
-  auto grad = at::empty(pred.sizes(), pred.options().memory_format(at::MemoryFormat::Contiguous));
+  STD_TORCH_CHECK(has_shape(grad_map_losses, {pred.size(0), pred.size(1)}), "grad_map_losses must have shape (",
+                  pred.size(0), ", ", pred.size(1), "), got ", shape_of(grad_map_losses));
+  check_same_device(grad_map_losses, "grad_map_losses", pred, "pred");
+  const CudaDeviceGuard guard(pred);
+  const Tensor upstream = to_contiguous(grad_map_losses, ScalarType::Float);
+  Tensor grad = new_empty(pred, {pred.size(0), pred.size(1), pred.size(2), pred.size(3)}, pred.scalar_type());
   if (grad.numel() == 0) return grad;
-  launch<true>(pred, keypoints, weights, sigma, upstream.data_ptr<float>(), nullptr, nullptr, &grad, loss_kind, enc, P);
+  launch<true>(pred, keypoints, weights, sigma, upstream.const_data_ptr<float>(), nullptr, nullptr, &grad, loss_kind,
+               enc, P);
   return grad;
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kpfast, CUDA, m) {
+  m.impl("heatmap_loss", TORCH_BOX(&heatmap_loss_cuda));
+  m.impl("_heatmap_loss_backward", TORCH_BOX(&heatmap_loss_backward_cuda));
 }
 
 }  // namespace kpfast

@@ -8,14 +8,11 @@
 // Backward: one block per map; threads stride over the union of the instance windows, route
 // each pixel's gradient to the first maximal instance, and reduce per-instance sums in
 // shared memory. No atomics, so results are deterministic.
-#include <ATen/AccumulateType.h>
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include <algorithm>
+#include <tuple>
 
-#include "cuda/ops.h"
-#include "kpfast/common.h"
+#include "cuda/common.cuh"
+#include "cuda/reduce.cuh"
 
 namespace kpfast {
 namespace {
@@ -67,8 +64,8 @@ __global__ void render_backward_kernel(const grad_t* __restrict__ grad, const sc
                                        const scalar_t* __restrict__ weights, const scalar_t* __restrict__ sigma,
                                        scalar_t* __restrict__ grad_keypoints, scalar_t* __restrict__ grad_sigma,
                                        int64_t N, int64_t K, int height, int width, Encoding encoding) {
-  using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
-  __shared__ acc_t partial[kThreads];
+  using acc_t = scalar_t;  // float sums in float on the GPU (as ATen's CUDA acc_type)
+  __shared__ acc_t partial[kThreads / kWarp];
   const int64_t map = blockIdx.x;
   const int64_t b = map / K, k = map % K;
   const scalar_t s = sigma[map];
@@ -104,88 +101,91 @@ __global__ void render_backward_kernel(const grad_t* __restrict__ grad, const sc
       }
     }
     // Block reductions of gx and gy for this instance.
-    acc_t sums[2] = {gx, gy};
-    for (int which = 0; which < 2; ++which) {
-      partial[threadIdx.x] = sums[which];
-      __syncthreads();
-      for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-        if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-        __syncthreads();
-      }
-      if (threadIdx.x == 0) {
-        const int64_t idx = (b * N + target) * K + k;
-        grad_keypoints[2 * idx + which] = moves_with_keypoint ? static_cast<scalar_t>(partial[0]) : scalar_t(0);
-      }
-      __syncthreads();
+    gx = block_sum<kThreads>(gx, partial);
+    gy = block_sum<kThreads>(gy, partial);
+    if (threadIdx.x == 0) {
+      const int64_t idx = (b * N + target) * K + k;
+      grad_keypoints[2 * idx] = moves_with_keypoint ? gx : scalar_t(0);
+      grad_keypoints[2 * idx + 1] = moves_with_keypoint ? gy : scalar_t(0);
     }
   }
-  partial[threadIdx.x] = gs;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) grad_sigma[map] = static_cast<scalar_t>(partial[0]);
+  gs = block_sum<kThreads>(gs, partial);
+  if (threadIdx.x == 0) grad_sigma[map] = static_cast<scalar_t>(gs);
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> render_heatmaps_cuda(const at::Tensor& keypoints, const at::Tensor& weights,
-                                                        const at::Tensor& sigma, int64_t height, int64_t width,
-                                                        c10::string_view encoding, at::ScalarType dtype) {
+std::tuple<Tensor, Tensor> render_heatmaps_cuda(Tensor keypoints, Tensor weights, Tensor sigma, int64_t height,
+                                                int64_t width, std::string encoding, ScalarType dtype) {
   check_render_inputs(keypoints, weights, sigma);
-  TORCH_CHECK(height >= 0 && width >= 0, "height and width must be >= 0, got ", height, "x", width);
-  const Encoding enc = encoding_from_string(std::string(encoding));
-  const c10::cuda::CUDAGuard guard(keypoints.device());
-  const auto B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
-  auto heatmaps = at::empty({B, K, height, width}, keypoints.options().dtype(dtype));
-  auto weights_out = at::zeros_like(weights);
+  check_size(height, width);
+  const Encoding enc = encoding_from_string(encoding);
+  const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
+  const ScalarType compute = keypoints.scalar_type();
+  STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Half || dtype == ScalarType::BFloat16 ||
+                      (dtype == ScalarType::Double && compute == ScalarType::Double),
+                  "dtype must be float32, float16 or bfloat16 (float64 with float64 keypoints), got ",
+                  dtype_name(dtype));
+  const CudaDeviceGuard guard(keypoints);
+  Tensor heatmaps = new_empty(keypoints, {B, K, height, width}, dtype);
   const int64_t maps = B * K, map_size = height * width;
-  // An empty map has no pixel inside any window, so the weights stay zero.
+  // weights_out is written by the kernel, which does not run on empty maps: zeros then.
+  Tensor weights_out = map_size == 0 ? torch::stable::new_zeros(weights, weights.sizes()) : new_empty(weights, {B, N, K}, compute);
   if (maps == 0 || map_size == 0) return {heatmaps, weights_out};
-  TORCH_CHECK(maps < (int64_t(1) << 31), "render_heatmaps_cuda: B*K must be < 2^31, got ", maps);
+  const unsigned blocks = grid_for(maps, 1);
   const int tiles = static_cast<int>(std::min<int64_t>((map_size + kThreads - 1) / kThreads, 1024));
-  const dim3 grid(static_cast<unsigned>(maps), tiles);
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(keypoints.scalar_type(), "render_heatmaps_cuda", [&] {
+  const dim3 grid(blocks, tiles);
+  const cudaStream_t stream = current_cuda_stream(keypoints);
+  KPF_DISPATCH_FLOAT_AND_DOUBLE(compute, "render_heatmaps_cuda", [&] {
     using compute_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "render_heatmaps_cuda_out", [&] {
+    KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(dtype, "render_heatmaps_cuda_out", [&] {
       render_forward_kernel<compute_t, scalar_t><<<grid, kThreads, 0, stream>>>(
-          keypoints.data_ptr<compute_t>(), weights.data_ptr<compute_t>(), sigma.data_ptr<compute_t>(),
-          heatmaps.data_ptr<scalar_t>(), weights_out.data_ptr<compute_t>(), N, K, static_cast<int>(height),
-          static_cast<int>(width), enc);
+          keypoints.const_data_ptr<compute_t>(), weights.const_data_ptr<compute_t>(),
+          sigma.const_data_ptr<compute_t>(), heatmaps.mutable_data_ptr<scalar_t>(),
+          weights_out.mutable_data_ptr<compute_t>(), N, K, static_cast<int>(height), static_cast<int>(width), enc);
     });
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch("render_heatmaps_cuda");
   return {heatmaps, weights_out};
 }
 
-std::tuple<at::Tensor, at::Tensor> render_heatmaps_backward_cuda(const at::Tensor& grad_heatmaps,
-                                                                 const at::Tensor& keypoints, const at::Tensor& weights,
-                                                                 const at::Tensor& sigma, c10::string_view encoding) {
+std::tuple<Tensor, Tensor> render_heatmaps_backward_cuda(Tensor grad_heatmaps, Tensor keypoints, Tensor weights,
+                                                         Tensor sigma, std::string encoding) {
   check_render_inputs(keypoints, weights, sigma);
-  const Encoding enc = encoding_from_string(std::string(encoding));
-  const c10::cuda::CUDAGuard guard(keypoints.device());
-  const auto B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
-  TORCH_CHECK(grad_heatmaps.dim() == 4 && grad_heatmaps.size(0) == B && grad_heatmaps.size(1) == K,
-              "grad_heatmaps must have shape (", B, ", ", K, ", H, W), got ", grad_heatmaps.sizes());
-  const auto grad = grad_heatmaps.contiguous();
-  auto grad_keypoints = at::zeros_like(keypoints);
-  auto grad_sigma = at::zeros_like(sigma);
+  const Encoding enc = encoding_from_string(encoding);
+  const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
+  STD_TORCH_CHECK(grad_heatmaps.dim() == 4 && grad_heatmaps.size(0) == B && grad_heatmaps.size(1) == K,
+                  "grad_heatmaps must have shape (", B, ", ", K, ", H, W), got ", shape_of(grad_heatmaps));
+  check_same_device(grad_heatmaps, "grad_heatmaps", keypoints, "keypoints");
+  const CudaDeviceGuard guard(keypoints);
+  const Tensor grad = torch::stable::contiguous(grad_heatmaps);
   const int64_t maps = B * K;
-  if (maps == 0 || grad.size(2) * grad.size(3) == 0) return {grad_keypoints, grad_sigma};
-  auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(keypoints.scalar_type(), "render_heatmaps_backward_cuda", [&] {
+  const bool empty_maps = grad.size(2) * grad.size(3) == 0;
+  // The kernel writes every element of both outputs; it does not run on empty maps: zeros then.
+  Tensor grad_keypoints = empty_maps ? torch::stable::new_zeros(keypoints, keypoints.sizes())
+                                     : new_empty(keypoints, {B, N, K, 2}, keypoints.scalar_type());
+  Tensor grad_sigma = empty_maps ? torch::stable::new_zeros(sigma, sigma.sizes())
+                                 : new_empty(sigma, {B, K}, sigma.scalar_type());
+  if (maps == 0 || empty_maps) return {grad_keypoints, grad_sigma};
+  const unsigned blocks = grid_for(maps, 1);
+  const cudaStream_t stream = current_cuda_stream(keypoints);
+  KPF_DISPATCH_FLOAT_AND_DOUBLE(keypoints.scalar_type(), "render_heatmaps_backward_cuda", [&] {
     using compute_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "render_backward_cuda_grad", [&] {
-      render_backward_kernel<compute_t, scalar_t><<<static_cast<unsigned>(maps), kThreads, 0, stream>>>(
-          grad.data_ptr<scalar_t>(), keypoints.data_ptr<compute_t>(), weights.data_ptr<compute_t>(),
-          sigma.data_ptr<compute_t>(), grad_keypoints.data_ptr<compute_t>(), grad_sigma.data_ptr<compute_t>(), N, K,
+    KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(grad.scalar_type(), "render_backward_cuda_grad", [&] {
+      render_backward_kernel<compute_t, scalar_t><<<blocks, kThreads, 0, stream>>>(
+          grad.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<compute_t>(),
+          weights.const_data_ptr<compute_t>(), sigma.const_data_ptr<compute_t>(),
+          grad_keypoints.mutable_data_ptr<compute_t>(), grad_sigma.mutable_data_ptr<compute_t>(), N, K,
           static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)), enc);
     });
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch("render_heatmaps_backward_cuda");
   return {grad_keypoints, grad_sigma};
+}
+
+STABLE_TORCH_LIBRARY_IMPL(kpfast, CUDA, m) {
+  m.impl("render_heatmaps", TORCH_BOX(&render_heatmaps_cuda));
+  m.impl("_render_heatmaps_backward", TORCH_BOX(&render_heatmaps_backward_cuda));
 }
 
 }  // namespace kpfast
