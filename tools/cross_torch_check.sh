@@ -8,7 +8,8 @@
 #   tools/cross_torch_check.sh [WORK_DIR]
 # Environment: NEW_PYTHON (default /work/venv/bin/python: torch 2.14.1 CUDA build),
 #   OLD_TORCH_WHEEL (default /opt/wheels/torch-2.13.0+cpu-...whl), CUDA_HOME (/usr/local/cuda),
-#   TESTS (default: "tests/ops tests/test_extension.py"), PYTEST_ARGS (default: -q -x -m "not triton").
+#   TESTS (default: "tests/ops tests/test_extension.py"), PYTEST_ARGS (default: -q -x -m "not triton";
+#   when set, split on spaces).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +17,7 @@ WORK=${1:-/tmp/kpfast-cross-torch}
 NEW_PYTHON=${NEW_PYTHON:-/work/venv/bin/python}
 OLD_TORCH_WHEEL=${OLD_TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl}
 TESTS=${TESTS:-"tests/ops tests/test_extension.py"}
-read -r -a PYTEST_ARGS <<< "${PYTEST_ARGS:--q -x -m not\ triton -p no:cacheprovider}"
+if [[ -n "${PYTEST_ARGS:-}" ]]; then read -r -a PYTEST_ARGS <<< "$PYTEST_ARGS"; else PYTEST_ARGS=(-q -x -m "not triton" -p no:cacheprovider); fi
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export MAX_JOBS=${MAX_JOBS:-2}
 
