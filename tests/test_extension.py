@@ -205,6 +205,22 @@ def test_soft_argmax_minus_inf_weighs_zero(device, dtype):
 
 
 @pytest.mark.parametrize("device", _devices())
+def test_soft_argmax_backward_with_minus_inf_matches_autograd(device):
+    maps = _maps(device)
+    maps[0, 0, :, 0] = -INF
+    maps[0, 1, 4, 6] = -INF
+    coords, _, lse = torch.ops.kpfast.soft_argmax(maps, 2.0)
+    grad_coords = torch.tensor([[[1.0, -0.5], [0.25, 2.0]]], device=device)
+    grad = torch.ops.kpfast._soft_argmax_backward(grad_coords, maps, coords, lse, 2.0)
+    leaf = maps.clone().requires_grad_(True)
+    expected_coords, _ = reference.soft_argmax(leaf, 2.0)
+    (expected,) = torch.autograd.grad((expected_coords * grad_coords).sum(), leaf)
+    assert torch.isfinite(grad).all()
+    assert (grad[0, 0, :, 0] == 0).all() and grad[0, 1, 4, 6].item() == 0
+    torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", _devices())
 @pytest.mark.parametrize("value", [NAN, INF])
 def test_soft_argmax_nan_or_plus_inf_gives_nan(device, value):
     maps = _maps(device).repeat(1, 2, 1, 1)
