@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser)
     parser.add_argument("--resume", default=None,
                         help="last.pt (or its run directory) to continue from (default: a new run)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved, validated config as YAML and exit without training")
     return parser
 
 
@@ -43,6 +45,17 @@ def main(argv=None) -> int:
     config = resolve_config(args, stored)
     if stored is not None:
         check_resume_compatible(stored, config)
+    if args.print_config:
+        import yaml
+
+        from kpfast.engine.config import config_to_dict
+
+        print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        return 0
+    if stored is None:
+        from kpfast.engine.rundir import check_output_dir
+
+        check_output_dir(config.train.output_dir)
     trainer = Trainer(config, resume=args.resume)
     try:
         result = trainer.train()

@@ -19,7 +19,7 @@ import secrets
 import time
 from pathlib import Path
 
-__all__ = ["RunDirError", "check_run_name", "create_run_dir", "default_run_name"]
+__all__ = ["RunDirError", "check_output_dir", "check_run_name", "create_run_dir", "default_run_name"]
 
 _ATTEMPTS = 100
 
@@ -47,20 +47,30 @@ def default_run_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise RunDirError(f"train.output_dir: {output_dir} exists and is not a directory; "
-                          "pass another --output_dir")
+def check_output_dir(output_dir: str | Path) -> None:
+    """Raise RunDirError unless ``output_dir`` is, or can be created as, a writable directory.
+
+    Creates nothing: called at start-up so that a bad --output_dir fails before the data and
+    the model are built."""
+    output_dir = Path(output_dir)
+    probe = output_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "exists and" if probe == output_dir else f"is under {probe}, which"
+        raise RunDirError(f"train.output_dir: {output_dir} {where} is not a directory; pass another --output_dir")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(f"train.output_dir: {probe} is not writable (read-only or permission denied); "
+                          "pass a writable --output_dir")
+
+
+def _make_output_dir(output_dir: Path) -> None:
+    check_output_dir(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise RunDirError(f"train.output_dir: a part of {output_dir} is a file, not a directory; "
-                          "pass another --output_dir") from None
     except OSError as exc:
         raise RunDirError(f"train.output_dir: cannot create {output_dir} ({exc.strerror}); "
                           "pass a writable --output_dir") from None
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise RunDirError(f"train.output_dir: {output_dir} is not writable; pass a writable --output_dir")
 
 
 def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "run") -> Path:
@@ -70,7 +80,7 @@ def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "
     single path component and must not exist yet.
     """
     output_dir = Path(output_dir)
-    _check_output_dir(output_dir)
+    _make_output_dir(output_dir)
     if run_name is not None:
         try:
             check_run_name(run_name)
