@@ -129,7 +129,10 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu", *, require_conf
                 "(loaded with weights_only=True; kpfast checkpoints never do)"
             ) from None
         raise CheckpointError(f"not a kpfast checkpoint: {path} is not a torch.save file") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, zipfile.BadZipFile, UnicodeDecodeError):
+    except PermissionError:
+        raise
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, IndexError, zipfile.BadZipFile,
+            UnicodeDecodeError):  # what torch.load raises on truncated or foreign bytes varies by version
         raise CheckpointError(
             f"not a kpfast checkpoint: {path} is truncated or not a torch.save file "
             f"({path.stat().st_size} bytes); use last.pt or best.pt of a kpfast run"
