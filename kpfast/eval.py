@@ -32,11 +32,11 @@ def main(argv=None) -> int:
     import torch
 
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_checkpoint
+    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
     from kpfast.engine.evaluation import evaluate_model
     from kpfast.engine.trainer import configure_cpu_threads, select_device
 
-    state = load_checkpoint(args.checkpoint)
+    state = load_training_checkpoint(args.checkpoint)
     config = resolve_config(args, state["config"])
     if args.batch_size is not None:  # --batch_size means the evaluation batch here
         config.eval.batch_size = args.batch_size

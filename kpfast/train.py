@@ -33,13 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from kpfast.engine.checkpoint import check_resume_compatible, load_checkpoint
+    from kpfast.engine.checkpoint import check_resume_compatible, load_training_checkpoint
     from kpfast.engine.trainer import Trainer, TrainingDiverged, resolve_resume
     from kpfast.engine import distributed as dist_utils
 
     stored = None
     if args.resume is not None:
-        stored = load_checkpoint(resolve_resume(args.resume))["config"]
+        stored = load_training_checkpoint(resolve_resume(args.resume))["config"]
     # Everything is validated (config values, device, ops backend, resume compatibility) before
     # the Trainer creates the run directory or loads any state.
     config = resolve_config(args, stored)

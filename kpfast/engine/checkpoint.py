@@ -27,6 +27,7 @@ __all__ = [
     "check_resume_compatible",
     "save_checkpoint",
     "load_checkpoint",
+    "load_training_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
     "TopKCheckpoints",
@@ -106,12 +107,13 @@ def save_checkpoint(state: dict, path: Path | str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path | str, map_location: Any = "cpu", *, require_config: bool = True) -> dict:
+def load_checkpoint(path: Path | str, map_location: Any = "cpu", *, require_config: bool = False) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
     Anything else (an empty, truncated or text file, a pickle holding code, a bare model
     ``state_dict``) raises :class:`CheckpointError`, one line naming the file and what it is.
-    ``require_config=False`` accepts any mapping (files that are not full training states).
+    ``require_config=True`` (what the CLIs use, via :func:`load_training_checkpoint`) also
+    requires the stored config of a kpfast training state.
     """
     path = Path(path)
     if path.is_dir():
@@ -146,6 +148,12 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu", *, require_conf
             f"not a kpfast checkpoint: {path} has no 'config'{what}; use last.pt or best.pt of a kpfast run"
         )
     return state
+
+
+def load_training_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
+    """A kpfast training state (last.pt, best.pt, a top-k file): like :func:`load_checkpoint`,
+    and refuses a file without the stored config (e.g. a bare model state_dict) in one line."""
+    return load_checkpoint(path, map_location, require_config=True)
 
 
 def _flatten(config: dict) -> dict:

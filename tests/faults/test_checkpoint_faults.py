@@ -16,6 +16,7 @@ from kpfast.engine.checkpoint import (
     atomic_write_bytes,
     check_resume_compatible,
     load_checkpoint,
+    load_training_checkpoint,
     save_checkpoint,
 )
 from kpfast.engine.cli import run_cli
@@ -60,7 +61,7 @@ KINDS = {
 def test_bad_checkpoint_file_is_one_clear_error(tmp_path, kind):
     path = _make(kind, tmp_path / f"{kind}.pt")
     with pytest.raises(CheckpointError) as info:
-        load_checkpoint(path)
+        load_training_checkpoint(path)
     message = str(info.value)
     assert str(path) in message and KINDS[kind] in message and "\n" not in message
 
@@ -173,3 +174,11 @@ def test_read_only_output_dir_is_one_line(tiny_fs, capsys):
     with pytest.raises(OSError, match="cannot write"):
         atomic_write_bytes(tiny_fs / "x.bin", b"x")
     assert not any(tiny_fs.iterdir())
+
+
+def test_low_level_load_accepts_any_mapping_but_training_load_needs_config(tmp_path):
+    path = tmp_path / "plain.pt"
+    save_checkpoint({"entries": [1, 2]}, path)
+    assert load_checkpoint(path) == {"entries": [1, 2]}
+    with pytest.raises(CheckpointError, match="has no 'config'"):
+        load_training_checkpoint(path)
