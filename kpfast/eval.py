@@ -12,17 +12,18 @@ import json
 import sys
 from pathlib import Path
 
-from kpfast.engine.cli import add_config_arguments, resolve_config, run_cli
+from kpfast.engine.cli import HelpFormatter, add_config_arguments, resolve_config, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kpfast.eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kpfast.eval", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) to evaluate")
     add_config_arguments(parser, flags=("batch_size", "data_root", "device", "ops_backend", "workers"))
     parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto",
                         help="which weights to use: the EMA ones when present (auto), or the raw model")
-    parser.add_argument("--results", default=None, help="write COCO-format predictions JSON here")
-    parser.add_argument("--metrics", default=None, help="write the metrics JSON here")
+    parser.add_argument("--results", default=None, help="write COCO-format predictions JSON here (default: not written)")
+    parser.add_argument("--metrics", default=None, help="write the metrics JSON here (default: not written)")
     return parser
 
 
@@ -31,11 +32,11 @@ def main(argv=None) -> int:
     import torch
 
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_checkpoint
+    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
     from kpfast.engine.evaluation import evaluate_model
     from kpfast.engine.trainer import configure_cpu_threads, select_device
 
-    state = load_checkpoint(args.checkpoint)
+    state = load_training_checkpoint(args.checkpoint)
     config = resolve_config(args, state["config"])
     if args.batch_size is not None:  # --batch_size means the evaluation batch here
         config.eval.batch_size = args.batch_size

@@ -1,12 +1,14 @@
 """``python -m kpfast.train``: train a top-down keypoint model.
 
-With no arguments it trains the small CPU-friendly default (configs/default.yaml) on the
-embedded synthetic dataset and prints COCO keypoint AP. Examples::
+With no arguments it trains the small CPU-friendly default (the shipped config ``default``) on
+the embedded synthetic dataset and prints COCO keypoint AP. Examples::
 
     python -m kpfast.train
-    python -m kpfast.train --config configs/coco_improved.yaml --data_root /data/coco
+    python -m kpfast.train --list-configs
+    python -m kpfast.train --config coco_improved --data_root /data/coco
+    python -m kpfast.train --config my_recipe.yaml
     python -m kpfast.train --resume runs/my-run/last.pt
-    torchrun --nproc_per_node 8 -m kpfast.train --config configs/coco_litehrnet18_256x192.yaml
+    torchrun --nproc_per_node 8 -m kpfast.train --config coco_litehrnet18_256x192 --data_root /data/coco
 """
 
 from __future__ import annotations
@@ -15,26 +17,45 @@ import argparse
 import signal
 import sys
 
-from kpfast.engine.cli import add_config_arguments, resolve_config, run_cli
+from kpfast.engine.cli import HelpFormatter, add_config_arguments, resolve_config, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kpfast.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kpfast.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     add_config_arguments(parser)
-    parser.add_argument("--resume", default=None, help="last.pt (or its run directory) to continue from")
+    parser.add_argument("--resume", default=None,
+                        help="last.pt (or its run directory) to continue from (default: a new run)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved, validated config as YAML and exit without training")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from kpfast.engine.checkpoint import load_checkpoint
+    from kpfast.engine.checkpoint import check_resume_compatible, load_training_checkpoint
     from kpfast.engine.trainer import Trainer, TrainingDiverged, resolve_resume
     from kpfast.engine import distributed as dist_utils
 
     stored = None
     if args.resume is not None:
-        stored = load_checkpoint(resolve_resume(args.resume))["config"]
+        stored = load_training_checkpoint(resolve_resume(args.resume))["config"]
+    # Everything is validated (config values, device, ops backend, resume compatibility) before
+    # the Trainer creates the run directory or loads any state.
     config = resolve_config(args, stored)
+    if stored is not None:
+        check_resume_compatible(stored, config)
+    if args.print_config:
+        import yaml
+
+        from kpfast.engine.config import config_to_dict
+
+        print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        return 0
+    if stored is None:
+        from kpfast.engine.rundir import check_output_dir
+
+        check_output_dir(config.train.output_dir)
     trainer = Trainer(config, resume=args.resume)
     try:
         result = trainer.train()

@@ -48,7 +48,7 @@ def test_wrong_type_and_range_fail_naming_the_key(capsys):
     assert run_cli(train_cli.main, ["--learning_rate", "-1"]) == 2
     assert "optim.lr: must be > 0" in capsys.readouterr().err
     assert run_cli(train_cli.main, ["--config", "no_such_config"]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "no such file and no shipped config" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -67,6 +67,27 @@ def test_train_cli_writes_run_and_resolved_config(trained_run, capsys):
     resolved = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert resolved["train"]["epochs"] == 1 and resolved["train"]["seed"] == 3
     assert load_checkpoint(trained_run / "last.pt")["epoch"] == 1
+
+
+def test_second_run_with_the_same_name_is_refused_and_first_kept(trained_run, tiny_overrides, capsys):
+    before = {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    code = run_cli(train_cli.main, ["--epochs", "1"] + _set_args(tiny_overrides + ["train.run_name=cli"]))
+    err = capsys.readouterr().err
+    assert code == 2 and "already exists" in err and "--resume" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in trained_run.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("override,key", [("model.overrides.base_width=16", "model.overrides"),
+                                          ("optim.name=sgd", "optim.name")])
+def test_resume_with_other_width_or_optimizer_names_the_keys(trained_run, capsys, override, key):
+    before = (trained_run / "last.pt").read_bytes()
+    capsys.readouterr()
+    code = run_cli(train_cli.main, ["--resume", str(trained_run), "--set", override])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "cannot resume" in lines[0] and key in lines[0]
+    assert (trained_run / "last.pt").read_bytes() == before
 
 
 def test_eval_cli_reports_coco_ap_and_writes_results(trained_run, tmp_path, capsys):

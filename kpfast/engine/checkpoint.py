@@ -8,9 +8,12 @@ with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import pickle
 import random
+import zipfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,13 +22,20 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CheckpointError",
     "atomic_write_bytes",
+    "check_resume_compatible",
     "save_checkpoint",
     "load_checkpoint",
+    "load_training_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
     "TopKCheckpoints",
 ]
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable kpfast checkpoint, or does not fit the requested run."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -49,11 +59,16 @@ def _current_umask() -> int:
 
 
 def atomic_write_bytes(path: Path | str, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically (tmp file in the same dir, fsync, os.replace)."""
+    """Write ``payload`` to ``path`` atomically (tmp file in the same dir, fsync, os.replace).
+
+    On any failure (a full disk, a read-only or vanished directory) the temporary file is
+    removed, ``path`` keeps its previous content, and the OSError raised names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
         os.chmod(tmp_name, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as handle:
@@ -61,13 +76,28 @@ def atomic_write_bytes(path: Path | str, payload: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
+        if isinstance(exc, OSError) and not isinstance(exc, CheckpointWriteError):
+            reason = exc.strerror or str(exc)
+            hint = "free some space or pass another --output_dir" if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+                else "check that the directory exists and is writable"
+            raise CheckpointWriteError(
+                exc.errno, f"cannot write {path}: {reason}; {hint} (any previous {path.name} is unchanged)"
+            ) from exc
         raise
     _fsync_dir(path.parent)
+
+
+class CheckpointWriteError(OSError):
+    """An atomic write failed; ``str()`` is one line naming the file and what to do."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 def save_checkpoint(state: dict, path: Path | str) -> None:
@@ -77,12 +107,110 @@ def save_checkpoint(state: dict, path: Path | str) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+def load_checkpoint(path: Path | str, map_location: Any = "cpu", *, require_config: bool = False) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Anything else (an empty, truncated or text file, a pickle holding code, a bare model
+    ``state_dict``) raises :class:`CheckpointError`, one line naming the file and what it is.
+    ``require_config=True`` (what the CLIs use, via :func:`load_training_checkpoint`) also
+    requires the stored config of a kpfast training state.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; pass the .pt file (e.g. {path / 'last.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"not a kpfast checkpoint: {path} is empty (an interrupted copy?)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower() or "weights_only" in str(exc):
+            raise CheckpointError(
+                f"refusing {path}: it holds objects other than tensors and plain containers "
+                "(loaded with weights_only=True; kpfast checkpoints never do)"
+            ) from None
+        raise CheckpointError(f"not a kpfast checkpoint: {path} is not a torch.save file") from None
+    except PermissionError:
+        raise
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, IndexError, zipfile.BadZipFile,
+            UnicodeDecodeError):  # what torch.load raises on truncated or foreign bytes varies by version
+        raise CheckpointError(
+            f"not a kpfast checkpoint: {path} is truncated or not a torch.save file "
+            f"({path.stat().st_size} bytes); use last.pt or best.pt of a kpfast run"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"not a kpfast checkpoint: {path} holds a {type(state).__name__}, not a mapping")
+    if require_config and "config" not in state:
+        bare = state and all(isinstance(v, torch.Tensor) for v in state.values())
+        what = " (a bare state_dict?)" if bare else ""
+        raise CheckpointError(
+            f"not a kpfast checkpoint: {path} has no 'config'{what}; use last.pt or best.pt of a kpfast run"
+        )
+    return state
+
+
+def load_training_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:
+    """A kpfast training state (last.pt, best.pt, a top-k file): like :func:`load_checkpoint`,
+    and refuses a file without the stored config (e.g. a bare model state_dict) in one line."""
+    return load_checkpoint(path, map_location, require_config=True)
+
+
+def _flatten(config: dict) -> dict:
+    """{"model": {"name": ...}} -> {"model.name": ...} (one level: sections hold the fields)."""
+    out = {}
+    for section, fields in config.items():
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                out[f"{section}.{key}"] = value
+    return out
+
+
+# Config keys whose change makes the stored model/optimizer/scheduler states unloadable or
+# changes what they mean; everything else (epochs, paths, eval settings, ...) may differ.
+RESUME_KEYS = (
+    "model.name", "model.num_keypoints", "model.visibility_head", "model.overrides",
+    "optim.name", "optim.betas",
+    "schedule.name",
+    "train.ema", "train.precision",
+    "data.input_size",
+)
+
+
+def check_resume_compatible(stored_config: dict, config: dict | Any) -> None:
+    """Raise :class:`CheckpointError` naming every key in :data:`RESUME_KEYS` whose value differs
+    between the checkpoint's stored config and the requested one (both plain mappings or
+    dataclasses), before any state is loaded."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(config):
+        config = dataclasses.asdict(config)
+    if dataclasses.is_dataclass(stored_config):
+        stored_config = dataclasses.asdict(stored_config)
+    stored, wanted = _flatten(stored_config), _flatten(config)
+    missing = object()
+    differing = []
+    for key in RESUME_KEYS:
+        old, new = stored.get(key, missing), wanted.get(key, missing)
+        if old is missing or new is missing:
+            continue
+        if _normalise(old) != _normalise(new):
+            differing.append(f"{key} ({old!r} in the checkpoint, {new!r} requested)")
+    if differing:
+        raise CheckpointError(
+            "cannot resume: the checkpoint was trained with a different " + "; ".join(differing)
+            + ". Resume without changing these keys (drop --config to use the stored config) or start a new run"
+        )
+
+
+def _normalise(value):
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items()}
+    return value
 
 
 # --------------------------------------------------------------------------- RNG state

@@ -1,14 +1,32 @@
-"""Shared command-line plumbing: common flags -> config overrides, error reporting."""
+"""Shared command-line plumbing: common flags -> config overrides, start-up checks, error reporting.
+
+Every kpfast command runs its ``main`` through :func:`run_cli`: a mistake in the user's input
+(a config key, a file, a device) ends the program with exit code 2 and one line on stderr that
+names the key/file/argument and what to do. ``KPFAST_DEBUG=1`` prints the traceback as well.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
+import traceback
 
-from kpfast.engine.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from kpfast.engine.config import (
+    Config,
+    ConfigError,
+    _build,
+    _read_yaml,
+    apply_overrides,
+    config_from_dict,
+    list_configs,
+    load_config,
+    resolve_config_path,
+)
 
-# flag dest -> dotted config key
+DEBUG_ENV = "KPFAST_DEBUG"
+
+# flag dest -> (dotted config key, type, help)
 COMMON_FLAGS = {
     "epochs": ("train.epochs", int, "number of training epochs"),
     "learning_rate": ("optim.lr", float, "base learning rate"),
@@ -22,21 +40,77 @@ COMMON_FLAGS = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every flag's default; flags whose help already states it are left alone."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _default_config_values() -> dict:
+    """The shipped default config as plain values (types and ranges checked; nothing built)."""
+    import dataclasses
+
+    return dataclasses.asdict(_build(Config, _read_yaml(resolve_config_path("default")), ""))
+
+
+def _lookup(values: dict, dotted: str):
+    node = values
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+class _ListConfigs(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        entries = list_configs()
+        width = max((len(name) for name, _ in entries), default=0)
+        for name, description in entries:
+            print(f"{name:<{width}}  {description}")
+        parser.exit(0)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, flags=tuple(COMMON_FLAGS)) -> None:
-    parser.add_argument("--config", default=None, help="YAML config path or a name in configs/ (default: default)")
+    defaults = _default_config_values()
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a YAML file of your own (a path that exists wins) or the name of a shipped config "
+        "(see --list-configs) (default: 'default', or the checkpoint's stored config where there is one)",
+    )
+    parser.add_argument("--list-configs", action=_ListConfigs, help="list the shipped configs and exit")
     for dest in flags:
         key, tp, text = COMMON_FLAGS[dest]
         option = "--ops-backend" if dest == "ops_backend" else f"--{dest}"
         aliases = [option, "--ops_backend"] if dest == "ops_backend" else [option]
-        parser.add_argument(*aliases, dest=dest, type=tp, default=None, help=f"{text} (sets {key})")
+        shown = _lookup(defaults, key)
+        parser.add_argument(
+            *aliases,
+            dest=dest,
+            type=tp,
+            default=None,  # None = not given: the config's value stays
+            help=f"{text}; sets {key} (default: the config's value, {shown!r} in the 'default' config)",
+        )
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any config key, value parsed as YAML (e.g. --set loss.kind=mse); repeatable",
+        help="override any config key, value parsed as YAML (e.g. --set loss.kind=mse); repeatable "
+        "(default: no overrides)",
     )
+    if parser.epilog is None:
+        parser.epilog = (
+            f"Errors are one line (exit code 2); set {DEBUG_ENV}=1 to see the traceback. "
+            "Configs: python -m kpfast.train --list-configs."
+        )
 
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
@@ -55,21 +129,77 @@ def _yaml_str(value: str) -> str:
     return yaml.safe_dump(value, default_style='"').strip()
 
 
-def resolve_config(args: argparse.Namespace, checkpoint_config: dict | None = None) -> Config:
-    """--config (or the checkpoint's stored config, or configs/default.yaml) + overrides."""
+def check_environment(config: Config) -> None:
+    """Raise ConfigError now, before anything is written, when this machine cannot run the
+    requested device or ops backend (instead of failing at the first training step)."""
+    import torch
+
+    from kpfast import backends
+
+    name = config.train.device
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device: {name!r} needs a CUDA GPU but torch sees none; use --device cpu (or auto)"
+            )
+        index = int(name[5:]) if name.startswith("cuda:") else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device: {name!r} but only {torch.cuda.device_count()} GPU(s) are visible")
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    try:
+        backends.default_backend()  # validates $KPFAST_BACKEND
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    backend = config.train.ops_backend
+    if backend not in ("auto", "torch"):
+        reason = backends._device_reason(backend, device)
+        if reason is not None:
+            raise ConfigError(
+                f"train.ops_backend: {backend!r} cannot run on this {device.type} device ({reason}); "
+                "use --ops-backend auto"
+            )
+
+
+def resolve_config(args: argparse.Namespace, checkpoint_config: dict | None = None, *,
+                   check_machine: bool = True) -> Config:
+    """--config (or the checkpoint's stored config, or the shipped default) + overrides, validated,
+    and (``check_machine``) checked against this machine's devices and backends."""
     overrides = overrides_from_args(args)
     if args.config is None and checkpoint_config is not None:
-        return config_from_dict(apply_overrides(checkpoint_config, overrides))
-    return load_config(args.config, overrides)
+        config = config_from_dict(apply_overrides(checkpoint_config, overrides))
+    else:
+        config = load_config(args.config, overrides)
+    if check_machine:
+        check_environment(config)
+    return config
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from kpfast.backends import BackendUnavailableError
+
+    return (ConfigError, BackendUnavailableError, OSError, ValueError, TypeError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and type(exc).__str__ is OSError.__str__ and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 def run_cli(main, argv=None) -> int:
-    """Run ``main(argv)`` turning configuration/input errors into one-line messages."""
+    """Run ``main(argv)``; a user-input error becomes one line on stderr and exit code 2.
+
+    KeyboardInterrupt and SystemExit pass through. ``KPFAST_DEBUG=1`` also prints the traceback.
+    """
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return int(main(argv) or 0)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except _user_errors() as exc:
+        if debug:
+            traceback.print_exc()
+        label = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"{label}: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,10 +37,20 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "save_config",
+    "resolve_config_path",
+    "list_configs",
+    "shipped_config_names",
     "CONFIG_DIR",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The shipped configs live inside the package (kpfast/configs/*.yaml, installed as package data),
+# so a name like "coco_litehrnet18_256x192" resolves from any working directory.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# decode_heatmaps' limit on the DARK/UDP blur kernel (kpfast.ops.decode.MAX_BLUR_KERNEL); kept
+# here as a literal so that loading a config does not import the ops.
+MAX_BLUR_KERNEL = 31
+SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 
 
 class ConfigError(ValueError):
@@ -79,7 +90,7 @@ class DataConfig:
     # Synthetic dataset generation (only used when dataset == "synthetic").
     synthetic_num_train: int = field(default=512, metadata=_range(1))
     synthetic_num_val: int = field(default=64, metadata=_range(1))
-    synthetic_seed: int = 0
+    synthetic_seed: int = field(default=0, metadata=_range(0, SEED_MAX))
     # Validation boxes: ground truth, or a detector's COCO-results JSON.
     use_gt_boxes: bool = True
     detections: Optional[str] = None
@@ -149,7 +160,7 @@ class ScheduleConfig:
 class TrainConfig:
     epochs: int = field(default=10, metadata=_range(1))
     batch_size: int = field(default=32, metadata=_range(1))  # per process
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0, SEED_MAX))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ops_backend: Literal["auto", "torch", "cpu", "cuda", "triton"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -179,7 +190,8 @@ class EvalConfig:
     batch_size: int = field(default=64, metadata=_range(1))
     flip_test: bool = True
     decoder: Literal["argmax", "quarter", "dark", "udp", "local_mean"] = "dark"
-    blur_kernel: int = field(default=11, metadata=_range(1))
+    # Odd, 1..31 (what decode_heatmaps accepts); checked in _check_section.
+    blur_kernel: int = field(default=11, metadata=_range(1, MAX_BLUR_KERNEL))
     # Keypoints scoring above this count towards the instance's rescored confidence.
     keypoint_score_threshold: float = field(default=0.2, metadata=_range(0.0, 1.0))
     # OKS-NMS between instances of one image (detector boxes); None disables.
@@ -297,26 +309,117 @@ def _build(cls, data: Any, prefix: str):
     return config
 
 
+_DEVICE_FORMS = "auto, cpu, cuda or cuda:N (N >= 0)"
+
+
+def _check_device(value: str, key: str) -> None:
+    if value in ("auto", "cpu", "cuda"):
+        return
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return
+    raise ConfigError(f"{key}: expected {_DEVICE_FORMS}, got {value!r}")
+
+
+def _check_nonempty(value, key: str) -> None:
+    if value is not None and not str(value).strip():
+        raise ConfigError(f"{key}: must not be empty")
+
+
 def _check_section(section, prefix: str) -> None:
-    """Cross-field checks that the per-field types cannot express."""
+    """Cross-field and format checks that the per-field types and ranges cannot express."""
+    if isinstance(section, ModelConfig):
+        _check_nonempty(section.name, f"{prefix}.name")
     if isinstance(section, DataConfig):
         size = section.input_size
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
             raise ConfigError(f"{prefix}.input_size: expected [H, W] positive ints, got {size!r}")
         if not section.use_gt_boxes and section.detections is None:
             raise ConfigError(f"{prefix}.detections: required when {prefix}.use_gt_boxes is false")
+        for name in ("root", "detections", "train_split", "val_split"):
+            _check_nonempty(getattr(section, name), f"{prefix}.{name}")
+        for name in ("train_split", "val_split"):
+            if any(sep in getattr(section, name) for sep in ("/", "\\")) or getattr(section, name) in (".", ".."):
+                raise ConfigError(f"{prefix}.{name}: expected a split name such as 'val2017', got "
+                                  f"{getattr(section, name)!r}")
+        try:
+            from kpfast.data.augment import resolve_augmentation_config
+
+            resolve_augmentation_config(section.augmentation)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{prefix}.augmentation: {exc}") from None
     if isinstance(section, OptimConfig):
-        if len(section.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in section.betas):
+        if len(section.betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in section.betas
+        ):
             raise ConfigError(f"{prefix}.betas: expected two floats in [0, 1), got {section.betas!r}")
     if isinstance(section, ScheduleConfig):
         ms = section.milestones
-        if not all(isinstance(m, (int, float)) and not isinstance(m, bool) for m in ms) or list(ms) != sorted(ms):
-            raise ConfigError(f"{prefix}.milestones: expected increasing numbers, got {ms!r}")
+        if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in ms) or list(ms) != sorted(
+            ms
+        ):
+            raise ConfigError(f"{prefix}.milestones: expected increasing positive numbers, got {ms!r}")
+    if isinstance(section, TrainConfig):
+        _check_device(section.device, f"{prefix}.device")
+        _check_nonempty(section.output_dir, f"{prefix}.output_dir")
+        if section.run_name is not None:
+            from kpfast.engine.rundir import check_run_name
+
+            try:
+                check_run_name(section.run_name)
+            except ValueError as exc:
+                raise ConfigError(f"{prefix}.run_name: {exc}") from None
+    if isinstance(section, EvalConfig):
+        if section.blur_kernel % 2 != 1:
+            raise ConfigError(
+                f"{prefix}.blur_kernel: must be odd (the DARK/UDP blur kernel is centred), got "
+                f"{section.blur_kernel}; e.g. use {section.blur_kernel + 1}"
+            )
+
+
+def _check_config(config: Config) -> None:
+    """Checks across sections, run once the whole config is built."""
+    if config.loss.ohkm_topk is not None and config.loss.ohkm_topk > config.model.num_keypoints:
+        raise ConfigError(
+            f"loss.ohkm_topk: must be <= model.num_keypoints ({config.model.num_keypoints}), "
+            f"got {config.loss.ohkm_topk}"
+        )
+    _check_model(config)
+
+
+def _check_model(config: Config) -> None:
+    """Build the network once (on the CPU: a few MB; the meta device is slower because its
+    weight init goes through torch's Python references) so that a bad model name, option or
+    input size is reported now rather than after the run directory exists."""
+    import torch
+
+    from kpfast.models import available_models, build_model, model_options
+
+    m = config.model
+    if m.name not in available_models():
+        hint = difflib.get_close_matches(m.name, available_models(), n=1, cutoff=0.5)
+        extra = f"; did you mean '{hint[0]}'?" if hint else ""
+        raise ConfigError(f"model.name: expected one of {available_models()}, got {m.name!r}{extra}")
+    unknown = sorted(set(m.overrides) - set(model_options()))
+    if unknown:
+        raise ConfigError(f"model.overrides: unknown option(s) {unknown}; valid options: {model_options()}")
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream stays untouched
+            model = build_model(m.name, num_keypoints=m.num_keypoints, visibility_head=m.visibility_head,
+                                **copy.deepcopy(m.overrides))
+    except (ValueError, TypeError, KeyError, IndexError, AssertionError, RuntimeError) as exc:
+        raise ConfigError(f"model.overrides: {m.overrides!r} does not build model {m.name!r}: {exc}") from None
+    if hasattr(model, "check_input_size"):
+        try:
+            model.check_input_size(*config.data.input_size)
+        except ValueError as exc:
+            raise ConfigError(f"data.input_size: {exc}") from None
 
 
 def config_from_dict(data: dict) -> Config:
     """Validate a plain mapping against the schema and return a :class:`Config`."""
-    return _build(Config, data, "")
+    config = _build(Config, data, "")
+    _check_config(config)
+    return config
 
 
 def config_to_dict(config) -> dict:
@@ -373,8 +476,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
-    with open(path) as handle:
-        data = yaml.safe_load(handle)
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (YAML) file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -382,23 +490,57 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def shipped_config_names() -> list[str]:
+    """Names of the configs shipped in the package (kpfast/configs/*.yaml), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+
+
+def config_description(path: str | Path) -> str:
+    """The first sentence of a YAML file's leading comment block, on one line ("" if none)."""
+    lines = []
+    with open(path) as handle:
+        for line in handle:
+            stripped = line.strip()
+            if not stripped.startswith("#"):
+                break
+            text = stripped.lstrip("#")
+            if text.startswith("   ") or not text.strip():  # an indented example command ends the prose
+                break
+            lines.append(text.strip())
+    prose = " ".join(lines)
+    match = re.search(r"(?<=[.!?])\s", prose)
+    return prose[: match.start()] if match else prose
+
+
+def list_configs() -> list[tuple[str, str]]:
+    """(name, one-line description) of every shipped config."""
+    return [(name, config_description(CONFIG_DIR / f"{name}.yaml")) for name in shipped_config_names()]
+
+
 def resolve_config_path(name: str | Path) -> Path:
-    """A config path as given, or a name in the shipped configs/ directory."""
+    """``name`` as a path when that file exists (a user's own config wins), else a shipped config
+    name (``coco_litehrnet18_256x192``, with or without ``.yaml``)."""
     path = Path(name)
-    if path.exists():
+    if path.is_file():
         return path
-    for candidate in (CONFIG_DIR / path, CONFIG_DIR / f"{path}.yaml"):
-        if candidate.exists():
-            return candidate
-    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.exists() else []
-    hint = difflib.get_close_matches(path.stem, shipped, n=1, cutoff=0.5)
-    extra = f"; did you mean '{hint[0]}'?" if hint else (f"; shipped configs: {shipped}" if shipped else "")
-    raise ConfigError(f"config file {str(name)!r} not found{extra}")
+    if path.is_dir():
+        raise ConfigError(f"--config {str(name)!r} is a directory; expected a YAML file or a shipped config name")
+    shipped = shipped_config_names()
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if path.parent == Path(".") and stem in shipped:
+        return CONFIG_DIR / f"{stem}.yaml"
+    hint = difflib.get_close_matches(stem, shipped, n=1, cutoff=0.5)
+    extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+    raise ConfigError(
+        f"--config {str(name)!r}: no such file and no shipped config of that name{extra}; "
+        f"shipped configs: {', '.join(shipped)} (python -m kpfast.train --list-configs describes them)"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (default: configs/default.yaml), apply overrides, validate."""
-    data = _read_yaml(resolve_config_path(path if path is not None else "default"))
+    """Load a YAML config (default: the shipped ``default``), apply overrides, validate."""
+    resolved = resolve_config_path(path if path is not None else "default")
+    data = _read_yaml(resolved)
     data = apply_overrides(data, list(overrides or []))
     return config_from_dict(data)
 

@@ -227,16 +227,12 @@ class Trainer:
     # ------------------------------------------------------------------ run directory
     def _make_run_dir(self) -> Path:
         if self.resume_path is not None:
-            run_dir = self.resume_path.parent
-        else:
-            name = self.config.train.run_name
-            if name is None:
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                name = dist_utils.broadcast_object(f"{self.config.model.name}-{stamp}")
-            run_dir = Path(self.config.train.output_dir) / name
-        if self.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
+            return self.resume_path.parent
+        from kpfast.engine.rundir import create_run_dir  # a fresh directory this run owns (rank 0 makes it)
+
+        train = self.config.train
+        made = create_run_dir(train.output_dir, train.run_name, self.config.model.name) if self.is_main else None
+        return Path(dist_utils.broadcast_object(str(made) if made is not None else None))
 
     def log(self, text: str) -> None:
         if self.is_main:

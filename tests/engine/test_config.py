@@ -1,8 +1,14 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
 from kpfast.engine.config import (
     CONFIG_DIR,
+    config_description,
+    list_configs,
+    resolve_config_path,
+    shipped_config_names,
     Config,
     ConfigError,
     apply_overrides,
@@ -58,9 +64,9 @@ def test_int_accepted_for_float_and_optional_none():
 def test_overrides_parse_yaml_values_and_reject_typos():
     assert parse_override("train.epochs=5") == (["train", "epochs"], 5)
     assert parse_override("model.overrides={width: 16}") == (["model", "overrides"], {"width": 16})
-    data = apply_overrides({}, ["train.epochs=5", "optim.betas=[0.8, 0.9]", "model.overrides.stem=8"])
+    data = apply_overrides({}, ["train.epochs=5", "optim.betas=[0.8, 0.9]", "model.overrides.stem_channels=8"])
     cfg = config_from_dict(data)
-    assert cfg.train.epochs == 5 and cfg.optim.betas == [0.8, 0.9] and cfg.model.overrides == {"stem": 8}
+    assert cfg.train.epochs == 5 and cfg.optim.betas == [0.8, 0.9] and cfg.model.overrides == {"stem_channels": 8}
     with pytest.raises(ConfigError, match=r"unknown config key 'train\.learning_rat'.*valid keys|did you mean"):
         apply_overrides({}, ["train.learning_rat=1"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
@@ -75,6 +81,120 @@ def test_shipped_configs_validate(path):
     assert config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))) == cfg
 
 
-def test_missing_config_suggests_shipped_name():
-    with pytest.raises(ConfigError, match="not found"):
-        load_config("defualt_nonexistent_config")
+def test_missing_config_lists_shipped_names_in_one_line():
+    with pytest.raises(ConfigError) as info:
+        load_config("defualt")
+    message = str(info.value)
+    assert "\n" not in message and "defualt" in message
+    assert "did you mean 'default'" in message
+    for name in shipped_config_names():
+        assert name in message
+
+
+def test_configs_ship_inside_the_package():
+    import kpfast
+
+    assert CONFIG_DIR == Path(kpfast.__file__).resolve().parent / "configs"
+    assert {"default", "coco_litehrnet18_256x192", "coco_improved"} <= set(shipped_config_names())
+
+
+def test_config_resolves_by_name_with_or_without_suffix_and_a_path_wins(tmp_path, monkeypatch):
+    assert resolve_config_path("coco_litehrnet18_256x192") == CONFIG_DIR / "coco_litehrnet18_256x192.yaml"
+    assert resolve_config_path("default.yaml") == CONFIG_DIR / "default.yaml"
+    # A user's file named like a shipped config wins over the shipped one.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default.yaml").write_text("train:\n  epochs: 3\n")
+    assert resolve_config_path("default.yaml") == Path("default.yaml")
+    assert load_config("default.yaml").train.epochs == 3
+    assert load_config("default").train.epochs == load_config(CONFIG_DIR / "default.yaml").train.epochs != 3
+    # A path to a missing file is not silently replaced by a shipped config of that name.
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_config_path("elsewhere/default.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        resolve_config_path(tmp_path)
+
+
+def test_list_configs_gives_one_line_description_from_the_leading_comment(tmp_path):
+    entries = dict(list_configs())
+    assert set(entries) == set(shipped_config_names())
+    assert entries["coco_litehrnet18_256x192"].startswith("Lite-HRNet-18 on COCO keypoints")
+    assert all(text and "\n" not in text for text in entries.values())
+    sample = tmp_path / "x.yaml"
+    sample.write_text("# First sentence here. Second one\n# continues.\n#   python -m example\nmodel: {}\n")
+    assert config_description(sample) == "First sentence here."
+
+
+def test_bad_yaml_file_is_a_config_error_naming_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_config(bad)
+
+
+# One case per rule: (overrides, the key the error must name, a fragment of the message).
+INVALID = [
+    (["eval.blur_kernel=4"], "eval.blur_kernel", "must be odd"),
+    (["eval.blur_kernel=33"], "eval.blur_kernel", "<= 31"),
+    (["eval.blur_kernel=0"], "eval.blur_kernel", ">= 1"),
+    (["train.seed=-1"], "train.seed", ">= 0"),
+    (["train.seed=4294967296"], "train.seed", "<= 4294967295"),
+    (["data.synthetic_seed=-3"], "data.synthetic_seed", ">= 0"),
+    (["train.device=tpu"], "train.device", "auto, cpu, cuda or cuda:N"),
+    (["train.device=cuda:x"], "train.device", "cuda:N"),
+    (["train.ops_backend=gpu"], "train.ops_backend", "expected one of"),
+    (["train.run_name=../../x"], "train.run_name", "separators"),
+    (["train.run_name=/abs"], "train.run_name", "separators"),
+    (["train.run_name=.."], "train.run_name", "leave the output directory"),
+    (["train.run_name=''"], "train.run_name", "non-empty"),
+    (["train.output_dir=''"], "train.output_dir", "must not be empty"),
+    (["data.val_split=../x"], "data.val_split", "split name"),
+    (["model.name=litehrnet_81"], "model.name", "did you mean 'litehrnet_18'"),
+    (["model.overrides={stem: 8}"], "model.overrides", "unknown option"),
+    (["model.overrides={num_branches: 9}"], "model.overrides", "does not build"),
+    (["data.input_size=[130, 96]"], "data.input_size", "multiple of"),
+    (["data.augmentation=sometimes"], "data.augmentation", ""),
+    (["loss.ohkm_topk=18"], "loss.ohkm_topk", "<= model.num_keypoints"),
+    (["optim.betas=[true, 0.9]"], "optim.betas", "two floats"),
+    (["schedule.milestones=[0, 5]"], "schedule.milestones", "increasing positive"),
+    (["train.ema_decay=1.5"], "train.ema_decay", "<= 1.0"),
+    (["train.precision=fp8"], "train.precision", "expected one of"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,fragment", INVALID, ids=[case[0][0] for case in INVALID])
+def test_every_invalid_value_is_rejected_at_load_naming_the_key(overrides, key, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config("default", overrides)
+    message = str(info.value)
+    assert message.startswith(key) and fragment in message and "\n" not in message
+
+
+def test_blur_kernel_rule_matches_decode_heatmaps():
+    """Every blur kernel the config accepts is one decode_heatmaps accepts, and vice versa."""
+    import torch
+
+    from kpfast.ops import decode_heatmaps
+
+    maps = torch.rand(1, 1, 8, 8)
+    for kernel in range(0, 36):
+        try:
+            load_config("default", [f"eval.blur_kernel={kernel}"])
+            config_ok = True
+        except ConfigError:
+            config_ok = False
+        try:
+            decode_heatmaps(maps, method="dark", blur_kernel=kernel, backend="torch")
+            op_ok = True
+        except (ValueError, TypeError):
+            op_ok = False
+        assert config_ok == op_ok, kernel
+
+
+def test_validation_does_not_touch_the_global_rng():
+    import torch
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    load_config("coco_litehrnet18_256x192")
+    assert torch.equal(torch.rand(3), expected)

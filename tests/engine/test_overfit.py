@@ -13,7 +13,7 @@ def test_overfits_coco_sample_instances(tmp_path):
     root = coco_sample_root()
     if root is None:
         pytest.skip("coco_sample not found (../shared/data/coco_sample or $KPFAST_COCO_SAMPLE)")
-    config = load_config(REPO / "configs" / "coco_sample_overfit.yaml", [
+    config = load_config("coco_sample_overfit", [
         f"data.root={root}",
         "train.epochs=150",
         "train.eval_interval=25",
