@@ -32,7 +32,7 @@ import numpy as np
 from .info import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 __all__ = ["generate_synthetic_dataset", "ensure_synthetic_dataset", "render_synthetic_image",
-           "default_cache_root", "GENERATOR_VERSION"]
+           "default_cache_root", "DataRootExistsError", "GENERATOR_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +297,14 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("KPFAST_CACHE") or Path.home() / ".cache" / "kpfast")
 
 
+class DataRootExistsError(FileExistsError, ValueError):
+    """The data root exists and is not the requested synthetic dataset (nothing was changed).
+
+    A ``FileExistsError`` (an ``OSError``) and a ``ValueError`` (a bad argument), so every CLI
+    reports it as a one-line error.
+    """
+
+
 def _describe_mismatch(root: Path, num_train: int, num_val: int, seed: int) -> str | None:
     """``None`` when ``root`` holds exactly the requested synthetic dataset, else what differs."""
     try:
@@ -342,12 +350,12 @@ def ensure_synthetic_dataset(root: str | Path | None = None, num_train: int = 20
         root = default_cache_root() / f"synthetic_v{GENERATOR_VERSION}_s{seed}_{num_train}_{num_val}"
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise FileExistsError(f"{root} is a file, not a dataset directory; pass another data root")
+        raise DataRootExistsError(f"{root} is a file, not a dataset directory; pass another data root")
     if root.is_dir() and any(root.iterdir()):
         mismatch = _describe_mismatch(root, num_train, num_val, seed)
         if mismatch is None:
             return root
-        raise FileExistsError(
+        raise DataRootExistsError(
             f"{root} holds {mismatch}, not the requested synthetic dataset (generator_version="
             f"{GENERATOR_VERSION}, num_train={num_train}, num_val={num_val}, seed={seed}); "
             "kpfast never deletes it: pass another data root (an empty or new folder), "
@@ -361,7 +369,7 @@ def ensure_synthetic_dataset(root: str | Path | None = None, num_train: int = 20
             os.rename(tmp, root)
         except OSError:
             if not _cache_is_valid(root, num_train, num_val, seed):  # not a concurrent twin
-                raise FileExistsError(
+                raise DataRootExistsError(
                     f"{root} appeared while the synthetic dataset was being generated and is "
                     "not the requested one; pass another data root") from None
     finally:
