@@ -8,6 +8,9 @@ to one small JPEG whose size matches the annotation, so the loader really decode
 Measured in a fresh interpreter (so the resident-set figures are this dataset's alone):
 
 * ``construct_s``: wall-clock of ``CocoKeypointDataset(...)`` (JSON load, validation, index);
+* ``construct_cpu_s``: the CPU seconds of that construction (single-threaded, so on an idle
+  machine the same as the wall-clock; on a shared one it does not count other jobs' time, which
+  is why the target is asserted on it; ``load_average_1min`` says how busy the machine was);
 * ``rss_increase_mb``: VmRSS after construction minus before (after the imports);
 * ``peak_rss_increase_mb``: VmHWM minus the RSS before (the transient JSON peak);
 * ``worker_uss_start_mb`` / ``worker_uss_end_mb``: one DataLoader worker's private memory
@@ -166,10 +169,11 @@ def measure(root: Path) -> dict:
     from kpfast.data import CocoKeypointDataset, collate_samples
 
     rss0 = _status_kb("VmRSS")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     dataset = CocoKeypointDataset(root, "train", input_size=(64, 48), train=True)
-    construct_s = time.perf_counter() - t0
-    figures = {"construct_s": round(construct_s, 2), "instances": len(dataset),
+    construct_s, construct_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    figures = {"construct_s": round(construct_s, 2), "construct_cpu_s": round(construct_cpu_s, 2),
+               "load_average_1min": round(os.getloadavg()[0], 1), "instances": len(dataset),
                "rss_increase_mb": round((_status_kb("VmRSS") - rss0) / 1024, 1),
                "peak_rss_increase_mb": round((_status_kb("VmHWM") - rss0) / 1024, 1)}
 
@@ -212,7 +216,7 @@ def test_coco_scale_construction_and_worker_memory(benchmark):
     benchmark.extra_info.update(figures)
     print("\n" + json.dumps(figures))
     assert figures["instances"] == NUM_WITH_KEYPOINTS
-    assert figures["construct_s"] <= TARGET_CONSTRUCT_S, figures
+    assert figures["construct_cpu_s"] <= TARGET_CONSTRUCT_S, figures
     assert figures["rss_increase_mb"] <= TARGET_RSS_MB, figures
     assert figures["worker_growth_mb"] <= TARGET_WORKER_GROWTH_MB, figures
 

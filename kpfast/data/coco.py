@@ -240,7 +240,7 @@ class CocoKeypointDataset(Dataset):
         if self.max_image_pixels <= 0:
             raise ValueError(f"max_image_pixels must be > 0, got {max_image_pixels!r}")
 
-        data = load_json(self.ann_file)
+        data = load_json(self.ann_file, drop_polygons=True)
         validate_keypoint_annotations(data, str(self.ann_file), category_id)
         cats = [c for c in data["categories"] if c.get("keypoints")]
         category = next(c for c in cats if category_id is None or c["id"] == category_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import posixpath
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,33 @@ class AnnotationError(ValueError):
     """An annotation or detection file that cannot be used; the message lists the problems."""
 
 
-def load_json(path: str | Path) -> Any:
-    """Load a JSON file; invalid JSON raises :class:`AnnotationError` naming line and column."""
+# The value of a "segmentation" key when it is a polygon list: a list of lists holding only
+# number characters. It cannot contain a quote, so it can neither start nor end inside a string.
+_NUMBERS = rb"\[[-+.0-9eE\s,]*\]"
+_POLYGONS = re.compile(rb'"segmentation"\s*:\s*\[\s*(?:' + _NUMBERS + rb"\s*(?:,\s*" + _NUMBERS
+                       + rb"\s*)*)?\]")
+
+
+def load_json(path: str | Path, drop_polygons: bool = False) -> Any:
+    """Load a JSON file; invalid JSON raises :class:`AnnotationError` naming line and column.
+
+    ``drop_polygons``: replace every polygon ``segmentation`` value by ``null`` before parsing.
+    Polygons are most of a COCO keypoint file (their floats most of its parsing time) and the
+    keypoint loader never reads them; crowd RLE segmentations are left as they are.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    if drop_polygons:
+        raw = _POLYGONS.sub(b'"segmentation":null', raw)
     try:
-        return json.loads(text)
+        return json.loads(raw)
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
+        if drop_polygons:  # report the position in the file as it is
+            return load_json(path)
         raise AnnotationError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: "
                               f"{err.msg}") from None
 

@@ -179,3 +179,25 @@ def test_missing_paths_are_reported(tmp_path, coco_sample):
     (tmp_path / "annotations").symlink_to(coco_sample / "annotations")
     assert len(CocoKeypointDataset(tmp_path, "val")) == 12
     assert len(CocoKeypointDataset(None, "val", ann_file=coco_sample / ANN, image_dir=coco_sample / IMG)) == 12
+
+
+def test_polygon_dropping_keeps_everything_else_and_never_touches_strings(tmp_path):
+    from kpfast.data.validate import load_json
+
+    data = {"images": [{"id": 1, "file_name": 'a"segmentation": [[1]]'}],
+            "annotations": [{"segmentation": [[1.5, 2e3, -3], [4, 5]], "note": '"segmentation":[[1, 2]]'},
+                            {"segmentation": {"counts": "]]}x[", "size": [1, 2]}},
+                            {"segmentation": []}, {"segmentation": [[]]}]}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    loaded = load_json(path, drop_polygons=True)
+    assert [a["segmentation"] for a in loaded["annotations"]] == [None, {"counts": "]]}x[", "size": [1, 2]},
+                                                                  None, None]
+    for got, want in zip(loaded["annotations"], data["annotations"]):
+        assert {k: v for k, v in got.items() if k != "segmentation"} == \
+            {k: v for k, v in want.items() if k != "segmentation"}
+    assert loaded["images"] == data["images"]
+    # Invalid JSON inside a polygon stays an error, reported at its place in the file as it is.
+    path.write_text('{"segmentation": [[1] [2]]}')
+    with pytest.raises(AnnotationError, match="invalid JSON at line 1, column 23"):
+        load_json(path, drop_polygons=True)
