@@ -110,3 +110,99 @@ def test_export_writes_atomically_next_to_the_checkpoint(checkpoint, tmp_path):
     assert (tmp_path / "ck.onnx").stat().st_size > 1000
     assert ck.read_bytes() == checkpoint.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.onnx", "ck.pt"]  # no temporary left
+
+
+# ------------------------------------------------------------------ predict (items 7, 10, 11)
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """Two different images with the same file stem, in two folders."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    paths = []
+    for folder in ("a", "b"):
+        (root / folder).mkdir()
+        path = root / folder / "img.jpg"
+        cv2.imwrite(str(path), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+        paths.append(path)
+    return paths
+
+
+def _strict_json(path: Path):
+    def refuse(token):
+        raise AssertionError(f"non-strict JSON constant {token} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+BAD_BOXES = [[10, 10, 0, 50], [10, 10, -20, 50], [float("nan"), 10, 30, 40], [10, 10, float("inf"), 40],
+             [1e30, 1e30, 1e30, 1e30], [0, 0, 1e30, 1e30], [500, 500, 20, 20], [-80, -80, 20, 20]]
+
+
+def test_predict_skips_invalid_boxes_counts_them_and_writes_strict_json(checkpoint, images, tmp_path, capsys):
+    """Issue 15 item 7: zero/negative/NaN/huge/outside boxes never give NaN output nor crash OpenCV."""
+    good = [20, 15, 60, 90, 0.9]
+    boxes = tmp_path / "boxes.json"
+    # Python's json writes NaN/Infinity (as a detector's careless dump would); the loader reads them.
+    boxes.write_text(json.dumps({images[0].name: [good] + [b + [0.8] for b in BAD_BOXES]}))
+    out = tmp_path / "out"
+    code = run_cli(predict_cli.main, ["--checkpoint", str(checkpoint), str(images[0]), "--boxes", str(boxes),
+                                      "--output-dir", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    results = _strict_json(out / "results.json")
+    assert len(results) == 1 and results[0]["bbox"] == good[:4]
+    assert all(math.isfinite(v) for v in results[0]["keypoints"]) and math.isfinite(results[0]["score"])
+    assert f"{len(BAD_BOXES)} invalid box(es) skipped" in captured.out
+    err = captured.err
+    assert err.count("skipped box") == len(BAD_BOXES)
+    for reason in ("non-positive size", "non-finite coordinates", "more than 10x", "outside the 160x120 image"):
+        assert reason in err
+
+
+def test_predict_coco_boxes_with_nan_score_are_skipped(checkpoint, images, tmp_path, capsys):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([{"image_id": 0, "bbox": [20, 15, 60, 90], "score": float("nan")},
+                                 {"image_id": 0, "bbox": [20, 15, 60, 90], "score": 0.7}]))
+    code = run_cli(predict_cli.main, ["--checkpoint", str(checkpoint), str(images[0]), "--boxes", str(boxes),
+                                      "--output-dir", str(tmp_path / "o")])
+    assert code == 0
+    assert len(_strict_json(tmp_path / "o" / "results.json")) == 1
+    assert "non-finite score" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"image_id": 0, "bbox": [1, 2, 3]}, "entry #0 needs an integer image_id, a bbox of 4 numbers"),
+    ({"image_id": 0, "bbox": ["a", 2, 3, 4]}, "entry #0 needs an integer image_id"),
+    ({"bbox": [1, 2, 3, 4]}, "entry #0 needs 'image_id' and 'bbox'"),
+])
+def test_predict_malformed_boxes_file_is_one_line(checkpoint, images, tmp_path, capsys, entry, message):
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps([entry]))
+    code = run_cli(predict_cli.main, ["--checkpoint", str(checkpoint), str(images[0]), "--boxes", str(boxes),
+                                      "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and str(boxes) in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_output_dir_that_is_a_file_is_one_line(checkpoint, images, tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("keep")
+    code = run_cli(predict_cli.main, ["--checkpoint", str(checkpoint), str(images[0]), "--output-dir", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file" in err and str(target) in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "keep"
+
+
+def test_predict_overlays_of_images_with_the_same_stem_do_not_overwrite(checkpoint, images, tmp_path):
+    """Issue 15 item 11: a/img.jpg and b/img.jpg get one overlay each."""
+    out = tmp_path / "o"
+    assert run_cli(predict_cli.main, ["--checkpoint", str(checkpoint), *map(str, images),
+                                      "--output-dir", str(out)]) == 0
+    overlays = sorted(p.name for p in out.glob("*_pose.jpg"))
+    assert overlays == ["img_0_pose.jpg", "img_1_pose.jpg"]
+    first, second = (cv2.imread(str(out / name)) for name in overlays)
+    assert np.abs(first.astype(int) - second.astype(int)).mean() > 10  # two different images
+    # An image literally named like a disambiguated overlay does not collide either.
+    assert predict_cli.overlay_names([Path("x/a.jpg"), Path("a_2.jpg"), Path("y/a.jpg")]) == \
+        ["a_0_pose.jpg", "a_2_pose.jpg", "a_5_pose.jpg"]
