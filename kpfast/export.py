@@ -9,6 +9,8 @@ outside the graph (kpfast.ops / kpfast.geometry).
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -26,10 +28,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_output(checkpoint: str | Path, output: str | Path | None) -> Path:
+    """The ONNX file to write; never the checkpoint itself, never a directory.
+
+    Both paths are compared resolved (symlinks, ``..``) and, when the output exists, by inode, so
+    ``--output ck.pt``, ``--output ./dir/../ck.pt``, a link to the checkpoint, or a checkpoint
+    named ``*.onnx`` with the default output are all refused before anything is written.
+    """
+    checkpoint = Path(checkpoint)
+    target = Path(output) if output else checkpoint.with_suffix(".onnx")
+    same = target.resolve() == checkpoint.resolve()
+    if not same and target.exists() and checkpoint.exists():
+        same = os.path.samefile(target, checkpoint)
+    if same:
+        flag = f"--output {output}" if output else "the default output (the checkpoint with .onnx)"
+        raise ValueError(f"{flag} is the checkpoint {checkpoint} itself; exporting would replace it: "
+                         "pass another --output file")
+    if target.is_dir():
+        raise ValueError(f"--output {target} is a directory; pass a file name, e.g. {target / 'model.onnx'}")
+    return target
+
+
+def require_onnx() -> None:
+    """ONNX export needs the ``onnx`` package, which is only in kpfast's test extra."""
+    if importlib.util.find_spec("onnx") is None:
+        raise SystemExit("error: ONNX export needs the onnx package, which is not installed: "
+                         "pip install onnx")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    output = resolve_output(args.checkpoint, args.output)
+    require_onnx()
     import torch
 
     from kpfast.engine import builders
@@ -54,7 +84,6 @@ def main(argv=None) -> int:
 
     h, w = config.data.input_size
     example = torch.zeros(1, 3, h, w)
-    output = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".onnx")
     names = ["heatmaps", "visibility"] if has_visibility else ["heatmaps"]
     import io
 
@@ -74,6 +103,7 @@ def main(argv=None) -> int:
         import onnx
 
         onnx.checker.check_model(onnx.load_from_string(payload))
+    output = resolve_output(args.checkpoint, output)  # again: the paths may have changed meanwhile
     atomic_write_bytes(output, payload)
     print(f"exported {config.model.name} ({h}x{w} input) to {output}")
     return 0

@@ -6,12 +6,19 @@ Without --boxes the whole image is the person box. --boxes takes a JSON file: ei
 results/detections (``[{"image_id", "bbox": [x, y, w, h], "score"}, ...]`` with image ids matching
 ``000000000785.jpg``-style file names or the image order), or a mapping
 ``{"image.jpg": [[x, y, w, h, score], ...]}``.
+
+Boxes that cannot give a prediction (non-finite numbers, zero or negative size, no overlap with
+the image, or larger than ``MAX_BOX_TO_IMAGE`` times the image) are skipped, each named on
+stderr and counted in the summary; ``results.json`` is strict JSON (never NaN or Infinity).
+Overlays are ``<stem>_pose.jpg``, made unique (``<stem>_<n>_pose.jpg``) when two given images
+share a stem.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,8 +39,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A box this many times larger than the image (either side) is a broken detection, not a person.
+MAX_BOX_TO_IMAGE = 10.0
+
+
+def box_problem(bbox: list[float], image_wh: tuple[int, int]) -> str | None:
+    """Why ``bbox = [x, y, w, h]`` cannot be used on an image of ``image_wh``, or ``None``."""
+    x, y, w, h = bbox
+    width, height = image_wh
+    if not all(math.isfinite(v) for v in bbox):
+        return "non-finite coordinates"
+    if not (w > 0 and h > 0):
+        return f"non-positive size (w={w:g}, h={h:g})"
+    if w > MAX_BOX_TO_IMAGE * width or h > MAX_BOX_TO_IMAGE * height:
+        return f"more than {MAX_BOX_TO_IMAGE:g}x the {width}x{height} image"
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return f"outside the {width}x{height} image"
+    return None
+
+
+def overlay_names(images: list[Path]) -> list[str]:
+    """``<stem>_pose.jpg`` per image, with ``_<n>`` added where stems would collide."""
+    names, used = [], set()
+    stems = [p.stem for p in images]
+    for order, stem in enumerate(stems):
+        name = f"{stem}_pose.jpg" if stems.count(stem) == 1 else f"{stem}_{order}_pose.jpg"
+        n = order
+        while name in used:  # e.g. an image literally named "<stem>_<order>"
+            n += len(images)
+            name = f"{stem}_{n}_pose.jpg"
+        used.add(name)
+        names.append(name)
+    return names
+
+
 def _image_id(path: Path, order: int) -> int:
     return int(path.stem) if path.stem.isdigit() else order
+
+
+def _is_number(v) -> bool:
+    # NaN/inf pass here on purpose: such boxes are skipped and counted per image (box_problem).
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[list[float], float]]]:
@@ -48,17 +94,25 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
         for name, boxes in data.items():
             if name not in names:
                 raise ValueError(f"--boxes: image {name!r} is not among the given images")
+            if not isinstance(boxes, list):
+                raise ValueError(f"--boxes {path}: expected a list of boxes for {name!r}, got {boxes!r}")
             for box in boxes:
-                if len(box) not in (4, 5):
-                    raise ValueError(f"--boxes: expected [x, y, w, h(, score)] for {name!r}, got {box!r}")
+                if not (isinstance(box, list) and len(box) in (4, 5) and all(_is_number(v) for v in box)):
+                    raise ValueError(f"--boxes {path}: expected [x, y, w, h(, score)] numbers for {name!r}, "
+                                     f"got {box!r}")
                 per_image[names[name]].append(([float(v) for v in box[:4]], float(box[4]) if len(box) == 5 else 1.0))
         return per_image
     if not isinstance(data, list):
         raise ValueError(f"--boxes: expected a list or a mapping, got {type(data).__name__}")
     ids = {_image_id(p, i): i for i, p in enumerate(images)}
-    for entry in data:
-        if "bbox" not in entry or "image_id" not in entry:
-            raise ValueError(f"--boxes: entries need 'image_id' and 'bbox', got {entry!r}")
+    for index, entry in enumerate(data):
+        if not isinstance(entry, dict) or "bbox" not in entry or "image_id" not in entry:
+            raise ValueError(f"--boxes {path}: entry #{index} needs 'image_id' and 'bbox', got {entry!r}")
+        box, score = entry["bbox"], entry.get("score", 1.0)
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
+                and _is_number(score) and isinstance(entry["image_id"], int)):
+            raise ValueError(f"--boxes {path}: entry #{index} needs an integer image_id, a bbox of 4 numbers "
+                             f"and a numeric score, got {entry!r}")
         if int(entry["image_id"]) in ids:
             box = [float(v) for v in entry["bbox"]]
             per_image[ids[int(entry["image_id"])]].append((box, float(entry.get("score", 1.0))))
@@ -67,10 +121,15 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output-dir {out_dir} is a file, not a directory; pass a directory "
+                         "(it is created when missing)")
     import cv2
     import torch
 
     from kpfast import geometry
+    from kpfast.data.transforms import read_image_checked
     from kpfast.engine import builders
     from kpfast.engine.checkpoint import atomic_write_bytes, load_checkpoint
     from kpfast.engine.evaluation import instance_score, logit_activation
@@ -88,18 +147,28 @@ def main(argv=None) -> int:
     in_h, in_w = config.data.input_size
     hm_size = builders.heatmap_size(config, model)
     conv = builders.convention(config)
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results, skipped = [], []
+    overlays = overlay_names(images)
+    results, skipped, bad_boxes = [], [], 0
     for order, path in enumerate(images):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        image, reason = read_image_checked(path)  # header checked first: no decompression bomb
         if image is None:
             skipped.append(str(path))
-            print(f"skipped unreadable image {path}", file=sys.stderr)
+            print(f"skipped unreadable image {path}: {reason}", file=sys.stderr)
             continue
         h, w = image.shape[:2]
         if args.boxes:
-            instances = [b for b in boxes.get(order, []) if b[1] >= args.box_score_threshold]
+            instances = []
+            for bbox, box_score in boxes.get(order, []):
+                problem = box_problem(bbox, (w, h)) or (
+                    None if math.isfinite(box_score) else f"non-finite score {box_score}")
+                if problem is not None:
+                    bad_boxes += 1
+                    print(f"skipped box {bbox} of {path}: {problem}", file=sys.stderr)
+                elif not box_score >= args.box_score_threshold:
+                    continue
+                else:
+                    instances.append((bbox, box_score))
         else:
             instances = [([0.0, 0.0, float(w), float(h)], 1.0)]  # the whole image is the box
         overlay = image
@@ -120,6 +189,11 @@ def main(argv=None) -> int:
             image_xy = geometry.transform_points(coords, geometry.invert_affine(np.stack(matrices)))
             for i, (bbox, box_score) in enumerate(instances):
                 kps = np.concatenate([image_xy[i], scores[i][:, None]], axis=1)
+                if not np.isfinite(kps).all():  # e.g. a NaN heatmap: never written as NaN
+                    bad_boxes += 1
+                    print(f"skipped box {bbox} of {path}: the network gave non-finite keypoints",
+                          file=sys.stderr)
+                    continue
                 overlay = draw_pose(overlay, kps, info.skeleton, args.score_threshold)
                 results.append({
                     "image_id": _image_id(path, order),
@@ -129,10 +203,11 @@ def main(argv=None) -> int:
                     "keypoints": [float(v) for v in kps.reshape(-1)],
                     "score": instance_score(scores[i], box_score, config.eval.keypoint_score_threshold),
                 })
-        write_image(out_dir / f"{path.stem}_pose.jpg", overlay)
-    atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=1).encode())
+        write_image(out_dir / overlays[order], overlay)
+    atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=1, allow_nan=False).encode())
     print(f"{len(results)} instance(s) on {len(images) - len(skipped)} image(s) -> {out_dir}"
-          + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""))
+          + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else "")
+          + (f"; {bad_boxes} invalid box(es) skipped" if bad_boxes else ""))
     return 1 if skipped and len(skipped) == len(images) else 0
 
 

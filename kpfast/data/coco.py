@@ -15,8 +15,16 @@ the affine part of the augmentation; albumentations' non-affine warps (Perspecti
 off by default) move the keypoints further, and only evaluation samples (never augmented) need
 the mapping back. ``index`` is the instance actually returned (another one after a failed decode).
 
+Memory: the annotation JSON is loaded once, validated, and only what sampling needs is kept, in
+compact numpy arrays (:class:`InstanceTable`): no pycocotools index, no segmentation, no Python
+object per instance. DataLoader workers therefore share the index copy-on-write without copying
+it (reading a numpy array touches no reference count). Evaluation loads its own ground truth
+from :attr:`CocoKeypointDataset.annotation_file`.
+
 Faults: images missing when the index is built are dropped, counted (``skipped_missing``) and
-reported once; an image that fails to decode at load time is skipped and another sample drawn;
+reported once; an image that fails to decode at load time is skipped and another sample drawn
+(so is an image whose header gives a size other than the annotation's, or more than
+``max_image_pixels`` pixels: it is never decoded, see :func:`read_image_checked`);
 failures are counted in shared memory so DataLoader workers' counts reach the main process
 (:meth:`CocoKeypointDataset.epoch_counts`); above ``max_bad_fraction`` the run stops with an error.
 No placeholder image is ever returned.
@@ -25,9 +33,11 @@ No placeholder image is ever returned.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import logging
-import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,10 +50,10 @@ from torch.utils.data import Dataset, get_worker_info
 from .. import geometry
 from .augment import BoxJitter, CropAugmenter, resolve_augmentation_config
 from .info import DatasetInfo
-from .transforms import decode_image, normalize_image, warp_crop
+from .transforms import DEFAULT_MAX_IMAGE_PIXELS, normalize_image, read_image_checked, warp_crop
 from .validate import load_json, validate_detections, validate_keypoint_annotations
 
-__all__ = ["CocoKeypointDataset", "Instance", "BadDataError", "resolve_coco_paths"]
+__all__ = ["CocoKeypointDataset", "Instance", "InstanceTable", "BadDataError", "resolve_coco_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +69,7 @@ class BadDataError(RuntimeError):
 
 @dataclass
 class Instance:
-    """One person instance of the index."""
+    """One person instance, as a view of one row of an :class:`InstanceTable` (built on demand)."""
 
     image_id: int
     image_path: Path
@@ -68,6 +78,70 @@ class Instance:
     score: float
     area: float
     annotation_id: int = -1
+
+
+class InstanceTable:
+    """The sampling index as compact arrays, one row per person instance.
+
+    Rows: ``image_index`` (into the per-image arrays), ``image_id``, ``annotation_id`` (-1 for
+    detector boxes), ``bbox`` (N, 4) float64 x, y, w, h, ``keypoints`` (N, K, 3) float32,
+    ``score``, ``area``. Per image: ``file_names`` (one fixed-width string array), ``sizes``
+    (M, 2) annotated width, height (0 when unknown). ``table[i]`` builds an :class:`Instance`.
+    """
+
+    def __init__(self, image_dir: Path, file_names: np.ndarray, sizes: np.ndarray,
+                 image_index: np.ndarray, image_id: np.ndarray, annotation_id: np.ndarray,
+                 bbox: np.ndarray, keypoints: np.ndarray, score: np.ndarray, area: np.ndarray):
+        self.image_dir = image_dir
+        self.file_names = np.asarray(file_names, dtype=np.str_)
+        self.sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+        self.image_index = np.asarray(image_index, dtype=np.int64)
+        self.image_id = np.asarray(image_id, dtype=np.int64)
+        self.annotation_id = np.asarray(annotation_id, dtype=np.int64)
+        self.bbox = np.asarray(bbox, dtype=np.float64).reshape(-1, 4)
+        self.keypoints = np.asarray(keypoints, dtype=np.float32)
+        self.score = np.asarray(score, dtype=np.float64)
+        self.area = np.asarray(area, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    def image_path(self, row: int) -> Path:
+        return self.image_dir / str(self.file_names[self.image_index[row]])
+
+    def __getitem__(self, row: int) -> Instance:
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"instance {row} out of range for {len(self)} instances")
+        return Instance(int(self.image_id[row]), self.image_path(row), self.bbox[row].copy(),
+                        self.keypoints[row].astype(np.float64), float(self.score[row]),
+                        float(self.area[row]), int(self.annotation_id[row]))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def select(self, rows: np.ndarray) -> "InstanceTable":
+        """The rows ``rows`` (a boolean mask or indices), sharing the per-image arrays."""
+        return InstanceTable(self.image_dir, self.file_names, self.sizes, self.image_index[rows],
+                             self.image_id[rows], self.annotation_id[rows], self.bbox[rows],
+                             self.keypoints[rows], self.score[rows], self.area[rows])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.file_names, self.sizes, self.image_index, self.image_id,
+                                      self.annotation_id, self.bbox, self.keypoints, self.score,
+                                      self.area))
+
+
+def _release_freed_memory() -> None:
+    """Hand the memory of the freed JSON tree back to the OS (glibc keeps it otherwise)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
 
 
 def resolve_coco_paths(root: str | Path | None, split: str, ann_file=None, image_dir=None):
@@ -130,6 +204,9 @@ class CocoKeypointDataset(Dataset):
         seed: base seed; the augmentation of sample ``i`` in epoch ``e`` depends only on
             ``(seed, e, i)``, whatever the number of workers.
         category_id: the keypoint category to use when the file has several (default: the first).
+        max_image_pixels: images whose header gives more pixels are not decoded (skipped and
+            counted like undecodable ones), nor are images whose header size differs from the
+            annotation's ``width``/``height``: the guard against decompression bombs.
     """
 
     def __init__(self, root=None, split: str = "train", *, ann_file=None, image_dir=None,
@@ -138,7 +215,8 @@ class CocoKeypointDataset(Dataset):
                  augmentation: Mapping[str, Any] | str | None = "default",
                  detections: str | Path | None = None, det_score_threshold: float = 0.0,
                  padding: float = 1.25, dataset_info: Mapping[str, Any] | None = None,
-                 max_bad_fraction: float = 0.05, seed: int = 0, category_id: int | None = None):
+                 max_bad_fraction: float = 0.05, seed: int = 0, category_id: int | None = None,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         if convention not in geometry.CONVENTIONS:
             raise ValueError(f"convention must be one of {geometry.CONVENTIONS}, got {convention!r}")
         if not 0.0 <= max_bad_fraction <= 1.0:
@@ -157,23 +235,31 @@ class CocoKeypointDataset(Dataset):
         self.det_score_threshold = float(det_score_threshold)
         self.ann_file, self.image_dir = resolve_coco_paths(root, split, ann_file, image_dir)
 
-        data = load_json(self.ann_file)
+        self.annotation_file = self.ann_file  # evaluation loads its ground truth from here
+        self.max_image_pixels = int(max_image_pixels)
+        if self.max_image_pixels <= 0:
+            raise ValueError(f"max_image_pixels must be > 0, got {max_image_pixels!r}")
+
+        data = load_json(self.ann_file, drop_polygons=True)
         validate_keypoint_annotations(data, str(self.ann_file), category_id)
         cats = [c for c in data["categories"] if c.get("keypoints")]
         category = next(c for c in cats if category_id is None or c["id"] == category_id)
         self.info = DatasetInfo.from_category(category, dataset_info)
-        from pycocotools.coco import COCO
-
-        self.coco = COCO()
-        self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
-            self.coco.createIndex()
-
+        images = self._image_table(data)
+        annotations = data["annotations"]
+        del data  # from here on only the lists this index reads stay referenced
         self.detections_file = Path(detections) if detections is not None else None
         self.skipped_small_detections = 0
-        instances = self._detector_instances() if detections is not None else self._gt_instances()
+        if detections is not None:
+            del annotations
+            table = self._detector_table(images)
+        else:
+            table = self._gt_table(images, annotations)
+            del annotations
+        del images
+        _release_freed_memory()
         self.skipped_missing, self.missing_files = 0, []
-        self.instances = self._drop_missing(instances)
+        self.instances = self._drop_missing(table)
 
         in_h, in_w = self.input_size
         self.aspect_ratio = in_w / in_h
@@ -185,85 +271,112 @@ class CocoKeypointDataset(Dataset):
 
         self._counters = torch.zeros((_COUNTER_SLOTS, 3), dtype=torch.int64).share_memory_()
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._bad_files: set[str] = set()  # per process: do not decode a known-bad file twice
+        # Per process: file -> why it was refused; a known-bad file is not read twice.
+        self.bad_files: dict[str, str] = {}
 
     # ------------------------------------------------------------------ index
-    def _image_path(self, image_id: int) -> Path:
-        return self.image_dir / self.coco.imgs[image_id]["file_name"]
+    @property
+    def coco(self):
+        """A fresh pycocotools ``COCO`` of :attr:`annotation_file` (loaded on each access).
 
-    def _gt_instances(self) -> list[Instance]:
+        Kept for callers that want the ground truth as pycocotools sees it; the dataset itself
+        never holds one, so DataLoader workers do not inherit it.
+        """
+        from pycocotools.coco import COCO
+
+        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
+            return COCO(str(self.annotation_file))
+
+    def _image_table(self, data: Mapping[str, Any]) -> dict[int, tuple[str, float, float]]:
+        """image id -> (file name, annotated width, height; 0 when not given)."""
+        return {img["id"]: (img["file_name"], float(img.get("width", 0)), float(img.get("height", 0)))
+                for img in data["images"]}
+
+    @staticmethod
+    def _image_arrays(images: Mapping[int, tuple[str, float, float]], image_ids: np.ndarray):
+        """Per-image arrays of the images ``image_ids`` refer to, and each row's index into them."""
+        unique, image_index = np.unique(image_ids, return_inverse=True)
+        entries = [images[int(i)] for i in unique]
+        file_names = np.array([e[0] for e in entries] or [""], dtype=np.str_)[:len(entries)]
+        sizes = np.array([(e[1], e[2]) for e in entries], dtype=np.float64).reshape(-1, 2)
+        return file_names, sizes, image_index.reshape(-1)
+
+    def _gt_table(self, images, annotations) -> InstanceTable:
         k = self.info.num_keypoints
-        out = []
-        for image_id in sorted(self.coco.imgs):
-            img = self.coco.imgs[image_id]
-            width, height = img.get("width", math.inf), img.get("height", math.inf)
-            for ann in self.coco.imgToAnns.get(image_id, []):
-                if ann.get("category_id") != self.info.category_id or ann.get("iscrowd", 0):
-                    continue
-                kps = np.asarray(ann["keypoints"], dtype=np.float64).reshape(k, 3)
-                if not np.any(kps[:, 2] > 0):
-                    continue
-                x, y, w, h = ann["bbox"]
-                # Clip the box to the image, as the reference pipelines do.
-                x1, y1 = max(0.0, x), max(0.0, y)
-                x2, y2 = min(width, x + w), min(height, y + h)
-                if not (x2 > x1 and y2 > y1):
-                    continue
-                out.append(Instance(image_id, self._image_path(image_id),
-                                    np.array([x1, y1, x2 - x1, y2 - y1]), kps, 1.0,
-                                    float(ann.get("area", w * h)), int(ann.get("id", -1))))
-        return out
+        cat = self.info.category_id
+        picked = [a for a in annotations if a["category_id"] == cat and not a.get("iscrowd", 0)]
+        n = len(picked)
+        keypoints = np.array([a["keypoints"] for a in picked], dtype=np.float32).reshape(n, k, 3)
+        boxes = np.array([a["bbox"] for a in picked], dtype=np.float64).reshape(n, 4)
+        image_id = np.array([a["image_id"] for a in picked], dtype=np.int64)
+        annotation_id = np.array([a["id"] for a in picked], dtype=np.int64)
+        area = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in picked], dtype=np.float64)
+        del picked
+        file_names, sizes, image_index = self._image_arrays(images, image_id)
+        # Clip the box to the image, as the reference pipelines do (no size given: no clip).
+        width = np.where(sizes[image_index, 0] > 0, sizes[image_index, 0], np.inf)
+        height = np.where(sizes[image_index, 1] > 0, sizes[image_index, 1], np.inf)
+        x1, y1 = np.maximum(boxes[:, 0], 0.0), np.maximum(boxes[:, 1], 0.0)
+        x2 = np.minimum(width, boxes[:, 0] + boxes[:, 2])
+        y2 = np.minimum(height, boxes[:, 1] + boxes[:, 3])
+        clipped = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+        keep = (keypoints[:, :, 2] > 0).any(axis=1) & (x2 > x1) & (y2 > y1)
+        # Instances ordered by image id, then as in the file (what pycocotools' index gave).
+        order = np.flatnonzero(keep)
+        order = order[np.argsort(image_id[order], kind="stable")]
+        return InstanceTable(self.image_dir, file_names, sizes, image_index[order], image_id[order],
+                             annotation_id[order], clipped[order], keypoints[order],
+                             np.ones(len(order)), area[order])
 
-    def _detector_instances(self) -> list[Instance]:
+    def _detector_table(self, images) -> InstanceTable:
         dets = load_json(self.detections_file)
-        validate_detections(dets, set(self.coco.imgs), str(self.detections_file))
+        validate_detections(dets, set(images), str(self.detections_file))
         k = self.info.num_keypoints
-        out = []
-        for det in dets:
-            if det.get("category_id", self.info.category_id) != self.info.category_id:
-                continue
-            if det["score"] < self.det_score_threshold:
-                continue
-            x, y, w, h = det["bbox"]
-            if not (w > 0 and h > 0):
-                self.skipped_small_detections += 1
-                continue
-            out.append(Instance(int(det["image_id"]), self._image_path(det["image_id"]),
-                                np.array([x, y, w, h], dtype=np.float64), np.zeros((k, 3)),
-                                float(det["score"]), float(w * h)))
+        picked = [d for d in dets if d.get("category_id", self.info.category_id) == self.info.category_id
+                  and d["score"] >= self.det_score_threshold]
+        del dets
+        n = len(picked)
+        boxes = np.array([d["bbox"] for d in picked], dtype=np.float64).reshape(n, 4)
+        score = np.array([d["score"] for d in picked], dtype=np.float64)
+        image_id = np.array([d["image_id"] for d in picked], dtype=np.int64)
+        del picked
+        positive = (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+        self.skipped_small_detections = int((~positive).sum())
         if self.skipped_small_detections:
             log.warning("%s: skipped %d detector boxes with non-positive size",
                         self.detections_file, self.skipped_small_detections)
-        out.sort(key=lambda inst: (inst.image_id, -inst.score))
-        return out
+        rows = np.flatnonzero(positive)
+        rows = rows[np.lexsort((-score[rows], image_id[rows]))]  # by image, best score first
+        file_names, sizes, image_index = self._image_arrays(images, image_id[rows])
+        return InstanceTable(self.image_dir, file_names, sizes, image_index, image_id[rows],
+                             np.full(len(rows), -1), boxes[rows], np.zeros((len(rows), k, 3), np.float32),
+                             score[rows], boxes[rows, 2] * boxes[rows, 3])
 
-    def _drop_missing(self, instances: list[Instance]) -> list[Instance]:
-        exists: dict[Path, bool] = {}
-        kept = []
-        for inst in instances:
-            if inst.image_path not in exists:
-                exists[inst.image_path] = inst.image_path.is_file()
-                if not exists[inst.image_path]:
-                    self.missing_files.append(inst.image_path)
-            if exists[inst.image_path]:
-                kept.append(inst)
-            else:
-                self.skipped_missing += 1
+    def _drop_missing(self, table: InstanceTable) -> InstanceTable:
+        present = np.array([os.path.isfile(os.path.join(self.image_dir, str(name)))
+                            for name in table.file_names], dtype=bool)
+        present_row = present[table.image_index] if len(table) else np.zeros(0, bool)
+        self.skipped_missing = int((~present_row).sum())
         if self.skipped_missing:
+            # Missing images in the order their instances come (the first one is named).
+            first_rows = np.unique(table.image_index[~present_row], return_index=True)[1]
+            missing = table.image_index[~present_row][np.sort(first_rows)]
+            self.missing_files = [self.image_dir / str(table.file_names[i]) for i in missing]
             log.warning("%s: %d instance(s) skipped because %d image file(s) are missing "
                         "(first: %s)", self.ann_file, self.skipped_missing, len(self.missing_files),
                         self.missing_files[0])
-            fraction = self.skipped_missing / max(1, len(instances))
+            fraction = self.skipped_missing / max(1, len(table))
             if fraction > self.max_bad_fraction:
                 raise BadDataError(
-                    f"{self.skipped_missing} of {len(instances)} instances ({fraction:.1%}) have "
+                    f"{self.skipped_missing} of {len(table)} instances ({fraction:.1%}) have "
                     f"missing image files under {self.image_dir}, above max_bad_fraction="
                     f"{self.max_bad_fraction:.1%}; first missing: {self.missing_files[0]}")
-        if not kept:
+            table = table.select(present_row)
+        if not len(table):
             raise BadDataError(f"{self.ann_file}: no usable instances (mode "
                                f"{'train' if self.train else 'eval'}, "
                                f"{'detections' if self.detections_file else 'GT boxes'})")
-        return kept
+        return table
 
     # ------------------------------------------------------------------ counters
     def set_epoch(self, epoch: int) -> None:
@@ -303,16 +416,21 @@ class CocoKeypointDataset(Dataset):
     def _rng(self, index: int, attempt: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(self._epoch[0]), index, attempt])
 
-    def _load(self, inst: Instance) -> np.ndarray | None:
+    def _load(self, inst: Instance, row: int) -> np.ndarray | None:
         key = str(inst.image_path)
-        image = None if key in self._bad_files else decode_image(inst.image_path)
+        if key in self.bad_files:
+            image, reason = None, self.bad_files[key]
+        else:
+            width, height = self.instances.sizes[self.instances.image_index[row]]
+            expected = (width, height) if width > 0 and height > 0 else None
+            image, reason = read_image_checked(inst.image_path, expected, self.max_image_pixels)
         slot = self._slot()
         self._counters[slot, _LOADED] += 1
         if image is None:
-            if key not in self._bad_files:
-                log.warning("cannot decode image %s (image id %d); drawing another sample",
-                            inst.image_path, inst.image_id)
-                self._bad_files.add(key)
+            if key not in self.bad_files:
+                log.warning("cannot decode image %s (image id %d): %s; drawing another sample",
+                            inst.image_path, inst.image_id, reason)
+                self.bad_files[key] = reason
             self._counters[slot, _FAILED_EPOCH] += 1
             self._counters[slot, _FAILED_TOTAL] += 1
             failed = int(self._counters[:, _FAILED_EPOCH].sum())
@@ -320,7 +438,7 @@ class CocoKeypointDataset(Dataset):
                 raise BadDataError(
                     f"{failed} image decode failures this epoch for a dataset of {len(self)} "
                     f"instances, above max_bad_fraction={self.max_bad_fraction:.1%} "
-                    f"(last: {inst.image_path}, image id {inst.image_id})")
+                    f"(last: {inst.image_path}, image id {inst.image_id}: {reason})")
         return image
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -330,7 +448,7 @@ class CocoKeypointDataset(Dataset):
         for attempt in range(len(self) + 1):
             rng = self._rng(original, attempt)
             inst = self.instances[index]
-            image = self._load(inst)
+            image = self._load(inst, index)
             if image is not None:
                 return self._make_sample(inst, image, rng, index)
             index = int(rng.integers(len(self)))

@@ -16,6 +16,7 @@ Config (all keys optional)::
       detections: null        # COCO results JSON for evaluation boxes; null -> GT boxes
       det_score_threshold: 0.0
       max_bad_fraction: 0.05
+      max_image_pixels: 64000000  # larger images (by their header) are never decoded
       dataset_info: {}        # DatasetInfo overrides: sigmas, flip_pairs, skeleton, ...
       batch_size: 32
       num_workers: 2
@@ -38,7 +39,7 @@ __all__ = ["collate_samples", "build_dataset", "build_dataloader"]
 
 _DATASET_KEYS = {"ann_file", "image_dir", "input_size", "heatmap_size", "heatmap_stride",
                  "convention", "padding", "dataset_info", "max_bad_fraction", "seed",
-                 "det_score_threshold", "category_id"}
+                 "det_score_threshold", "category_id", "max_image_pixels"}
 _KNOWN_KEYS = _DATASET_KEYS | {"root", "train_split", "val_split", "augmentation", "detections",
                                "batch_size", "num_workers", "synthetic", "pin_memory",
                                "persistent_workers", "prefetch_factor", "val_batch_size",

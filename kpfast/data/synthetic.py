@@ -32,7 +32,7 @@ import numpy as np
 from .info import COCO_KEYPOINT_NAMES, COCO_SKELETON
 
 __all__ = ["generate_synthetic_dataset", "ensure_synthetic_dataset", "render_synthetic_image",
-           "default_cache_root", "GENERATOR_VERSION"]
+           "default_cache_root", "DataRootExistsError", "GENERATOR_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -297,56 +297,84 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("KPFAST_CACHE") or Path.home() / ".cache" / "kpfast")
 
 
-def _cache_is_valid(root: Path, num_train: int, num_val: int, seed: int) -> bool:
+class DataRootExistsError(FileExistsError, ValueError):
+    """The data root exists and is not the requested synthetic dataset (nothing was changed).
+
+    A ``FileExistsError`` (an ``OSError``) and a ``ValueError`` (a bad argument), so every CLI
+    reports it as a one-line error.
+    """
+
+
+def _describe_mismatch(root: Path, num_train: int, num_val: int, seed: int) -> str | None:
+    """``None`` when ``root`` holds exactly the requested synthetic dataset, else what differs."""
     try:
         manifest = json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if (manifest.get("generator_version"), manifest.get("num_train"), manifest.get("num_val"),
-            manifest.get("seed")) != (GENERATOR_VERSION, num_train, num_val, seed):
-        return False
+    except FileNotFoundError:
+        return "no kpfast synthetic manifest.json"
+    except (OSError, ValueError) as err:
+        return f"an unreadable manifest.json ({err})"
+    if not isinstance(manifest, dict):
+        return "a manifest.json that is not a kpfast synthetic manifest"
+    found = tuple(manifest.get(k) for k in ("generator_version", "num_train", "num_val", "seed"))
+    wanted = (GENERATOR_VERSION, num_train, num_val, seed)
+    if found != wanted:
+        return ("a synthetic dataset with generator_version=%r, num_train=%r, num_val=%r, seed=%r"
+                % found)
     for split, n in (("train", num_train), ("val", num_val)):
         if not (root / "annotations" / f"person_keypoints_{split}2017.json").is_file():
-            return False
+            return f"an incomplete synthetic dataset (no {split} annotation file)"
         image_dir = root / "images" / f"{split}2017"
-        if n and (not image_dir.is_dir() or sum(1 for _ in image_dir.iterdir()) != n):
-            return False
-    return True
+        count = sum(1 for _ in image_dir.iterdir()) if image_dir.is_dir() else 0
+        if n and count != n:
+            return f"an incomplete synthetic dataset ({count} of {n} {split} images)"
+    return None
+
+
+def _cache_is_valid(root: Path, num_train: int, num_val: int, seed: int) -> bool:
+    return root.is_dir() and _describe_mismatch(root, num_train, num_val, seed) is None
 
 
 def ensure_synthetic_dataset(root: str | Path | None = None, num_train: int = 2000,
                              num_val: int = 200, seed: int = 0) -> Path:
-    """Return the root of a valid synthetic dataset, generating it only when needed.
+    """Return the root of the requested synthetic dataset, generating it only when needed.
 
     Default root: ``default_cache_root() / f"synthetic_v{V}_s{seed}_{num_train}_{num_val}"``.
-    A cache is reused when its manifest matches the parameters and all files are present;
-    otherwise it is generated in a temporary sibling directory and moved into place, so an
-    interrupted run or a concurrent one never leaves a half-written dataset at ``root``.
+    A folder is reused only when its manifest matches the parameters exactly and all files are
+    present. Nothing that exists is ever deleted or overwritten: a missing (or empty) ``root`` is
+    generated in a fresh temporary sibling directory and renamed into place atomically, so an
+    interrupted or concurrent run never leaves a half-written dataset; any other existing
+    ``root`` (another dataset, another size, an incomplete cache) raises ``FileExistsError``
+    saying what is there and what to do.
     """
     if root is None:
         root = default_cache_root() / f"synthetic_v{GENERATOR_VERSION}_s{seed}_{num_train}_{num_val}"
     root = Path(root)
-    if _cache_is_valid(root, num_train, num_val, seed):
-        return root
-    if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists():
-        raise FileExistsError(f"{root} exists, is not empty and is not a kpfast synthetic dataset; "
-                              "refusing to overwrite it")
+    if root.exists() and not root.is_dir():
+        raise DataRootExistsError(f"{root} is a file, not a dataset directory; pass another data root")
+    if root.is_dir() and any(root.iterdir()):
+        mismatch = _describe_mismatch(root, num_train, num_val, seed)
+        if mismatch is None:
+            return root
+        raise DataRootExistsError(
+            f"{root} holds {mismatch}, not the requested synthetic dataset (generator_version="
+            f"{GENERATOR_VERSION}, num_train={num_train}, num_val={num_val}, seed={seed}); "
+            "kpfast never deletes it: pass another data root (an empty or new folder), "
+            "or delete that folder yourself")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))  # ours: created here
     try:
         generate_synthetic_dataset(tmp, num_train, num_val, seed)
-        if root.exists():
-            if _cache_is_valid(root, num_train, num_val, seed):  # a concurrent run finished first
-                return root
-            shutil.rmtree(root)
         try:
-            os.replace(tmp, root)
+            # rename(2) replaces only a missing or empty directory, never a filled one.
+            os.rename(tmp, root)
         except OSError:
-            if not _cache_is_valid(root, num_train, num_val, seed):
-                raise
+            if not _cache_is_valid(root, num_train, num_val, seed):  # not a concurrent twin
+                raise DataRootExistsError(
+                    f"{root} appeared while the synthetic dataset was being generated and is "
+                    "not the requested one; pass another data root") from None
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # only our own temporary directory
     log.info("generated synthetic dataset at %s", root)
     return root
 

@@ -7,8 +7,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "decode_image", "warp_crop", "normalize_image",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_IMAGE_PIXELS", "decode_image",
+           "read_image_checked", "image_size_from_header", "warp_crop", "normalize_image",
            "denormalize_image"]
+
+# Largest image decoded by default (64 Mpx, ~200 MB as BGR): 3x a 4K x 4K photograph, far above
+# COCO's 640 px images, far below what a decompression bomb asks for.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_NO_LENGTH = {0x01, 0xD8} | set(range(0xD0, 0xD8))
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -17,24 +24,106 @@ _SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
 _OFFSET = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 
 
-def decode_image(path: str | Path) -> np.ndarray | None:
-    """Read an image as ``(H, W, 3)`` uint8 **BGR**, or ``None`` when it cannot be decoded.
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOFn segment of a JPEG, without decoding."""
+    pos = 2
+    while pos + 4 <= len(head):
+        if head[pos] != 0xFF:
+            return None
+        marker = head[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_NO_LENGTH:
+            pos += 2
+            continue
+        length = int.from_bytes(head[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(head):
+                return None
+            height = int.from_bytes(head[pos + 5:pos + 7], "big")
+            width = int.from_bytes(head[pos + 7:pos + 9], "big")
+            return width, height
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            return None
+        pos += 2 + length
+    return None
 
+
+def image_size_from_header(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """``(width, height)`` read from the header of a JPEG, PNG, BMP or WebP file, or ``None``.
+
+    Only the header is parsed (OpenCV cannot report a size without decoding), so the size of an
+    image can be checked before decoding allocates its pixels.
+    """
+    # A view, not a copy: a JPEG's frame header may follow large EXIF/ICC segments.
+    head = memoryview(np.ascontiguousarray(np.frombuffer(data, np.uint8) if isinstance(data, bytes)
+                                           else data, dtype=np.uint8)).cast("B")
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(head)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:2] == b"BM" and len(head) >= 26:
+        if int.from_bytes(head[14:18], "little") == 12:  # OS/2 BITMAPCOREHEADER
+            return int.from_bytes(head[18:20], "little"), int.from_bytes(head[20:22], "little")
+        return (abs(int.from_bytes(head[18:22], "little", signed=True)),
+                abs(int.from_bytes(head[22:26], "little", signed=True)))
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        chunk = head[12:16]
+        if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+            return (int.from_bytes(head[26:28], "little") & 0x3FFF,
+                    int.from_bytes(head[28:30], "little") & 0x3FFF)
+        if chunk == b"VP8L" and head[20] == 0x2F:
+            bits = int.from_bytes(head[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8X":
+            return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+def read_image_checked(path: str | Path, expected_size: tuple[float, float] | None = None,
+                       max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray | None, str]:
+    """Read an image as ``(H, W, 3)`` uint8 **BGR**: ``(image, "")`` or ``(None, reason)``.
+
+    Before decoding, the size in the file's header is read and the image refused when it has
+    more than ``max_pixels`` pixels, or when it differs from ``expected_size = (width, height)``
+    (the annotation's; either orientation, since decoding applies EXIF rotation), so a small
+    file that expands to gigabytes (a decompression bomb) is never decoded. Formats whose header
+    kpfast cannot read (anything but JPEG, PNG, BMP, WebP) are refused for the same reason.
     A JPEG without its end-of-image marker counts as undecodable: OpenCV would return it with
     the missing part filled in grey, i.e. a silently damaged image.
     """
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
+    except OSError as err:
+        return None, f"cannot read the file ({err.strerror or err})"
     if data.size < 4:
-        return None
+        return None, f"file too short ({data.size} bytes)"
+    size = image_size_from_header(data)
+    if size is None:
+        return None, "no readable JPEG/PNG/BMP/WebP header"
+    width, height = size
+    if width <= 0 or height <= 0:
+        return None, f"header gives an empty size {width}x{height}"
+    if width * height > max_pixels:
+        return None, (f"header size {width}x{height} = {width * height / 1e6:.4g} Mpx exceeds "
+                      f"max_image_pixels = {max_pixels / 1e6:g} Mpx (not decoded)")
+    if expected_size is not None:
+        ew, eh = (int(round(v)) for v in expected_size)
+        if (width, height) not in ((ew, eh), (eh, ew)):
+            return None, (f"header size {width}x{height} differs from the annotation's "
+                          f"{ew}x{eh} (not decoded)")
     if data[0] == 0xFF and data[1] == 0xD8 and b"\xff\xd9" not in data[-1024:].tobytes():
-        return None
+        return None, "truncated JPEG (no end-of-image marker)"
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        return None
-    return image
+        return None, "OpenCV cannot decode it"
+    return image, ""
+
+
+def decode_image(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray | None:
+    """:func:`read_image_checked` without an expected size: the image, or ``None``."""
+    return read_image_checked(path, None, max_pixels)[0]
 
 
 def warp_crop(image: np.ndarray, matrix: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:

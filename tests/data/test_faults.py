@@ -110,6 +110,47 @@ def test_malformed_annotations_are_rejected_naming_the_id(coco_copy, corrupt, me
         CocoKeypointDataset(coco_copy, "val")
 
 
+def _set_category_keypoints(d, value):
+    d["categories"][0]["keypoints"] = value
+
+
+@pytest.mark.parametrize("corrupt,message", [
+    (lambda d: d["annotations"][3].pop("id"), r"annotation #3 \(image id \d+\): missing 'id'"),
+    (lambda d: d["annotations"][3].update(id="abc"), r"annotation #3 .*'id' must be an integer, got str 'abc'"),
+    (lambda d: d["annotations"][3].update(id=True), r"annotation #3 .*'id' must be an integer, got bool True"),
+    (lambda d: d["annotations"][2].update(area="big"),
+     r"annotation id 230195 \(#2, .*area must be a finite number >= 0, got str 'big'"),
+    (lambda d: d["annotations"][2].update(iscrowd="0"),
+     r"annotation id 230195 \(#2, .*iscrowd must be 0 or 1, got str '0'"),
+    (lambda d: d["annotations"][2].update(iscrowd=2), r"annotation id 230195 .*iscrowd must be 0 or 1, got int 2"),
+    (lambda d: _set_category_keypoints(d, "nose,eyes"),
+     r"category id 1: 'keypoints' must be a list of keypoint names, got str 'nose,eyes'"),
+    (lambda d: d["annotations"][5].update(id=d["annotations"][1]["id"]),
+     r"duplicate annotation id\(s\) 198196: pycocotools keeps one annotation per id"),
+    (lambda d: d["images"][2].update(id=d["images"][0]["id"]), r"duplicate image id\(s\) 785"),
+])
+def test_bad_annotation_fields_are_one_line_naming_entry_field_and_value(coco_copy, corrupt, message):
+    """Issue 15 items 6 and 10: each problem is one line naming the entry, the field, expected and got."""
+    data = _ann(coco_copy)
+    corrupt(data)
+    _write(coco_copy, data)
+    with pytest.raises(AnnotationError, match=message) as err:
+        CocoKeypointDataset(coco_copy, "val")
+    text = str(err.value)
+    if "duplicate image" not in text:  # (a duplicate image id also leaves annotations unmatched)
+        assert "\n" not in text and text.startswith(str(coco_copy / ANN))
+    assert "3*K" not in text  # a string 'keypoints' is not reported as a length problem
+
+
+def test_duplicate_annotation_ids_name_every_duplicate(coco_sample):
+    data = _ann(coco_sample)
+    for i, j in ((1, 0), (4, 3), (7, 3)):
+        data["annotations"][i]["id"] = data["annotations"][j]["id"]
+    ids = sorted({data["annotations"][0]["id"], data["annotations"][3]["id"]})
+    with pytest.raises(AnnotationError, match=rf"duplicate annotation id\(s\) {ids[0]}, {ids[1]}:"):
+        validate_keypoint_annotations(data, "x.json")
+
+
 def test_validation_collects_several_problems_and_passes_real_data(coco_sample):
     data = _ann(coco_sample)
     validate_keypoint_annotations(data)  # the real file is valid
@@ -138,3 +179,25 @@ def test_missing_paths_are_reported(tmp_path, coco_sample):
     (tmp_path / "annotations").symlink_to(coco_sample / "annotations")
     assert len(CocoKeypointDataset(tmp_path, "val")) == 12
     assert len(CocoKeypointDataset(None, "val", ann_file=coco_sample / ANN, image_dir=coco_sample / IMG)) == 12
+
+
+def test_polygon_dropping_keeps_everything_else_and_never_touches_strings(tmp_path):
+    from kpfast.data.validate import load_json
+
+    data = {"images": [{"id": 1, "file_name": 'a"segmentation": [[1]]'}],
+            "annotations": [{"segmentation": [[1.5, 2e3, -3], [4, 5]], "note": '"segmentation":[[1, 2]]'},
+                            {"segmentation": {"counts": "]]}x[", "size": [1, 2]}},
+                            {"segmentation": []}, {"segmentation": [[]]}]}
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    loaded = load_json(path, drop_polygons=True)
+    assert [a["segmentation"] for a in loaded["annotations"]] == [None, {"counts": "]]}x[", "size": [1, 2]},
+                                                                  None, None]
+    for got, want in zip(loaded["annotations"], data["annotations"]):
+        assert {k: v for k, v in got.items() if k != "segmentation"} == \
+            {k: v for k, v in want.items() if k != "segmentation"}
+    assert loaded["images"] == data["images"]
+    # Invalid JSON inside a polygon stays an error, reported at its place in the file as it is.
+    path.write_text('{"segmentation": [[1] [2]]}')
+    with pytest.raises(AnnotationError, match="invalid JSON at line 1, column 23"):
+        load_json(path, drop_polygons=True)

@@ -85,25 +85,56 @@ def test_deterministic_for_a_seed(tmp_path):
         assert f.read_bytes() == (b / "images" / "train2017" / f.name).read_bytes()
 
 
-def test_ensure_reuses_a_valid_cache_and_repairs_a_broken_one(tmp_path, monkeypatch):
+def _tree(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ensure_reuses_the_exact_cache_and_generates_a_missing_one(tmp_path, monkeypatch):
     monkeypatch.setenv("KPFAST_CACHE", str(tmp_path / "cache"))
     root = synthetic.ensure_synthetic_dataset(num_train=4, num_val=2, seed=1)
     assert root.parent == tmp_path / "cache"
+    assert [p.name for p in root.parent.iterdir()] == [root.name]  # no temporary left behind
     calls = []
     real = synthetic.generate_synthetic_dataset
     monkeypatch.setattr(synthetic, "generate_synthetic_dataset", lambda *a, **k: calls.append(a) or real(*a, **k))
     assert synthetic.ensure_synthetic_dataset(num_train=4, num_val=2, seed=1) == root
     assert calls == []  # reused
-    next((root / "images" / "train2017").iterdir()).unlink()
-    assert synthetic.ensure_synthetic_dataset(num_train=4, num_val=2, seed=1) == root
-    assert len(calls) == 1 and len(list((root / "images" / "train2017").iterdir())) == 4
-    other = tmp_path / "not_ours"
-    other.mkdir()
-    (other / "precious.txt").write_text("x")
-    with pytest.raises(FileExistsError, match="refusing to overwrite"):
-        synthetic.ensure_synthetic_dataset(other, num_train=1, num_val=1)
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is filled (atomically replaced by the generated one)
+    assert synthetic.ensure_synthetic_dataset(empty, num_train=2, num_val=1) == empty
+    assert len(calls) == 1 and synthetic._cache_is_valid(empty, 2, 1, 0)
     with pytest.raises(ValueError, match="num_train"):
         synthetic.generate_synthetic_dataset(tmp_path / "bad", num_train=-1)
+
+
+@pytest.mark.parametrize("content", ["other_size", "incomplete", "foreign_manifest", "foreign_files", "file"])
+def test_ensure_never_deletes_what_it_did_not_create(tmp_path, content):
+    """Issue 15 item 1: a data root that is not exactly the requested dataset is refused, untouched."""
+    root = tmp_path / "root"
+    if content == "file":
+        root.write_text("precious")
+    elif content in ("other_size", "incomplete"):
+        synthetic.generate_synthetic_dataset(root, num_train=3, num_val=1, seed=0)
+        (root / "precious.txt").write_text("mine")
+        if content == "incomplete":
+            next((root / "images" / "train2017").iterdir()).unlink()
+    else:
+        root.mkdir()
+        (root / "precious.txt").write_text("mine")
+        if content == "foreign_manifest":
+            (root / "manifest.json").write_text('{"name": "my real COCO copy"}')
+    before = _tree(root) if root.is_dir() else root.read_bytes()
+    n_train = 2 if content == "other_size" else 3
+    with pytest.raises(FileExistsError) as err:
+        synthetic.ensure_synthetic_dataset(root, num_train=n_train, num_val=1, seed=0)
+    message = str(err.value)
+    assert "\n" not in message and str(root) in message
+    assert "another data root" in message
+    if content == "other_size":
+        assert "num_train=3" in message and "num_train=2" in message
+    after = _tree(root) if root.is_dir() else root.read_bytes()
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # no temporary left behind
 
 
 def test_cli_and_default_config_loader(tmp_path, monkeypatch):

@@ -82,3 +82,23 @@ def test_onnx_export():
             expected = model(images)
         torch.testing.assert_close(torch.from_numpy(heatmaps), expected["heatmaps"], rtol=1e-3, atol=1e-4)
         torch.testing.assert_close(torch.from_numpy(visibility), expected["visibility"], rtol=1e-3, atol=1e-4)
+
+
+def test_export_output_is_never_the_checkpoint(tmp_path):
+    from kpfast.export import resolve_output
+
+    ck = tmp_path / "ck.pt"
+    ck.write_bytes(b"checkpoint")
+    assert resolve_output(ck, None) == tmp_path / "ck.onnx"
+    assert resolve_output(ck, tmp_path / "m.onnx") == tmp_path / "m.onnx"
+    (tmp_path / "hard.onnx").hardlink_to(ck)
+    for output in (ck, tmp_path / "." / "ck.pt", tmp_path / "hard.onnx"):
+        with pytest.raises(ValueError, match="is the checkpoint"):
+            resolve_output(ck, output)
+    onnx_named = tmp_path / "model.onnx"
+    onnx_named.write_bytes(b"checkpoint")
+    with pytest.raises(ValueError, match="default output .* is the checkpoint"):
+        resolve_output(onnx_named, None)
+    with pytest.raises(ValueError, match="is a directory"):
+        resolve_output(ck, tmp_path)
+    assert ck.read_bytes() == b"checkpoint"
