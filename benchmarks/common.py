@@ -5,7 +5,7 @@ mode and under torch.compile (DESIGN.md, Performance contract). pytest-benchmark
 wall-clock; on CUDA, GPU time is measured beside it with CUDA events (median of >= 100
 repetitions), and the copy bandwidth of the device is measured in the same run so that each
 figure can be stated as a share of it. Results are merged into one JSON file per device under
-benchmarks/results/, which benchmarks/report.py turns into the README's tables.
+benchmarks/results/, which benchmarks/report.py turns into the tables of benchmarks/README.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Turn benchmarks/results/*.json into Markdown tables and put them in the README.
+"""Turn benchmarks/results/*.json into Markdown tables (benchmarks/README.md) and a summary (README.md).
 
-    python benchmarks/report.py            # rewrite the README's results section
+    python benchmarks/report.py            # rewrite both generated sections and the plots
     python benchmarks/report.py --print    # print the tables only
 
-One table per device and op: a row per case, a column per implementation (median time;
-GPU time on CUDA, wall-clock on CPU), then the best kpfast backend's speed-up over eager and
-over torch.compile and, where the op's minimal traffic is known, its share of copy bandwidth.
+benchmarks/README.md gets one table per device and op: a row per case, a column per
+implementation (median time; GPU time on CUDA, wall-clock on CPU), then the best kpfast backend's
+speed-up over eager and over torch.compile and, where the op's minimal traffic is known, its
+share of copy bandwidth. The top-level README gets a few lines per device (the range of those
+speed-ups per op) and one plot.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+TABLES = ROOT / "benchmarks" / "README.md"
 START, END = "<!-- benchmark-results:start -->", "<!-- benchmark-results:end -->"
+SUMMARY_START, SUMMARY_END = "<!-- benchmark-summary:start -->", "<!-- benchmark-summary:end -->"
 REFERENCE_IMPLS = ("torch-eager", "torch-compile")
 BASELINES = ("numpy-opencv",) + REFERENCE_IMPLS  # what kpfast is compared with, never "best kpfast"
 
@@ -104,37 +108,94 @@ def _train_step_table(op: str, cases: dict[str, dict[str, dict]]) -> list[str]:
     return lines + [""]
 
 
-def report(make_plots: bool = False) -> str:
-    files = sorted(RESULTS.glob("*.json"))
-    if not files:
+def _speedups(data: dict) -> dict[str, tuple[list[float], list[float]]]:
+    """Per op: the best kpfast backend's speed-ups over eager and over torch.compile, one per case."""
+    by_op: dict[str, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for record in data["records"]:
+        by_op[record["op"]][record["case"]][record["impl"]] = record
+    out = {}
+    for op, cases in sorted(by_op.items()):
+        if op.startswith("train_step"):
+            continue
+        eager, compiled = [], []
+        for records in cases.values():
+            mine = [r for impl, r in records.items() if impl not in BASELINES]
+            if not mine:
+                continue
+            best = _time_ms(min(mine, key=_time_ms))
+            if "torch-eager" in records:
+                eager.append(_time_ms(records["torch-eager"]) / best)
+            if "torch-compile" in records:
+                compiled.append(_time_ms(records["torch-compile"]) / best)
+        out[op] = (eager, compiled)
+    return out
+
+
+def _range(values: list[float]) -> str:
+    return "-" if not values else f"{min(values):.1f}x" if min(values) == max(values) else \
+        f"{min(values):.1f}-{max(values):.1f}x"
+
+
+def summary_for(data: dict) -> str:
+    lines = [f"**{data['device']}** (torch {data['torch']}; {len(data['records'])} measurements): best kpfast "
+             "backend vs the torch reference, eager / torch.compile, range over the cases:", ""]
+    for op, (eager, compiled) in _speedups(data).items():
+        lines.append(f"- `{op}`: {_range(eager)} / {_range(compiled)}")
+    return "\n".join(lines) + "\n"
+
+
+def _results() -> list[tuple[Path, dict]]:
+    return [(f, json.loads(f.read_text())) for f in sorted(RESULTS.glob("*.json"))]
+
+
+def report(make_plots: bool = False, link_base: Path = ROOT / "benchmarks") -> str:
+    """All devices' tables; plot links are relative to ``link_base`` (the folder of the page)."""
+    results = _results()
+    if not results:
         return "_No benchmark results yet: run `python -m pytest benchmarks`._\n"
     parts = []
-    for f in files:
-        data = json.loads(f.read_text())
+    for f, data in results:
         text = tables_for(data)
         if make_plots:
             image = f.with_suffix(".png")
             plot(data, image)
-            text += f"\n![{data['device']}]({image.relative_to(ROOT).as_posix()})\n"
+            text += f"\n![{data['device']}]({image.relative_to(link_base).as_posix()})\n"
         parts.append(text)
     return "\n".join(parts)
 
 
+def summary() -> str:
+    """A few lines per device for the top-level README, and the plot of the largest result set."""
+    results = _results()
+    if not results:
+        return "_No benchmark results yet: run `python -m pytest benchmarks`._\n"
+    text = "\n".join(summary_for(data) for _, data in results)
+    f, data = max(results, key=lambda item: len(item[1]["records"]))
+    image = f.with_suffix(".png")
+    if image.exists():
+        text += f"\n![{data['device']}]({image.relative_to(ROOT).as_posix()})\n"
+    return text
+
+
+def _replace_between(path: Path, start: str, end: str, text: str) -> None:
+    page = path.read_text()
+    if start not in page or end not in page:
+        raise SystemExit(f"{path.relative_to(ROOT)} lacks the markers {start} ... {end}")
+    page = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{text}\n{end}", page,
+                  flags=re.S)
+    path.write_text(page)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--print", action="store_true", help="print the tables instead of updating README.md")
+    parser.add_argument("--print", action="store_true", help="print the tables instead of updating the pages")
     args = parser.parse_args()
-    text = report(make_plots=not args.print)
     if args.print:
-        print(text)
+        print(report(make_plots=False))
         return
-    readme = README.read_text()
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the markers {START} ... {END}")
-    updated = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{text}\n{END}", readme,
-                     flags=re.S)
-    README.write_text(updated)
-    print(f"README.md results section updated from {len(list(RESULTS.glob('*.json')))} file(s)")
+    _replace_between(TABLES, START, END, report(make_plots=True))
+    _replace_between(README, SUMMARY_START, SUMMARY_END, summary())
+    print(f"benchmarks/README.md tables and README.md summary updated from {len(_results())} file(s)")
 
 
 if __name__ == "__main__":

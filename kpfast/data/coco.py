@@ -506,3 +506,8 @@ class CocoKeypointDataset(Dataset):
                 "affine": heat_matrix.astype(np.float32),
             },
         }
+
+
+if __name__ == "__main__":  # python -m kpfast.data.coco download ROOT [--split val|train|all]
+    from kpfast.data.download import main
+    raise SystemExit(main())
