@@ -23,6 +23,7 @@ __all__ = [
     "data_section",
     "loader_section",
     "build_data",
+    "load_coco_gt",
     "collate",
     "meta_list",
     "heatmap_to_image",
@@ -111,6 +112,17 @@ def loader_section(config: Config, batch_size: int, device: torch.device) -> dic
                      "persistent_workers": False, "pin_memory": device.type == "cuda"}}
 
 
+def load_coco_gt(annotation_file):
+    """pycocotools' COCO index of an annotation file (its loading chatter silenced)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(annotation_file))
+
+
 @dataclass
 class DataBundle:
     train: Any  # torch Dataset, or None when only evaluating
@@ -122,8 +134,6 @@ class DataBundle:
     def val_coco(self):
         """pycocotools COCO of the validation annotations, loaded from ``val.ann_file`` on first use."""
         if self._val_coco is None:
-            from kpfast.engine.evaluation import load_coco_gt
-
             self._val_coco = load_coco_gt(self.val.ann_file)
         return self._val_coco
 

@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from kpfast.engine.builders import load_coco_gt
 from kpfast.engine.inference import logit_activation  # noqa: F401  (kpfast.predict imports it from here)
 
 __all__ = [
@@ -266,14 +267,6 @@ def records_to_results(records: list[dict], config, sigmas, category_id: int = 1
                 }
             )
     return results
-
-
-def load_coco_gt(annotation_file):
-    """pycocotools' COCO index of an annotation file (its loading chatter silenced)."""
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
 
 
 def evaluate_model(
