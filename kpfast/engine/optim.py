@@ -56,7 +56,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
             # and makes a skipped first step leave the state clean.
             for group in optimizer.param_groups:
                 for param in group["params"]:
-                    optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
         return optimizer
     raise ValueError(f"optim.name: expected adamw|adam|sgd, got {cfg.name!r}")
 
