@@ -78,7 +78,7 @@ def main(argv=None) -> int:
                     flush=True,
                 )
     dist_utils.cleanup_distributed()
-    signum = trainer._stop.received if hasattr(trainer, "_stop") else None
+    signum = trainer.stop_signal.received
     return 128 + int(signum) if signum is not None else 0
 
 

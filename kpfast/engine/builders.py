@@ -21,7 +21,9 @@ __all__ = [
     "heatmap_size",
     "convention",
     "data_section",
+    "loader_section",
     "build_data",
+    "load_coco_gt",
     "collate",
     "meta_list",
     "heatmap_to_image",
@@ -99,12 +101,41 @@ def data_section(config: Config, train: bool) -> dict:
     return section
 
 
+def loader_section(config: Config, batch_size: int, device: torch.device) -> dict:
+    """The ``data`` dict for ``kpfast.data.build_dataloader`` over an existing dataset.
+
+    The keys are kpfast.data's own (``num_workers`` is ``data.num_workers`` of the config, the
+    same name on both sides). Workers are not persistent: the trainer builds one loader per
+    epoch so that a resumed run can start mid-epoch.
+    """
+    return {"data": {"batch_size": int(batch_size), "num_workers": config.data.num_workers,
+                     "persistent_workers": False, "pin_memory": device.type == "cuda"}}
+
+
+def load_coco_gt(annotation_file):
+    """pycocotools' COCO index of an annotation file (its loading chatter silenced)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(annotation_file))
+
+
 @dataclass
 class DataBundle:
     train: Any  # torch Dataset, or None when only evaluating
     val: Any
     info: Any  # kpfast.data.DatasetInfo
-    val_coco: Any  # pycocotools COCO of the validation annotations
+    _val_coco: Any = None
+
+    @property
+    def val_coco(self):
+        """pycocotools COCO of the validation annotations, loaded from ``val.ann_file`` on first use."""
+        if self._val_coco is None:
+            self._val_coco = load_coco_gt(self.val.ann_file)
+        return self._val_coco
 
 
 def build_data(config: Config, train: bool = True) -> DataBundle:
@@ -123,7 +154,7 @@ def build_data(config: Config, train: bool = True) -> DataBundle:
             f"model.num_keypoints: the dataset has {info.num_keypoints} keypoints, the config says "
             f"{config.model.num_keypoints}"
         )
-    return DataBundle(train=train_set, val=val_set, info=info, val_coco=val_set.coco)
+    return DataBundle(train=train_set, val=val_set, info=info)
 
 
 def collate(samples):

@@ -36,7 +36,7 @@ COMMON_FLAGS = {
     "device": ("train.device", str, "auto | cpu | cuda | cuda:N"),
     "ops_backend": ("train.ops_backend", str, "backend for kpfast ops: auto | torch | cpu | cuda | triton"),
     "seed": ("train.seed", int, "random seed"),
-    "workers": ("data.workers", int, "data-loader worker processes"),
+    "workers": ("data.num_workers", int, "data-loader worker processes"),
 }
 
 

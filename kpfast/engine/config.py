@@ -100,7 +100,8 @@ class DataConfig:
     augmentation: Union[dict, str] = "default"
     # Extra keyword arguments for the dataset constructor (validated there).
     dataset_options: dict = field(default_factory=dict)
-    workers: int = field(default=2, metadata=_range(0))
+    # DataLoader worker processes (the key kpfast.data.build_dataloader reads).
+    num_workers: int = field(default=2, metadata=_range(0))
 
 
 @dataclass
@@ -112,8 +113,10 @@ class LossConfig:
     sigma: float = field(default=2.0, metadata=_range(0.0, min_exclusive=True))
     # Scale sigma with the heatmap size relative to 64x48 (kpfast.ops.adaptive_sigma).
     adaptive_sigma: bool = False
-    alpha: float = field(default=0.25, metadata=_range(0.0))
-    gamma: float = field(default=2.0, metadata=_range(0.0))
+    # None: the kind's default (0.25 for focal, 2 for cornernet).
+    alpha: Optional[float] = field(default=None, metadata=_range(0.0))
+    gamma: float = field(default=2.0, metadata=_range(0.0))  # focal
+    beta: float = field(default=4.0, metadata=_range(0.0))  # cornernet
     keypoint_weight: float = field(default=15.0, metadata=_range(0.0))
     background_weight: float = field(default=1.0, metadata=_range(0.0))
     threshold: float = field(default=0.1, metadata=_range(0.0, 1.0))

@@ -30,16 +30,34 @@ class ModelEMA:
         return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self, model: torch.nn.Module, apply: torch.Tensor | None = None) -> None:
+        """One EMA step; ``apply`` (a bool tensor on the model's device) False leaves it unchanged.
+
+        The mask is applied on the device (decay 1 for a skipped step), so a training step that
+        was skipped for a non-finite loss updates nothing and the host never waits for the flag.
+        ``updates`` counts calls, skipped ones included, which only shifts the decay ramp.
+        """
         self.updates += 1
         d = self.current_decay()
         source = _unwrap(model).state_dict()
+        floats, news, others = [], [], []
         for name, value in self.module.state_dict().items():
             new = source[name].detach()
             if value.dtype.is_floating_point:
-                value.mul_(d).add_(new.to(value.dtype), alpha=1.0 - d)
+                floats.append(value)
+                news.append(new.to(value.dtype))
             else:
-                value.copy_(new)
+                others.append((value, new))
+        if floats:
+            if apply is None:
+                torch._foreach_mul_(floats, d)
+                torch._foreach_add_(floats, news, alpha=1.0 - d)
+            else:
+                decay = torch.where(apply, d, 1.0).to(floats[0].device, torch.float32)
+                torch._foreach_mul_(floats, decay)
+                torch._foreach_add_(floats, torch._foreach_mul(news, 1.0 - decay))
+        for value, new in others:
+            value.copy_(new)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}

@@ -16,6 +16,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from kpfast.engine.builders import load_coco_gt
+from kpfast.engine.inference import logit_activation  # noqa: F401  (kpfast.predict imports it from here)
+
 __all__ = [
     "COCO_STAT_NAMES",
     "instance_score",
@@ -24,6 +27,9 @@ __all__ = [
     "evaluate_coco",
     "pck_and_epe",
     "gt_as_results",
+    "load_coco_gt",
+    "Evaluator",
+    "evaluate_model",
 ]
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -175,17 +181,6 @@ def gt_as_results(coco_gt, image_ids: Iterable[int] | None = None) -> list[dict]
 # --------------------------------------------------------------------------- model evaluation
 
 
-def logit_activation(loss_kind: str) -> str | None:
-    """Heatmaps trained with a logit loss are passed through a sigmoid before decoding."""
-    return "sigmoid" if loss_kind in ("focal", "cornernet") else None
-
-
-def _single_threaded_worker(worker_id: int) -> None:
-    from kpfast.engine.trainer import single_threaded_worker
-
-    single_threaded_worker(worker_id)
-
-
 def _rank_indices(length: int, rank: int, world_size: int) -> list[int]:
     # Strided split without padding: every instance is evaluated exactly once.
     return list(range(rank, length, world_size))
@@ -198,23 +193,13 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
     bbox (x, y, w, h), gt_keypoints (K, 2) in image pixels and gt_weights (K,).
     """
     import torch
-    from torch.utils.data import DataLoader
 
+    from kpfast.data import build_dataloader
     from kpfast.engine import builders
-    from kpfast.engine.inference import decode, predict_heatmaps
+    from kpfast.engine.inference import decode, logit_activation, predict_heatmaps
 
-    from kpfast.data.loader import prepare_fork_for_workers
-
-    prepare_fork_for_workers(config.data.workers)
-    loader = DataLoader(
-        dataset,
-        batch_size=config.eval.batch_size,
-        sampler=_rank_indices(len(dataset), rank, world_size),
-        num_workers=config.data.workers,
-        collate_fn=builders.collate,
-        generator=torch.Generator().manual_seed(0),
-        worker_init_fn=_single_threaded_worker,
-    )
+    loader = build_dataloader(builders.loader_section(config, config.eval.batch_size, device), "val",
+                              dataset=dataset, sampler=_rank_indices(len(dataset), rank, world_size), train=False)
     was_training = model.training
     model.eval()
     activation = logit_activation(config.loss.kind)
@@ -290,14 +275,16 @@ def evaluate_model(
     config,
     device,
     dataset_info,
-    coco_gt,
+    coco_gt=None,
     distributed: bool = False,
     results_out: list | None = None,
 ) -> dict:
     """COCO AP/AR of ``model`` on ``dataset`` (plus PCK and EPE when boxes are ground truth).
 
-    Under DDP every rank predicts its share; records are gathered with ``all_gather_object``,
-    rank 0 computes the metrics and they are broadcast so that every rank agrees (early stopping).
+    ``coco_gt``: the ground truth as a pycocotools COCO; None loads it from the dataset's
+    ``ann_file`` (on the rank that computes the metrics only). Under DDP every rank predicts its
+    share; records are gathered with ``all_gather_object``, rank 0 computes the metrics and they
+    are broadcast so that every rank agrees (early stopping).
     """
     from kpfast.engine import distributed as dist_utils
 
@@ -307,6 +294,8 @@ def evaluate_model(
         records = [r for part in dist_utils.all_gather_objects(records) for r in part]
     metrics: dict = {}
     if rank == 0:
+        if coco_gt is None:
+            coco_gt = load_coco_gt(dataset.ann_file)
         sigmas = np.asarray(dataset_info.sigmas, dtype=np.float64)
         results = records_to_results(records, config, sigmas)
         metrics = evaluate_coco(coco_gt, results, sigmas)
@@ -325,3 +314,34 @@ def evaluate_model(
     if distributed:
         metrics = dist_utils.broadcast_object(metrics)
     return metrics
+
+
+class Evaluator:
+    """Evaluates models on one validation set; loads its ground truth once, where it evaluates.
+
+    The COCO index of the dataset's annotation file is built on first use, on the rank that
+    computes the metrics, and kept for the following evaluations (not held by the dataset or
+    copied into data-loader workers).
+    """
+
+    def __init__(self, dataset, config, device, dataset_info, distributed: bool = False):
+        self.dataset = dataset
+        self.config = config
+        self.device = device
+        self.dataset_info = dataset_info
+        self.distributed = distributed
+        self._coco_gt = None
+
+    @property
+    def coco_gt(self):
+        if self._coco_gt is None:
+            self._coco_gt = load_coco_gt(self.dataset.ann_file)
+        return self._coco_gt
+
+    def __call__(self, model, results_out: list | None = None) -> dict:
+        from kpfast.engine import distributed as dist_utils
+
+        on_metrics_rank = not self.distributed or dist_utils.get_rank() == 0
+        return evaluate_model(model, self.dataset, self.config, self.device, self.dataset_info,
+                              coco_gt=self.coco_gt if on_metrics_rank else None,
+                              distributed=self.distributed, results_out=results_out)

@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 
-__all__ = ["flip_back", "merge_flip", "predict_heatmaps", "decode", "autocast_context"]
+__all__ = ["logit_activation", "merge_flip", "predict_heatmaps", "decode", "autocast_context"]
 
 
-def flip_back(heatmaps: torch.Tensor, flip_pairs: Sequence[Sequence[int]], shift: bool = False) -> torch.Tensor:
-    """Heatmaps predicted on a horizontally flipped crop, put back in the original frame.
-
-    Mirrors the width axis and swaps left/right channels. ``shift`` moves the result one pixel
-    right, the HRNet correction for the MSRA encoding (whose flip is off by one pixel); the UDP
-    encoding maps pixel centres ``x -> W-1-x`` exactly and needs no shift.
-    """
-    if heatmaps.ndim != 4:
-        raise ValueError(f"heatmaps: expected (B, K, H, W), got shape {tuple(heatmaps.shape)}")
-    k = heatmaps.shape[1]
-    order = list(range(k))
-    for left, right in flip_pairs:
-        if not (0 <= left < k and 0 <= right < k):
-            raise ValueError(f"flip_pairs: pair ({left}, {right}) out of range for {k} keypoints")
-        order[left], order[right] = right, left
-    flipped = heatmaps.flip(-1)[:, order]
-    if shift:
-        flipped = torch.cat([flipped[..., :1], flipped[..., :-1]], dim=-1)
-    return flipped
+def logit_activation(loss_kind: str) -> str | None:
+    """Heatmaps trained with a logit loss (focal, cornernet) go through a sigmoid before decoding."""
+    return "sigmoid" if loss_kind in ("focal", "cornernet") else None
 
 
 def merge_flip(heatmaps: torch.Tensor, flipped_heatmaps: torch.Tensor, flip_pairs, shift: bool = False) -> torch.Tensor:
-    """Average of the plain and the flipped-back prediction (the standard flip test).
+    """Average of the plain and the flipped-back prediction (the standard flip test, ``kpfast.ops.flip_merge``)."""
+    from kpfast.ops import flip_merge
 
-    Uses ``kpfast.ops.flip_merge`` (issue 4) when the installed ops provide it.
-    """
-    import kpfast.ops
-
-    pairs = [(int(a), int(b)) for a, b in flip_pairs]
-    if hasattr(kpfast.ops, "flip_merge"):
-        return kpfast.ops.flip_merge(heatmaps, flipped_heatmaps, pairs, shift=shift)
-    return 0.5 * (heatmaps + flip_back(flipped_heatmaps, pairs, shift))
+    return flip_merge(heatmaps, flipped_heatmaps, [(int(a), int(b)) for a, b in flip_pairs], shift=shift)
 
 
 def autocast_context(device: torch.device, precision: str):

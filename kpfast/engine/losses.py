@@ -1,8 +1,11 @@
 """The training objective: weighted sum of the fused heatmap loss and the auxiliary terms.
 
-total = heatmap_weight    * heatmap_loss(pred, keypoints, weights)          (kpfast.ops, fused)
-      + visibility_weight * BCE(visibility logits, keypoint labelled)      (needs the head)
+total = heatmap_weight    * kpfast.nn.HeatmapLoss(pred, keypoints, weights)  (fused op; OHKM there)
+      + visibility_weight * BCE(visibility logits, keypoint labelled)       (needs the head)
       + coordinate_weight * L1(soft_argmax(pred), keypoints)  over visible keypoints
+
+Every loss option of :class:`kpfast.engine.config.LossConfig` goes to ``HeatmapLoss``, which
+checks it. The objective never reads a tensor value on the host (no device sync).
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from kpfast.engine.config import LossConfig
+from kpfast.nn import HeatmapLoss
 
-__all__ = ["TrainingObjective", "resolve_sigma"]
+__all__ = ["TrainingObjective", "resolve_sigma", "heatmap_criterion"]
 
 
 def resolve_sigma(cfg: LossConfig, heatmap_size: tuple[int, int]) -> float:
@@ -24,6 +28,14 @@ def resolve_sigma(cfg: LossConfig, heatmap_size: tuple[int, int]) -> float:
     return float(adaptive_sigma(tuple(heatmap_size), cfg.sigma))
 
 
+def heatmap_criterion(cfg: LossConfig, sigma: float, backend: str = "auto") -> HeatmapLoss:
+    """``kpfast.nn.HeatmapLoss`` configured from the ``loss`` config section."""
+    return HeatmapLoss(cfg.kind, sigma=sigma, encoding=cfg.encoding, alpha=cfg.alpha, gamma=cfg.gamma,
+                       beta=cfg.beta, keypoint_weight=cfg.keypoint_weight,
+                       background_weight=cfg.background_weight, threshold=cfg.threshold,
+                       l1_weight=cfg.l1_weight, reduction="mean", ohkm_topk=cfg.ohkm_topk, backend=backend)
+
+
 class TrainingObjective:
     """Callable computing ``(total_loss, {term: value})`` from model outputs and a batch."""
 
@@ -32,29 +44,19 @@ class TrainingObjective:
         self.heatmap_size = tuple(heatmap_size)
         self.backend = backend
         self.sigma = resolve_sigma(cfg, self.heatmap_size)
+        self.heatmap_loss = heatmap_criterion(cfg, self.sigma, backend)
 
-    def heatmap_term(self, heatmaps: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        from kpfast.ops import heatmap_loss
-
+    def term_names(self) -> list[str]:
+        """The names of the parts returned by ``__call__``, in order."""
         cfg = self.cfg
-        kwargs = dict(
-            sigma=self.sigma,
-            encoding=cfg.encoding,
-            kind=cfg.kind,
-            keypoint_weight=cfg.keypoint_weight,
-            background_weight=cfg.background_weight,
-            threshold=cfg.threshold,
-            l1_weight=cfg.l1_weight,
-            backend=self.backend,
-        )
-        if cfg.kind == "focal":
-            kwargs.update(alpha=cfg.alpha, gamma=cfg.gamma)
-        if cfg.ohkm_topk is None:
-            return heatmap_loss(heatmaps, keypoints, weights, reduction="mean", **kwargs)
-        # Online hard keypoint mining: per-keypoint losses, keep each sample's top-k.
-        per_keypoint = heatmap_loss(heatmaps, keypoints, weights, reduction="none", **kwargs)  # (B, K)
-        k = min(cfg.ohkm_topk, per_keypoint.shape[1])
-        return per_keypoint.topk(k, dim=1).values.mean()
+        names = []
+        if cfg.heatmap_weight > 0:
+            names.append("heatmap")
+        if cfg.visibility_weight > 0:
+            names.append("visibility")
+        if cfg.coordinate_weight > 0:
+            names.append("coordinate")
+        return names
 
     def __call__(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
@@ -68,7 +70,7 @@ class TrainingObjective:
         parts: dict[str, torch.Tensor] = {}
         total = heatmaps.new_zeros((), dtype=torch.float32)
         if cfg.heatmap_weight > 0:
-            parts["heatmap"] = self.heatmap_term(heatmaps, keypoints, weights).float()
+            parts["heatmap"] = self.heatmap_loss(heatmaps, keypoints, weights).float()
             total = total + cfg.heatmap_weight * parts["heatmap"]
         labelled = (weights >= 0.5).float()
         if cfg.visibility_weight > 0:

@@ -32,17 +32,32 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The configured optimizer, in its fused implementation.
+
+    Fused optimizers take a ``found_inf`` tensor and skip the whole update on the device when
+    it is nonzero (what GradScaler relies on); the training step uses that to skip non-finite
+    steps without the host ever reading the flag (see :mod:`kpfast.engine.loop`).
+    """
     groups = parameter_groups(model, cfg.weight_decay)
     if not groups:
         raise ValueError("model: has no trainable parameters")
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
     if cfg.name == "adam":
         # Classic Adam applies weight decay as L2 in the gradient (the published Lite-HRNet recipe
         # uses weight_decay=0).
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                                    fused=True)
+        if cfg.momentum > 0:
+            # Fused SGD allocates an uninitialised momentum buffer on its first step even when that
+            # step is skipped (found_inf); a zero buffer gives the same first update (buf = grad)
+            # and makes a skipped first step leave the state clean.
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
+        return optimizer
     raise ValueError(f"optim.name: expected adamw|adam|sgd, got {cfg.name!r}")
 
 

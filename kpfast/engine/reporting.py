@@ -34,6 +34,7 @@ class ProgressReporter:
         self.log_interval = log_interval
         self.log = log
         self.loss_ema: float | None = None
+        self.last_loss: float | None = None
         self.start = time.perf_counter()
         stream = stream if stream is not None else sys.stdout
         self.use_bar = enabled and hasattr(stream, "isatty") and stream.isatty()
@@ -44,12 +45,18 @@ class ProgressReporter:
             self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True, file=stream)
 
     def update(self, loss: float | None, lr: float, data_time: float, step_time: float) -> None:
+        """Count one step. ``loss`` is the mean over the steps since the last value (the trainer
+        reads losses from the device only every ``log_interval`` steps), None between readings
+        and NaN when every step of the interval was skipped as non-finite."""
         if not self.enabled:
             return
         self.count += 1
         if loss is not None:
-            self.loss_ema = loss if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * loss
-        loss_text = "skipped" if loss is None else f"{loss:.4g}"
+            self.last_loss = loss
+            if loss == loss:  # not NaN
+                self.loss_ema = loss if self.loss_ema is None else 0.9 * self.loss_ema + 0.1 * loss
+        last = self.last_loss
+        loss_text = "-" if last is None else ("skipped" if last != last else f"{last:.4g}")
         if self.bar is not None:
             self.bar.set_postfix_str(
                 f"loss {loss_text} lr {lr:.3g} data {data_time * 1e3:.0f}ms step {step_time * 1e3:.0f}ms", refresh=False

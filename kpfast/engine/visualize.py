@@ -88,8 +88,7 @@ def save_prediction_grid(model, dataset, config, device, dataset_info, path, num
     import torch
 
     from kpfast.engine import builders
-    from kpfast.engine.evaluation import logit_activation
-    from kpfast.engine.inference import decode, predict_heatmaps
+    from kpfast.engine.inference import decode, logit_activation, predict_heatmaps
 
     count = min(num_samples, len(dataset))
     if count == 0:

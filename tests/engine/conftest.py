@@ -34,7 +34,7 @@ def tiny_overrides(synthetic_root, tmp_path):
         "data.synthetic_num_train=24",
         "data.synthetic_num_val=4",
         "data.input_size=[64, 48]",
-        "data.workers=0",
+        "data.num_workers=0",
         "model.overrides={base_width: 8, num_branches: 2, num_modules: [1, 1, 1], stem_channels: 8}",
         "train.batch_size=16",
         "train.epochs=2",

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from kpfast.engine import evaluation as ev
-from kpfast.engine.inference import flip_back
 
 from .conftest import coco_sample_root
 
@@ -76,7 +75,9 @@ def test_pck_and_epe_known_values():
         ev.pck_and_epe(pred, gt[:, :2], visible, np.ones((1, 2)))
 
 
-def test_flip_back_matches_heatmaps_of_flipped_keypoints():
+def test_flip_test_merge_recovers_heatmaps_of_flipped_keypoints():
+    """merge_flip (kpfast.ops.flip_merge) puts a mirrored prediction back in the original frame."""
+    from kpfast.engine.inference import merge_flip
     from kpfast.ops import render_heatmaps
 
     h, w = 16, 12
@@ -87,9 +88,9 @@ def test_flip_back_matches_heatmaps_of_flipped_keypoints():
     flipped = flipped[:, [0, 2, 1]]  # left/right swap
     plain, _ = render_heatmaps(kps, size=(h, w), sigma=1.5, encoding="udp", backend="torch")
     mirror, _ = render_heatmaps(flipped, size=(h, w), sigma=1.5, encoding="udp", backend="torch")
-    torch.testing.assert_close(flip_back(mirror, pairs), plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merge_flip(plain, mirror, pairs), plain, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="flip_pairs"):
-        flip_back(mirror, [(0, 5)])
+        merge_flip(plain, mirror, [(0, 5)])
 
 
 class _OracleModel(torch.nn.Module):
@@ -127,7 +128,7 @@ def test_pipeline_with_ground_truth_heatmaps_recovers_ground_truth(coco_sample):
 
     config = load_config(None, [
         "data.dataset=coco", f"data.root={coco_sample}", "data.train_split=val2017", "data.val_split=val2017",
-        "data.input_size=[256, 192]", "data.workers=0", "eval.flip_test=false", "eval.decoder=dark",
+        "data.input_size=[256, 192]", "data.num_workers=0", "eval.flip_test=false", "eval.decoder=dark",
         "loss.kind=mse",
     ])
     data = builders.build_data(config, train=False)
@@ -143,7 +144,7 @@ def test_merge_flip_averages_with_the_flipped_back_prediction():
 
     a = torch.rand(2, 3, 5, 4)
     b = torch.rand(2, 3, 5, 4)
-    expected = 0.5 * (a + flip_back(b, [(1, 2)]))
-    torch.testing.assert_close(merge_flip(a, b, [(1, 2)]), expected)
+    back = b.flip(-1)[:, [0, 2, 1]]
+    torch.testing.assert_close(merge_flip(a, b, [(1, 2)]), 0.5 * (a + back))
     shifted = merge_flip(a, b, [(1, 2)], shift=True)
-    torch.testing.assert_close(shifted[..., 1:], (0.5 * (a + flip_back(b, [(1, 2)], shift=True)))[..., 1:])
+    torch.testing.assert_close(shifted[..., 1:], 0.5 * (a[..., 1:] + back[..., :-1]))

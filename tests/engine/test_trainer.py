@@ -53,7 +53,7 @@ def _assert_same_state(a: dict, b: dict):
 
 @pytest.mark.parametrize("stop_after,workers", [(3, 0), (4, 2)], ids=["epoch-boundary", "mid-epoch-workers"])
 def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_overrides, stop_after, workers):
-    common = list(tiny_overrides) + ["train.epochs=3", f"data.workers={workers}", "train.ema=true", "train.top_k=2",
+    common = list(tiny_overrides) + ["train.epochs=3", f"data.num_workers={workers}", "train.ema=true", "train.top_k=2",
                                      "optim.grad_clip=1.0", "schedule.name=cosine_restarts", "schedule.cycle_epochs=1"]
     full = _trainer(common, "train.run_name=full")
     assert full.steps_per_epoch == 1 or full.steps_per_epoch >= 1
@@ -85,30 +85,27 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_overrides, stop_
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tiny_overrides):
     trainer = _trainer(tiny_overrides, "train.run_name=nan", "train.max_consecutive_nonfinite=3", "train.epochs=5")
-    real = trainer.objective
-    calls = {"n": 0}
+    real = trainer.step.objective
+    calls = {"n": 0, "forwards": 0}
+    weights_after_first = {}
+
+    def snapshot_before_second_step(module, args):
+        calls["forwards"] += 1
+        if calls["forwards"] == 2:  # the first step has completed: remember the model it left
+            weights_after_first.update({k: v.clone() for k, v in module.state_dict().items()})
+
+    trainer.model.register_forward_pre_hook(snapshot_before_second_step)
 
     def sometimes_nan(outputs, batch):
         calls["n"] += 1
         loss, parts = real(outputs, batch)
         return (loss * float("nan"), parts) if calls["n"] >= 2 else (loss, parts)
 
-    trainer.objective = sometimes_nan
-    weights_after_first = {}
-
-    original_step = trainer._train_step
-
-    def step(batch):
-        out = original_step(batch)
-        if calls["n"] == 1:
-            weights_after_first.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
-        return out
-
-    trainer._train_step = step
+    trainer.step.objective = sometimes_nan
     with pytest.raises(TrainingDiverged, match=r"3 consecutive steps with a non-finite loss"):
         trainer.train()
     assert trainer.nonfinite_total == 3
-    # Skipped steps never touched the weights.
+    # Skipped steps never touched the weights nor the BatchNorm statistics.
     _assert_same_state(weights_after_first, trainer.model.state_dict())
 
 
@@ -118,7 +115,7 @@ def test_early_stopping_stops_when_ap_does_not_improve(tiny_overrides, monkeypat
     result = trainer.train()
     # Epoch 1 sets the best; epochs 2 and 3 do not improve -> stop after epoch 3.
     assert result.stopped_early and result.epochs_completed == 3
-    assert load_checkpoint(result.run_dir / "last.pt")["early_stopping"]["stopped_early"] is True
+    assert load_checkpoint(result.run_dir / "last.pt")["stopped_early"] is True
 
 
 def test_sigterm_saves_last_checkpoint_and_exits_cleanly(tiny_overrides, tmp_path):
@@ -164,14 +161,14 @@ def test_options_bf16_ema_checkpointing_channels_last_visibility_and_coordinate_
                        "loss.coordinate_weight=0.5", "loss.kind=focal", "optim.grad_clip=1.0")
     assert trainer.model.gradient_checkpointing
     losses = []
-    original = trainer.objective
+    original = trainer.step.objective
 
     def record(outputs, batch):
         loss, parts = original(outputs, batch)
         losses.append({k: float(v.detach()) for k, v in parts.items()})
         return loss, parts
 
-    trainer.objective = record
+    trainer.step.objective = record
     result = trainer.train()
     assert result.interrupted and result.global_step == 2
     assert set(losses[0]) == {"heatmap", "visibility", "coordinate"}
