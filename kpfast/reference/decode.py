@@ -52,10 +52,22 @@ def opencv_gaussian_kernel(kernel_size: int) -> np.ndarray:
     return (taps32.astype(np.float64) * (1.0 / total)).astype(np.float32)
 
 
+_TAPS_ON_DEVICE: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _device_taps(kernel_size: int, device: torch.device) -> torch.Tensor:
+    """The blur taps on ``device``, copied there once (a host-to-device copy inside every call
+    would break CUDA-graph capture of the reference)."""
+    key = (kernel_size, device)
+    if key not in _TAPS_ON_DEVICE:
+        _TAPS_ON_DEVICE[key] = torch.from_numpy(opencv_gaussian_kernel(kernel_size)).to(device)
+    return _TAPS_ON_DEVICE[key]
+
+
 def blur_heatmaps(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """MMPose's ``gaussian_blur``: zero padding, OpenCV's default-sigma Gaussian, then each map
     rescaled so that its maximum equals the original map's maximum. maps: (N, H, W) float32."""
-    taps = torch.from_numpy(opencv_gaussian_kernel(kernel_size)).to(maps.device)
+    taps = _device_taps(kernel_size, maps.device)
     kernel = torch.outer(taps, taps)[None, None]
     blurred = F.conv2d(maps[:, None], kernel, padding=kernel_size // 2)[:, 0]
     original_max = maps.amax(dim=(1, 2), keepdim=True)
@@ -206,6 +218,10 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
     ties by row-major index. Returns coords (B, K, P, 2) float32 (x, y; -1 when invalid), scores
     (B, K, P) float32 (0 when invalid) and valid (B, K, P) bool."""
     batch, num_keypoints, height, width = heatmaps.shape
+    if batch * num_keypoints == 0:  # no map: empty outputs (reshape(0, -1) below would be ambiguous)
+        return (heatmaps.new_empty((batch, num_keypoints, max_peaks, 2), dtype=torch.float32),
+                heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.float32),
+                heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.bool))
     maps = heatmaps.float().reshape(batch * num_keypoints, 1, height, width)
     d = min_distance
     window_max = F.max_pool2d(maps, 2 * d + 1, stride=1, padding=d) if d > 0 else maps

@@ -10,7 +10,8 @@ import kpfast
 from kpfast.ops import decode_heatmaps, flip_merge, render_heatmaps
 from kpfast.reference import decode as reference
 
-from .decode_maps import gaussian_maps, published_decode, special_maps
+from .harness import gaussian_maps, special_maps
+from .published import published_decode
 
 METHODS = ("argmax", "quarter", "dark", "udp", "local_mean")
 H, W = 13, 11  # odd, non-square maps catch row/column mix-ups
