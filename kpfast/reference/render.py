@@ -35,6 +35,8 @@ def gaussian_maps(keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch.T
     # kernels give such a keypoint zero gradient.
     x = torch.where(valid, x, torch.zeros_like(x))
     y = torch.where(valid, y, torch.zeros_like(y))
+    mu_x = torch.where(valid, mu_x, torch.zeros_like(mu_x))
+    mu_y = torch.where(valid, mu_y, torch.zeros_like(mu_y))
     cx, cy = (mu_x, mu_y) if encoding == "msra" else (x, y)
     cols = torch.arange(width, dtype=keypoints.dtype, device=keypoints.device)
     rows = torch.arange(height, dtype=keypoints.dtype, device=keypoints.device)

@@ -425,7 +425,7 @@ def test_no_map_sized_temporaries_on_cpu(kind):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_no_map_sized_temporaries_on_gpu(backend):
-    reason = kpfast.backends._device_reason(backend, torch.device("cuda"))
+    reason = kpfast.backends.unavailable_reason(backend, torch.device("cuda"))
     if reason is not None:
         pytest.skip(reason)
     batch, num_keypoints, height, width = 64, 17, 64, 48

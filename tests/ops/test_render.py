@@ -10,6 +10,8 @@ import torch
 import kpfast
 from kpfast.ops import adaptive_sigma, render_heatmaps
 
+from .harness import kernel_backends_and_torch
+
 H, W = 13, 11  # odd, non-square maps catch row/column mix-ups
 ENCODINGS = ("msra", "udp", "dark")
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -293,3 +295,19 @@ def test_adaptive_sigma():
     with pytest.raises(TypeError, match=r"size: expected \(H, W\)"):
         adaptive_sigma(64, 2.0)
 
+
+
+@pytest.mark.parametrize("backend", kernel_backends_and_torch())
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_huge_finite_coordinate_has_zero_gradient(backend, encoding):
+    """Issue 15 item 8: x = 3e38 is finite but its window is off the map; the reference overflowed
+    (x - col)^2 to inf and gave a NaN gradient where the kernels give 0."""
+    name, device = backend
+    keypoints = torch.tensor([[[3e38, 2.0], [4.0, -3e38], [3.2, 4.1]]], device=device, requires_grad=True)
+    sigma = torch.full((3,), 2.0, device=device, requires_grad=True)
+    heatmaps, weights = render_heatmaps(keypoints, size=(8, 6), sigma=sigma, encoding=encoding, backend=name)
+    heatmaps.sum().backward()
+    assert weights[0, :2].eq(0).all() and heatmaps[0, :2].eq(0).all()
+    keypoint_grad = torch.zeros_like(keypoints) if keypoints.grad is None else keypoints.grad  # msra: none
+    assert torch.isfinite(keypoint_grad).all() and keypoint_grad[0, :2].eq(0).all()
+    assert torch.isfinite(sigma.grad).all() and sigma.grad[:2].eq(0).all()
