@@ -109,7 +109,9 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: i
         Not differentiable (the outputs never require grad). Maps must be finite: NaN pixels
         give backend-dependent results (not checked, to keep the op free of a device sync).
 
-    Deviations from the published code, where it fails: a map whose maximum is <= 0 keeps
+    Deviations from the published code, where it fails: ``dark``/``udp`` coordinates are clipped
+    to the map's area ``[-0.5, W-0.5] x [-0.5, H-0.5]`` (a near-singular Hessian, e.g. on noise-only maps, makes the step
+    arbitrarily long and the published code returns points off the map); a map whose maximum is <= 0 keeps
     ``-1`` also for ``udp`` (MMPose refines it with wrapped indices); a singular Hessian
     (``det == 0``) or a non-finite step leaves the argmax (numpy's inverse would raise).
     """
@@ -119,7 +121,17 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: i
     window = whole_map_window(check_odd("window", window, 1), *heatmaps.shape[-2:])
     maps = heatmaps.detach().contiguous()
     implementation = DECODE.select(backend, maps.device, dtype=maps.dtype)
-    return implementation(maps, method, blur_kernel, window)
+    coords, scores = implementation(maps, method, blur_kernel, window)
+    if method in _reference.REFINED_METHODS and implementation is not _reference.decode_heatmaps:
+        # The kernels do not clip yet (the change is csrc/ and kpfast/triton/'s to make); until they
+        # do, clip here so that every backend follows the reference's rule. Elementwise on
+        # (B, K, 2): no sync, and a no-op on coordinates already inside the map.
+        height, width = maps.shape[-2:]
+        inside_x, inside_y = _reference.clip_to_map(coords[..., 0], coords[..., 1], height, width)
+        positive = scores > 0
+        coords = torch.stack([torch.where(positive, inside_x, coords[..., 0]),
+                              torch.where(positive, inside_y, coords[..., 1])], dim=-1)
+    return coords, scores
 
 
 def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0, backend: str | None = None):
