@@ -182,3 +182,122 @@ def non_finite_maps(height=H, width=W, device="cpu"):
         m2[y2, min(x2 + 1, width - 1)] = value           # beside it
         maps += [m, m2]
     return torch.stack(maps)[None].to(device)
+
+
+# ----------------------------------------------------------------------------- op cases
+class OpCase:
+    """One op as the generic tests see it. Subclasses say how to build inputs and call the op.
+
+    ``inputs(device, dtype, batch)`` returns the op's positional tensors (``batch`` may be 0);
+    ``call(backend, *tensors)`` returns a tuple of output tensors; ``grad_inputs`` are the indices
+    of the tensors the op is differentiable w.r.t.; ``tolerance(dtype)`` the absolute tolerance of
+    the outputs against the reference (relative to their scale)."""
+
+    name = ""
+    grad_inputs: tuple[int, ...] = ()
+    half_dtypes = (torch.float16, torch.bfloat16)
+
+    def inputs(self, device, dtype, batch):
+        raise NotImplementedError
+
+    def call(self, backend, *tensors):
+        raise NotImplementedError
+
+    def tolerance(self, dtype) -> float:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class RenderCase(OpCase):
+    name = "render_heatmaps"
+    grad_inputs = (0, 1)  # keypoints, sigma
+
+    def inputs(self, device, dtype, batch):
+        keypoints, weights = edge_case_keypoints(batch=max(batch, 1), instances=2, num_keypoints=5, device=device)
+        keypoints, weights = keypoints[:batch], weights[:batch]
+        sigma = sigma_forms(max(batch, 1), 5, device)["per_keypoint"]
+        return keypoints, sigma, weights
+
+    def call(self, backend, keypoints, sigma, weights, dtype=torch.float32):
+        from kpfast.ops import render_heatmaps
+
+        return render_heatmaps(keypoints, weights, size=(H, W), sigma=sigma, encoding="udp", dtype=dtype,
+                               backend=backend)
+
+    def tolerance(self, dtype):
+        return TOLERANCE["render"][dtype]
+
+
+class LossCase(OpCase):
+    name = "heatmap_loss"
+    grad_inputs = (0,)  # pred
+
+    def inputs(self, device, dtype, batch):
+        keypoints, weights = edge_case_keypoints(batch=max(batch, 2), num_keypoints=5, device=device)
+        pred = predictions("focal", max(batch, 2), 5, device, dtype=dtype)
+        return pred[:batch], keypoints[:batch], weights[:batch]
+
+    def call(self, backend, pred, keypoints, weights):
+        from kpfast.ops import heatmap_loss
+
+        return (heatmap_loss(pred, keypoints, weights, sigma=1.7, kind="focal", reduction="none", backend=backend),)
+
+    def tolerance(self, dtype):
+        return TOLERANCE["loss"]
+
+
+class DecodeCase(OpCase):
+    name = "decode_heatmaps"
+
+    def __init__(self, method):
+        self.method = method
+        self.name = f"decode_heatmaps[{method}]"
+
+    def inputs(self, device, dtype, batch):
+        maps = decode_test_maps(device)
+        return (maps[:batch].to(dtype),)
+
+    def call(self, backend, maps):
+        from kpfast.ops import decode_heatmaps
+
+        return decode_heatmaps(maps, self.method, backend=backend)
+
+    def tolerance(self, dtype):
+        return TOLERANCE["decode"]
+
+
+class SoftArgmaxCase(OpCase):
+    name = "soft_argmax"
+    grad_inputs = (0,)
+
+    def inputs(self, device, dtype, batch):
+        return (decode_test_maps(device)[:batch].to(dtype),)
+
+    def call(self, backend, maps):
+        from kpfast.ops import soft_argmax
+
+        return soft_argmax(maps, beta=3.0, backend=backend)
+
+    def tolerance(self, dtype):
+        return TOLERANCE["soft_argmax"]
+
+
+class FindPeaksCase(OpCase):
+    name = "find_peaks"
+
+    def inputs(self, device, dtype, batch):
+        return (decode_test_maps(device)[:batch].to(dtype),)
+
+    def call(self, backend, maps):
+        from kpfast.ops import find_peaks
+
+        return find_peaks(maps, 0.1, 1, 6, backend=backend)
+
+    def tolerance(self, dtype):
+        return 0.0  # integer positions and copied scores: exact
+
+
+OP_CASES = [RenderCase(), LossCase(), *(DecodeCase(m) for m in ("argmax", "quarter", "dark", "udp", "local_mean")),
+            SoftArgmaxCase(), FindPeaksCase()]
