@@ -35,7 +35,7 @@ def kernel_backend(request):
     device = kernel_device(name)
     if name == "cuda" and not torch.cuda.is_available():
         pytest.skip("cuda: no GPU on this machine")
-    reason = backends._device_reason(name, device)
+    reason = backends.unavailable_reason(name, device)
     if reason is not None:
         pytest.skip(reason)
     return name, device

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from kpfast.ops import heatmap_loss
-from kpfast.ops.loss import ENCODINGS, resolve_loss_config
-from kpfast.ops._checks import check_choice
+from kpfast.ops._checks import ENCODINGS, check_choice, check_int, check_sigma_type, loss_options
 
 PRESETS = {
     # The weighted MSE of top-down heatmap training: keypoint pixels (t > 0.1) weigh 15x.
@@ -38,15 +37,13 @@ class HeatmapLoss(nn.Module):
                  threshold: float = 0.1, l1_weight: float | None = None, reduction: str = "mean",
                  ohkm_topk: int | None = None, backend: str | None = None) -> None:
         super().__init__()
-        self.config = resolve_loss_config(kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold,
+        self.config = loss_options(kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold,
                                           l1_weight, reduction)
         self.encoding = check_choice("encoding", encoding, ENCODINGS)
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float, torch.Tensor)):
-            raise TypeError(f"sigma: expected a float or a tensor of shape (K,), got {type(sigma).__name__}")
+        check_sigma_type(sigma)
         self.sigma = sigma
         if ohkm_topk is not None:
-            if isinstance(ohkm_topk, bool) or not isinstance(ohkm_topk, int) or ohkm_topk < 1:
-                raise ValueError(f"ohkm_topk: expected None or an int >= 1, got {ohkm_topk!r}")
+            check_int("ohkm_topk", ohkm_topk, low=1)
             if reduction == "none":
                 raise ValueError("reduction: expected 'mean' or 'sum' with ohkm_topk (hard keypoint mining "
                                  "reduces the selected keypoints), got 'none'")

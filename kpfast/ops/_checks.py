@@ -1,12 +1,21 @@
-"""Argument checks shared by the public ops.
+"""Every argument check of the public ops, in one place.
 
-Every failure names the argument, the expected and the actual value, so that a bad call is
-fixed from the message alone. Checks that would read tensor values (and so synchronise a GPU
-or break a torch.compile graph) are skipped while compiling.
+Each failure raises ``TypeError`` (wrong kind of value) or ``ValueError`` (right kind, bad value)
+naming the argument, the expected and the actual value, so that a bad call is fixed from the
+message alone.
+
+No check synchronises the host with a GPU: tensor *values* are read only on CPU tensors (a
+CUDA tensor's values stay on the device, so CUDA-graph capture and asynchronous training steps
+keep working) and never while torch.compile traces. Shapes, dtypes and devices are checked
+everywhere, since they are host-side metadata.
+
+Every input that sizes an allocation (``size``, ``max_peaks``) or a loop (``window``,
+``min_distance``) is bounded here, before anything is allocated.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -14,14 +23,36 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 HEATMAP_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+ENCODINGS = ("msra", "udp", "dark")
+LOSS_KINDS = ("mse", "focal", "cornernet")
+REDUCTIONS = ("mean", "sum", "none")
+# alpha means different things per kind: the focal class balance (RetinaNet, 0.25) and the
+# cornernet focusing exponent (CenterNet, 2).
+DEFAULT_ALPHA = {"focal": 0.25, "cornernet": 2.0, "mse": 0.0}
+# The L1 term is part of the focal preset (focal + 0.1 x L1); off otherwise.
+DEFAULT_L1_WEIGHT = {"focal": 0.1, "cornernet": 0.0, "mse": 0.0}
+
+# A map side is at most 2^15 so that a pixel index row * W + col fits the int32 the kernels use
+# within a map (H * W <= 2^30), and so that an absurd ``size`` fails here with its name instead
+# of deep inside the allocator.
+MAX_MAP_SIDE = 2**15
+# The largest output the ops allocate, in elements (B * K * H * W, B * K * max_peaks): beyond it a
+# call is a mistake (8 GiB of float32), not a workload; the message says which argument sized it.
+MAX_OUTPUT_ELEMENTS = 2**31 - 1
+MAX_BLUR_KERNEL = 31  # csrc/kpfast/decode.h kMaxBlurKernel: the kernels' fixed tap buffer
+
 
 def compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
 def check_tensor(name: str, value, *, dims: Sequence[int], dtypes: Sequence[torch.dtype] = FLOAT_DTYPES) -> None:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_type_name(value)}")
     if value.dim() not in dims:
         expected = " or ".join(f"{d}-D" for d in dims)
         raise ValueError(f"{name}: expected a {expected} tensor, got shape {tuple(value.shape)}")
@@ -35,6 +66,12 @@ def check_same_device(reference_name: str, reference: torch.Tensor, **others: to
             raise ValueError(f"{name}: expected a tensor on {reference.device} (the device of {reference_name}), got {value.device}")
 
 
+def check_heatmaps(heatmaps, dtypes: Sequence[torch.dtype] = HEATMAP_DTYPES) -> None:
+    check_tensor("heatmaps", heatmaps, dims=(4,), dtypes=dtypes)
+    if heatmaps.shape[2] < 1 or heatmaps.shape[3] < 1:
+        raise ValueError(f"heatmaps: expected H >= 1 and W >= 1, got shape {tuple(heatmaps.shape)}")
+
+
 def check_size(name: str, size) -> tuple[int, int]:
     if (
         not isinstance(size, (tuple, list, torch.Size))
@@ -43,9 +80,20 @@ def check_size(name: str, size) -> tuple[int, int]:
     ):
         raise TypeError(f"{name}: expected (H, W) as two ints, got {size!r}")
     height, width = int(size[0]), int(size[1])
-    if height < 1 or width < 1:
-        raise ValueError(f"{name}: expected H >= 1 and W >= 1, got ({height}, {width})")
+    if not (1 <= height <= MAX_MAP_SIDE and 1 <= width <= MAX_MAP_SIDE):
+        raise ValueError(f"{name}: expected 1 <= H <= {MAX_MAP_SIDE} and 1 <= W <= {MAX_MAP_SIDE}, "
+                         f"got ({height}, {width})")
     return height, width
+
+
+def check_output_elements(name: str, shape: Sequence[int]) -> None:
+    """Reject an output of more than MAX_OUTPUT_ELEMENTS elements before it is allocated."""
+    elements = 1
+    for extent in shape:  # a plain loop: torch.compile traces it without a graph break
+        elements *= int(extent)
+    if elements > MAX_OUTPUT_ELEMENTS:
+        raise ValueError(f"{name}: expected an output of at most {MAX_OUTPUT_ELEMENTS} elements, got shape "
+                         f"{tuple(shape)} ({elements} elements)")
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> str:
@@ -54,7 +102,83 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def normalise_keypoints(keypoints: torch.Tensor, weights: torch.Tensor | None):
+def check_float(name: str, value, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, finite: bool = True) -> float:
+    """A Python number (not a bool, not a tensor, not NaN; finite unless ``finite=False``) within
+    [low, high] ((low, high] with low_open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a float, got {_type_name(value)} {value!r}")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    bad_value = math.isnan(value) or (finite and math.isinf(value))
+    if bad_value or too_low or too_high:
+        lower = "" if low is None else f"> {low}" if low_open else f">= {low}"
+        bounds = f"in [{low}, {high}]" if (high is not None and low is not None) else lower or ""
+        kind = "a finite value" if finite else "a value (not NaN)"
+        raise ValueError(f"{name}: expected {kind} {bounds}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {_type_name(value)} {value!r}")
+    if value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    return value
+
+
+def check_odd(name: str, value, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an odd int, got {_type_name(value)} {value!r}")
+    if value % 2 != 1 or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected an odd int {bound}, got {value}")
+    return value
+
+
+def whole_map_window(window: int, height: int, width: int) -> int:
+    """``window`` clamped to ``2 max(H, W) - 1``: from any pixel, that window already covers the whole
+    map, so every larger window gives the same result (and bounds the kernels' loops)."""
+    return min(window, 2 * max(height, width) - 1)
+
+
+def whole_map_distance(min_distance: int, height: int, width: int) -> int:
+    """``min_distance`` clamped to ``max(H, W) - 1``, beyond which the suppression window (clipped to
+    the map) no longer grows: the same peaks, bounded loops."""
+    return min(min_distance, max(height, width) - 1)
+
+
+def loss_options(kind: str = "focal", alpha=None, gamma=2.0, beta=4.0, keypoint_weight=15.0, background_weight=1.0,
+                 threshold=0.1, l1_weight=None, reduction="mean") -> dict:
+    """Checked loss settings with the kind-dependent defaults filled in (alpha, l1_weight)."""
+    check_choice("kind", kind, LOSS_KINDS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if alpha is None:
+        alpha = DEFAULT_ALPHA[kind]
+    alpha = check_float("alpha", alpha, low=0.0, high=1.0 if kind == "focal" else None)
+    if l1_weight is None:
+        l1_weight = DEFAULT_L1_WEIGHT[kind]
+    return dict(
+        kind=kind,
+        alpha=alpha,
+        gamma=check_float("gamma", gamma, low=0.0),
+        beta=check_float("beta", beta, low=0.0),
+        keypoint_weight=check_float("keypoint_weight", keypoint_weight, low=0.0),
+        background_weight=check_float("background_weight", background_weight, low=0.0),
+        threshold=check_float("threshold", threshold),
+        l1_weight=check_float("l1_weight", l1_weight, low=0.0),
+        reduction=reduction,
+    )
+
+
+def check_sigma_type(sigma) -> None:
+    """A float or a tensor (the module form of HeatmapLoss keeps it until the call)."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, torch.Tensor)):
+        raise TypeError(f"sigma: expected a float or a tensor of shape (K,) or (B, K), got {_type_name(sigma)}")
+
+
+def normalise_keypoints(keypoints, weights):
     """(B, K, 2) or (B, N, K, 2) keypoints and matching weights -> (B, N, K, 2), (B, N, K), had_instance_axis.
 
     The compute dtype is float64 for float64 keypoints and float32 otherwise.
@@ -78,7 +202,12 @@ def normalise_keypoints(keypoints: torch.Tensor, weights: torch.Tensor | None):
 
 
 def normalise_sigma(sigma, batch: int, num_keypoints: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A float, (K,) or (B, K) sigma -> a contiguous (B, K) tensor (keeping autograd history)."""
+    """A float, (K,) or (B, K) sigma -> a contiguous (B, K) tensor (keeping autograd history).
+
+    Tensor values (finite, > 0) are checked on CPU tensors only: on a GPU the check would
+    synchronise the host every call (and break CUDA-graph capture). A non-positive or non-finite
+    sigma in a CUDA tensor is the caller's error, not detected: its maps come out NaN or zero.
+    """
     if isinstance(sigma, torch.Tensor):
         if sigma.dim() == 0:
             sigma = sigma.reshape(1, 1)
@@ -89,13 +218,13 @@ def normalise_sigma(sigma, batch: int, num_keypoints: int, dtype: torch.dtype, d
             raise ValueError(f"sigma: expected shape ({num_keypoints},) (one per keypoint), got {tuple(sigma.shape)}")
         if sigma.dim() == 2 and tuple(sigma.shape) not in ((batch, num_keypoints), (1, 1)):
             raise ValueError(f"sigma: expected shape ({batch}, {num_keypoints}) (per sample and keypoint), got {tuple(sigma.shape)}")
-        if not compiling() and sigma.numel() > 0:
+        if sigma.device.type == "cpu" and not compiling() and sigma.numel() > 0:
             bad = ~(torch.isfinite(sigma) & (sigma > 0))
             if bool(bad.any()):
                 raise ValueError(f"sigma: expected finite values > 0, got {sigma[bad].flatten()[0].item()!r}")
         return sigma.to(dtype).expand(batch, num_keypoints).contiguous()
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"sigma: expected a float or a tensor of shape (K,) or (B, K), got {type(sigma).__name__}")
+        raise TypeError(f"sigma: expected a float or a tensor of shape (K,) or (B, K), got {_type_name(sigma)}")
     if not (float(sigma) > 0 and float(sigma) < float("inf")):
         raise ValueError(f"sigma: expected a finite value > 0, got {sigma!r}")
     return torch.full((batch, num_keypoints), float(sigma), dtype=dtype, device=device)

@@ -10,18 +10,33 @@ import torch
 
 from kpfast import _extension, backends
 from kpfast.ops import _decode_registration
-from kpfast.ops._checks import FLOAT_DTYPES, HEATMAP_DTYPES, check_choice, check_same_device, check_tensor
+from kpfast.ops._checks import (FLOAT_DTYPES, MAX_BLUR_KERNEL, check_choice, check_float, check_heatmaps, check_int,
+                                check_odd, check_output_elements, check_same_device, check_tensor, whole_map_distance,
+                                whole_map_window)
 from kpfast.reference import decode as _reference
 
 DECODE_METHODS = _reference.DECODE_METHODS
-MAX_BLUR_KERNEL = 31  # csrc/kpfast/decode.h kMaxBlurKernel
 
 
 def _compiled_decode(heatmaps, method, blur_kernel, window):
     return torch.ops.kpfast.decode_heatmaps(heatmaps, method, blur_kernel, window)
 
 
+_triton_loaded = False
+
+
+def _load_triton() -> None:
+    """Import the Triton kernels (and so triton) on first use only: importing kpfast must not."""
+    global _triton_loaded
+    if not _triton_loaded:
+        import kpfast.triton.decode  # noqa: F401  (defines the kpfast_triton ops)
+
+        _decode_registration.register("kpfast_triton", "soft_argmax_backward")
+        _triton_loaded = True
+
+
 def _triton_decode(heatmaps, method, blur_kernel, window):
+    _load_triton()
     return torch.ops.kpfast_triton.decode_heatmaps(heatmaps, method, blur_kernel, window)
 
 
@@ -30,6 +45,7 @@ def _compiled_soft_argmax(heatmaps, beta):
 
 
 def _triton_soft_argmax(heatmaps, beta):
+    _load_triton()
     return torch.ops.kpfast_triton.soft_argmax(heatmaps, beta)[:2]
 
 
@@ -38,6 +54,7 @@ def _compiled_find_peaks(heatmaps, threshold, min_distance, max_peaks):
 
 
 def _triton_find_peaks(heatmaps, threshold, min_distance, max_peaks):
+    _load_triton()
     return torch.ops.kpfast_triton.find_peaks(heatmaps, threshold, min_distance, max_peaks)
 
 
@@ -47,58 +64,26 @@ def _no_float64(dtype: torch.dtype, **_) -> str | None:
     return None
 
 
-# No GPU measurement yet decides between the two GPU backends; the CUDA kernels are the
-# default until benchmarks/results/ holds a GPU run that says otherwise.
+# auto: the order of kpfast.backends.AUTO_TABLE, with the measurement or reason behind it.
 DECODE = backends.OpBackends(
     "decode_heatmaps",
     implementations={"torch": _reference.decode_heatmaps, "cpu": _compiled_decode, "cuda": _compiled_decode,
                      "triton": _triton_decode},
-    auto_cuda_order=("cuda", "triton"),
 )
 SOFT_ARGMAX = backends.OpBackends(
     "soft_argmax",
     implementations={"torch": _reference.soft_argmax, "cpu": _compiled_soft_argmax, "cuda": _compiled_soft_argmax,
                      "triton": _triton_soft_argmax},
     input_checks={"triton": _no_float64},
-    auto_cuda_order=("cuda", "triton"),
 )
 FIND_PEAKS = backends.OpBackends(
     "find_peaks",
     implementations={"torch": _reference.find_peaks, "cpu": _compiled_find_peaks, "cuda": _compiled_find_peaks,
                      "triton": _triton_find_peaks},
-    auto_cuda_order=("cuda", "triton"),
 )
 
 if _extension.is_loaded():
     _decode_registration.register("kpfast", "_soft_argmax_backward")
-
-if backends.triton_available():
-    from kpfast.triton import decode as _triton_decode_module  # noqa: F401  (defines the kpfast_triton ops)
-
-    _decode_registration.register("kpfast_triton", "soft_argmax_backward")
-
-
-def _check_heatmaps(heatmaps, dtypes=HEATMAP_DTYPES) -> None:
-    check_tensor("heatmaps", heatmaps, dims=(4,), dtypes=dtypes)
-    if heatmaps.shape[2] < 1 or heatmaps.shape[3] < 1:
-        raise ValueError(f"heatmaps: expected H >= 1 and W >= 1, got shape {tuple(heatmaps.shape)}")
-
-
-def _check_odd(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an odd int, got {type(value).__name__} {value!r}")
-    if value % 2 != 1 or value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: expected an odd int {bound}, got {value}")
-    return value
-
-
-def _check_positive_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    if not (float(value) > 0 and float(value) < float("inf")):
-        raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
-    return float(value)
 
 
 def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: int = 11, window: int = 3,
@@ -114,7 +99,8 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: i
             edge padding, everywhere) or ``"local_mean"`` (centroid of the ``window x window``
             neighbourhood weighted by the positive heatmap values).
         blur_kernel: odd kernel size of the DARK/UDP blur (OpenCV's default sigma for it), 1..31.
-        window: odd window of ``local_mean``.
+        window: odd window of ``local_mean``; a window wider than ``2 max(H, W) - 1`` already
+            covers the whole map from any argmax and is clamped to that (same result, bounded work).
         backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"`` (None: the default).
 
     Returns:
@@ -123,17 +109,29 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: i
         Not differentiable (the outputs never require grad). Maps must be finite: NaN pixels
         give backend-dependent results (not checked, to keep the op free of a device sync).
 
-    Deviations from the published code, where it fails: a map whose maximum is <= 0 keeps
+    Deviations from the published code, where it fails: ``dark``/``udp`` coordinates are clipped
+    to the map's area ``[-0.5, W-0.5] x [-0.5, H-0.5]`` (a near-singular Hessian, e.g. on noise-only maps, makes the step
+    arbitrarily long and the published code returns points off the map); a map whose maximum is <= 0 keeps
     ``-1`` also for ``udp`` (MMPose refines it with wrapped indices); a singular Hessian
     (``det == 0``) or a non-finite step leaves the argmax (numpy's inverse would raise).
     """
-    _check_heatmaps(heatmaps)
+    check_heatmaps(heatmaps)
     check_choice("method", method, DECODE_METHODS)
-    blur_kernel = _check_odd("blur_kernel", blur_kernel, 1, MAX_BLUR_KERNEL)
-    window = _check_odd("window", window, 1)
+    blur_kernel = check_odd("blur_kernel", blur_kernel, 1, MAX_BLUR_KERNEL)
+    window = whole_map_window(check_odd("window", window, 1), *heatmaps.shape[-2:])
     maps = heatmaps.detach().contiguous()
     implementation = DECODE.select(backend, maps.device, dtype=maps.dtype)
-    return implementation(maps, method, blur_kernel, window)
+    coords, scores = implementation(maps, method, blur_kernel, window)
+    if method in _reference.REFINED_METHODS and implementation is not _reference.decode_heatmaps:
+        # The kernels do not clip yet (the change is csrc/ and kpfast/triton/'s to make); until they
+        # do, clip here so that every backend follows the reference's rule. Elementwise on
+        # (B, K, 2): no sync, and a no-op on coordinates already inside the map.
+        height, width = maps.shape[-2:]
+        inside_x, inside_y = _reference.clip_to_map(coords[..., 0], coords[..., 1], height, width)
+        positive = scores > 0
+        coords = torch.stack([torch.where(positive, inside_x, coords[..., 0]),
+                              torch.where(positive, inside_y, coords[..., 1])], dim=-1)
+    return coords, scores
 
 
 def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0, backend: str | None = None):
@@ -150,8 +148,8 @@ def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0, backend: str | None =
         heatmaps through each backend's fused backward kernel; ``scores (B, K)``: the map
         maximum, not differentiable.
     """
-    _check_heatmaps(heatmaps, FLOAT_DTYPES)
-    beta = _check_positive_float("beta", beta)
+    check_heatmaps(heatmaps, FLOAT_DTYPES)
+    beta = check_float("beta", beta, low=0, low_open=True)
     maps = heatmaps.contiguous()
     implementation = SOFT_ARGMAX.select(backend, maps.device, dtype=maps.dtype)
     return implementation(maps, beta)
@@ -162,7 +160,8 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float = 0.1, min_distance: int
     """Local maxima of each map after non-maximum suppression, the top ``max_peaks`` by score.
 
     A pixel is a peak when its value is > ``threshold``, >= every pixel within ``min_distance``
-    (the ``(2d+1)^2`` window, clipped to the map) and > every such pixel earlier in row-major
+    (the ``(2d+1)^2`` window, clipped to the map; a ``min_distance`` >= ``max(H, W) - 1`` is the
+    whole map and clamped to that) and > every such pixel earlier in row-major
     order (the first pixel of a plateau wins). Peaks are sorted by score (descending), ties by
     row-major index.
 
@@ -170,17 +169,14 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float = 0.1, min_distance: int
         ``coords (B, K, P, 2)`` float32 ``(x, y)``, ``-1`` in unused slots; ``scores (B, K, P)``
         float32, 0 in unused slots; ``valid (B, K, P)`` bool. Not differentiable.
     """
-    _check_heatmaps(heatmaps)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
-        raise TypeError(f"threshold: expected a float, got {threshold!r}")
-    for name, value, low in (("min_distance", min_distance, 0), ("max_peaks", max_peaks, 1)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
-        if value < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    check_heatmaps(heatmaps)
+    threshold = check_float("threshold", threshold, finite=False)
+    min_distance = whole_map_distance(check_int("min_distance", min_distance, low=0), *heatmaps.shape[-2:])
+    max_peaks = check_int("max_peaks", max_peaks, low=1)
+    check_output_elements("max_peaks", (*heatmaps.shape[:2], max_peaks, 2))
     maps = heatmaps.detach().contiguous()
     implementation = FIND_PEAKS.select(backend, maps.device, dtype=maps.dtype)
-    return implementation(maps, float(threshold), min_distance, max_peaks)
+    return implementation(maps, threshold, min_distance, max_peaks)
 
 
 def flip_merge(heatmaps: torch.Tensor, flipped_heatmaps: torch.Tensor, flip_pairs: Sequence[Sequence[int]],

@@ -2,82 +2,51 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from kpfast import _extension, backends
 from kpfast import reference as _reference
 from kpfast.ops import _loss_autograd
-from kpfast.ops._checks import (HEATMAP_DTYPES, check_choice, check_same_device, check_tensor, normalise_keypoints,
+from kpfast.ops._checks import (DEFAULT_ALPHA, DEFAULT_L1_WEIGHT, ENCODINGS, HEATMAP_DTYPES, LOSS_KINDS, REDUCTIONS,
+                                check_choice, check_same_device, check_tensor, loss_options, normalise_keypoints,
                                 normalise_sigma)
 
-ENCODINGS = ("msra", "udp", "dark")
-KINDS = ("mse", "focal", "cornernet")
-REDUCTIONS = ("mean", "sum", "none")
-# alpha means different things per kind: the focal class balance (RetinaNet, 0.25) and the
-# cornernet focusing exponent (CenterNet, 2).
-DEFAULT_ALPHA = {"focal": 0.25, "cornernet": 2.0, "mse": 0.0}
-# The L1 term is part of the focal preset (focal + 0.1 x L1); off otherwise.
-DEFAULT_L1_WEIGHT = {"focal": 0.1, "cornernet": 0.0, "mse": 0.0}
+KINDS = LOSS_KINDS
+
+# The loss settings are checked, and their kind-dependent defaults filled in, with every other
+# argument check in kpfast.ops._checks; re-exported here for kpfast.nn and the engine.
+resolve_loss_config = loss_options
 
 
 def _compiled(*args):
     return torch.ops.kpfast.heatmap_loss(*args)
 
 
+_triton_loaded = False
+
+
+def _load_triton() -> None:
+    """Import the Triton kernels (and so triton) on first use only: importing kpfast must not."""
+    global _triton_loaded
+    if not _triton_loaded:
+        import kpfast.triton.loss  # noqa: F401  (defines the kpfast_triton ops)
+
+        _loss_autograd.register("kpfast_triton", "heatmap_loss_backward")
+        _triton_loaded = True
+
+
 def _triton(*args):
+    _load_triton()
     return torch.ops.kpfast_triton.heatmap_loss(*args)
 
 
 LOSS = backends.OpBackends(
     "heatmap_loss",
     implementations={"torch": _reference.heatmap_loss_maps, "cpu": _compiled, "cuda": _compiled, "triton": _triton},
-    # No GPU measurement yet decides between the two GPU backends; the CUDA kernel is the
-    # default until benchmarks/results/ holds a GPU run that says otherwise.
-    auto_cuda_order=("cuda", "triton"),
 )
 
 if _extension.is_loaded():
     _loss_autograd.register("kpfast", "_heatmap_loss_backward")
-
-if backends.triton_available():
-    from kpfast.triton import loss as _triton_loss  # noqa: F401  (defines the kpfast_triton ops)
-
-    _loss_autograd.register("kpfast_triton", "heatmap_loss_backward")
-
-
-def _check_float(name: str, value, *, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
-    value = float(value)
-    bounds = f"in [{low}, {high}]" if high is not None else f">= {low}" if low is not None else "finite"
-    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name}: expected a finite value {bounds}, got {value!r}")
-    return value
-
-
-def resolve_loss_config(kind: str = "focal", alpha=None, gamma=2.0, beta=4.0, keypoint_weight=15.0,
-                        background_weight=1.0, threshold=0.1, l1_weight=None, reduction="mean") -> dict:
-    """Checked loss settings with the kind-dependent defaults filled in (alpha, l1_weight)."""
-    check_choice("kind", kind, KINDS)
-    check_choice("reduction", reduction, REDUCTIONS)
-    if alpha is None:
-        alpha = DEFAULT_ALPHA[kind]
-    alpha = _check_float("alpha", alpha, low=0.0, high=1.0 if kind == "focal" else None)
-    if l1_weight is None:
-        l1_weight = DEFAULT_L1_WEIGHT[kind]
-    return dict(
-        kind=kind,
-        alpha=alpha,
-        gamma=_check_float("gamma", gamma, low=0.0),
-        beta=_check_float("beta", beta, low=0.0),
-        keypoint_weight=_check_float("keypoint_weight", keypoint_weight, low=0.0),
-        background_weight=_check_float("background_weight", background_weight, low=0.0),
-        threshold=_check_float("threshold", threshold),
-        l1_weight=_check_float("l1_weight", l1_weight, low=0.0),
-        reduction=reduction,
-    )
 
 
 def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor | None = None, sigma=2.0,
@@ -126,8 +95,9 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
     config = resolve_loss_config(kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
                                  reduction)
     check_choice("encoding", encoding, ENCODINGS)
-    if not isinstance(keypoints, torch.Tensor):
-        check_tensor("keypoints", keypoints, dims=(3, 4))
+    check_tensor("keypoints", keypoints, dims=(3, 4))
+    if weights is not None:
+        check_tensor("weights", weights, dims=(keypoints.dim() - 1,))
     keypoints4, weights3, _ = normalise_keypoints(keypoints.detach(), None if weights is None else weights.detach())
     check_same_device("pred", pred, keypoints=keypoints4)
     batch, _, num_keypoints = keypoints4.shape[:3]

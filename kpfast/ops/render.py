@@ -6,17 +6,30 @@ import torch
 
 from kpfast import _extension, backends
 from kpfast import reference as _reference
-from kpfast.ops._checks import (HEATMAP_DTYPES, check_choice, check_size, normalise_keypoints, normalise_sigma)
+from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, check_choice, check_float, check_output_elements,
+                                check_size, normalise_keypoints, normalise_sigma)
 from kpfast.ops import _render_autograd
-
-ENCODINGS = ("msra", "udp", "dark")
 
 
 def _compiled(keypoints, weights, sigma, height, width, encoding, dtype):
     return torch.ops.kpfast.render_heatmaps(keypoints, weights, sigma, height, width, encoding, dtype)
 
 
+_triton_loaded = False
+
+
+def _load_triton() -> None:
+    """Import the Triton kernels (and so triton) on first use only: importing kpfast must not."""
+    global _triton_loaded
+    if not _triton_loaded:
+        import kpfast.triton.render  # noqa: F401  (defines the kpfast_triton ops)
+
+        _render_autograd.register("kpfast_triton", "render_heatmaps_backward")
+        _triton_loaded = True
+
+
 def _triton(keypoints, weights, sigma, height, width, encoding, dtype):
+    _load_triton()
     return torch.ops.kpfast_triton.render_heatmaps(keypoints, weights, sigma, height, width, encoding, dtype)
 
 
@@ -30,18 +43,10 @@ RENDER = backends.OpBackends(
     "render_heatmaps",
     implementations={"torch": _reference.render_heatmaps, "cpu": _compiled, "cuda": _compiled, "triton": _triton},
     input_checks={"triton": _float32_only},
-    # No GPU measurement yet decides between the two GPU backends; the CUDA kernel is the
-    # default until benchmarks/results/ holds a GPU run that says otherwise.
-    auto_cuda_order=("cuda", "triton"),
 )
 
 if _extension.is_loaded():
     _render_autograd.register("kpfast", "_render_heatmaps_backward")
-
-if backends.triton_available():
-    from kpfast.triton import render as _triton_render  # noqa: F401  (defines the kpfast_triton ops)
-
-    _render_autograd.register("kpfast_triton", "render_heatmaps_backward")
 
 
 def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None = None, size=(64, 48), sigma=2.0,
@@ -77,6 +82,7 @@ def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None = None
     if dtype not in allowed:
         raise TypeError(f"dtype: expected one of {[str(d) for d in allowed]}, got {dtype}")
     batch, _, num_keypoints = keypoints4.shape[:3]
+    check_output_elements("size", (batch, num_keypoints, height, width))
     sigma2 = normalise_sigma(sigma, batch, num_keypoints, compute, keypoints4.device)
     implementation = RENDER.select(backend, keypoints4.device, compute_dtype=compute)
     heatmaps, weights_out = implementation(keypoints4, weights3, sigma2, height, width, encoding, dtype)
@@ -94,6 +100,5 @@ def adaptive_sigma(size, base_sigma: float = 2.0, base_size=(64, 48)) -> float:
     covers the same fraction of the person at every resolution (3 at 96x72)."""
     height, width = check_size("size", size)
     base_height, base_width = check_size("base_size", base_size)
-    if isinstance(base_sigma, bool) or not isinstance(base_sigma, (int, float)) or not base_sigma > 0:
-        raise ValueError(f"base_sigma: expected a float > 0, got {base_sigma!r}")
-    return float(base_sigma) * ((height * width) / (base_height * base_width)) ** 0.5
+    base_sigma = check_float("base_sigma", base_sigma, low=0, low_open=True)
+    return base_sigma * ((height * width) / (base_height * base_width)) ** 0.5

@@ -52,10 +52,22 @@ def opencv_gaussian_kernel(kernel_size: int) -> np.ndarray:
     return (taps32.astype(np.float64) * (1.0 / total)).astype(np.float32)
 
 
+_TAPS_ON_DEVICE: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _device_taps(kernel_size: int, device: torch.device) -> torch.Tensor:
+    """The blur taps on ``device``, copied there once (a host-to-device copy inside every call
+    would break CUDA-graph capture of the reference)."""
+    key = (kernel_size, device)
+    if key not in _TAPS_ON_DEVICE:
+        _TAPS_ON_DEVICE[key] = torch.from_numpy(opencv_gaussian_kernel(kernel_size)).to(device)
+    return _TAPS_ON_DEVICE[key]
+
+
 def blur_heatmaps(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """MMPose's ``gaussian_blur``: zero padding, OpenCV's default-sigma Gaussian, then each map
     rescaled so that its maximum equals the original map's maximum. maps: (N, H, W) float32."""
-    taps = torch.from_numpy(opencv_gaussian_kernel(kernel_size)).to(maps.device)
+    taps = _device_taps(kernel_size, maps.device).to(maps.dtype)
     kernel = torch.outer(taps, taps)[None, None]
     blurred = F.conv2d(maps[:, None], kernel, padding=kernel_size // 2)[:, 0]
     original_max = maps.amax(dim=(1, 2), keepdim=True)
@@ -100,7 +112,11 @@ def _dark_offset(maps, x, y, blur_kernel):
     """DARK (``taylor`` / MMPose ``refine_keypoints_dark``): blur, floor at 1e-10, log; refine
     only when 1 < x < W-2 and 1 < y < H-2; skip a singular Hessian (det == 0)."""
     height, width = maps.shape[-2:]
-    log_maps = torch.log(blur_heatmaps(maps, blur_kernel).clamp_min(1e-10))
+    # float64 from the blur on: the Newton step divides by det(H), which is near 0 on flat or noisy
+    # maps, and float32 rounding of the 2-D convolution's long sums (961 products at blur 31) was
+    # amplified by |H^-1| into offsets 1e-1 px away from the exact algorithm. In float64 the
+    # reference is the exact algorithm; the float32 kernels are measured against it.
+    log_maps = torch.log(blur_heatmaps(maps.double(), blur_kernel).clamp_min(1e-10))
     at = _sampler(log_maps, x, y)
     centre = at(0, 0)
     dx = 0.5 * (at(0, 1) - at(0, -1))
@@ -116,7 +132,7 @@ def _dark_offset(maps, x, y, blur_kernel):
 def _udp_offset(maps, x, y, blur_kernel):
     """UDP (MMPose ``refine_keypoints_dark_udp``): blur, clip to [1e-3, 50], log, edge padding
     (clamped coordinates), its 3x3 derivative formulas and the Hessian regularised by eps * I."""
-    log_maps = torch.log(blur_heatmaps(maps, blur_kernel).clamp(1e-3, 50.0))
+    log_maps = torch.log(blur_heatmaps(maps.double(), blur_kernel).clamp(1e-3, 50.0))  # float64: see _dark_offset
     at = _sampler(log_maps, x, y)
     centre, right, left, down, up = at(0, 0), at(0, 1), at(0, -1), at(1, 0), at(-1, 0)
     dx = 0.5 * (right - left)
@@ -155,6 +171,21 @@ def _local_mean(maps, x, y, window):
     return mean_x, mean_y
 
 
+REFINED_METHODS = ("dark", "udp")  # the Taylor-step methods whose offset is unbounded
+
+
+def clip_to_map(x: torch.Tensor, y: torch.Tensor, height: int, width: int):
+    """Coordinates clipped to the area the map covers, ``[-0.5, W-0.5] x [-0.5, H-0.5]`` (pixel
+    ``(i, j)`` covers ``[j-0.5, j+0.5] x [i-0.5, i+0.5]``).
+
+    A near-singular Hessian (flat or noise-only maps) makes the DARK/UDP Newton step arbitrarily
+    long (50 px seen on 64x48 noise), and the published code returns such points far off the
+    map. kpfast clips them to the map's area: a keypoint outside its heatmap is never a better
+    answer than its border. Points within half a pixel of the border, which UDP's edge padding
+    produces at border peaks, are kept as published."""
+    return x.clamp(-0.5, width - 0.5), y.clamp(-0.5, height - 0.5)
+
+
 def decode_heatmaps(heatmaps: torch.Tensor, method: str, blur_kernel: int, window: int):
     """coords (B, K, 2) float32 (x, y in heatmap pixels) and scores (B, K) float32.
 
@@ -175,8 +206,11 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str, blur_kernel: int, windo
         ox, oy = _local_mean(maps, x, y, window)
     else:
         ox = oy = torch.zeros_like(fx)
+    px, py = fx + ox.float(), fy + oy.float()
+    if method in REFINED_METHODS:
+        px, py = clip_to_map(px, py, height, width)
     positive = score > 0
-    coords = torch.stack([torch.where(positive, fx + ox, -1.0), torch.where(positive, fy + oy, -1.0)], dim=-1)
+    coords = torch.stack([torch.where(positive, px, -1.0), torch.where(positive, py, -1.0)], dim=-1)
     return coords.reshape(batch, num_keypoints, 2), score.reshape(batch, num_keypoints)
 
 
@@ -206,6 +240,10 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
     ties by row-major index. Returns coords (B, K, P, 2) float32 (x, y; -1 when invalid), scores
     (B, K, P) float32 (0 when invalid) and valid (B, K, P) bool."""
     batch, num_keypoints, height, width = heatmaps.shape
+    if batch * num_keypoints == 0:  # no map: empty outputs (reshape(0, -1) below would be ambiguous)
+        return (heatmaps.new_empty((batch, num_keypoints, max_peaks, 2), dtype=torch.float32),
+                heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.float32),
+                heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.bool))
     maps = heatmaps.float().reshape(batch * num_keypoints, 1, height, width)
     d = min_distance
     window_max = F.max_pool2d(maps, 2 * d + 1, stride=1, padding=d) if d > 0 else maps

@@ -30,6 +30,13 @@ def gaussian_maps(keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch.T
     mu_x, mu_y = torch.floor(x.detach() + 0.5), torch.floor(y.detach() + 0.5)
     outside = (mu_x - radius > width - 1) | (mu_x + radius < 0) | (mu_y - radius > height - 1) | (mu_y + radius < 0)
     valid = valid & ~outside
+    # Replaced again for keypoints whose window lies outside the map: a huge finite coordinate
+    # (3e38) would otherwise overflow (x - col)^2 and send 0 * inf = NaN into the gradient; the
+    # kernels give such a keypoint zero gradient.
+    x = torch.where(valid, x, torch.zeros_like(x))
+    y = torch.where(valid, y, torch.zeros_like(y))
+    mu_x = torch.where(valid, mu_x, torch.zeros_like(mu_x))
+    mu_y = torch.where(valid, mu_y, torch.zeros_like(mu_y))
     cx, cy = (mu_x, mu_y) if encoding == "msra" else (x, y)
     cols = torch.arange(width, dtype=keypoints.dtype, device=keypoints.device)
     rows = torch.arange(height, dtype=keypoints.dtype, device=keypoints.device)

@@ -89,7 +89,7 @@ def test_sigma_override_at_call_time():
     "kwargs, error, message",
     [
         (dict(kind="l2"), ValueError, "kind: expected one of"),
-        (dict(ohkm_topk=0), ValueError, "ohkm_topk: expected None or an int >= 1, got 0"),
+        (dict(ohkm_topk=0), ValueError, "ohkm_topk: expected an int >= 1, got 0"),
         (dict(ohkm_topk=4, reduction="none"), ValueError, "reduction: expected 'mean' or 'sum' with ohkm_topk"),
         (dict(encoding="gauss"), ValueError, "encoding: expected one of"),
         (dict(sigma="2"), TypeError, "sigma: expected a float or a tensor"),

@@ -6,7 +6,7 @@ import torch
 
 from kpfast.ops import soft_argmax
 
-from .decode_maps import gaussian_maps, special_maps
+from .harness import gaussian_maps, special_maps
 
 H, W = 11, 13
 
@@ -108,13 +108,6 @@ def test_bad_arguments_are_named(kwargs, error, message):
         soft_argmax(torch.rand(1, 2, H, W), **kwargs)
 
 
-def test_triton_refuses_float64():
-    from kpfast import backends
-
-    if not backends.triton_available():
-        pytest.skip("triton is not installed")
-    with pytest.raises(backends.BackendUnavailableError, match="triton: computes in float32 only"):
-        soft_argmax(torch.rand(1, 2, H, W, dtype=torch.float64), backend="triton")
 
 
 def test_opcheck(kernel_backend):

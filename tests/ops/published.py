@@ -1,59 +1,10 @@
-"""Heatmaps shared by the decoding tests, and an independent per-map statement of the
-published decoders (numpy + OpenCV, written after HRNet's get_final_preds, DARK's taylor and
+"""An independent per-map statement of the published decoders (numpy + OpenCV, written after HRNet's get_final_preds, DARK's taylor and
 MMPose's refine_keypoints_dark / refine_keypoints_dark_udp / gaussian_blur)."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
-
-
-def gaussian_maps(batch, num_keypoints, height, width, seed=0, noise=0.0, device="cpu"):
-    """Smooth maps: one Gaussian per map at a random sub-pixel centre (some near the borders),
-    random sigma and amplitude, plus optional uniform noise."""
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch, num_keypoints)
-    cx = torch.rand(shape, generator=generator) * (width + 1) - 1.0
-    cy = torch.rand(shape, generator=generator) * (height + 1) - 1.0
-    sigma = torch.rand(shape, generator=generator) * 1.5 + 1.2
-    amplitude = torch.rand(shape, generator=generator) * 0.8 + 0.3
-    cols = torch.arange(width, dtype=torch.float32)
-    rows = torch.arange(height, dtype=torch.float32)
-    d2 = (cols - cx[..., None, None]) ** 2 + (rows[:, None] - cy[..., None, None]) ** 2
-    maps = amplitude[..., None, None] * torch.exp(-d2 / (2 * sigma[..., None, None] ** 2))
-    if noise:
-        maps = maps + noise * (torch.rand(maps.shape, generator=generator) - 0.5)
-    return maps.to(device)
-
-
-def special_maps(height, width, device="cpu"):
-    """Edge cases, one per map: ties, all zero, negative, peaks on borders and corners."""
-    maps = []
-    blank = torch.zeros(height, width)
-
-    def with_peaks(points, base=None):
-        m = (blank.clone() if base is None else base.clone())
-        rows = torch.arange(height, dtype=torch.float32)[:, None]
-        cols = torch.arange(width, dtype=torch.float32)
-        for x, y, a in points:
-            m = torch.maximum(m, a * torch.exp(-((cols - x) ** 2 + (rows - y) ** 2) / 4.5))
-        return m
-
-    maps.append(blank.clone())                                       # all zero: coords -1, score 0
-    maps.append(-1.0 - torch.rand(height, width, generator=torch.Generator().manual_seed(3)))  # negative
-    tie = blank.clone()
-    tie[2, 7] = tie[5, 3] = tie[9, 1] = 0.8                          # ties: the first in row-major order
-    maps.append(tie)
-    maps.append(with_peaks([(0, 0, 1.0)]))                           # corner
-    maps.append(with_peaks([(width - 1, height - 1, 0.9)]))          # opposite corner
-    maps.append(with_peaks([(1, height // 2, 0.7)]))                 # 1 px from the left border
-    maps.append(with_peaks([(width // 2, 1.3, 0.7)]))                # near the top border
-    maps.append(with_peaks([(width - 3.2, height - 3.4, 0.7)]))      # 2 px from the far borders
-    maps.append(with_peaks([(2.0, 2.0, 0.6), (width - 3.0, 5.0, 0.6)]))  # two equal peaks
-    flat = torch.full((height, width), 0.5)                          # a constant map
-    maps.append(flat)
-    return torch.stack(maps)[None].to(device)
 
 
 def published_decode(maps: np.ndarray, method: str, blur_kernel: int = 11, window: int = 3):
