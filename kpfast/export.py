@@ -63,10 +63,10 @@ def main(argv=None) -> int:
     import torch
 
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_checkpoint
+    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
     from kpfast.engine.config import config_from_dict
 
-    state = load_checkpoint(args.checkpoint)
+    state = load_training_checkpoint(args.checkpoint)
     config = config_from_dict(state["config"])
     model = builders.model_from_checkpoint(state, config, weights=args.weights).eval()
     has_visibility = config.model.visibility_head

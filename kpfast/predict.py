@@ -131,13 +131,14 @@ def main(argv=None) -> int:
     from kpfast import geometry
     from kpfast.data.transforms import read_image_checked
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_checkpoint
-    from kpfast.engine.evaluation import instance_score, logit_activation
+    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
+    from kpfast.engine.evaluation import instance_score
+    from kpfast.engine.inference import logit_activation
     from kpfast.engine.inference import decode, predict_heatmaps
     from kpfast.engine.trainer import select_device
     from kpfast.engine.visualize import draw_pose, write_image
 
-    state = load_checkpoint(args.checkpoint)
+    state = load_training_checkpoint(args.checkpoint)
     config = resolve_config(args, state["config"])
     device = select_device(config.train.device)
     model = builders.model_from_checkpoint(state, config).to(device).eval()

@@ -14,7 +14,6 @@ the embedded synthetic dataset and prints COCO keypoint AP. Examples::
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from kpfast.engine.cli import HelpFormatter, add_config_arguments, resolve_config, run_cli

@@ -30,7 +30,6 @@ __all__ = [
     "load_training_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
-    "TopKCheckpoints",
 ]
 
 
@@ -260,46 +259,3 @@ def restore_rng_state(state: dict) -> None:
 
 
 # --------------------------------------------------------------------------- top-k
-
-
-class TopKCheckpoints:
-    """Keeps the ``k`` best checkpoints by a metric (higher is better) in ``directory``.
-
-    File names carry the epoch and the metric; the list is part of the trainer state so that a
-    resumed run keeps managing the same files.
-    """
-
-    def __init__(self, directory: Path | str, k: int):
-        if k < 0:
-            raise ValueError(f"k: expected >= 0, got {k}")
-        self.directory = Path(directory)
-        self.k = k
-        self.entries: list[dict] = []  # {"metric": float, "epoch": int, "file": str}
-
-    def would_keep(self, metric: float) -> bool:
-        if self.k == 0:
-            return False
-        return len(self.entries) < self.k or metric > min(e["metric"] for e in self.entries)
-
-    def add(self, state: dict, metric: float, epoch: int) -> Path | None:
-        """Save ``state`` if it enters the top-k; delete the checkpoint it pushes out."""
-        if not self.would_keep(metric):
-            return None
-        name = f"epoch{epoch:04d}_ap{metric:.4f}.pt"
-        path = self.directory / name
-        save_checkpoint(state, path)
-        self.entries.append({"metric": float(metric), "epoch": int(epoch), "file": name})
-        self.entries.sort(key=lambda e: (-e["metric"], e["epoch"]))
-        while len(self.entries) > self.k:
-            dropped = self.entries.pop()
-            try:
-                (self.directory / dropped["file"]).unlink()
-            except FileNotFoundError:
-                pass
-        return path
-
-    def state_dict(self) -> dict:
-        return {"k": self.k, "entries": [dict(e) for e in self.entries]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.entries = [dict(e) for e in state["entries"]]

@@ -17,7 +17,6 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from kpfast.engine.builders import load_coco_gt
-from kpfast.engine.inference import logit_activation  # noqa: F401  (kpfast.predict imports it from here)
 
 __all__ = [
     "COCO_STAT_NAMES",

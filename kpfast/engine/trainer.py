@@ -14,7 +14,6 @@ weights to an uninterrupted run on the same machine and thread count.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

@@ -7,7 +7,7 @@ import torch
 from kpfast import _extension, backends
 from kpfast import reference as _reference
 from kpfast.ops import _loss_autograd
-from kpfast.ops._checks import (DEFAULT_ALPHA, DEFAULT_L1_WEIGHT, ENCODINGS, HEATMAP_DTYPES, LOSS_KINDS, REDUCTIONS,
+from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, LOSS_KINDS,
                                 check_choice, check_same_device, check_tensor, loss_options, normalise_keypoints,
                                 normalise_sigma)
 

@@ -60,17 +60,6 @@ def test_rng_state_restores_all_generators(tmp_path):
     assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
 
 
-def test_topk_keeps_best_k_and_deletes_others(tmp_path):
-    topk = ckpt.TopKCheckpoints(tmp_path, 2)
-    for epoch, ap in enumerate([0.1, 0.5, 0.3, 0.05, 0.6]):
-        topk.add({"ap": torch.tensor(ap)}, ap, epoch)
-    assert [e["metric"] for e in topk.entries] == [0.6, 0.5]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(e["file"] for e in topk.entries)
-    restored = ckpt.TopKCheckpoints(tmp_path, 2)
-    restored.load_state_dict(topk.state_dict())
-    assert not restored.would_keep(0.4) and restored.would_keep(0.55)
-
-
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         ckpt.load_checkpoint(tmp_path / "nope.pt")

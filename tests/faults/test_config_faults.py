@@ -156,7 +156,7 @@ def test_help_lists_every_flag_with_its_real_default(tmp_path):
     default = load_config("default")
     assert "--epochs" in text and f"sets train.epochs (default: the config's value, {default.train.epochs} " in text
     assert f"sets optim.lr (default: the config's value, {default.optim.lr!r} " in text
-    assert f"sets data.workers (default: the config's value, {default.data.workers} " in text
+    assert f"sets data.num_workers (default: the config's value, {default.data.num_workers} " in text
     # Every option's help states a default.
     help_lines = [a.help for a in parser._actions if a.option_strings and a.dest not in ("help", "list_configs")]
     formatter = parser._get_formatter()
