@@ -296,13 +296,15 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--sizes", default=None, help="comma-separated HxW list (default: DESIGN.md's and more)")
     parser.add_argument("--quick", action="store_true", help="one specialisation per kernel, kind, method")
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="only this prediction/map dtype")
     parser.add_argument("--kernel", default=None, help="only kernels whose name contains this")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("kpfast.triton.aot: unset TRITON_INTERPRET (the interpreter compiles nothing)", file=sys.stderr)
         return 2
     sizes = SIZES if args.sizes is None else tuple(tuple(int(v) for v in s.split("x")) for s in args.sizes.split(","))
-    specs = [s for s in specialisations(sizes) if args.kernel is None or args.kernel in s.kernel]
+    specs = [s for s in specialisations(sizes) if (args.kernel is None or args.kernel in s.kernel)
+             and (args.dtype is None or s.label.get("dtype") == args.dtype)]
     if args.quick:  # one specialisation per kernel, loss kind and decode method: the unit-test set
         seen, quick = set(), []
         for spec in specs:
