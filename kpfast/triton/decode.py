@@ -22,13 +22,13 @@ import triton.language as tl
 from kpfast.triton._common import device_guard
 
 METHODS = {"argmax": 0, "quarter": 1, "dark": 2, "udp": 3, "local_mean": 4}
-# Read inside @triton.jit, so they must be tl.constexpr: Triton's compiler rejects plain module
-# globals (only the interpreter accepts them).
-DARK_FLOOR: tl.constexpr = 1e-10
-UDP_LOW: tl.constexpr = 1e-3
-UDP_HIGH: tl.constexpr = 50.0
-FLOAT32_EPS: tl.constexpr = 1.1920928955078125e-07
-SCALE_MARGIN: tl.constexpr = 1e-4
+# Read inside @triton.jit, so they must be tl.constexpr instances: Triton's compiler rejects plain
+# module globals and annotated ones (`x: tl.constexpr = 1`); only the interpreter accepts them.
+DARK_FLOOR = tl.constexpr(1e-10)
+UDP_LOW = tl.constexpr(1e-3)
+UDP_HIGH = tl.constexpr(50.0)
+FLOAT32_EPS = tl.constexpr(1.1920928955078125e-07)
+SCALE_MARGIN = tl.constexpr(1e-4)
 
 
 @triton.jit
@@ -251,7 +251,8 @@ def decode_config(height: int, width: int, method: str, blur_kernel: int, window
     return dict(METHOD=METHODS[method], KSIZE=blur_kernel, KPAD=triton.next_power_of_2(blur_kernel),
                 ROWS_PAD=triton.next_power_of_2(5 + 2 * radius), WINDOW=window, WPAD=triton.next_power_of_2(window),
                 BLOCK=min(2048, triton.next_power_of_2(max(height * width, 1))),
-                BLOCK_W=min(128, triton.next_power_of_2(max(width, 1))), num_warps=4)
+                # 8 warps: at 4 the DARK/UDP patch (16x8x16 values) spills 12 bytes per thread on sm_90.
+                BLOCK_W=min(128, triton.next_power_of_2(max(width, 1))), num_warps=8)
 
 
 @torch.library.custom_op("kpfast_triton::decode_heatmaps", mutates_args=())
