@@ -86,6 +86,7 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                     for kind in ("mse", "focal", "cornernet"):
                         # contiguous pred: stride_w == 1, which the launcher specialises too
                         c = dict(loss.launch_config(height, width, encoding, kind), stride_w=1, **n)
+                        warps = c.pop("num_warps", 4)
                         block = c["BLOCK_H"] * c["BLOCK_W"]
                         scalars = ["alpha", "gamma", "beta", "keypoint_weight", "background_weight", "threshold",
                                    "l1_weight"]
@@ -95,12 +96,12 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                                  "positives_ptr"] + tail
                         types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"] + tail_types
                         label = dict(size=size, encoding=encoding, kind=kind, N=instances, dtype=dtype)
-                        specs.append(Spec("loss._loss_forward_kernel", label, _sig(names, types, c), c,
+                        specs.append(Spec("loss._loss_forward_kernel", label, _sig(names, types, c), c, warps,
                                           elements_per_loop=block))
                         names = ["upstream_ptr", "pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr",
                                  "grad_ptr"] + tail
                         types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}"] + tail_types
-                        specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c,
+                        specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
                                           elements_per_loop=block))
         for dtype in DTYPES:
             for method in decode.METHODS:

@@ -183,10 +183,11 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
 
 def launch_config(height: int, width: int, encoding: str, kind: str) -> dict:
     """The constexprs (and launch options) of the forward and backward kernels for an H x W map."""
-    # 2048-pixel tiles (16 pixels per thread at 4 warps): 4096-pixel tiles spill in the focal and
-    # cornernet kernels (200 bytes per thread on sm_90, benchmarks/results/RESOURCES.md).
+    # 2048-pixel tiles over 8 warps (8 pixels per thread): 4096-pixel tiles at 4 warps spill in
+    # the focal and cornernet kernels (200 bytes per thread on sm_90), 2048 at 4 warps still 8
+    # bytes (benchmarks/results/RESOURCES.md).
     block_h, block_w = tile_shape(height, width, max_elements=2048)
-    return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], BLOCK_H=block_h, BLOCK_W=block_w)
+    return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], BLOCK_H=block_h, BLOCK_W=block_w, num_warps=8)
 
 
 def _launch_args(pred, encoding, kind):

@@ -152,3 +152,25 @@ def test_every_launch_runs_under_its_inputs_device(monkeypatch):
         before = len(seen)
         call()
         assert seen[before:] == [device], call
+
+
+@pytest.mark.parametrize("kind", ["mse", "focal", "cornernet"])
+def test_loss_over_several_row_tiles_matches_the_reference(kind):
+    """64x48 maps take two 32x64 tiles (the 2048-pixel tiles that keep the kernels unspilled)."""
+    _need_triton()
+    from kpfast.ops import heatmap_loss
+    from kpfast.triton._common import tile_shape
+
+    assert tile_shape(64, 48, max_elements=2048) == (32, 64)
+    generator = torch.Generator().manual_seed(3)
+    keypoints = torch.rand(2, 3, 2, generator=generator) * torch.tensor([47.0, 63.0])
+    keypoints[0, 0] = torch.tensor([20.0, 40.0])  # a Gaussian across the tile boundary (row 32)
+    pred = torch.randn(2, 3, 64, 48, generator=generator)
+    results = []
+    for backend in ("torch", "triton"):
+        leaf = pred.clone().to(_device()).requires_grad_(True)
+        loss = heatmap_loss(leaf, keypoints.to(_device()), kind=kind, backend=backend)
+        loss.backward()
+        results.append((loss.detach().cpu(), leaf.grad.cpu()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-7)
