@@ -142,13 +142,11 @@ def jit_kernels() -> list[str]:
     """Every @triton.jit kernel (a ``*_kernel`` function) of kpfast.triton, as module.function."""
     import importlib
 
-    import triton
-
     names = []
     for module in ("render", "loss", "decode"):
         namespace = importlib.import_module(f"kpfast.triton.{module}")
         names += [f"{module}.{name}" for name, value in vars(namespace).items()
-                  if name.endswith("_kernel") and isinstance(value, triton.runtime.JITFunction)]
+                  if name.endswith("_kernel") and hasattr(value, "arg_names")]  # jit (or interpreted) kernels
     return sorted(names)
 
 
