@@ -6,6 +6,7 @@ Run with ``python -m pytest benchmarks`` (pytest-benchmark's own options apply, 
 
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,13 @@ def measure(benchmark, device, book):
             synchronize(device)
 
         call()  # warm-up: compilation, autotuning, allocator
+        if benchmark.disabled:
+            # --benchmark-disable: a smoke run. Nothing is timed or saved; callers still get the
+            # record's fields (one untimed-quality call's wall-clock) for their own arithmetic.
+            start = time.perf_counter()
+            call()
+            return dict(op=op, case=case, impl=impl, wall_ms=(time.perf_counter() - start) * 1e3, gpu_ms=None,
+                        disabled=True)
         benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
         wall = statistics.median(benchmark.stats.stats.data)
         gpu_ms = gpu_time_ms(fn) if device.type == "cuda" else None

@@ -19,20 +19,60 @@ import torch
 import triton
 import triton.language as tl
 
-from kpfast.reference.decode import opencv_gaussian_kernel
+from kpfast.triton._common import device_guard
 
 METHODS = {"argmax": 0, "quarter": 1, "dark": 2, "udp": 3, "local_mean": 4}
-DARK_FLOOR = 1e-10
-UDP_LOW = 1e-3
-UDP_HIGH = 50.0
-FLOAT32_EPS = 1.1920928955078125e-07
-SCALE_MARGIN = 1e-4
-_taps_cache: dict[tuple[int, str], torch.Tensor] = {}
+# Read inside @triton.jit, so they must be tl.constexpr instances: Triton's compiler rejects plain
+# module globals and annotated ones (`x: tl.constexpr = 1`); only the interpreter accepts them.
+DARK_FLOOR = tl.constexpr(1e-10)
+UDP_LOW = tl.constexpr(1e-3)
+UDP_HIGH = tl.constexpr(50.0)
+FLOAT32_EPS = tl.constexpr(1.1920928955078125e-07)
+SCALE_MARGIN = tl.constexpr(1e-4)
 
 
 @triton.jit
 def _finite(v):
     return (v - v) == 0.0
+
+
+@triton.jit
+def _small_tap(m, a0, a1, a2, a3, a4):
+    """The small OpenCV table by distance m from the kernel's edge (entries past the centre unused)."""
+    return tl.where(m == 0, a0, tl.where(m == 1, a1, tl.where(m == 2, a2, tl.where(m == 3, a3, a4))))
+
+
+@triton.jit
+def _raw_taps(j, KSIZE: tl.constexpr):
+    """cv2.getGaussianKernel(KSIZE, 0) before normalisation, as float32, at integer index j (any shape).
+
+    Computed in the kernel (no host-to-device copy of a tap table inside the op call): OpenCV's
+    fixed tables for KSIZE <= 9 (exact binary fractions), else exp(-x^2 / (2 sigma^2)) in
+    float64 with OpenCV's default sigma, cast to float32, as kpfast.reference.decode does."""
+    m = tl.minimum(j, KSIZE - 1 - j)
+    if KSIZE == 1:
+        raw = tl.where(j == 0, 1.0, 0.0)
+    elif KSIZE == 3:
+        raw = _small_tap(m, 0.25, 0.5, 0.0, 0.0, 0.0)
+    elif KSIZE == 5:
+        raw = _small_tap(m, 0.0625, 0.25, 0.375, 0.0, 0.0)
+    elif KSIZE == 7:
+        raw = _small_tap(m, 0.03125, 0.109375, 0.21875, 0.28125, 0.0)
+    elif KSIZE == 9:
+        raw = _small_tap(m, 0.015625, 0.05078125, 0.1171875, 0.19921875, 0.234375)
+    else:
+        sigma = 0.3 * ((KSIZE - 1) * 0.5 - 1) + 0.8
+        x = j.to(tl.float64) - (KSIZE - 1) * 0.5
+        raw = tl.exp((-0.5 / (sigma * sigma)) * x * x).to(tl.float32)  # numpy's order of operations
+    return tl.where((j >= 0) & (j < KSIZE), raw, 0.0)
+
+
+@triton.jit
+def _taps(j, KSIZE: tl.constexpr, KPAD: tl.constexpr):
+    """The normalised float32 blur taps at index j (0 outside 0..KSIZE-1), as
+    kpfast.reference.decode.opencv_gaussian_kernel: float32 taps over their float64 sum."""
+    total = tl.sum(_raw_taps(tl.arange(0, KPAD), KSIZE).to(tl.float64), axis=0)
+    return (_raw_taps(j, KSIZE).to(tl.float64) * (1.0 / total)).to(tl.float32)
 
 
 @triton.jit
@@ -52,13 +92,13 @@ def _newton_step(dx, dy, dxx, dxy, dyy):
 
 
 @triton.jit
-def _blurred_maximum(base, taps_ptr, height, width, KSIZE: tl.constexpr, KPAD: tl.constexpr,
+def _blurred_maximum(base, height, width, KSIZE: tl.constexpr, KPAD: tl.constexpr,
                      BLOCK_W: tl.constexpr):
     """max over the whole blurred map (zero padding): the rare fallback."""
     radius = KSIZE // 2
     cols = tl.arange(0, BLOCK_W)
     taps = tl.arange(0, KPAD)
-    g_cols = tl.load(taps_ptr + taps, mask=taps < KSIZE, other=0.0)
+    g_cols = _taps(taps, KSIZE, KPAD)
     best = float("-inf")
     for row in range(0, height):
         for col0 in range(0, width, BLOCK_W):
@@ -67,7 +107,7 @@ def _blurred_maximum(base, taps_ptr, height, width, KSIZE: tl.constexpr, KPAD: t
             acc = tl.zeros((BLOCK_W,), dtype=tl.float32)
             for d in range(0, KSIZE):
                 src_row = row + d - radius
-                g_row = tl.load(taps_ptr + d)
+                g_row = tl.sum(tl.where(taps == d, g_cols, 0.0), axis=0)
                 mask = ((taps[None, :] < KSIZE) & (src_cols >= 0) & (src_cols < width) & (src_row >= 0)
                         & (src_row < height))
                 values = tl.load(base + src_row * width + src_cols, mask=mask, other=0.0).to(tl.float32)
@@ -78,7 +118,7 @@ def _blurred_maximum(base, taps_ptr, height, width, KSIZE: tl.constexpr, KPAD: t
 
 
 @triton.jit
-def _decode_kernel(maps_ptr, taps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.constexpr,
+def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.constexpr,
                    KSIZE: tl.constexpr, KPAD: tl.constexpr, ROWS_PAD: tl.constexpr, WINDOW: tl.constexpr,
                    WPAD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
     map_id = tl.program_id(0).to(tl.int64)
@@ -87,14 +127,21 @@ def _decode_kernel(maps_ptr, taps_ptr, coords_ptr, scores_ptr, height, width, ME
     offsets = tl.arange(0, BLOCK)
     best = float("-inf")
     best_index = 0
+    numbers = 0  # non-NaN pixels seen
     for start in range(0, size, BLOCK):
         index = start + offsets
-        values = tl.load(base + index, mask=index < size, other=float("-inf")).to(tl.float32)
+        values = tl.load(base + index, mask=index < size, other=float("nan")).to(tl.float32)
+        # NaN pixels are skipped (DESIGN.md), explicitly: tl.max's own NaN handling differs
+        # between the interpreter (propagates) and GPUs (ignores).
+        is_number = values == values
+        values = tl.where(is_number, values, float("-inf"))
+        numbers += tl.sum(is_number.to(tl.int32), axis=0)
         chunk_max = tl.max(values, axis=0)
-        chunk_index = tl.min(tl.where(values == chunk_max, index, size), axis=0)
+        chunk_index = tl.min(tl.where(is_number & (values == chunk_max), index, size), axis=0)
         take = chunk_max > best  # strict: an earlier chunk keeps a tie
         best_index = tl.where(take, chunk_index, best_index)
         best = tl.where(take, chunk_max, best)
+    best = tl.where(numbers > 0, best, float("nan"))  # an all-NaN map scores NaN (coords -1)
     x = best_index % width
     y = best_index // width
     ox = 0.0
@@ -131,7 +178,7 @@ def _decode_kernel(maps_ptr, taps_ptr, coords_ptr, scores_ptr, height, width, ME
         src_row = y - 2 - radius + r
         col_c = tl.minimum(tl.maximum(x - 2 + c, 0), width - 1)
         src_col = col_c[None, :, None] + j[None, None, :] - radius
-        g = tl.load(taps_ptr + j, mask=j < KSIZE, other=0.0)
+        g = _taps(j, KSIZE, KPAD)
         mask = ((r[:, None, None] < 5 + 2 * radius) & (src_row[:, None, None] >= 0)
                 & (src_row[:, None, None] < height) & (c[None, :, None] < 5) & (j[None, None, :] < KSIZE)
                 & (src_col >= 0) & (src_col < width))
@@ -143,7 +190,7 @@ def _decode_kernel(maps_ptr, taps_ptr, coords_ptr, scores_ptr, height, width, ME
         first = tl.minimum(tl.maximum(y - 2 + i, 0), height - 1) - y + 2
         tap = r[None, :] - first[:, None]
         vmask = (i[:, None] < 5) & (tap >= 0) & (tap < KSIZE)
-        vweights = tl.load(taps_ptr + tap, mask=vmask, other=0.0)  # (8, ROWS_PAD)
+        vweights = tl.where(vmask, _taps(tap, KSIZE, KPAD), 0.0)  # (8, ROWS_PAD)
         patch = tl.sum(vweights[:, :, None] * horizontal[None, :, :], axis=1)  # (8, 8): [i, c]
         ii = i[:, None]
         cc = c[None, :]
@@ -164,7 +211,7 @@ def _decode_kernel(maps_ptr, taps_ptr, coords_ptr, scores_ptr, height, width, ME
             need = refine & ((centre <= 0.0) | (tl.max(tl.max(bad.to(tl.int32), axis=1), axis=0) > 0))
         scale = 1.0
         if need:
-            scale = best / _blurred_maximum(base, taps_ptr, height, width, KSIZE, KPAD, BLOCK_W)
+            scale = best / _blurred_maximum(base, height, width, KSIZE, KPAD, BLOCK_W)
         scaled = patch * scale
         if METHOD == 2:
             v = tl.log(tl.maximum(scaled, DARK_FLOOR))
@@ -198,11 +245,14 @@ def _decode_kernel(maps_ptr, taps_ptr, coords_ptr, scores_ptr, height, width, ME
     tl.store(scores_ptr + map_id, best)
 
 
-def _taps(kernel_size: int, device: torch.device) -> torch.Tensor:
-    key = (kernel_size, str(device))
-    if key not in _taps_cache:
-        _taps_cache[key] = torch.from_numpy(opencv_gaussian_kernel(kernel_size)).to(device)
-    return _taps_cache[key]
+def decode_config(height: int, width: int, method: str, blur_kernel: int, window: int) -> dict:
+    """The constexprs (and launch options) of the decode kernel for an H x W map."""
+    radius = blur_kernel // 2
+    return dict(METHOD=METHODS[method], KSIZE=blur_kernel, KPAD=triton.next_power_of_2(blur_kernel),
+                ROWS_PAD=triton.next_power_of_2(5 + 2 * radius), WINDOW=window, WPAD=triton.next_power_of_2(window),
+                BLOCK=min(2048, triton.next_power_of_2(max(height * width, 1))),
+                # 8 warps: at 4 the DARK/UDP patch (16x8x16 values) spills 12 bytes per thread on sm_90.
+                BLOCK_W=min(128, triton.next_power_of_2(max(width, 1))), num_warps=8)
 
 
 @torch.library.custom_op("kpfast_triton::decode_heatmaps", mutates_args=())
@@ -213,13 +263,9 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str, blur_kernel: int, windo
     scores = torch.empty((batch, num_keypoints), dtype=torch.float32, device=heatmaps.device)
     if batch * num_keypoints == 0:
         return coords, scores
-    radius = blur_kernel // 2
-    block = min(2048, triton.next_power_of_2(height * width))
-    _decode_kernel[(batch * num_keypoints,)](
-        heatmaps, _taps(blur_kernel, heatmaps.device), coords, scores, height, width, METHOD=METHODS[method],
-        KSIZE=blur_kernel, KPAD=triton.next_power_of_2(blur_kernel),
-        ROWS_PAD=triton.next_power_of_2(5 + 2 * radius), WINDOW=window, WPAD=triton.next_power_of_2(window),
-        BLOCK=block, BLOCK_W=min(128, triton.next_power_of_2(width)), num_warps=4)
+    with device_guard(heatmaps):
+        _decode_kernel[(batch * num_keypoints,)](heatmaps, coords, scores, height, width,
+                                                 **decode_config(height, width, method, blur_kernel, window))
     return coords, scores
 
 
@@ -230,23 +276,31 @@ def _soft_argmax_kernel(maps_ptr, coords_ptr, scores_ptr, lse_ptr, width, size, 
     map_id = tl.program_id(0).to(tl.int64)
     base = maps_ptr + map_id * size
     offsets = tl.arange(0, BLOCK)
-    running_max = tl.max(tl.load(base + offsets, mask=offsets < size, other=float("-inf")).to(tl.float32), axis=0)
+    running_max = float("-inf")
     total = 0.0
     sum_x = 0.0
     sum_y = 0.0
+    nans = 0
     for start in range(0, size, BLOCK):
         index = start + offsets
         mask = index < size
         values = tl.load(base + index, mask=mask, other=float("-inf")).to(tl.float32)
-        new_max = tl.maximum(running_max, tl.max(values, axis=0))
-        rescale = tl.exp(beta * (running_max - new_max))
-        e = tl.where(mask, tl.exp(beta * (values - new_max)), 0.0)
+        # The running maximum skips NaN explicitly (tl.max treats NaN differently on GPUs and in
+        # the interpreter); a NaN pixel still makes the map's coords and score NaN below.
+        is_nan = values != values
+        nans += tl.sum(is_nan.to(tl.int32), axis=0)
+        new_max = tl.maximum(running_max, tl.max(tl.where(is_nan, float("-inf"), values), axis=0))
+        # -inf pixels weigh 0. While every pixel so far is -inf (new_max = -inf), exp(-inf - -inf)
+        # would be NaN: nothing has been summed yet, so any finite rescale is right.
+        rescale = tl.where(new_max == float("-inf"), 1.0, tl.exp(beta * (running_max - new_max)))
+        e = tl.where(mask & (values != float("-inf")), tl.exp(beta * (values - new_max)), 0.0)
         total = total * rescale + tl.sum(e, axis=0)
         sum_x = sum_x * rescale + tl.sum(e * (index % width).to(tl.float32), axis=0)
         sum_y = sum_y * rescale + tl.sum(e * (index // width).to(tl.float32), axis=0)
         running_max = new_max
-    tl.store(coords_ptr + 2 * map_id, sum_x / total)
-    tl.store(coords_ptr + 2 * map_id + 1, sum_y / total)
+    running_max = tl.where(nans > 0, float("nan"), running_max)
+    tl.store(coords_ptr + 2 * map_id, tl.where(nans > 0, float("nan"), sum_x / total))
+    tl.store(coords_ptr + 2 * map_id + 1, tl.where(nans > 0, float("nan"), sum_y / total))
     tl.store(scores_ptr + map_id, running_max)
     tl.store(lse_ptr + map_id, beta * running_max + tl.log(total))
 
@@ -271,6 +325,14 @@ def _soft_argmax_backward_kernel(grad_coords_ptr, maps_ptr, coords_ptr, lse_ptr,
     tl.store(grad_ptr + map_id * size + index, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
+def soft_argmax_config(size: int) -> dict:
+    return dict(BLOCK=min(2048, triton.next_power_of_2(max(size, 1))), num_warps=4)
+
+
+def soft_argmax_backward_config(size: int) -> dict:
+    return dict(BLOCK=min(1024, triton.next_power_of_2(max(size, 1))), num_warps=4)
+
+
 @torch.library.custom_op("kpfast_triton::soft_argmax", mutates_args=())
 def soft_argmax(heatmaps: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     batch, num_keypoints, height, width = heatmaps.shape
@@ -281,8 +343,9 @@ def soft_argmax(heatmaps: torch.Tensor, beta: float) -> tuple[torch.Tensor, torc
     if batch * num_keypoints == 0:
         return coords, scores, lse
     size = height * width
-    _soft_argmax_kernel[(batch * num_keypoints,)](heatmaps, coords, scores, lse, width, size, beta,
-                                                  BLOCK=min(2048, triton.next_power_of_2(size)), num_warps=4)
+    with device_guard(heatmaps):
+        _soft_argmax_kernel[(batch * num_keypoints,)](heatmaps, coords, scores, lse, width, size, beta,
+                                                      **soft_argmax_config(size))
     return coords, scores, lse
 
 
@@ -294,10 +357,13 @@ def soft_argmax_backward(grad_coords: torch.Tensor, heatmaps: torch.Tensor, coor
     if batch * num_keypoints == 0:
         return grad
     size = height * width
-    block = min(1024, triton.next_power_of_2(size))
-    _soft_argmax_backward_kernel[(batch * num_keypoints, triton.cdiv(size, block))](
-        grad_coords.float().contiguous(), heatmaps, coords.float().contiguous(), log_normaliser.float().contiguous(),
-        grad, width, size, beta, BLOCK=block, num_warps=4)
+    if size == 0:
+        return grad
+    config = soft_argmax_backward_config(size)
+    with device_guard(heatmaps):
+        _soft_argmax_backward_kernel[(batch * num_keypoints, triton.cdiv(size, config["BLOCK"]))](
+            grad_coords.float().contiguous(), heatmaps, coords.float().contiguous(),
+            log_normaliser.float().contiguous(), grad, width, size, beta, **config)
     return grad
 
 
@@ -342,6 +408,12 @@ def _find_peaks_kernel(maps_ptr, coords_ptr, scores_ptr, valid_ptr, height, widt
         peak = peak & (taken == 0)
 
 
+def find_peaks_config(height: int, width: int, min_distance: int) -> dict:
+    # min_distance beyond the map size suppresses exactly as the map size does.
+    return dict(DISTANCE=min(min_distance, max(height, width)), BLOCK_H=triton.next_power_of_2(max(height, 1)),
+                BLOCK_W=triton.next_power_of_2(max(width, 1)), num_warps=8)
+
+
 @torch.library.custom_op("kpfast_triton::find_peaks", mutates_args=())
 def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_peaks: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -353,9 +425,8 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
     if batch * num_keypoints == 0:
         return coords, scores, valid
     # min_distance beyond the map size suppresses exactly as the map size does.
-    distance = min(min_distance, max(height, width))
-    _find_peaks_kernel[(batch * num_keypoints,)](
-        heatmaps, coords, scores, valid.view(torch.int8), height, width, float(threshold), max_peaks,
-        DISTANCE=distance, BLOCK_H=triton.next_power_of_2(height), BLOCK_W=triton.next_power_of_2(width),
-        num_warps=8)
+    with device_guard(heatmaps):
+        _find_peaks_kernel[(batch * num_keypoints,)](
+            heatmaps, coords, scores, valid.view(torch.int8), height, width, float(threshold), max_peaks,
+            **find_peaks_config(height, width, min_distance))
     return coords, scores, valid

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kpfast.triton._common import device_guard, tile_shape
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, gaussian_window
 
 KINDS = {"mse": 0, "focal": 1, "cornernet": 2}
@@ -26,7 +27,9 @@ def _sign(v):
 @triton.jit
 def _pow_nonneg(x, g):
     """x^g for x >= 0 (0^0 = 1), without libdevice (the interpreter has none)."""
-    general = tl.where(x > 0.0, tl.exp(g * tl.log(tl.maximum(x, 1.0e-38))), tl.where(g == 0.0, 1.0, 0.0))
+    # log() only sees x > 0 (1.0 elsewhere). No tiny clamp literal: a subnormal float32 constant
+    # such as 1e-38 is typed float64 by Triton and drags the whole expression into float64.
+    general = tl.where(x > 0.0, tl.exp(g * tl.log(tl.where(x > 0.0, x, 1.0))), tl.where(g == 0.0, 1.0, 0.0))
     return tl.where(g == 2.0, x * x, tl.where(g == 4.0, (x * x) * (x * x), tl.where(g == 1.0, x, general)))
 
 
@@ -178,15 +181,17 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
         tl.store(grad_ptr + out, grad.to(tl.float32).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-def _tile_shape(height: int, width: int, max_elements: int = 4096) -> tuple[int, int]:
-    block_w = triton.next_power_of_2(max(width, 1))
-    block_h = max(1, min(triton.next_power_of_2(max(height, 1)), max_elements // block_w))
-    return block_h, block_w
+def launch_config(height: int, width: int, encoding: str, kind: str) -> dict:
+    """The constexprs (and launch options) of the forward and backward kernels for an H x W map."""
+    # 2048-pixel tiles over 8 warps (8 pixels per thread): 4096-pixel tiles at 4 warps spill in
+    # the focal and cornernet kernels (200 bytes per thread on sm_90), 2048 at 4 warps still 8
+    # bytes (benchmarks/results/RESOURCES.md).
+    block_h, block_w = tile_shape(height, width, max_elements=2048)
+    return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], BLOCK_H=block_h, BLOCK_W=block_w, num_warps=8)
 
 
 def _launch_args(pred, encoding, kind):
-    block_h, block_w = _tile_shape(pred.shape[2], pred.shape[3])
-    return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], BLOCK_H=block_h, BLOCK_W=block_w)
+    return launch_config(pred.shape[2], pred.shape[3], encoding, kind)
 
 
 @torch.library.custom_op("kpfast_triton::heatmap_loss", mutates_args=())
@@ -194,14 +199,16 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
                  encoding: str, kind: str, alpha: float, gamma: float, beta: float, keypoint_weight: float,
                  background_weight: float, threshold: float, l1_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     batch, instances, num_keypoints = keypoints.shape[:3]
-    map_losses = torch.zeros((batch, num_keypoints), dtype=torch.float32, device=pred.device)
-    positives = torch.zeros_like(map_losses)
-    if pred.numel() == 0:
+    # Every map's sum and count is stored by the kernel (an H*W = 0 map stores 0): no zero fill.
+    map_losses = torch.empty((batch, num_keypoints), dtype=torch.float32, device=pred.device)
+    positives = torch.empty_like(map_losses)
+    if batch * num_keypoints == 0:
         return map_losses, positives
-    _loss_forward_kernel[(batch * num_keypoints,)](
-        pred, keypoints, weights, sigma, map_losses, positives, instances, num_keypoints, pred.shape[2], pred.shape[3],
-        *pred.stride(), alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
-        **_launch_args(pred, encoding, kind))
+    with device_guard(pred):
+        _loss_forward_kernel[(batch * num_keypoints,)](
+            pred, keypoints, weights, sigma, map_losses, positives, instances, num_keypoints, pred.shape[2],
+            pred.shape[3], *pred.stride(), alpha, gamma, beta, keypoint_weight, background_weight, threshold,
+            l1_weight, **_launch_args(pred, encoding, kind))
     return map_losses, positives
 
 
@@ -215,8 +222,9 @@ def heatmap_loss_backward(grad_map_losses: torch.Tensor, pred: torch.Tensor, key
     if grad.numel() == 0:
         return grad
     upstream = grad_map_losses.to(torch.float32).contiguous()  # (B, K); often an expanded scalar
-    _loss_backward_kernel[(batch * num_keypoints,)](
-        upstream, pred, keypoints, weights, sigma, grad, instances, num_keypoints, pred.shape[2], pred.shape[3],
-        *pred.stride(), alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
-        **_launch_args(pred, encoding, kind))
+    with device_guard(pred):
+        _loss_backward_kernel[(batch * num_keypoints,)](
+            upstream, pred, keypoints, weights, sigma, grad, instances, num_keypoints, pred.shape[2], pred.shape[3],
+            *pred.stride(), alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
+            **_launch_args(pred, encoding, kind))
     return grad

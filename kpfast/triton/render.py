@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kpfast.triton._common import device_guard, tile_shape
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile
 
 
@@ -91,10 +92,14 @@ def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, gra
     tl.store(grad_sigma_ptr + map_id, grad_sigma)
 
 
-def _tile_shape(height: int, width: int, max_elements: int = 4096) -> tuple[int, int]:
-    block_w = triton.next_power_of_2(width)
-    block_h = max(1, min(triton.next_power_of_2(height), max_elements // block_w))
-    return block_h, block_w
+def forward_config(height: int, width: int, encoding: str) -> dict:
+    """The constexprs (and launch options) of the forward kernel for an H x W map."""
+    block_h, block_w = tile_shape(height, width)
+    return dict(ENCODING=ENCODINGS[encoding], BLOCK_H=block_h, BLOCK_W=block_w)
+
+
+def backward_config(height: int, width: int, encoding: str) -> dict:
+    return forward_config(height, width, encoding)
 
 
 @torch.library.custom_op("kpfast_triton::render_heatmaps", mutates_args=())
@@ -102,13 +107,16 @@ def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch
                     encoding: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     batch, instances, num_keypoints = keypoints.shape[:3]
     heatmaps = torch.empty((batch, num_keypoints, height, width), dtype=dtype, device=keypoints.device)
-    weights_out = torch.zeros_like(weights)
+    # The kernel writes every element of both outputs (weights_out from the first row tile),
+    # so neither is zero-filled first. An empty map (H or W = 0) still needs the weights.
+    weights_out = torch.empty_like(weights)
     if batch * num_keypoints == 0:
         return heatmaps, weights_out
-    block_h, block_w = _tile_shape(height, width)
-    grid = (batch * num_keypoints, triton.cdiv(height, block_h))
-    _render_forward_kernel[grid](keypoints, weights, sigma, heatmaps, weights_out, instances, num_keypoints, height,
-                                 width, ENCODING=ENCODINGS[encoding], BLOCK_H=block_h, BLOCK_W=block_w)
+    config = forward_config(height, width, encoding)
+    grid = (batch * num_keypoints, max(1, triton.cdiv(height, config["BLOCK_H"])))
+    with device_guard(keypoints):
+        _render_forward_kernel[grid](keypoints, weights, sigma, heatmaps, weights_out, instances, num_keypoints,
+                                     height, width, **config)
     return heatmaps, weights_out
 
 
@@ -116,13 +124,14 @@ def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch
 def render_heatmaps_backward(grad_heatmaps: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor,
                              sigma: torch.Tensor, encoding: str) -> tuple[torch.Tensor, torch.Tensor]:
     batch, instances, num_keypoints = keypoints.shape[:3]
-    grad_keypoints = torch.zeros_like(keypoints)
-    grad_sigma = torch.zeros_like(sigma)
+    # Every (map, instance) coordinate and every map's sigma is stored by the kernel: no zero fill.
+    grad_keypoints = torch.empty_like(keypoints)
+    grad_sigma = torch.empty_like(sigma)
     if batch * num_keypoints == 0:
         return grad_keypoints, grad_sigma
     height, width = grad_heatmaps.shape[-2:]
-    block_h, block_w = _tile_shape(height, width)
-    _render_backward_kernel[(batch * num_keypoints,)](
-        grad_heatmaps.contiguous(), keypoints, weights, sigma, grad_keypoints, grad_sigma, instances, num_keypoints,
-        height, width, ENCODING=ENCODINGS[encoding], BLOCK_H=block_h, BLOCK_W=block_w)
+    with device_guard(keypoints):
+        _render_backward_kernel[(batch * num_keypoints,)](
+            grad_heatmaps.contiguous(), keypoints, weights, sigma, grad_keypoints, grad_sigma, instances,
+            num_keypoints, height, width, **backward_config(height, width, encoding))
     return grad_keypoints, grad_sigma

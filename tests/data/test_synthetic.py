@@ -22,6 +22,8 @@ def _load(root, split):
 
 
 def test_loads_in_pycocotools_and_passes_validation(synthetic_root):
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("albumentations")
     from pycocotools.coco import COCO
 
     for split, n in (("train", 24), ("val", 8)):
@@ -138,6 +140,8 @@ def test_ensure_never_deletes_what_it_did_not_create(tmp_path, content):
 
 
 def test_cli_and_default_config_loader(tmp_path, monkeypatch):
+    pytest.importorskip("pycocotools")
+    pytest.importorskip("albumentations")
     out = tmp_path / "cli"
     # The subprocess imports the kpfast under test (installed or built in place), not whatever
     # ./kpfast the working directory holds.

@@ -1,0 +1,176 @@
+"""Regression tests for the Triton fixes of issue 11 part 1, run through the interpreter.
+
+(What only Triton's real compiler catches, such as module globals in @triton.jit or float64
+literals, is gated by tests/triton/test_aot.py.)"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.triton
+triton = pytest.importorskip("triton")
+
+import triton.language as tl  # noqa: E402
+
+from kpfast import backends  # noqa: E402
+from kpfast.reference import decode as reference  # noqa: E402
+from kpfast.triton.decode import _taps  # noqa: E402
+
+
+@triton.jit
+def _taps_probe(out_ptr, KSIZE: tl.constexpr, KPAD: tl.constexpr):
+    j = tl.arange(0, KPAD)
+    tl.store(out_ptr + j, _taps(j, KSIZE, KPAD))
+
+
+def _need_triton():
+    reason = backends._device_reason("triton", torch.device("cpu"))
+    if reason is not None and not torch.cuda.is_available():
+        pytest.skip(reason)
+
+
+def _device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_one_tile_shape_helper_handles_empty_sizes():
+    from kpfast.triton import _common, loss, render
+
+    assert _common.tile_shape(0, 0) == (1, 1)
+    assert _common.tile_shape(5, 0) == (8, 1)
+    assert _common.tile_shape(64, 48) == (64, 64)
+    assert _common.tile_shape(96, 72) == (32, 128)
+    # the launchers use the shared helper, not drifted copies of it
+    assert not hasattr(render, "_tile_shape") and not hasattr(loss, "_tile_shape")
+
+
+@pytest.mark.parametrize("kernel_size", list(range(1, 32, 2)))
+def test_in_kernel_blur_taps_equal_the_opencv_table(kernel_size):
+    """The taps are computed in the kernel (no host-to-device copy per call): same table."""
+    _need_triton()
+    pad = triton.next_power_of_2(kernel_size)
+    out = torch.full((pad,), -1.0, device=_device())
+    _taps_probe[(1,)](out, KSIZE=kernel_size, KPAD=pad)
+    expected = reference.opencv_gaussian_kernel(kernel_size)
+    # exp is float32 in the interpreter: a few float32 ulps from the float64 table, no more.
+    np.testing.assert_allclose(out[:kernel_size].cpu().numpy(), expected, rtol=1e-6, atol=0)
+    assert (out[kernel_size:] == 0).all()
+
+
+def test_soft_argmax_first_chunk_all_minus_inf_is_finite():
+    """A map larger than one chunk (64x48 > 2048 pixels) whose first chunk is all -inf: -inf
+    weighs 0, the result is finite and equals the reference (was NaN: exp(-inf - -inf))."""
+    _need_triton()
+    maps = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    maps.view(2, 3, -1)[:, :, :2048] = -math.inf
+    maps = maps.to(_device())
+    coords, scores, _ = torch.ops.kpfast_triton.soft_argmax(maps, 1.0)
+    ref_coords, ref_scores = reference.soft_argmax(maps.cpu(), 1.0)
+    assert torch.isfinite(coords).all()
+    torch.testing.assert_close(coords.cpu(), ref_coords, rtol=0, atol=1e-4)
+    torch.testing.assert_close(scores.cpu(), ref_scores, rtol=0, atol=0)
+
+
+def test_soft_argmax_nan_or_plus_inf_makes_the_map_nan():
+    _need_triton()
+    maps = torch.randn(1, 3, 9, 7, generator=torch.Generator().manual_seed(1))
+    maps[0, 0, 4, 3] = math.nan
+    maps[0, 1, 0, 0] = math.inf
+    coords, scores, _ = torch.ops.kpfast_triton.soft_argmax(maps.to(_device()), 1.0)
+    coords, scores = coords.cpu(), scores.cpu()
+    assert torch.isnan(coords[0, :2]).all()
+    assert math.isnan(scores[0, 0]) and scores[0, 1] == math.inf
+    assert torch.isfinite(coords[0, 2]).all()
+
+
+@pytest.mark.parametrize("method", ["argmax", "quarter", "dark", "udp", "local_mean"])
+def test_decode_skips_nan_pixels_explicitly(method):
+    """NaN pixels are never the maximum (DESIGN.md), whatever tl.max does with NaN: NaN in the
+    first chunk, beside the maximum, and a whole NaN map."""
+    _need_triton()
+    maps = torch.zeros(1, 3, 64, 48)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(48.0), indexing="ij")
+    maps[0, 0] = torch.exp(-((xs - 30.3) ** 2 + (ys - 40.6) ** 2) / 8)
+    maps[0, 1] = maps[0, 0]
+    maps[0, 0, 0, :10] = math.nan          # first chunk
+    maps[0, 1, 41, 29] = math.nan          # next to the maximum
+    maps[0, 2] = math.nan                  # all NaN
+    coords, scores = torch.ops.kpfast_triton.decode_heatmaps(maps.to(_device()), method, 11, 3)
+    coords, scores = coords.cpu(), scores.cpu()
+    peak = maps[0, 0].nan_to_num(-1.0).max()
+    assert scores[0, 0] == peak and scores[0, 1] == peak
+    assert coords[0, 0].round().tolist() == [30.0, 41.0] or method != "argmax"
+    assert (coords[0, :2] - torch.tensor([30.0, 41.0])).abs().max() <= 1.0
+    assert math.isnan(scores[0, 2]) and coords[0, 2].tolist() == [-1.0, -1.0]
+
+
+def _inputs(device):
+    generator = torch.Generator().manual_seed(2)
+    keypoints = (torch.rand(2, 1, 3, 2, generator=generator) * torch.tensor([12.0, 10.0])).to(device)
+    weights = torch.ones(2, 1, 3, device=device)
+    sigma = torch.full((2, 3), 2.0, device=device)
+    maps = torch.rand(2, 3, 10, 12, generator=generator).to(device)
+    return keypoints, weights, sigma, maps
+
+
+def test_every_launch_runs_under_its_inputs_device(monkeypatch):
+    """Each launcher enters the device guard of its inputs' device before launching (on a GPU:
+    torch.cuda.device(x.device), so inputs on cuda:1 never launch on the current cuda:0)."""
+    _need_triton()
+    import contextlib
+
+    from kpfast.triton import decode, loss, render
+
+    seen = []
+
+    def spy(tensor):
+        seen.append(tensor.device)
+        return contextlib.nullcontext()
+
+    for module in (render, loss, decode):
+        monkeypatch.setattr(module, "device_guard", spy)
+    device = _device()
+    keypoints, weights, sigma, maps = _inputs(device)
+    ops = torch.ops.kpfast_triton
+    calls = [
+        lambda: render.render_heatmaps(keypoints, weights, sigma, 10, 12, "udp", torch.float32),
+        lambda: render.render_heatmaps_backward(maps, keypoints, weights, sigma, "udp"),
+        lambda: loss.heatmap_loss(maps, keypoints, weights, sigma, "udp", "focal", 0.25, 2.0, 4.0, 15.0, 1.0, 0.1,
+                                  0.1),
+        lambda: loss.heatmap_loss_backward(torch.ones(2, 3, device=device), maps, keypoints, weights, sigma, "udp",
+                                           "focal", 0.25, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1),
+        lambda: decode.decode_heatmaps(maps, "dark", 11, 3),
+        lambda: decode.soft_argmax(maps, 1.0),
+        lambda: decode.soft_argmax_backward(torch.ones(2, 3, 2, device=device), maps, torch.zeros(2, 3, 2,
+                                            device=device), torch.zeros(2, 3, device=device), 1.0),
+        lambda: decode.find_peaks(maps, 0.5, 2, 4),
+    ]
+    del ops
+    for call in calls:
+        before = len(seen)
+        call()
+        assert seen[before:] == [device], call
+
+
+@pytest.mark.parametrize("kind", ["mse", "focal", "cornernet"])
+def test_loss_over_several_row_tiles_matches_the_reference(kind):
+    """64x48 maps take two 32x64 tiles (the 2048-pixel tiles that keep the kernels unspilled)."""
+    _need_triton()
+    from kpfast.ops import heatmap_loss
+    from kpfast.triton._common import tile_shape
+
+    assert tile_shape(64, 48, max_elements=2048) == (32, 64)
+    generator = torch.Generator().manual_seed(3)
+    keypoints = torch.rand(2, 3, 2, generator=generator) * torch.tensor([47.0, 63.0])
+    keypoints[0, 0] = torch.tensor([20.0, 40.0])  # a Gaussian across the tile boundary (row 32)
+    pred = torch.randn(2, 3, 64, 48, generator=generator)
+    results = []
+    for backend in ("torch", "triton"):
+        leaf = pred.clone().to(_device()).requires_grad_(True)
+        loss = heatmap_loss(leaf, keypoints.to(_device()), kind=kind, backend=backend)
+        loss.backward()
+        results.append((loss.detach().cpu(), leaf.grad.cpu()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-7)
