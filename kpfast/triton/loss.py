@@ -185,8 +185,10 @@ def launch_config(height: int, width: int, encoding: str, kind: str) -> dict:
     """The constexprs (and launch options) of the forward and backward kernels for an H x W map."""
     # 2048-pixel tiles over 8 warps (8 pixels per thread): 4096-pixel tiles at 4 warps spill in
     # the focal and cornernet kernels (200 bytes per thread on sm_90), 2048 at 4 warps still 8
-    # bytes (benchmarks/results/RESOURCES.md).
-    block_h, block_w = tile_shape(height, width, max_elements=2048)
+    # bytes; the cornernet forward (two loop-carried tiles, two powers per pixel) spills 8 bytes
+    # even at 2048 over 8 warps, so it walks 1024-pixel tiles (benchmarks/results/RESOURCES.md).
+    max_elements = 1024 if kind == "cornernet" else 2048
+    block_h, block_w = tile_shape(height, width, max_elements=max_elements)
     return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], BLOCK_H=block_h, BLOCK_W=block_w, num_warps=8)
 
 
