@@ -2,6 +2,8 @@
 published focal/CenterNet formulas written independently, normalisation, stability, edge cases,
 argument errors, opcheck, torch.compile and the no-temporaries memory claim."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,54 +11,21 @@ import torch.nn.functional as F
 import kpfast
 from kpfast.ops import heatmap_loss, render_heatmaps
 
-H, W = 11, 13  # odd, non-square maps catch row/column mix-ups
+from .harness import TOLERANCE, edge_case_keypoints, predictions, sigma_forms
+
 KINDS = ("mse", "focal", "cornernet")
 ENCODINGS = ("msra", "udp", "dark")
-# float32: loss values to 1e-5 relative, gradients to 1e-4 relative (the brief's tolerances).
-LOSS_RTOL, GRAD_RTOL = 1e-5, 1e-4
-# Half-precision predictions: the loss is computed in float32 from the same half inputs, so it
-# keeps the float32 tolerance; the gradient is rounded once to the half dtype by every backend,
-# so it may differ by one unit in the last place of that dtype.
-HALF_GRAD_RTOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# float32: loss values to 1e-5 relative, gradients to 1e-4 relative; half-precision predictions:
+# the loss is computed in float32 from the same half inputs, so it keeps the float32 tolerance;
+# the gradient is rounded once to the half dtype (TOLERANCE["loss_grad"][dtype]).
+LOSS_RTOL, GRAD_RTOL = TOLERANCE["loss"], TOLERANCE["loss_grad"][torch.float32]
 
 
-def keypoints_with_edge_cases(batch=2, instances=None, num_keypoints=5, seed=0, device="cpu"):
-    """Keypoints inside, on the border and outside the map, invisible and non-finite ones."""
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch,) + ((instances,) if instances else ()) + (num_keypoints,)
-    xy = torch.rand(shape + (2,), generator=generator) * torch.tensor([W + 4.0, H + 4.0]) - 2.0
-    # Keep sub-pixel parts away from .5, where the MSRA rounding (and so the positives) jumps.
-    xy = torch.where((xy.frac().abs() - 0.5).abs() < 0.02, xy + 0.1, xy)
-    weights = torch.ones(shape)
-    flat_xy, flat_w = xy.view(-1, 2), weights.view(-1)
-    flat_xy[0] = torch.tensor([0.0, 0.0])
-    flat_xy[1] = torch.tensor([W - 1.0, H - 1.0])
-    flat_xy[2] = torch.tensor([-1.3, 4.2])  # window overlaps the map, positive pixel off the map
-    flat_w[3] = 0.3  # invisible
-    flat_xy[4, 0] = float("nan")
-    flat_xy[5] = torch.tensor([60.0, 3.0])  # window wholly outside: weight 0
-    flat_w[6] = 2.0  # weights above 1 are kept as given
-    if instances:
-        weights[1, :, 0] = 0.0  # a map whose every instance is invisible
-    return xy.to(device), weights.to(device)
-
-
-def make_pred(kind, batch, num_keypoints, device, dtype=torch.float32, seed=3):
-    generator = torch.Generator().manual_seed(seed)
-    if kind == "mse":
-        pred = torch.rand(batch, num_keypoints, H, W, generator=generator)
-    else:
-        pred = torch.randn(batch, num_keypoints, H, W, generator=generator) * 3
-    return pred.to(device=device, dtype=dtype)
-
-
-def sigma_value(form, batch, num_keypoints, device):
-    generator = torch.Generator().manual_seed(1)
-    if form == "float":
-        return 1.7
-    if form == "per_keypoint":
-        return (torch.rand(num_keypoints, generator=generator) * 2 + 0.8).to(device)
-    return (torch.rand(batch, num_keypoints, generator=generator) * 2 + 0.8).to(device)
+# This file's maps are H x W = 11 x 13 (the hand-made keypoints below are placed for that size)
+# and its edge-case batches hold 2 samples of 5 keypoints: the harness factories at that size.
+H, W = 11, 13
+keypoints_with_edge_cases = functools.partial(edge_case_keypoints, batch=2, num_keypoints=5, height=H, width=W)
+make_pred = functools.partial(predictions, height=H, width=W)
 
 
 def loss_and_grad(backend, pred, keypoints, weights, probe=None, **kwargs):
@@ -113,7 +82,7 @@ def test_reductions_match_reference(kernel_backend, kind, reduction):
 def test_sigma_forms(kernel_backend, sigma_form):
     backend, device = kernel_backend
     keypoints, weights = keypoints_with_edge_cases(device=device, seed=2)
-    sigma = sigma_value(sigma_form, keypoints.shape[0], keypoints.shape[1], device)
+    sigma = sigma_forms(keypoints.shape[0], keypoints.shape[1], device)[sigma_form]
     pred = make_pred("focal", *keypoints.shape[:2], device)
     kwargs = dict(sigma=sigma, kind="focal", reduction="sum")
     ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, **kwargs)
@@ -133,7 +102,7 @@ def test_half_precision_predictions(kernel_backend, dtype, kind):
     loss, grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs)
     assert loss.dtype == torch.float32 and grad.dtype == dtype
     assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
-    assert_close_rel(grad.float(), ref_grad.float(), HALF_GRAD_RTOL[dtype], "gradient")
+    assert_close_rel(grad.float(), ref_grad.float(), TOLERANCE["loss_grad"][dtype], "gradient")
 
 
 @pytest.mark.parametrize("kind, exponents", [("focal", dict(gamma=1.5)), ("focal", dict(gamma=0.0)),
