@@ -32,6 +32,7 @@ TOLERANCE = {
     "decode": 1e-4,  # px, DESIGN.md: kernels agree with the reference algorithm to 1e-4 px
     "soft_argmax": 1e-5,
     "soft_argmax_grad": 1e-4,
+    "compiled": 1e-6,  # torch.compile(fullgraph=True) against the same backend run eagerly
 }
 
 
@@ -191,11 +192,16 @@ class OpCase:
     ``inputs(device, dtype, batch)`` returns the op's positional tensors (``batch`` may be 0);
     ``call(backend, *tensors)`` returns a tuple of output tensors; ``grad_inputs`` are the indices
     of the tensors the op is differentiable w.r.t.; ``tolerance(dtype)`` the absolute tolerance of
-    the outputs against the reference (relative to their scale)."""
+    the outputs against the reference, one float for all outputs or a tuple with one per output,
+    multiplied by the outputs' scale (their largest finite magnitude, at least 1) unless
+    ``absolute_tolerance`` (decoders: coordinates in pixels, scores exact); ``output_dtypes``, when
+    set, the dtypes the outputs must have whatever the input dtype."""
 
     name = ""
     grad_inputs: tuple[int, ...] = ()
     half_dtypes = (torch.float16, torch.bfloat16)
+    absolute_tolerance = False
+    output_dtypes: tuple[torch.dtype, ...] | None = None
 
     def inputs(self, device, dtype, batch):
         raise NotImplementedError
@@ -205,6 +211,10 @@ class OpCase:
 
     def tolerance(self, dtype) -> float:
         raise NotImplementedError
+
+    def grad_tolerance(self) -> float:
+        """Gradients against the reference's, in float32 (relative to their scale)."""
+        raise NotImplementedError(f"{self.name} has grad_inputs but no gradient tolerance")
 
     def __repr__(self) -> str:
         return self.name
@@ -229,6 +239,9 @@ class RenderCase(OpCase):
     def tolerance(self, dtype):
         return TOLERANCE["render"][dtype]
 
+    def grad_tolerance(self):
+        return TOLERANCE["render_grad"]
+
 
 class LossCase(OpCase):
     name = "heatmap_loss"
@@ -247,9 +260,14 @@ class LossCase(OpCase):
     def tolerance(self, dtype):
         return TOLERANCE["loss"]
 
+    def grad_tolerance(self):
+        return TOLERANCE["loss_grad"][torch.float32]
+
 
 class DecodeCase(OpCase):
     name = "decode_heatmaps"
+    absolute_tolerance = True
+    output_dtypes = (torch.float32, torch.float32)  # coordinates, scores (also from half maps)
 
     def __init__(self, method):
         self.method = method
@@ -265,7 +283,7 @@ class DecodeCase(OpCase):
         return decode_heatmaps(maps, self.method, backend=backend)
 
     def tolerance(self, dtype):
-        return TOLERANCE["decode"]
+        return (TOLERANCE["decode"], 0.0)  # coordinates to 1e-4 px; scores are copied map values: exact
 
 
 class SoftArgmaxCase(OpCase):
@@ -282,6 +300,9 @@ class SoftArgmaxCase(OpCase):
 
     def tolerance(self, dtype):
         return TOLERANCE["soft_argmax"]
+
+    def grad_tolerance(self):
+        return TOLERANCE["soft_argmax_grad"]
 
 
 class FindPeaksCase(OpCase):

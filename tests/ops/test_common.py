@@ -6,7 +6,7 @@ Each op's own behaviour (published algorithms, semantics, opcheck) is tested in 
 import pytest
 import torch
 
-from .harness import OP_CASES, backend_params
+from .harness import OP_CASES, TOLERANCE, backend_params
 
 CASES = [pytest.param(case, id=case.name) for case in OP_CASES]
 
@@ -26,8 +26,19 @@ def _outputs_and_grads(case, backend, tensors):
     return [o.detach() for o in outputs], grads
 
 
-def _assert_close(got, expected, tol, what):
-    for g, e in zip(got, expected):
+def _tolerances(case, dtype, count, floor=0.0):
+    """One tolerance per output; ``floor`` raises the non-zero ones (half precision)."""
+    tol = case.tolerance(dtype)
+    tols = list(tol) if isinstance(tol, (tuple, list)) else [tol] * count
+    return [max(t, floor) if t > 0 else 0.0 for t in tols]
+
+
+def _assert_close(got, expected, tols, what, absolute=False):
+    if not isinstance(tols, (list, tuple)):
+        tols = [tols] * len(expected)
+    assert len(got) == len(expected), what
+    for g, e, tol in zip(got, expected, tols):
+        assert g.dtype == e.dtype and g.shape == e.shape, f"{what}: {g.dtype} {tuple(g.shape)} vs {e.dtype} {tuple(e.shape)}"
         if g.dtype == torch.bool:
             assert torch.equal(g.cpu(), e.cpu()), what
             continue
@@ -35,8 +46,8 @@ def _assert_close(got, expected, tol, what):
         assert torch.equal(torch.isnan(g), torch.isnan(e)), f"{what}: NaN pattern"
         finite = torch.isfinite(e)
         scale = float(e[finite].abs().max()) if finite.any() else 0.0
-        torch.testing.assert_close(g[finite], e[finite], rtol=0, atol=tol * max(scale, 1.0),
-                                   msg=lambda m: f"{what}: {m}")
+        atol = tol if absolute else tol * max(scale, 1.0)
+        torch.testing.assert_close(g[finite], e[finite], rtol=0, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -46,8 +57,10 @@ def test_parity_with_reference(case, backend_device):
     tensors = case.inputs(device, torch.float32, batch=5)  # decode: smooth, noisy and edge-case maps
     got, got_grads = _outputs_and_grads(case, backend, tensors)
     expected, expected_grads = _outputs_and_grads(case, "torch", [t.cpu() for t in tensors])
-    _assert_close(got, expected, case.tolerance(torch.float32), f"{case} values")
-    _assert_close(got_grads, expected_grads, 1e-4, f"{case} gradients")
+    _assert_close(got, expected, _tolerances(case, torch.float32, len(expected)), f"{case} values",
+                  case.absolute_tolerance)
+    if case.grad_inputs:
+        _assert_close(got_grads, expected_grads, case.grad_tolerance(), f"{case} gradients")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -65,18 +78,26 @@ def test_half_precision(case, dtype, backend_device):
         tensors = case.inputs(device, dtype, batch=3)
         got, _ = _outputs_and_grads(case, backend, tensors)
         expected, _ = _outputs_and_grads(case, "torch", [t.cpu() for t in tensors])
-    _assert_close(got, expected, max(case.tolerance(dtype), 1e-4 if case.name != "find_peaks" else 0.0),
-                  f"{case} {dtype}")
+    if case.output_dtypes is not None:
+        assert tuple(o.dtype for o in got) == case.output_dtypes, f"{case} {dtype}: output dtypes"
+    _assert_close(got, expected, _tolerances(case, dtype, len(expected), floor=1e-4), f"{case} {dtype}",
+                  case.absolute_tolerance)
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("backend_device", backend_params(include_torch=True))
 def test_empty_batch(case, backend_device):
     backend, device = backend_device
-    tensors = case.inputs(device, torch.float32, batch=0)
+    tensors = [t.detach().clone().requires_grad_(i in case.grad_inputs)
+               for i, t in enumerate(case.inputs(device, torch.float32, batch=0))]
     outputs = case.call(backend, *tensors)
     for output in outputs:
         assert output.shape[0] == 0 or output.dim() == 0, f"{case}: {tuple(output.shape)}"
+    if case.grad_inputs:  # the backward of an empty batch runs and gives gradients of the inputs' shapes
+        outputs[0].float().sum().backward()
+        for i in case.grad_inputs:
+            grad = tensors[i].grad
+            assert grad is not None and grad.shape == tensors[i].shape, f"{case}: gradient {i}"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -100,4 +121,4 @@ def test_torch_compile_fullgraph(case, backend_device):
     expected = case.call(backend, *tensors)
     compiled = torch.compile(lambda *t: case.call(backend, *t), fullgraph=True, backend="aot_eager")
     got = compiled(*tensors)
-    _assert_close([o.detach() for o in got], [o.detach() for o in expected], 1e-6, f"{case} compiled")
+    _assert_close([o.detach() for o in got], [o.detach() for o in expected], TOLERANCE["compiled"], f"{case} compiled")

@@ -10,18 +10,10 @@ import kpfast
 from kpfast.ops import decode_heatmaps, flip_merge, render_heatmaps
 from kpfast.reference import decode as reference
 
-from .harness import backend_params, gaussian_maps, kernel_backends_and_torch, special_maps
+from .harness import H, W, backend_params, decode_test_maps, gaussian_maps, kernel_backends_and_torch, special_maps
 from .published import published_decode
 
 METHODS = ("argmax", "quarter", "dark", "udp", "local_mean")
-H, W = 13, 11  # odd, non-square maps catch row/column mix-ups
-
-
-def _test_maps(device, seed=0):
-    """Smooth maps (with and without noise) followed by the edge cases."""
-    smooth = gaussian_maps(1, 6, H, W, seed=seed)
-    noisy = gaussian_maps(1, 4, H, W, seed=seed + 1, noise=0.05)
-    return torch.cat([smooth, noisy, special_maps(H, W)], dim=1).to(device)
 
 
 def _assert_decoded_equal(got, expected, atol=1e-4):
@@ -35,7 +27,7 @@ def _assert_decoded_equal(got, expected, atol=1e-4):
 @pytest.mark.parametrize("method", METHODS)
 def test_backend_matches_reference(kernel_backend, method):
     backend, device = kernel_backend
-    maps = _test_maps(device)
+    maps = decode_test_maps(device)
     for blur_kernel, window in ((11, 3), (5, 5)):
         expected = decode_heatmaps(maps, method, blur_kernel, window, backend="torch")
         got = decode_heatmaps(maps, method, blur_kernel, window, backend=backend)
@@ -154,30 +146,6 @@ def test_dark_recovers_rendered_centres(encoding):
     assert errors["udp"].mean() < 0.05
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_maps(kernel_backend, dtype):
-    backend, device = kernel_backend
-    maps = _test_maps(device).to(dtype)
-    for method in METHODS:
-        expected = decode_heatmaps(maps, method, backend="torch")
-        got = decode_heatmaps(maps, method, backend=backend)
-        _assert_decoded_equal(got, expected)
-        assert expected[1].dtype == torch.float32
-
-
-def test_non_contiguous_maps(kernel_backend):
-    backend, device = kernel_backend
-    maps = _test_maps(device)
-    transposed = maps.transpose(0, 1).contiguous().transpose(0, 1)
-    strided = torch.cat([maps, maps], dim=-1)[..., ::2]
-    assert not strided.is_contiguous()
-    for method in ("dark", "udp", "quarter"):
-        expected = decode_heatmaps(maps, method, backend="torch")
-        _assert_decoded_equal(decode_heatmaps(transposed, method, backend=backend), expected)
-        expected_strided = decode_heatmaps(strided.contiguous(), method, backend="torch")
-        _assert_decoded_equal(decode_heatmaps(strided, method, backend=backend), expected_strided)
-
-
 @pytest.mark.parametrize("shape", [(0, 17, H, W), (3, 0, H, W), (1, 2, 1, 1), (2, 3, 1, 9), (2, 3, 6, 1)])
 def test_empty_and_degenerate_shapes(kernel_backend, shape):
     backend, device = kernel_backend
@@ -228,14 +196,14 @@ def test_bad_heatmaps_are_named():
 def test_opcheck(kernel_backend):
     backend, device = kernel_backend
     op = torch.ops.kpfast_triton.decode_heatmaps if backend == "triton" else torch.ops.kpfast.decode_heatmaps
-    maps = _test_maps(device)
+    maps = decode_test_maps(device)
     for method in METHODS:
         torch.library.opcheck(op, (maps, method, 11, 3))
 
 
 def test_torch_compile_fullgraph(kernel_backend):
     backend, device = kernel_backend
-    maps = _test_maps(device)
+    maps = decode_test_maps(device)
 
     def decode(m):
         coords, scores = decode_heatmaps(m, "dark", backend=backend)

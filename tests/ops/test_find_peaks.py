@@ -78,14 +78,6 @@ def test_equal_scores_sorted_by_index():
         assert coords[0, 0].tolist() == [[7, 0], [1, 3], [7, 3]]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_and_strides(kernel_backend, dtype):
-    backend, device = kernel_backend
-    maps = _all_maps(device).to(dtype)
-    strided = maps.transpose(0, 1).contiguous().transpose(0, 1)
-    _assert_peaks_equal(find_peaks(strided, 0.1, 2, 6, backend=backend), find_peaks(maps, 0.1, 2, 6, backend="torch"))
-
-
 @pytest.mark.parametrize("backend_device", kernel_backends_and_torch())
 def test_empty_batches_and_more_peaks_than_pixels(backend_device):
     """Empty batches give empty outputs on every backend (issue 15 item 8: torch crashed)."""

@@ -79,13 +79,8 @@ def test_half_precision(kernel_backend, dtype):
     torch.testing.assert_close(out[2].float(), ref[2].float(), rtol=tol, atol=tol)
 
 
-def test_non_contiguous_and_empty(kernel_backend):
+def test_empty_batches_and_keypoints_backpropagate(kernel_backend):
     backend, device = kernel_backend
-    maps = _maps(device)
-    transposed = maps.transpose(2, 3).contiguous().transpose(2, 3)
-    assert not transposed.is_contiguous()
-    torch.testing.assert_close(soft_argmax(transposed, backend=backend)[0], soft_argmax(maps, backend="torch")[0],
-                               rtol=0, atol=1e-4)
     for shape in [(0, 4, H, W), (2, 0, H, W)]:
         empty = torch.zeros(shape, device=device, requires_grad=True)
         coords, scores = soft_argmax(empty, backend=backend)
