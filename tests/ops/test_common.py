@@ -26,11 +26,10 @@ def _outputs_and_grads(case, backend, tensors):
     return [o.detach() for o in outputs], grads
 
 
-def _tolerances(case, dtype, count, floor=0.0):
-    """One tolerance per output; ``floor`` raises the non-zero ones (half precision)."""
+def _tolerances(case, dtype, count):
+    """One tolerance per output."""
     tol = case.tolerance(dtype)
-    tols = list(tol) if isinstance(tol, (tuple, list)) else [tol] * count
-    return [max(t, floor) if t > 0 else 0.0 for t in tols]
+    return list(tol) if isinstance(tol, (tuple, list)) else [tol] * count
 
 
 def _assert_close(got, expected, tols, what, absolute=False):
@@ -76,11 +75,15 @@ def test_half_precision(case, dtype, backend_device):
         assert got[0].dtype == dtype
     else:
         tensors = case.inputs(device, dtype, batch=3)
-        got, _ = _outputs_and_grads(case, backend, tensors)
-        expected, _ = _outputs_and_grads(case, "torch", [t.cpu() for t in tensors])
+        got, got_grads = _outputs_and_grads(case, backend, tensors)
+        expected, expected_grads = _outputs_and_grads(case, "torch", [t.cpu() for t in tensors])
+        grad_tol = case.half_grad_tolerance(dtype)
+        if grad_tol is not None:
+            assert all(g.dtype == dtype for g in got_grads), f"{case} {dtype}: gradient dtype"
+            _assert_close(got_grads, expected_grads, grad_tol, f"{case} {dtype} gradients")
     if case.output_dtypes is not None:
         assert tuple(o.dtype for o in got) == case.output_dtypes, f"{case} {dtype}: output dtypes"
-    _assert_close(got, expected, _tolerances(case, dtype, len(expected), floor=1e-4), f"{case} {dtype}",
+    _assert_close(got, expected, _tolerances(case, dtype, len(expected)), f"{case} {dtype}",
                   case.absolute_tolerance)
 
 
@@ -107,9 +110,10 @@ def test_non_contiguous_inputs(case, backend_device):
     tensors = case.inputs(device, torch.float32, batch=3)
     strided = [t.transpose(0, -1).contiguous().transpose(0, -1) if t.dim() > 1 else t for t in tensors]
     assert any(not t.is_contiguous() for t in strided)
-    got = case.call(backend, *strided)
-    expected = case.call(backend, *tensors)
-    _assert_close([o.detach() for o in got], [o.detach() for o in expected], 0.0, f"{case} strided")
+    got, got_grads = _outputs_and_grads(case, backend, strided)
+    expected, expected_grads = _outputs_and_grads(case, backend, tensors)
+    _assert_close(got, expected, 0.0, f"{case} strided")
+    _assert_close(got_grads, expected_grads, 0.0, f"{case} strided gradients")
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -1,6 +1,7 @@
 """decode_heatmaps: every kernel backend against the torch reference, the reference against an
 independent numpy + OpenCV statement of the published decoders, accuracy on rendered Gaussians,
-edge cases, dtypes, argument errors, opcheck and torch.compile; flip_merge."""
+edge cases, argument errors, opcheck and torch.compile; flip_merge.
+Half precision and non-contiguous maps: tests/ops/test_common.py (DecodeCase)."""
 
 import numpy as np
 import pytest

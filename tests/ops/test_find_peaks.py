@@ -1,5 +1,6 @@
 """find_peaks: kernel backends against the reference, the suppression rule on hand-made maps,
-several people rendered into one map, dtypes, argument errors, opcheck, torch.compile."""
+several people rendered into one map, empty batches, argument errors, opcheck, torch.compile.
+Half precision and non-contiguous maps: tests/ops/test_common.py (FindPeaksCase)."""
 
 import pytest
 import torch

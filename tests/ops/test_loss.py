@@ -1,6 +1,7 @@
 """heatmap_loss: every kernel backend against the torch reference (values and gradients), the
 published focal/CenterNet formulas written independently, normalisation, stability, edge cases,
-argument errors, opcheck, torch.compile and the no-temporaries memory claim."""
+argument errors, opcheck, torch.compile and the no-temporaries memory claim.
+Half-precision predictions (values, gradients, dtypes): tests/ops/test_common.py (LossCase)."""
 
 import functools
 
@@ -15,9 +16,8 @@ from .harness import TOLERANCE, edge_case_keypoints, predictions, sigma_forms
 
 KINDS = ("mse", "focal", "cornernet")
 ENCODINGS = ("msra", "udp", "dark")
-# float32: loss values to 1e-5 relative, gradients to 1e-4 relative; half-precision predictions:
-# the loss is computed in float32 from the same half inputs, so it keeps the float32 tolerance;
-# the gradient is rounded once to the half dtype (TOLERANCE["loss_grad"][dtype]).
+# float32: loss values to 1e-5 relative, gradients to 1e-4 relative (half-precision predictions:
+# test_common.py::test_half_precision with TOLERANCE["loss_grad"][dtype] for the gradients).
 LOSS_RTOL, GRAD_RTOL = TOLERANCE["loss"], TOLERANCE["loss_grad"][torch.float32]
 
 
@@ -89,20 +89,6 @@ def test_sigma_forms(kernel_backend, sigma_form):
     loss, grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs)
     assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
     assert_close_rel(grad, ref_grad, GRAD_RTOL, "gradient")
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kind", KINDS)
-def test_half_precision_predictions(kernel_backend, dtype, kind):
-    backend, device = kernel_backend
-    keypoints, weights = keypoints_with_edge_cases(device=device, seed=4)
-    pred = make_pred(kind, *keypoints.shape[:2], device, dtype=dtype)
-    kwargs = dict(kind=kind, reduction="mean")
-    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, **kwargs)
-    loss, grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs)
-    assert loss.dtype == torch.float32 and grad.dtype == dtype
-    assert_close_rel(loss, ref_loss, LOSS_RTOL, "loss")
-    assert_close_rel(grad.float(), ref_grad.float(), TOLERANCE["loss_grad"][dtype], "gradient")
 
 
 @pytest.mark.parametrize("kind, exponents", [("focal", dict(gamma=1.5)), ("focal", dict(gamma=0.0)),

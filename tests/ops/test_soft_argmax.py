@@ -1,5 +1,6 @@
 """soft_argmax: every kernel backend against the reference (forward and the fused backward),
-gradcheck, the definition on hand-made maps, dtypes, argument errors, opcheck, torch.compile."""
+gradcheck, the definition on hand-made maps, empty batches, argument errors, opcheck, torch.compile.
+Half precision and non-contiguous maps: tests/ops/test_common.py (SoftArgmaxCase)."""
 
 import pytest
 import torch
@@ -63,20 +64,6 @@ def test_gradcheck_float64(kernel_backend):
     coords, scores = soft_argmax(maps, backend=backend)
     assert coords.dtype == torch.float64 and scores.dtype == torch.float64
     assert not scores.requires_grad
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision(kernel_backend, dtype):
-    backend, device = kernel_backend
-    maps = _maps(device, dtype)
-    probe = torch.ones(maps.shape[0], maps.shape[1], 2, device=device)
-    ref = _forward_backward(maps, 1.0, "torch", probe)
-    out = _forward_backward(maps, 1.0, backend, probe)
-    assert out[0].dtype == torch.float32 and out[2].dtype == dtype
-    torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-4)
-    torch.testing.assert_close(out[1], ref[1], rtol=0, atol=0)
-    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
-    torch.testing.assert_close(out[2].float(), ref[2].float(), rtol=tol, atol=tol)
 
 
 def test_empty_batches_and_keypoints_backpropagate(kernel_backend):
