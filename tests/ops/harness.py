@@ -229,8 +229,11 @@ class OpCase:
 
 
 class RenderCase(OpCase):
-    name = "render_heatmaps"
     grad_inputs = (0, 1)  # keypoints, sigma
+
+    def __init__(self, encoding):
+        self.encoding = encoding
+        self.name = f"render_heatmaps[{encoding}]"
 
     def inputs(self, device, dtype, batch):
         keypoints, weights = edge_case_keypoints(batch=max(batch, 1), instances=2, num_keypoints=5, device=device)
@@ -241,7 +244,7 @@ class RenderCase(OpCase):
     def call(self, backend, keypoints, sigma, weights, dtype=torch.float32):
         from kpfast.ops import render_heatmaps
 
-        return render_heatmaps(keypoints, weights, size=(H, W), sigma=sigma, encoding="udp", dtype=dtype,
+        return render_heatmaps(keypoints, weights, size=(H, W), sigma=sigma, encoding=self.encoding, dtype=dtype,
                                backend=backend)
 
     def tolerance(self, dtype):
@@ -340,5 +343,10 @@ class FindPeaksCase(OpCase):
         return 0.0  # integer positions and copied scores: exact
 
 
-OP_CASES = [RenderCase(), *(LossCase(k) for k in ("mse", "focal", "cornernet")), *(DecodeCase(m) for m in ("argmax", "quarter", "dark", "udp", "local_mean")),
-            SoftArgmaxCase(), FindPeaksCase()]
+OP_CASES = [
+    *(RenderCase(encoding) for encoding in ("msra", "udp", "dark")),
+    *(LossCase(kind) for kind in ("mse", "focal", "cornernet")),
+    *(DecodeCase(method) for method in ("argmax", "quarter", "dark", "udp", "local_mean")),
+    SoftArgmaxCase(),
+    FindPeaksCase(),
+]
