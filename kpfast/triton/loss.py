@@ -183,13 +183,18 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
 
 def launch_config(height: int, width: int, encoding: str, kind: str) -> dict:
     """The constexprs (and launch options) of the forward and backward kernels for an H x W map."""
-    # 2048-pixel tiles over 8 warps (8 pixels per thread): 4096-pixel tiles at 4 warps spill in
-    # the focal and cornernet kernels (200 bytes per thread on sm_90), 2048 at 4 warps still 8
-    # bytes; the cornernet forward (two loop-carried tiles, two powers per pixel) spills 8 bytes
-    # even at 2048 over 8 warps, so it walks 1024-pixel tiles (benchmarks/results/RESOURCES.md).
-    max_elements = 1024 if kind == "cornernet" else 2048
+    # Tile size and warps per loss kind, the largest that compile without register spills on sm_80
+    # and sm_90 for every encoding, dtype and instance variant (python -m kpfast.triton.aot; table in
+    # benchmarks/results/RESOURCES.md). 4096-pixel tiles at 4 warps spilled up to 9 KB per thread in
+    # focal/cornernet; the cornernet forward (two loop-carried tiles, two powers per pixel) still
+    # spilled at 2048 over 8 warps, and the bf16 focal backward with the instance axis at 2048.
+    max_elements, num_warps = TILE_BY_KIND[kind]
     block_h, block_w = tile_shape(height, width, max_elements=max_elements)
-    return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], BLOCK_H=block_h, BLOCK_W=block_w, num_warps=8)
+    return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps)
+
+
+# kind -> (pixels per tile, warps per program)
+TILE_BY_KIND = {"mse": (2048, 8), "focal": (1024, 8), "cornernet": (512, 4)}
 
 
 def _launch_args(pred, encoding, kind):

@@ -60,13 +60,7 @@ def test_no_kernel_spills_or_exceeds_its_register_budget(aot_records):
     resources = _resources()
     records = [resources._with_spill(r) for r in aot_records[1] if r["ok"]]
     assert records and all(r["regs"] > 0 and r["sass"] > 0 for r in records)
-    problems = resources.violations(records)
-    # Known and open (issue 13): the cornernet forward keeps an 8-byte spill at 2048-pixel tiles
-    # over 8 warps. Anything else fails; once it is fixed this xfail disappears on its own.
-    known = [p for p in problems if "_loss_forward_kernel" in p and "kind=cornernet" in p and "spills" in p]
-    assert [p for p in problems if p not in known] == []
-    if known:
-        pytest.xfail("cornernet forward spills (issue 13): " + "; ".join(known))
+    assert resources.violations(records) == []
 
 
 def test_every_triton_kernel_has_a_budget():
