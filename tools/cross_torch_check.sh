@@ -6,7 +6,7 @@
 #   B. a wheel built against torch OLD passes the op tests with torch NEW.
 # Each phase prints its wall time. Usage (from the repository root):
 #   tools/cross_torch_check.sh [WORK_DIR]
-# Environment: NEW_PYTHON (default /work/venv/bin/python: torch 2.14.1 CUDA build),
+# Environment: NEW_PYTHON (default: the python on PATH, e.g. a venv with the CUDA torch 2.14.1),
 #   OLD_TORCH_WHEEL (default /opt/wheels/torch-2.13.0+cpu-...whl), CUDA_HOME (/usr/local/cuda),
 #   TESTS (default: "tests/ops tests/test_extension.py"), PYTEST_ARGS (default: -q -x -m "not triton";
 #   when set, split on spaces).
@@ -14,7 +14,7 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/kpfast-cross-torch}
-NEW_PYTHON=${NEW_PYTHON:-/work/venv/bin/python}
+NEW_PYTHON=${NEW_PYTHON:-$(command -v python3)}
 OLD_TORCH_WHEEL=${OLD_TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl}
 TESTS=${TESTS:-"tests/ops tests/test_extension.py"}
 if [[ -n "${PYTEST_ARGS:-}" ]]; then read -r -a PYTEST_ARGS <<< "$PYTEST_ARGS"; else PYTEST_ARGS=(-q -x -m "not triton" -p no:cacheprovider); fi
