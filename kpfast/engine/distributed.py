@@ -72,8 +72,17 @@ def init_distributed(device: torch.device | None = None, timeout_s: float = 1800
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group together with the other ranks, then destroy it.
+
+    Without the barrier a non-main rank destroys its gloo group and exits while rank 0 still
+    writes plots and checkpoints; one 2-process CPU run aborted that way ("terminate called
+    without an active exception" from gloo's threads on the exiting rank). Every caller reaches
+    this on all ranks (normal end, agreed interruption, agreed divergence)."""
     if is_distributed():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:
