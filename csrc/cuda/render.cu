@@ -117,15 +117,10 @@ __global__ void render_backward_kernel(const grad_t* __restrict__ grad, const sc
 
 std::tuple<Tensor, Tensor> render_heatmaps_cuda(Tensor keypoints, Tensor weights, Tensor sigma, int64_t height,
                                                 int64_t width, std::string encoding, ScalarType dtype) {
-  check_render_inputs(keypoints, weights, sigma);
-  check_size(height, width);
+  check_render_forward(keypoints, weights, sigma, height, width, dtype);
   const Encoding enc = encoding_from_string(encoding);
   const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
   const ScalarType compute = keypoints.scalar_type();
-  STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Half || dtype == ScalarType::BFloat16 ||
-                      (dtype == ScalarType::Double && compute == ScalarType::Double),
-                  "dtype must be float32, float16 or bfloat16 (float64 with float64 keypoints), got ",
-                  dtype_name(dtype));
   const CudaDeviceGuard guard(keypoints);
   Tensor heatmaps = new_empty(keypoints, {B, K, height, width}, dtype);
   const int64_t maps = B * K, map_size = height * width;

@@ -127,6 +127,18 @@ inline void check_size(int64_t height, int64_t width) {
   STD_TORCH_CHECK(height >= 0 && width >= 0, "height and width must be >= 0, got ", height, "x", width);
 }
 
+// The render forward's whole argument check, shared by the CPU and CUDA entry points.
+inline void check_render_forward(const Tensor& keypoints, const Tensor& weights, const Tensor& sigma, int64_t height,
+                                 int64_t width, ScalarType dtype) {
+  check_render_inputs(keypoints, weights, sigma);
+  check_size(height, width);
+  const ScalarType compute = keypoints.scalar_type();
+  STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Half || dtype == ScalarType::BFloat16 ||
+                      (dtype == ScalarType::Double && compute == ScalarType::Double),
+                  "dtype must be float32, float16 or bfloat16 (float64 with float64 keypoints), got ",
+                  dtype_name(dtype));
+}
+
 inline void check_loss_inputs(const Tensor& pred, const Tensor& keypoints, const Tensor& weights,
                               const Tensor& sigma) {
   check_render_inputs(keypoints, weights, sigma);

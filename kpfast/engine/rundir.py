@@ -73,6 +73,16 @@ def _make_output_dir(output_dir: Path) -> None:
                           "pass a writable --output_dir") from None
 
 
+def _mkdir_new(run_dir: Path) -> None:
+    """mkdir that fails with FileExistsError when the directory exists (never reuses one), and
+    with a one-line RunDirError when the output directory is not writable."""
+    try:
+        run_dir.mkdir(exist_ok=False)
+    except PermissionError:
+        raise RunDirError(f"train.output_dir: cannot create {run_dir} (permission denied or read-only); "
+                          "pass a writable --output_dir") from None
+
+
 def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "run") -> Path:
     """Create and return a new, empty run directory under ``output_dir``.
 
@@ -88,10 +98,7 @@ def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "
             raise RunDirError(f"train.run_name: {exc}") from None
         run_dir = output_dir / run_name
         try:
-            run_dir.mkdir(exist_ok=False)
-        except PermissionError:
-            raise RunDirError(f"train.output_dir: cannot create {run_dir} (permission denied or read-only); "
-                              "pass a writable --output_dir") from None
+            _mkdir_new(run_dir)
         except FileExistsError:
             raise RunDirError(
                 f"train.run_name: {run_dir} already exists; continue it with --resume {run_dir} "
@@ -101,10 +108,7 @@ def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "
     for _ in range(_ATTEMPTS):
         run_dir = output_dir / default_run_name(prefix)
         try:
-            run_dir.mkdir(exist_ok=False)
-        except PermissionError:
-            raise RunDirError(f"train.output_dir: cannot create {run_dir} (permission denied or read-only); "
-                              "pass a writable --output_dir") from None
+            _mkdir_new(run_dir)
         except FileExistsError:
             continue  # another run took this name in the same second: draw another suffix
         return run_dir
