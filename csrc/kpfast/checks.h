@@ -7,6 +7,7 @@
 // by setup.py), so one binary loads in every torch >= the target version.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <sstream>
@@ -121,6 +122,52 @@ inline void check_render_inputs(const Tensor& keypoints, const Tensor& weights, 
                   "keypoints, weights and sigma must be contiguous");
   check_same_device(keypoints, "keypoints", weights, "weights");
   check_same_device(keypoints, "keypoints", sigma, "sigma");
+}
+
+using OptionalTensor = std::optional<Tensor>;
+
+// The render and loss inputs as the Python layer passes them (one launch per op call: nothing is
+// materialised for absent or broadcast arguments): keypoints (B, N, K, 2) contiguous, float32 or
+// float64; weights (B, N, K) contiguous of keypoints' dtype, or absent (every weight 1); sigma a
+// (B, K) tensor of keypoints' dtype with any strides (an expanded (K,) sigma), or absent, and then
+// sigma_value is every map's sigma.
+inline void check_keypoint_inputs(const Tensor& keypoints, const OptionalTensor& weights, const OptionalTensor& sigma,
+                                  double sigma_value) {
+  STD_TORCH_CHECK(keypoints.dim() == 4 && keypoints.size(3) == 2, "keypoints must have shape (B, N, K, 2), got ",
+                  shape_of(keypoints));
+  const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
+  const ScalarType t = keypoints.scalar_type();
+  STD_TORCH_CHECK(t == ScalarType::Float || t == ScalarType::Double, "keypoints must be float32 or float64, got ",
+                  dtype_name(t));
+  STD_TORCH_CHECK(keypoints.is_contiguous(), "keypoints must be contiguous");
+  if (weights.has_value()) {
+    STD_TORCH_CHECK(has_shape(*weights, {B, N, K}), "weights must have shape (", B, ", ", N, ", ", K, "), got ",
+                    shape_of(*weights));
+    STD_TORCH_CHECK(weights->scalar_type() == t, "weights must have keypoints' dtype ", dtype_name(t), ", got ",
+                    dtype_name(weights->scalar_type()));
+    STD_TORCH_CHECK(weights->is_contiguous(), "weights must be contiguous");
+    check_same_device(keypoints, "keypoints", *weights, "weights");
+  }
+  if (sigma.has_value()) {
+    STD_TORCH_CHECK(has_shape(*sigma, {B, K}), "sigma must have shape (", B, ", ", K, "), got ", shape_of(*sigma));
+    STD_TORCH_CHECK(sigma->scalar_type() == t, "sigma must have keypoints' dtype ", dtype_name(t), ", got ",
+                    dtype_name(sigma->scalar_type()));
+    check_same_device(keypoints, "keypoints", *sigma, "sigma");
+  } else {
+    STD_TORCH_CHECK(std::isfinite(sigma_value) && sigma_value > 0, "sigma_value must be finite and > 0, got ",
+                    sigma_value);
+  }
+}
+
+template <typename T>
+MapSigma<T> map_sigma(const OptionalTensor& sigma, double sigma_value) {
+  if (!sigma.has_value()) return MapSigma<T>{nullptr, 0, 0, static_cast<T>(sigma_value)};
+  return MapSigma<T>{sigma->const_data_ptr<T>(), sigma->stride(0), sigma->stride(1), T(0)};
+}
+
+template <typename T>
+const T* weights_data(const OptionalTensor& weights) {
+  return weights.has_value() ? weights->const_data_ptr<T>() : nullptr;
 }
 
 inline void check_size(int64_t height, int64_t width) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__)
 #define KPF_HOST_DEVICE __host__ __device__ __forceinline__
@@ -15,6 +16,23 @@ namespace kpfast {
 
 // Encodings, in the order of the schema's string argument (see encoding_from_string).
 enum class Encoding : int { MSRA = 0, UDP = 1, DARK = 2 };
+
+// Per-map sigma as every kernel receives it: a (B, K) view with any strides (a per-keypoint (K,)
+// sigma arrives expanded, stride_b = 0, so no copy is made), or, when `data` is null, one value for
+// every map (a float sigma: no tensor is created, no launch is spent on it).
+template <typename T>
+struct MapSigma {
+  const T* data;
+  int64_t stride_b, stride_k;
+  T value;
+  KPF_HOST_DEVICE T at(int64_t b, int64_t k) const { return data ? data[b * stride_b + k * stride_k] : value; }
+};
+
+// Keypoint weights (B, N, K), contiguous, or null when the caller passed none: every weight is 1.
+template <typename T>
+KPF_HOST_DEVICE T weight_at(const T* weights, int64_t index) {
+  return weights ? weights[index] : T(1);
+}
 
 // Where one keypoint's Gaussian lives on an H x W map.
 template <typename T>
