@@ -228,3 +228,70 @@ def normalise_sigma(sigma, batch: int, num_keypoints: int, dtype: torch.dtype, d
     if not (float(sigma) > 0 and float(sigma) < float("inf")):
         raise ValueError(f"sigma: expected a finite value > 0, got {sigma!r}")
     return torch.full((batch, num_keypoints), float(sigma), dtype=dtype, device=device)
+
+
+# ---- arguments as the kernels take them: one launch per op call --------------------------------
+# The compiled and Triton kernels take absent weights as None (every weight 1) and sigma as either
+# a (B, K) view with any strides (a (K,) sigma expanded, not copied) or None plus one float, so a
+# call with a float sigma and no weights launches nothing besides the kernel itself.
+
+
+def keypoint_arguments(keypoints, weights):
+    """Like :func:`normalise_keypoints`, but absent weights stay None (no ``torch.ones`` launch).
+
+    Returns ``(keypoints (B, N, K, 2), weights (B, N, K) or None, had_instance_axis)``; the tensors
+    are contiguous and of the compute dtype (float64 for float64 keypoints, else float32)."""
+    if weights is not None:
+        return normalise_keypoints(keypoints, weights)
+    check_tensor("keypoints", keypoints, dims=(3, 4))
+    if keypoints.shape[-1] != 2:
+        raise ValueError(f"keypoints: expected the last dimension to be 2 (x, y), got shape {tuple(keypoints.shape)}")
+    compute = torch.float64 if keypoints.dtype == torch.float64 else torch.float32
+    has_instances = keypoints.dim() == 4
+    if not has_instances:
+        keypoints = keypoints.unsqueeze(1)
+    return keypoints.to(compute).contiguous(), None, has_instances
+
+
+def sigma_argument(sigma, batch: int, num_keypoints: int, dtype: torch.dtype,
+                   device: torch.device) -> tuple[torch.Tensor | None, float]:
+    """A float, (K,) or (B, K) sigma -> ``(tensor, value)`` as the kernels take it.
+
+    A tensor sigma becomes a ``(B, K)`` view of ``dtype`` (expanded, not copied; autograd history
+    kept) and value 1.0; a float becomes ``(None, float(sigma))``. Checked as :func:`normalise_sigma`.
+    """
+    if isinstance(sigma, torch.Tensor):
+        if sigma.dim() == 0:
+            sigma = sigma.reshape(1, 1)
+        check_tensor("sigma", sigma, dims=(1, 2))
+        if sigma.device != device:
+            raise ValueError(f"sigma: expected a tensor on {device} (the device of keypoints), got {sigma.device}")
+        if sigma.dim() == 1 and sigma.shape[0] != num_keypoints and not (sigma.shape[0] == 1):
+            raise ValueError(f"sigma: expected shape ({num_keypoints},) (one per keypoint), got {tuple(sigma.shape)}")
+        if sigma.dim() == 2 and tuple(sigma.shape) not in ((batch, num_keypoints), (1, 1)):
+            raise ValueError(f"sigma: expected shape ({batch}, {num_keypoints}) (per sample and keypoint), got {tuple(sigma.shape)}")
+        if sigma.device.type == "cpu" and not compiling() and sigma.numel() > 0:
+            bad = ~(torch.isfinite(sigma) & (sigma > 0))
+            if bool(bad.any()):
+                raise ValueError(f"sigma: expected finite values > 0, got {sigma[bad].flatten()[0].item()!r}")
+        return sigma.to(dtype).expand(batch, num_keypoints), 1.0
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma: expected a float or a tensor of shape (K,) or (B, K), got {_type_name(sigma)}")
+    if not (float(sigma) > 0 and float(sigma) < float("inf")):
+        raise ValueError(f"sigma: expected a finite value > 0, got {sigma!r}")
+    return None, float(sigma)
+
+
+def materialise_weights(weights, keypoints4: torch.Tensor) -> torch.Tensor:
+    """For backends that need a tensor (the torch reference): None -> ones (B, N, K)."""
+    if weights is not None:
+        return weights
+    return torch.ones(keypoints4.shape[:-1], dtype=keypoints4.dtype, device=keypoints4.device)
+
+
+def materialise_sigma(sigma, sigma_value: float, batch: int, num_keypoints: int, dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+    """For backends that need a (B, K) tensor (the torch reference): (None, value) -> a full tensor."""
+    if sigma is not None:
+        return sigma
+    return torch.full((batch, num_keypoints), float(sigma_value), dtype=dtype, device=device)
