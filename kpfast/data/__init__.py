@@ -7,25 +7,32 @@ rendered by kpfast's fused ops. Main entry points::
     loader = build_dataloader({"data": {"root": None, "input_size": [128, 96]}}, "train")
 """
 
-from .augment import DEFAULT_AUGMENTATION, NO_AUGMENTATION, resolve_augmentation_config
-from .coco import BadDataError, CocoKeypointDataset, resolve_coco_paths
-from .info import COCO_KEYPOINT_NAMES, COCO_SIGMAS, COCO_SKELETON, DatasetInfo
-from .loader import build_dataloader, build_dataset, collate_samples
-from .validate import AnnotationError, validate_detections, validate_keypoint_annotations
+# Every public name is imported on first use (PEP 562), not at package import: `python -m
+# kpfast.data.coco download ...` and `python -m kpfast.data.synthetic` run those modules as
+# __main__, and runpy warns (and would run a second copy) when the package has already imported
+# them. Lazy imports also keep `import kpfast.data` light (no cv2/albumentations until needed).
+_EXPORTS = {
+    "DEFAULT_AUGMENTATION": "augment", "NO_AUGMENTATION": "augment", "resolve_augmentation_config": "augment",
+    "BadDataError": "coco", "CocoKeypointDataset": "coco", "resolve_coco_paths": "coco",
+    "COCO_KEYPOINT_NAMES": "info", "COCO_SIGMAS": "info", "COCO_SKELETON": "info", "DatasetInfo": "info",
+    "build_dataloader": "loader", "build_dataset": "loader", "collate_samples": "loader",
+    "AnnotationError": "validate", "validate_detections": "validate", "validate_keypoint_annotations": "validate",
+    "ensure_synthetic_dataset": "synthetic", "generate_synthetic_dataset": "synthetic",
+}
 
-__all__ = [
-    "AnnotationError", "BadDataError", "CocoKeypointDataset", "DatasetInfo",
-    "COCO_KEYPOINT_NAMES", "COCO_SIGMAS", "COCO_SKELETON", "DEFAULT_AUGMENTATION",
-    "NO_AUGMENTATION", "build_dataloader", "build_dataset", "collate_samples",
-    "ensure_synthetic_dataset", "generate_synthetic_dataset", "resolve_augmentation_config",
-    "resolve_coco_paths", "validate_detections", "validate_keypoint_annotations",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    # Imported lazily so `python -m kpfast.data.synthetic` does not find the module pre-imported.
-    if name in ("ensure_synthetic_dataset", "generate_synthetic_dataset"):
-        from . import synthetic
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kpfast.data' has no attribute {name!r}")
+    import importlib
 
-        return getattr(synthetic, name)
-    raise AttributeError(f"module 'kpfast.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
