@@ -37,6 +37,9 @@ out=${TMPDIR:-/tmp}/kpfast_$(basename "$src" .cu)_sm$arch.cubin
   -Xptxas -v -o "$out" "$src" 2>&1 | grep -E "error|warning|Compiling entry|Used|spill" | sed -E 's/ptxas info *: //'
 echo "cubin: $out"
 if [ "$sass" = 1 ]; then
-  "$CUDA_HOME/bin/cuobjdump" -sass "$out" > "${out%.cubin}.sass"
+  # cuobjdump ships with the full toolkit; Triton's wheel carries one too (a compiler-only CUDA has none).
+  cuobjdump="$CUDA_HOME/bin/cuobjdump"
+  [ -x "$cuobjdump" ] || cuobjdump=$(python -c "import os, triton; print(os.path.join(os.path.dirname(triton.__file__), 'backends/nvidia/bin/cuobjdump'))")
+  "$cuobjdump" -sass "$out" > "${out%.cubin}.sass"
   echo "sass: ${out%.cubin}.sass"
 fi
