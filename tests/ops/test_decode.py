@@ -357,3 +357,16 @@ def test_kernel_clip_leaves_maps_inside_and_non_positive_maps_alone(device, meth
     expected, _ = reference.decode_heatmaps(maps, method, 11, 3)
     torch.testing.assert_close(coords.cpu(), expected, rtol=0, atol=1e-4)
     assert coords[0, 0].tolist() == [-1.0, -1.0]
+
+
+@pytest.mark.parametrize("device", _op_devices())
+@pytest.mark.parametrize("method", ["dark", "udp"])
+def test_kernel_blur_taps_of_every_size_agree_with_the_reference(device, method):
+    """The kernels compute OpenCV's taps themselves (decode.h opencv_raw_tap: the fixed tables
+    for sizes <= 9, the Gaussian beyond); every odd size 1..31 refines Gaussian maps as the
+    reference, whose taps are checked against cv2 (test_opencv_gaussian_kernel_is_opencvs)."""
+    maps = gaussian_maps(1, 8, 40, 32, seed=3)
+    for blur_kernel in range(1, 32, 2):
+        coords, _ = torch.ops.kpfast.decode_heatmaps(maps.to(device), method, blur_kernel, 3)
+        expected, _ = reference.decode_heatmaps(maps, method, blur_kernel, 3)
+        torch.testing.assert_close(coords.cpu(), expected, rtol=0, atol=1e-4, msg=f"blur_kernel={blur_kernel}")
