@@ -244,7 +244,7 @@ __device__ __forceinline__ float blurred_maximum(const scalar_t* __restrict__ m,
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kMapThreads, 8) decode_kernel(const scalar_t* __restrict__ heatmaps,
+__global__ void __launch_bounds__(kMapThreads, 9) decode_kernel(const scalar_t* __restrict__ heatmaps,
                                                              float* __restrict__ coords, float* __restrict__ scores,
                                                              int height, int width, DecodeMethod method, int k,
                                                              int window) {
@@ -385,6 +385,13 @@ __device__ __forceinline__ acc_t soft_exp(acc_t d, acc_t scale) {
   }
 }
 
+// Resident blocks per SM the forward is built for: >= 9 x 128 threads holds the 1088 maps of
+// B=64, K=17 in one wave on 132 SMs (8 leave 32 maps for a second wave). float32: 10 (<= 48
+// registers). 16-bit maps unpack 32 values per chunk and need 64 registers (8 blocks; at 56 they
+// spill); float64 maps (gradcheck precision, off the training path) take what they need.
+template <typename scalar_t>
+constexpr int kSoftBlocks = std::is_same_v<scalar_t, double> ? 4 : (sizeof(scalar_t) == 2 ? 8 : 10);
+
 // Online softmax state: max, sum of exp(beta (h - max)), and that sum weighted by x and y.
 template <typename acc_t>
 struct SoftState {
@@ -422,7 +429,7 @@ __device__ __forceinline__ void soft_scalar(const scalar_t* m, int p, int width,
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kMapThreads) soft_argmax_kernel(const scalar_t* __restrict__ heatmaps,
+__global__ void __launch_bounds__(kMapThreads, kSoftBlocks<scalar_t>) soft_argmax_kernel(const scalar_t* __restrict__ heatmaps,
                                                                   acc_t* __restrict__ coords,
                                                                   acc_t* __restrict__ scores,
                                                                   acc_t* __restrict__ log_normaliser, int height,
@@ -454,15 +461,17 @@ __global__ void __launch_bounds__(kMapThreads) soft_argmax_kernel(const scalar_t
       cols[u] = col;
       advance(row, col, step_rows, step_cols, width);
     }
-    acc_t v[kUnroll][V];
+    // Two passes over the chunk, each unpacking the raw vectors again (free for float32, one
+    // shift or mask per element for 16-bit types): 16 live registers instead of 32 unpacked values.
     acc_t chunk = acc_t(-INFINITY);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      unpack<scalar_t>(raw[u], v[u]);
+      acc_t v[V];
+      unpack<scalar_t>(raw[u], v);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
-        bad = bad || !(v[u][e] < acc_t(INFINITY));
-        chunk = fmax(chunk, v[u][e]);  // fmax skips NaN (flagged above)
+        bad = bad || !(v[e] < acc_t(INFINITY));
+        chunk = fmax(chunk, v[e]);  // fmax skips NaN (flagged above)
       }
     }
     const acc_t next = fmax(st.m, chunk);
@@ -471,10 +480,11 @@ __global__ void __launch_bounds__(kMapThreads) soft_argmax_kernel(const scalar_t
     st = {next, st.s * f, st.sx * f, st.sy * f};
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      acc_t w[V], total = 0, along = 0, wrapped = 0;
+      acc_t v[V], w[V], total = 0, along = 0, wrapped = 0;
+      unpack<scalar_t>(raw[u], v);
 #pragma unroll
       for (int e = 0; e < V; ++e) {
-        w[e] = soft_exp(v[u][e] - next, scale);  // -inf -> 0
+        w[e] = soft_exp(v[e] - next, scale);  // -inf -> 0
         total += w[e];
         along += w[e] * acc_t(e);
       }
