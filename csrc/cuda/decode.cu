@@ -2,10 +2,11 @@
 //
 // Decoding and the soft-argmax forward read each map once and reduce it to a few numbers, so
 // they are bound by how many bytes are in flight. One 128-thread block per map (B*K = 1088 maps
-// at B=64, K=17: 8 blocks = 32 warps per SM on 132 SMs, where one warp per map gave 8 warps);
-// each thread issues kUnroll 16-byte loads (4 fp32 / 8 bf16 or fp16 / 2 fp64) before it uses
-// any: 8 blocks x 128 threads x 64 B = 64 KB in flight per SM, against the ~15 KB that 3.35 TB/s
-// x ~600 ns of latency needs per SM. A map splits into a scalar head (up to the first 16-byte
+// at B=64, K=17: 8.2 blocks = 33 warps per SM on 132 SMs, where one warp per map gave 8 warps;
+// the launch bounds let 9 blocks per SM reside, so they run in one wave); each thread issues
+// kUnroll 16-byte loads (4 fp32 / 8 bf16 or fp16 / 2 fp64) before it uses any: 8 blocks x 128
+// threads x 64 B = 64 KB in flight per SM, against the ~15 KB that 3.35 TB/s x ~600 ns of
+// latency needs per SM. A map splits into a scalar head (up to the first 16-byte
 // boundary), 16-byte vectors, and a scalar tail (split_map); the loads past the last vector are
 // predicated off and replaced by a value that cannot change the result (NaN for the argmax,
 // -inf for the softmax).
