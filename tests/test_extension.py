@@ -187,6 +187,74 @@ def test_non_finite_beside_the_maximum_keeps_the_integer_argmax(device, method):
         assert coords[0, 3].tolist() != [5.0, 4.0]
 
 
+# ---- the CUDA kernels' memory paths against the CPU kernels ----------------------------------
+
+CUDA_KERNELS = pytest.mark.skipif(not (torch.cuda.is_available() and _extension.has_cuda_kernels()),
+                                  reason="cuda: no GPU or no CUDA kernels")
+# (H, W): 16-byte-aligned rows (no head/tail, no row wrap inside a vector); odd sizes (heads,
+# tails, vectors that wrap to the next row); W below a vector (all-scalar soft-argmax); a map
+# too large to stage in find_peaks' shared memory (> 7680 px: global window reads).
+PATH_SHAPES = [(16, 12), (7, 9), (5, 3), (1, 1), (13, 29), (100, 80)]
+
+
+def _on_offset(maps, offset):
+    """`maps` as a contiguous tensor starting `offset` elements into its storage: a map start that
+    is not 16-byte aligned, so the kernels take their scalar head and tail."""
+    buffer = torch.zeros(maps.numel() + offset, dtype=maps.dtype, device=maps.device)
+    view = buffer[offset:].view(maps.shape)
+    view.copy_(maps)
+    return view
+
+
+def _path_maps(height, width, dtype):
+    """(2, 3, H, W): smooth maps (one a faint Gaussian: DARK's floor / UDP's clip -> the rescale
+    fallback), ties, and noise with the maximum in the last pixel (a tail, or a predicated-off
+    vector); and the mask of the smooth ones, where DARK/UDP are well conditioned (on noise the
+    Taylor step amplifies float32 rounding - FMA contraction on the GPU - to ~1e-2 px)."""
+    generator = torch.Generator().manual_seed(height * 1000 + width)
+    rows = torch.arange(height, dtype=torch.float32)[:, None]
+    cols = torch.arange(width, dtype=torch.float32)[None, :]
+    centre = torch.rand(3, 2, generator=generator) * torch.tensor([width - 1.0, height - 1.0])
+    smooth = torch.exp(-((cols - centre[:, :1, None]) ** 2 + (rows - centre[:, 1:, None]) ** 2) / 8.0)
+    smooth[0] *= 1e-12
+    maps = torch.rand(2, 3, height, width, generator=generator)
+    maps[0] = smooth
+    maps[1, 0] = torch.round(maps[1, 0] * 3)  # ties: the smallest row-major index must win
+    maps[1, 1, -1, -1] = 2.0
+    return maps.to(dtype), torch.tensor([[True, True, True], [False, False, False]])
+
+
+@CUDA_KERNELS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("offset", [0, 1, 3])
+@pytest.mark.parametrize("shape", PATH_SHAPES)
+def test_cuda_vector_paths_match_the_cpu_kernels(dtype, offset, shape):
+    cpu, smooth = _path_maps(*shape, dtype)
+    cuda = _on_offset(cpu.cuda(), offset)
+    for method in METHODS:
+        for blur_kernel, window in ((5, 3), (11, 7)):
+            got = torch.ops.kpfast.decode_heatmaps(cuda, method, blur_kernel, window)
+            expected = torch.ops.kpfast.decode_heatmaps(cpu, method, blur_kernel, window)
+            torch.testing.assert_close(got[1].cpu(), expected[1], rtol=0, atol=0)
+            compared = smooth if method in ("dark", "udp") else torch.ones_like(smooth)
+            torch.testing.assert_close(got[0].cpu()[compared], expected[0][compared], rtol=0, atol=1e-4, msg=method)
+    coords, scores, lse = torch.ops.kpfast.soft_argmax(cuda, 2.0)
+    ref_coords, ref_scores, ref_lse = torch.ops.kpfast.soft_argmax(cpu, 2.0)
+    torch.testing.assert_close(coords.cpu(), ref_coords, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(scores.cpu(), ref_scores, rtol=0, atol=0)
+    torch.testing.assert_close(lse.cpu(), ref_lse, rtol=1e-5, atol=1e-5)
+    grad_coords = torch.randn(coords.shape, generator=torch.Generator().manual_seed(1))
+    grad = torch.ops.kpfast._soft_argmax_backward(grad_coords.cuda(), cuda, coords, lse, 2.0)
+    ref_grad = torch.ops.kpfast._soft_argmax_backward(grad_coords, cpu, ref_coords, ref_lse, 2.0)
+    tolerance = dict(rtol=1e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(grad.cpu(), ref_grad, **tolerance)
+    for distance in (0, 1, 3):
+        got = torch.ops.kpfast.find_peaks(cuda, 0.2, distance, 5)
+        expected = torch.ops.kpfast.find_peaks(cpu, 0.2, distance, 5)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
+
+
 # ---- non-finite values: soft-argmax ---------------------------------------------------------
 
 @pytest.mark.parametrize("device", _devices())

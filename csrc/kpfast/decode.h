@@ -34,24 +34,38 @@ constexpr float kScaleMargin = 1e-4f;      // slack for float rounding in the fa
 
 // cv2.getGaussianKernel(n, 0, CV_32F): fixed tables for n <= 9, else sigma = 0.3((n-1)/2 - 1) + 0.8;
 // double taps cast to float, normalised by their double sum, cast again.
+//
+// opencv_raw_tap is tap i before the normalisation. Host and device share it: the CUDA kernel
+// computes the taps in the kernel (no table passed by value, which a dynamic index would copy
+// to local memory in every thread). OpenCV's fixed tables for n <= 9 are k / 2^m (numerators
+// below, symmetric), spelled as switches so that no array is indexed dynamically.
+KPF_HOST_DEVICE float opencv_raw_tap(int n, int i) {
+  const int j = i < n - 1 - i ? i : n - 1 - i;  // distance from the nearer end
+  switch (n) {
+    case 1: return 1.0f;
+    case 3: return j == 0 ? 0.25f : 0.5f;
+    case 5: return j == 0 ? 0.0625f : (j == 1 ? 0.25f : 0.375f);
+    case 7: return (j == 0 ? 2.0f : (j == 1 ? 7.0f : (j == 2 ? 14.0f : 18.0f))) / 64.0f;
+    case 9: return (j == 0 ? 4.0f : (j == 1 ? 13.0f : (j == 2 ? 30.0f : (j == 3 ? 51.0f : 60.0f)))) / 256.0f;
+    default: {
+      const double sigma = 0.3 * ((n - 1) * 0.5 - 1) + 0.8;
+      const double x = i - (n - 1) * 0.5;
+      return static_cast<float>(exp(-0.5 / (sigma * sigma) * x * x));
+    }
+  }
+}
+
+// Tap i normalised by `inverse_sum` = 1 / (the double sum of the n raw float taps, in order i = 0..n-1).
+KPF_HOST_DEVICE float opencv_tap(float raw, double inverse_sum) { return static_cast<float>(raw * inverse_sum); }
+
 inline void opencv_gaussian_kernel(int n, float* out) {
-  static const double small[5][9] = {
-      {1.0},
-      {0.25, 0.5, 0.25},
-      {0.0625, 0.25, 0.375, 0.25, 0.0625},
-      {0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125},
-      {0.015625, 0.05078125, 0.1171875, 0.19921875, 0.234375, 0.19921875, 0.1171875, 0.05078125, 0.015625}};
-  const double sigma = 0.3 * ((n - 1) * 0.5 - 1) + 0.8;
-  const double scale2 = -0.5 / (sigma * sigma);
   double sum = 0.0;
   for (int i = 0; i < n; ++i) {
-    const double x = i - (n - 1) * 0.5;
-    const double t = n <= 9 ? small[n >> 1][i] : std::exp(scale2 * x * x);
-    out[i] = static_cast<float>(t);
+    out[i] = opencv_raw_tap(n, i);
     sum += out[i];
   }
   sum = 1.0 / sum;
-  for (int i = 0; i < n; ++i) out[i] = static_cast<float>(out[i] * sum);
+  for (int i = 0; i < n; ++i) out[i] = opencv_tap(out[i], sum);
 }
 
 KPF_HOST_DEVICE int clamp_index(int v, int hi) { return v < 0 ? 0 : (v > hi ? hi : v); }
@@ -146,6 +160,17 @@ KPF_HOST_DEVICE void udp_offset(const float* patch, float scale, float* ox, floa
   const float dyy = down - 2.0f * c + up + kFloat32Eps;
   const float dxy = 0.5f * (v[8] - right - down + c + c - left - up + v[0]);
   newton_step(dx, dy, dxx, dxy, dyy, ox, oy);
+}
+
+// DARK/UDP coordinates clipped to the area the map covers, [-0.5, size - 0.5] (pixel i covers
+// [i - 0.5, i + 0.5]): a near-singular Hessian makes the Newton step arbitrarily long, and a
+// keypoint outside its heatmap is never a better answer than its border (kpfast/reference/
+// decode.py clip_to_map). `integer` + `offset` is the refined coordinate along an axis of `size`
+// pixels; the offset is finite (newton_step returns 0 otherwise).
+KPF_HOST_DEVICE float clip_to_map(int integer, float offset, int size) {
+  const float v = static_cast<float>(integer) + offset;
+  const float lo = -0.5f, hi = static_cast<float>(size) - 0.5f;
+  return v < lo ? lo : (v > hi ? hi : v);
 }
 
 // HRNet get_final_preds: when 1 < x < W-1 and 1 < y < H-1, 0.25 px along the sign of the

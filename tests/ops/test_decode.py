@@ -291,3 +291,82 @@ def test_dark_agrees_with_the_float64_reference_on_gaussian_maps(backend_device,
     got = decode_heatmaps(maps, "dark", blur_kernel=blur_kernel, backend=backend)
     expected = decode_heatmaps(maps.cpu(), "dark", blur_kernel=blur_kernel, backend="torch")
     torch.testing.assert_close(got[0].cpu(), expected[0], rtol=0, atol=1e-4)
+
+
+# ---- the kernels clip DARK/UDP themselves (csrc/kpfast/decode.h clip_to_map) ------------------
+
+def _op_devices():
+    from kpfast import _extension
+
+    cuda = pytest.param("cuda", marks=pytest.mark.skipif(
+        not (torch.cuda.is_available() and _extension.has_cuda_kernels()), reason="cuda: no GPU or no CUDA kernels"))
+    return ["cpu", cuda]
+
+
+def _unclipped(maps, method, blur_kernel):
+    """The reference's refined coordinates before its clip_to_map, (N, 2) float64."""
+    m = maps.reshape(-1, *maps.shape[-2:]).float()
+    x, y, _, _ = reference.heatmap_maximum(m)
+    offset = reference._dark_offset if method == "dark" else reference._udp_offset
+    ox, oy = offset(m, x, y, blur_kernel)
+    return torch.stack([x.double() + ox.double(), y.double() + oy.double()], dim=-1)
+
+
+def _clip_cases():
+    """(1, 35, 64, 48): 34 uniform-noise maps, whose near-singular Hessians step DARK and UDP far
+    off the map at blur 31, and a Gaussian centred just left of the border with correlated axes:
+    its argmax is in column 0 and UDP (edge padding) steps outward past -0.5 (to -0.57 at blur 31)."""
+    height, width = 64, 48
+    noise = torch.rand(1, 34, height, width, generator=torch.Generator().manual_seed(0))
+    ys, xs = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
+    dx, dy, rho = (xs + 1.0) / 2.0, (ys - 10.3) / 4.0, -0.7
+    border = torch.exp(-(dx * dx - 2 * rho * dx * dy + dy * dy) / (2 * (1 - rho * rho)))
+    return torch.cat([noise, border[None, None]], dim=1)
+
+
+@pytest.mark.parametrize("device", _op_devices())
+@pytest.mark.parametrize("method", ["dark", "udp"])
+def test_kernel_clips_refined_coordinates_like_the_reference(device, method):
+    """torch.ops.kpfast.decode_heatmaps itself (no kpfast.ops post-clip) clips every coordinate
+    the published step puts off the map to exactly the reference's border value, and leaves the
+    others inside [-0.5, W-0.5] x [-0.5, H-0.5]."""
+    maps = _clip_cases()
+    height, width = maps.shape[-2:]
+    coords, scores = torch.ops.kpfast.decode_heatmaps(maps.to(device), method, 31, 3)
+    coords = coords.cpu().reshape(-1, 2)
+    expected = reference.decode_heatmaps(maps, method, 31, 3)[0].reshape(-1, 2)
+    raw = _unclipped(maps, method, 31)
+    low, high = torch.tensor([-0.5, -0.5]), torch.tensor([width - 0.5, height - 0.5])
+    outside = (raw < low - 1e-3) | (raw > high + 1e-3)  # clearly off the map: clipped by every float32 path
+    assert outside.any(), "the cases must exercise the clip"
+    assert (expected[outside] == coords[outside]).all(), (coords[outside], expected[outside])
+    assert ((coords >= low) & (coords <= high)).all()
+    if method == "udp":  # the border case: clipped in x, a well-defined y
+        assert coords[-1, 0].item() == -0.5 and raw[-1, 0].item() < -0.55
+        assert coords[-1, 1].item() == pytest.approx(expected[-1, 1].item(), abs=1e-3)
+
+
+@pytest.mark.parametrize("device", _op_devices())
+@pytest.mark.parametrize("method", ["dark", "udp"])
+def test_kernel_clip_leaves_maps_inside_and_non_positive_maps_alone(device, method):
+    """Gaussian maps refine inside the map (the clip is a no-op there: equal to the reference to
+    1e-4 px); a map whose maximum is <= 0 still gives -1, never the clipped -0.5."""
+    maps = gaussian_maps(2, 5, 64, 48, seed=1)
+    maps[0, 0] = -maps[0, 0]
+    coords, _ = torch.ops.kpfast.decode_heatmaps(maps.to(device), method, 11, 3)
+    expected, _ = reference.decode_heatmaps(maps, method, 11, 3)
+    torch.testing.assert_close(coords.cpu(), expected, rtol=0, atol=1e-4)
+    assert coords[0, 0].tolist() == [-1.0, -1.0]
+
+
+@pytest.mark.parametrize("device", _op_devices())
+@pytest.mark.parametrize("method", ["dark", "udp"])
+def test_kernel_blur_taps_of_every_size_agree_with_the_reference(device, method):
+    """The kernels compute OpenCV's taps themselves (decode.h opencv_raw_tap: the fixed tables
+    for sizes <= 9, the Gaussian beyond); every odd size 1..31 refines Gaussian maps as the
+    reference, whose taps are checked against cv2 (test_opencv_gaussian_kernel_is_opencvs)."""
+    maps = gaussian_maps(1, 8, 40, 32, seed=3)
+    for blur_kernel in range(1, 32, 2):
+        coords, _ = torch.ops.kpfast.decode_heatmaps(maps.to(device), method, blur_kernel, 3)
+        expected, _ = reference.decode_heatmaps(maps, method, blur_kernel, 3)
+        torch.testing.assert_close(coords.cpu(), expected, rtol=0, atol=1e-4, msg=f"blur_kernel={blur_kernel}")
