@@ -390,16 +390,18 @@ COLUMNS = (("regs", "regs"), ("spill", "spill"), ("shared", "smem"), ("sass", "s
            ("warps", "warps/SM"), ("issue_bound", "issue"), ("latency_bound", "latency"),
            ("model_fraction", "model"))
 
+# The after side at merge time: the merged tree's AOT JSON and CUDA build (the before side stays).
 REGENERATE = ("env -u TRITON_INTERPRET python -m kpfast.triton.aot --quick --arch 90 --sizes 64x48 --json "
               "/tmp/triton_after.json && python benchmarks/resources.py --so kpfast/_C.so --triton-json "
-              "/tmp/triton_after.json")
+              "/tmp/triton_after.json --describe \"main <commit>\"")
 
 
 def _source(book: dict, label: str) -> str:
     source = book.get(label, {}).get("source")
     if not source:
         return "(source not recorded)"
-    return ", ".join(f"{k} `{v}`" for k, v in source.items() if v)
+    names = dict(tree="", so="CUDA ", triton_json="Triton ", analysed_by="analysed by ")
+    return ", ".join(f"{names.get(k, k)}`{v}`" if k != "tree" else str(v) for k, v in source.items() if v)
 
 
 def markdown(book: dict) -> str:
@@ -444,18 +446,24 @@ def _commit() -> str | None:
     return proc.stdout.strip() or None
 
 
-def _fill(entry: dict, so: str, triton_json: str | None, arch: list[int], cuda_arch: int, no_triton: bool) -> None:
+def _fill(entry: dict, so: str, triton_json: str | None, arch: list[int], cuda_arch: int, no_triton: bool,
+          describe: str | None) -> None:
     if not no_triton:
         entry["triton"] = triton_records(triton_json, arch)
     cuda, reason = cuda_records(so, cuda_arch)
-    if reason is None or "cuda" not in entry:  # a CPU-only build never overwrites recorded CUDA figures
+    previous = entry.get("source", {}).get("so")
+    kept = reason is not None and bool(entry.get("cuda"))
+    if not kept:  # a CPU-only build never overwrites recorded CUDA figures
         entry["cuda"], entry["cuda_skipped"] = cuda, reason
     if reason:
         print(f"CUDA kernels skipped ({so}): {reason}", file=sys.stderr)
-    entry["source"] = dict(so=os.path.basename(so) if reason is None else None,
-                           triton_json=None if no_triton else (os.path.basename(triton_json) if triton_json
-                                                               else "full AOT run"),
-                           commit=_commit())
+    so_name = os.path.basename(so) if reason is None else None
+    if kept:
+        so_name = f"{previous} (kept: {reason})" if previous and "kept" not in str(previous) else previous
+    entry["source"] = dict(so=so_name,
+                           triton_json=entry.get("source", {}).get("triton_json") if no_triton else
+                           (os.path.basename(triton_json) if triton_json else "full AOT run"),
+                           tree=describe, analysed_by=_commit())
 
 
 def main(argv=None) -> int:
@@ -465,6 +473,8 @@ def main(argv=None) -> int:
     parser.add_argument("--so", default=str(ROOT / "kpfast" / "_C.so"), help="a CUDA-built _C.so")
     parser.add_argument("--before-so", help="also recompute the before side from this CUDA-built _C.so")
     parser.add_argument("--before-triton-json", help="... and from this kpfast.triton.aot output")
+    parser.add_argument("--describe", help="what the --label side was built from (e.g. a branch and commit)")
+    parser.add_argument("--before-describe", help="... and the before side")
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="Triton archs of the AOT run")
     parser.add_argument("--cuda-arch", type=int, default=90, help="the CUDA cubin to read from the .so")
     parser.add_argument("--no-triton", action="store_true")
@@ -476,9 +486,9 @@ def main(argv=None) -> int:
     book = json.loads(book_path.read_text()) if book_path.exists() else {}
     if args.before_so or args.before_triton_json:
         _fill(book.setdefault("before", {}), args.before_so or "", args.before_triton_json, args.arch,
-              args.cuda_arch, args.before_triton_json is None)
+              args.cuda_arch, args.before_triton_json is None, args.before_describe)
     entry = book.setdefault(args.label, {})
-    _fill(entry, args.so, args.triton_json, args.arch, args.cuda_arch, args.no_triton)
+    _fill(entry, args.so, args.triton_json, args.arch, args.cuda_arch, args.no_triton, args.describe)
     out.mkdir(parents=True, exist_ok=True)
     book_path.write_text(json.dumps(book, indent=1))
     (out / "RESOURCES.md").write_text(markdown(book))
