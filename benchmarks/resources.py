@@ -155,9 +155,9 @@ def model(record: dict, machine: dict = H100) -> dict:
         return dict(out, note=record.get("loop_note") or "no hot loop found in the SASS")
     if record.get("elements_per_loop"):  # Triton: the program's tile
         per_thread = record["elements_per_loop"] / record["threads"]
-    else:  # CUDA: from the loop's traffic
-        moved = record["loop_load_bytes"] if direction == "load" else record["loop_store_bytes"]
-        per_thread = moved / size
+    else:  # CUDA: from the loop's map-width traffic
+        moved = record["loop_map_load_bytes"] if direction == "load" else record["loop_map_store_bytes"]
+        per_thread = (moved or 0) / size
     if not per_thread:
         return dict(out, note="the hot loop moves no map bytes")
     op_bytes = size * (2 if direction == "both" else 1)
@@ -279,11 +279,11 @@ def cuda_records(so_path: str, arch: int = 90) -> tuple[list[dict], str | None]:
         family = "cuda." + re.sub(r"<.*", "", short)
         record = dict(kernel=family, name=short, mangled=mangled, arch=arch, **usage[mangled])
         element = element_type(short)
-        direction, summary = resolve_access(per_function.get(mangled, ""), short)
+        size = ELEMENT_BYTES.get(element.replace(" const", "")) if element else None
+        direction, summary = resolve_access(per_function.get(mangled, ""), short, element_bytes=size)
         threads = bounds.get(mangled)
         record.update(spill=record["local"], **summary)
-        record.update(map_access=direction, element_type=element,
-                      element_bytes=ELEMENT_BYTES.get(element.replace(" const", "")) if element else None,
+        record.update(map_access=direction, element_type=element, element_bytes=size,
                       threads=threads or CUDA_ASSUMED_THREADS, threads_assumed=threads is None)
         records.append(record)
     return records, None

@@ -180,16 +180,19 @@ _WIDTHS = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
 # loads and stores global memory, else "load" (see resolve_access).
 #
 # How its hot loop is told from the other loops that move global memory ("choice" of
-# sass_summary): "span": the longest (render, loss: their instance loops, which load keypoints or
-# store weights, are shorter than the per-pixel loop that nests them); "bytes": the one moving the
-# most bytes per iteration (decode: the unrolled argmax scan, beside longer per-keypoint blur and
-# refinement loops that read the map too); "window": none unless a loop moves exactly the expected
-# bytes (CUDA render backward walks each keypoint's window, once per instance pair, not the map:
-# no per-map-element figure applies; Triton's walks its whole tile).
+# sass_summary): "span": the outermost, widest, longest (loss: the old per-pixel loop nests an
+# instance loop that loads keypoints; the new one loads 16-byte vectors beside a longer instance
+# setup loop of 4-byte loads); "inner": the innermost, longest (render forward: an
+# outer pass or tile loop stores per-instance weights around the store loops; the old per-pixel
+# loop nests only instance loops that load); "bytes": the one moving the most bytes per iteration
+# (decode, soft-argmax: the unrolled scan, beside longer per-keypoint blur and refinement loops
+# that read the map too); "window": none unless a loop moves exactly the expected bytes (CUDA
+# render backward walks each keypoint's window, per instance pair, not the map: no per-map-element
+# figure applies; Triton's walks its whole tile).
 MAP_ACCESS = (
     ("soft_argmax_backward", "both", "bytes"), ("soft_argmax", "load", "bytes"),
     ("loss_backward", "both", "span"), ("loss_forward", "load", "span"), ("loss", "auto", "span"),
-    ("render_backward", "load", "window"), ("render", "store", "span"),
+    ("render_backward", "load", "window"), ("render", "store", "inner"),
     ("find_peaks", "load", "bytes"), ("peaks", "load", "bytes"), ("decode", "load", "bytes"),
 )
 ELEMENT_BYTES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2, "at::BFloat16": 2, "at::Half": 2,
@@ -207,16 +210,17 @@ def map_access(name: str) -> tuple[str | None, str]:
     return None, "span"
 
 
-def resolve_access(sass: str, name: str, map_bytes: int | None = None) -> tuple[str | None, dict]:
+def resolve_access(sass: str, name: str, map_bytes: int | None = None,
+                   element_bytes: int | None = None) -> tuple[str | None, dict]:
     """(direction, sass_summary) of kernel ``name``, "auto" resolved: "both" if a loop loads and
-    stores global memory, else "load"."""
+    stores map-width global memory, else "load"."""
     direction, choice = map_access(name)
     if direction != "auto":
-        return direction, sass_summary(sass, direction, map_bytes, choice)
-    both = sass_summary(sass, "both", map_bytes, choice)
+        return direction, sass_summary(sass, direction, map_bytes, choice, element_bytes)
+    both = sass_summary(sass, "both", map_bytes, choice, element_bytes)
     if both["loop_range"] is not None:  # a real loop, not the whole-kernel fallback
         return "both", both
-    return "load", sass_summary(sass, "load", map_bytes, choice)
+    return "load", sass_summary(sass, "load", map_bytes, choice, element_bytes)
 
 
 def _access(text: str) -> tuple[str, int] | None:
@@ -275,19 +279,34 @@ def _loops(instructions: list[tuple[int, str]]) -> list[tuple[int, int]]:
     return sorted(ends.items())
 
 
-def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None = None, choice: str = "span") -> dict:
+def _map_width(width: int, element_bytes: int | None) -> bool:
+    """Can an access of ``width`` bytes move map elements of ``element_bytes``? One element, or a
+    vector of them (8 or 16 bytes); a 4-byte access of a 2-byte map is taken for a float (keypoint,
+    weight) rather than an element pair."""
+    if not element_bytes:
+        return True
+    return width == element_bytes or (width >= 8 and width > element_bytes and width % element_bytes == 0)
+
+
+def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None = None, choice: str = "span",
+                 element_bytes: int | None = None) -> dict:
     """Static figures of one kernel's SASS listing: instruction count and its hot loop.
 
-    Hot loop, with ``direction`` ("load" / "store" / "both", see MAP_ACCESS): among the loops
-    whose own body (nested loops excluded) has that kind of global access, the one whose own map
-    bytes per thread equal ``map_bytes`` (the expected bytes per iteration, when known; loops moving
-    under half of it are no candidates); else the
-    outermost such loops (an instance loop nested in the pixel loop loads keypoints, not the map)
-    and among them the longest (``choice`` "span") or the one moving the most bytes per iteration
-    ("bytes"); "window": none (``loop_note`` says why), see MAP_ACCESS. With no such
-    loop, the whole kernel (a straight-line tile). Without ``direction``: the largest innermost
-    loop. ``loop_sass`` counts the loop's whole span: nested loops once (one instance per map)
-    and untaken branches too (e.g. a fallback path), so it bounds the executed count from above.
+    Hot loop, with ``direction`` ("load" / "store" / "both", see MAP_ACCESS): the candidates are
+    the loops whose own body (nested loops excluded) has that kind of global access, of a width
+    that can carry map elements of ``element_bytes`` (when given, see _map_width). With
+    ``map_bytes`` (the bytes one iteration should move per thread: Triton's tile) the loop moving
+    exactly that, and no loop moving under half of it; else, by ``choice`` (see MAP_ACCESS):
+    "span": of the outermost candidates, the one with the widest access, then the longest (an
+    instance loop nested in the old per-pixel loop loads keypoints, not the map); "inner": of the
+    innermost candidates (no candidate nested in them), the longest (an outer pass or tile loop
+    stores per-instance weights around the map's store loops); "bytes": of the outermost, the one
+    moving the most bytes per iteration, then the longest; "window": none, ``loop_note`` says why.
+    With no candidate loop, the whole kernel when it moves the map (a straight-line tile).
+    Without ``direction``: the largest innermost loop. ``loop_sass`` counts the loop's whole span:
+    nested loops once (one instance per map) and untaken branches too (a fallback or a merge
+    path), so it bounds the executed count from above. ``loop_map_load_bytes`` /
+    ``loop_map_store_bytes``: its own-body accesses of map widths only.
     """
     instructions = _parse_sass(sass)
     loops = _loops(instructions)
@@ -299,9 +318,12 @@ def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None 
         body = [(a, t) for a, t in instructions if span[0] <= a <= span[1]]
         own = [t for a, t in body if not any(n[0] <= a <= n[1] for n in nested)]
         accesses = [x for x in map(_access, own) if x]
-        load = sum(b for kind, b in accesses if kind == "load")
-        store = sum(b for kind, b in accesses if kind == "store")
-        return dict(sass=len(body), load=load, store=store)
+        mapped = [(kind, b) for kind, b in accesses if _map_width(b, element_bytes)]
+        return dict(sass=len(body), load=sum(b for kind, b in accesses if kind == "load"),
+                    store=sum(b for kind, b in accesses if kind == "store"),
+                    map_load=sum(b for kind, b in mapped if kind == "load"),
+                    map_store=sum(b for kind, b in mapped if kind == "store"),
+                    width=max([b for _, b in mapped] or [0]))
 
     info = {}
     for loop in loops:
@@ -309,9 +331,8 @@ def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None 
         info[loop] = dict(stats(loop, nested), nested=len(nested))
 
     def moved(loop_info):
-        return dict(load=loop_info["load"], store=loop_info["store"],
-                    both=loop_info["load"] + loop_info["store"] if loop_info["load"] and loop_info["store"] else 0
-                    ).get(direction, 0)
+        load, store = loop_info["map_load"], loop_info["map_store"]
+        return dict(load=load, store=store, both=load + store if load and store else 0).get(direction, 0)
 
     pick, how, note = None, None, None
     if direction is None:
@@ -329,10 +350,15 @@ def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None 
             note = "its loops walk each keypoint's window (per instance pair), not the map: no per-element figure"
         elif candidates:
             outer = [l for l in candidates if not any(inside(l, c) for c in candidates)]
+            inner = [l for l in candidates if not any(inside(c, l) for c in candidates)]
             if choice == "bytes":
                 pick, how = max(outer, key=lambda l: (moved(info[l]), info[l]["sass"])), "loop moving the most bytes"
+            elif choice == "inner":  # not by width: a float64 weight store looks like a 4 x bf16 vector
+                pick = max(inner, key=lambda l: info[l]["sass"])
+                how = "innermost loop moving the map"
             else:
-                pick, how = max(outer, key=lambda l: info[l]["sass"]), "longest loop moving the map"
+                pick = max(outer, key=lambda l: (info[l]["width"], info[l]["sass"]))
+                how = "outermost loop moving the map"
         else:
             whole = dict(stats((-1, float("inf")), []), nested=len(loops))
             if moved(whole):
@@ -342,12 +368,13 @@ def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None 
                 note = "no loop and no global access moves the map"
     chosen = info.get(pick) if how else None
     summary = dict(sass=len(instructions), loops=len(loops), loop_sass=None, loop_global_bytes=None,
-                   loop_load_bytes=None, loop_store_bytes=None, loop_map_bytes=None, loop_nested=None, loop_pick=how,
-                   loop_range=None, loop_note=note)
+                   loop_load_bytes=None, loop_store_bytes=None, loop_map_load_bytes=None,
+                   loop_map_store_bytes=None, loop_nested=None, loop_pick=how, loop_range=None, loop_note=note)
     if chosen:
         summary.update(loop_sass=chosen["sass"], loop_global_bytes=chosen["load"] + chosen["store"],
                        loop_load_bytes=chosen["load"], loop_store_bytes=chosen["store"],
-                       loop_map_bytes=moved(chosen) if direction else None, loop_nested=chosen["nested"],
+                       loop_map_load_bytes=chosen["map_load"], loop_map_store_bytes=chosen["map_store"],
+                       loop_nested=chosen["nested"],
                        loop_range=None if pick is None else f"{pick[0]:#x}-{pick[1]:#x}")
     return summary
 

@@ -133,19 +133,43 @@ _RENDER_LIKE = _sass(
 )
 
 
+# A loss-like kernel: an instance setup loop of 4-byte loads, then the per-pixel loop loading one
+# 2-byte prediction and nesting a fallback instance loop of keypoint loads.
+_LOSS_LIKE = _sass(
+    (0x000, "LDG.E R2, desc[UR4][R4.64]"),           # setup loop
+    (0x010, "LDG.E R3, desc[UR4][R4.64+0x4]"),
+    (0x020, "STS [R6], R2"),
+    (0x030, "@P0 BRA 0x0"),
+    (0x040, "LDG.E.U16 R8, desc[UR4][R10.64]"),      # pixel loop
+    (0x050, "LDG.E R12, desc[UR4][R4.64]"),          # nested fallback instance loop
+    (0x060, "LDG.E R13, desc[UR4][R4.64+0x4]"),
+    (0x070, "LDG.E R14, desc[UR4][R4.64+0x8]"),
+    (0x080, "@P1 BRA 0x50"),
+    (0x090, "FFMA R15, R8, R8, R15"),
+    (0x0a0, "@P2 BRA 0x40"),
+    (0x0b0, "EXIT"),
+)
+
+
 def test_sass_summary_picks_the_per_pixel_loop_not_the_instance_loops():
     from kpfast.triton.aot import sass_summary
 
-    summary = sass_summary(_RENDER_LIKE, "store")
+    # render: the innermost loops that store, the longest of them
+    summary = sass_summary(_RENDER_LIKE, "store", choice="inner")
     assert summary["loop_range"] == "0x40-0xc0" and summary["loop_nested"] == 1
     assert summary["loop_sass"] == 9  # the span: nested instance loop counted once
     # own body only: the nested loop's keypoint load is not the pixel loop's traffic
-    assert (summary["loop_load_bytes"], summary["loop_store_bytes"], summary["loop_map_bytes"]) == (0, 2, 2)
-    by_bytes = sass_summary(_RENDER_LIKE, "store", choice="bytes")  # the weights loop stores more
-    assert by_bytes["loop_range"] == "0x10-0x30"
-    exact = sass_summary(_RENDER_LIKE, "store", map_bytes=4)  # expected bytes per iteration decide first
-    assert exact["loop_range"] == "0x10-0x30"
+    assert (summary["loop_load_bytes"], summary["loop_store_bytes"], summary["loop_map_store_bytes"]) == (0, 2, 2)
+    # the weights loop's 4-byte store is no 2-byte map element; without the size it is the widest
+    assert sass_summary(_RENDER_LIKE, "store", element_bytes=2)["loop_range"] == "0x40-0xc0"
+    assert sass_summary(_RENDER_LIKE, "store")["loop_range"] == "0x10-0x30"
+    assert sass_summary(_RENDER_LIKE, "store", choice="bytes")["loop_range"] == "0x10-0x30"
+    assert sass_summary(_RENDER_LIKE, "store", map_bytes=4)["loop_range"] == "0x10-0x30"  # expected bytes first
     assert sass_summary(_RENDER_LIKE, "load", choice="window")["loop_note"]  # no figure, and why
+    # loss: the outermost loop that loads; the nested instance loop loads more, but is nested
+    loss = sass_summary(_LOSS_LIKE, "load", element_bytes=2)
+    assert loss["loop_range"] == "0x40-0xa0" and (loss["loop_map_load_bytes"], loss["loop_load_bytes"]) == (2, 2)
+    assert sass_summary(_LOSS_LIKE, "load", choice="inner")["loop_range"] != "0x40-0xa0"  # why loss is "span"
     straight = _sass((0x0, "LDG.E.128 R4, desc[UR4][R2.64]"), (0x10, "STG.E.128 desc[UR4][R6.64], R4"),
                      (0x20, "EXIT"))
     whole = sass_summary(straight, "both")
@@ -206,7 +230,8 @@ def test_model_bounds_on_a_known_loop():
     resources = _resources()
     m = resources.H100
     record = dict(ok=True, map_access="load", element_bytes=4, loop_sass=100, loop_load_bytes=16,
-                  loop_store_bytes=0, loop_global_bytes=16, regs=32, threads=256, shared=0)
+                  loop_store_bytes=0, loop_map_load_bytes=16, loop_map_store_bytes=0, loop_global_bytes=16, regs=32,
+                  threads=256, shared=0)
     figures = resources.model(record)
     assert figures["elements_per_thread"] == 4 and figures["sass_per_element"] == 25
     issue = m["sms"] * 4 * 32 * m["clock_hz"] / 25 * 4 / m["hbm_bytes_per_s"]
@@ -215,10 +240,12 @@ def test_model_bounds_on_a_known_loop():
     assert figures["latency_bound"] == pytest.approx(latency, abs=1e-3)
     assert figures["model_fraction"] == pytest.approx(min(issue, latency, 1.0), abs=1e-3)
     # reads + writes: elements from the gradient stores, both passes count as useful traffic
-    both = resources.model(dict(record, map_access="both", loop_store_bytes=8, loop_global_bytes=24))
+    both = resources.model(dict(record, map_access="both", loop_store_bytes=8, loop_map_store_bytes=8,
+                                loop_global_bytes=24))
     assert both["elements_per_thread"] == 2 and both["bytes_per_element"] == 12
     assert both["latency_bound"] == pytest.approx(2 * latency, abs=1e-3)
-    store = resources.model(dict(record, map_access="store", loop_load_bytes=0, loop_store_bytes=16))
+    store = resources.model(dict(record, map_access="store", loop_load_bytes=0, loop_store_bytes=16,
+                                 loop_map_store_bytes=16))
     assert store["latency_bound"] is None and store["model_fraction"] == min(round(issue, 3), 1.0)
     assert "no element type" in resources.model(dict(record, element_bytes=None))["note"]
     assert "no map-access rule" in resources.model(dict(record, map_access=None))["note"]
