@@ -8,6 +8,9 @@ CUDA kernels from the SASS embedded in a CUDA-built ``kpfast/_C.so`` (``cuobjdum
     python benchmarks/resources.py --before-so /work/before_C.so \
         --before-triton-json benchmarks/results/triton_aot_before.json            # also recompute "before"
     python benchmarks/resources.py --check             # runs the full AOT itself; exit 1 on a spill/budget
+    # one CUDA file while editing it, no extension build: --so takes a cubin too
+    tools/ptxas_report.sh csrc/cuda/loss.cu --arch 90 && cp -r benchmarks/results /tmp/r && \
+        python benchmarks/resources.py --no-triton --so /tmp/kpfast_loss_sm90.cubin --out /tmp/r
 
 Writes ``benchmarks/results/resources.json`` (every record, per label; "before" is kept from the
 file unless recomputed, so the table regenerates without the before build) and
@@ -38,7 +41,8 @@ file unless recomputed, so the table regenerates without the before build) and
 * issue, latency: the two bounds of the model below, as fractions of HBM bandwidth; model: the
   smaller, capped at 1: the fraction of copy bandwidth the kernel can reach at best.
 
-The model (H100 SXM, constants and sources in ``H100`` below; a model, not a measurement:
+The model (H100 SXM, constants and sources in ``H100`` below, for rows of every arch; a model,
+not a measurement:
 measured figures come only from GPU runs, ``benchmarks/results/*gpu*``):
 
 * issue bound: elements/s = SMs * 4 warp-instructions/clock * 32 lanes * clock / loop/elem,
@@ -396,6 +400,14 @@ REGENERATE = ("env -u TRITON_INTERPRET python -m kpfast.triton.aot --quick --arc
               "/tmp/triton_after.json --describe \"main <commit>\"")
 
 
+def _kernel_key(name: str) -> tuple:
+    """Sort key of a CUDA kernel row: its base name, then its type arguments (ints, bools dropped)."""
+    from kpfast.triton.aot import ELEMENT_BYTES
+
+    types = tuple(a for a in template_arguments(name) if a in ELEMENT_BYTES or a.startswith("("))
+    return re.sub(r"<.*", "", name), types
+
+
 def _source(book: dict, label: str) -> str:
     source = book.get(label, {}).get("source")
     if not source:
@@ -431,7 +443,11 @@ def markdown(book: dict) -> str:
             if reason:
                 lines += [f"*{label}: skipped: {reason}*", ""]
         lines += [header, "|" + "---|" * (len(COLUMNS) + 2)]
-        for family in list(dict.fromkeys(list(before) + list(after))):
+        families = list(dict.fromkeys(list(before) + list(after)))
+        if part == "cuda":  # a renamed or re-templated kernel sits beside its before (e.g. <float, float, 4>)
+            order = {f: i for i, f in enumerate(families)}
+            families.sort(key=lambda f: (_kernel_key(f), order[f]))
+        for family in families:
             b, a = before.get(family), after.get(family)
             cells = [_cell(b, a, key) for key, _ in COLUMNS]
             notes = [n for n in dict.fromkeys([(b or {}).get("note"), (a or {}).get("note")]) if n]
