@@ -1,27 +1,66 @@
-"""Static resource table of every GPU kernel: registers, spills, shared memory, SASS size.
+"""Static resource table of every GPU kernel, with a bandwidth model: no GPU needed.
 
-No GPU needed. Triton kernels come from kpfast.triton.aot (each specialisation compiled for
-sm_90 / sm_80); CUDA kernels from the SASS embedded in a CUDA-built ``kpfast/_C.so``
-(``cuobjdump --dump-resource-usage`` and ``cuobjdump -sass``).
+Triton kernels come from kpfast.triton.aot (each specialisation compiled for sm_90 / sm_80);
+CUDA kernels from the SASS embedded in a CUDA-built ``kpfast/_C.so`` (``cuobjdump -arch sm_90``:
+``--dump-resource-usage``, ``-sass`` and ``-elf`` for ``__launch_bounds__``).
 
-    python benchmarks/resources.py --label after                      # runs the AOT compile itself
-    python benchmarks/resources.py --label after --triton-json aot.json --so kpfast/_C.so
-    python benchmarks/resources.py --check                            # budgets only, exit 1 on a violation
+    python benchmarks/resources.py --so kpfast/_C.so --triton-json aot.json      # "after" = this tree
+    python benchmarks/resources.py --before-so /work/before_C.so \
+        --before-triton-json benchmarks/results/triton_aot_before.json            # also recompute "before"
+    python benchmarks/resources.py --check             # runs the full AOT itself; exit 1 on a spill/budget
+    # one CUDA file while editing it, no extension build: --so takes a cubin too
+    tools/ptxas_report.sh csrc/cuda/loss.cu --arch 90 && cp -r benchmarks/results /tmp/r && \
+        python benchmarks/resources.py --no-triton --so /tmp/kpfast_loss_sm90.cubin --out /tmp/r
 
-Writes ``benchmarks/results/resources.json`` (every record, per label: "before" = main before
-issue 11, "after" = this tree) and ``benchmarks/results/RESOURCES.md`` (one row per kernel
-family, before -> after). Columns:
+Writes ``benchmarks/results/resources.json`` (every record, per label; "before" is kept from the
+file unless recomputed, so the table regenerates without the before build) and
+``benchmarks/results/RESOURCES.md`` (one row per kernel family, before -> after). Columns:
 
 * regs: registers per thread (max over the family's specialisations);
 * spill: Triton: ptxas's spill stores + loads in bytes per thread; CUDA: the per-thread local
   memory frame (``LOCAL``, spills and local arrays alike: both mean per-thread DRAM traffic);
-* smem: static shared memory per block in bytes (Triton: the compiled kernel's ``shared``);
+* smem: shared memory per block in bytes (Triton: the launcher's dynamic shared memory);
 * sass: static SASS instructions of the kernel;
-* loop/elem: SASS instructions of the largest innermost loop times the threads of a program,
-  over the map elements one iteration handles: instructions issued per map element (Triton
-  kernels whose hot loop walks map pixels; blank elsewhere);
-* loop bytes: global bytes per thread that loop's loads/stores move (LDG/STG widths), so
-  16-byte vector accesses show as such.
+* el/it: map elements one thread handles per iteration of the hot loop (the loop that moves the
+  map, chosen by ``kpfast.triton.aot.sass_summary``; "kernel" when no loop does: a straight-line
+  tile). Triton: the program's tile (``BLOCK``, ``BLOCK_H * BLOCK_W``) over its threads. CUDA:
+  derived from the loop's global traffic per thread and the op's element size, the element type
+  being the kernel's template argument (``float``, ``c10::BFloat16``, ...; render: the last type
+  argument, the map's; others: the first): writes of the map (render forward) = store bytes /
+  size; reads (loss forward, decode, soft-argmax, find_peaks, render backward) = load bytes /
+  size; reads + writes (loss backward, soft-argmax backward) = store bytes / size (the gradient is
+  the loop's only map-sized store; other loads in it are per-map scalars);
+* loop/elem: SASS instructions of the hot loop (its whole span: nested loops once, i.e. one
+  instance per map, and untaken paths too, so an upper bound) per map element: thread
+  instructions issued per element;
+* B/elem: global bytes the hot loop moves per element (LDG/STG/LDGSTS widths, so 16-byte vector
+  accesses show as such); the op's minimum is its element size (x2 for reads + writes);
+* warps/SM: resident warps per SM on sm_90 from registers, threads and shared memory per block
+  (CUDA threads per block: ``__launch_bounds__`` when the kernel declares it, else 256 assumed,
+  marked ``*``);
+* issue, latency: the two bounds of the model below, as fractions of HBM bandwidth; model: the
+  smaller, capped at 1: the fraction of copy bandwidth the kernel can reach at best.
+
+The model (H100 SXM, constants and sources in ``H100`` below, for rows of every arch; a model,
+not a measurement:
+measured figures come only from GPU runs, ``benchmarks/results/*gpu*``):
+
+* issue bound: elements/s = SMs * 4 warp-instructions/clock * 32 lanes * clock / loop/elem,
+  times the op's bytes per element, over HBM bandwidth. It counts every instruction as one issue
+  slot: the slower pipes (MUFU, FP64, shared memory) are not modelled, so it is optimistic;
+* latency bound (Little's law): bytes in flight = warps/SM * SMs * the bytes one warp loads per
+  hot-loop iteration (loads only: a warp waits for loads, never for stores) before it waits,
+  over (HBM bandwidth * DRAM latency); scaled by the op's total / loaded bytes per element for
+  reads + writes. Store-only loops are not latency bound ("n/a"). Loads of the next iteration
+  that the compiler hoists are not credited, so it is pessimistic for software-pipelined loops.
+  It assumes the grid fills every SM to its occupancy: a kernel with one warp per map at a small
+  batch has fewer warps in flight than warps/SM says.
+
+Only the hot loop is modelled: per-map work outside it (reductions, DARK refinement, instance
+setup) is not, nor a second pass over the map (a kernel that reads the map twice shows one pass).
+
+A row with no figure says why in its note (no element type in the name, no rule for the name,
+no loop and no access that moves the map).
 """
 
 from __future__ import annotations
@@ -50,8 +89,9 @@ BUDGETS = {
     "decode._soft_argmax_kernel": (128, "one program per map, needs >= 4 programs per SM to hide latency"),
     "decode._soft_argmax_backward_kernel": (64, "elementwise: full occupancy"),
     "decode._find_peaks_kernel": (255, "issue 13 redesigns it; until then the gate is: no spills"),
-    # CUDA kernels (256-thread blocks): <= 64 registers keeps full occupancy (2048 threads/SM).
-    "cuda": (64, "256-thread blocks: <= 64 registers keeps 8 blocks (full occupancy) per SM"),
+    # CUDA kernels (256-thread blocks): <= 64 registers keeps 4 blocks (32 warps, half occupancy) per SM;
+    # full occupancy (64 warps) needs <= 32.
+    "cuda": (64, "256-thread blocks: <= 64 registers keeps 4 blocks (32 warps) per SM"),
     "cuda float64": (128, "float64 instantiations (render with float64 keypoints, soft-argmax on float64 maps) "
                           "serve gradcheck-precision use off the training path; each value takes two registers"),
 }
@@ -70,12 +110,142 @@ def _tool(name: str) -> str | None:
     return find(name)
 
 
+# ---- the machine of the model -------------------------------------------------------------
+
+# H100 SXM5 (sm_90), every constant of the model in one place.
+H100 = dict(
+    name="H100 SXM",
+    sms=132,                # NVIDIA H100 Tensor Core GPU datasheet / architecture whitepaper (SXM5: 132 SMs)
+    clock_hz=1.755e9,       # sustained SM clock assumed by issue 13 (the SXM5's max boost is 1.98 GHz; 1.755
+                            # GHz is H100 PCIe's boost): a conservative clock for a memory-bound kernel
+    hbm_bytes_per_s=3.35e12,  # H100 SXM5 datasheet: HBM3, 3.35 TB/s
+    latency_s=700e-9,       # loaded DRAM latency, ~600-800 ns (issue 13's range; the middle is used)
+    issue_per_clock=4,      # Hopper whitepaper: 4 SM sub-partitions, one warp instruction issued each per clock
+    lanes=32,
+    # occupancy rules, CUDA C++ Programming Guide "Technical Specifications per Compute Capability"
+    # (9.0) and the CUDA occupancy calculator's allocation granularities:
+    max_warps=64, max_blocks=32, registers=65536, register_unit=256,  # registers allocated per warp, 256 at a time
+    shared=228 * 1024, shared_reserved=1024, shared_unit=128,         # 1 KB per block reserved by the system
+)
+CUDA_ASSUMED_THREADS = 256  # the launches' block size when a kernel declares no __launch_bounds__
+
+
+def resident_warps(regs: int, threads: int, shared: int, machine: dict = H100) -> int:
+    """Warps resident per SM: the fewest blocks that registers, warps, blocks and shared memory allow."""
+    m = machine
+    warps_per_block = -(-threads // m["lanes"])
+    regs_per_warp = -(-max(regs, 1) * m["lanes"] // m["register_unit"]) * m["register_unit"]
+    by_regs = (m["registers"] // regs_per_warp) // warps_per_block
+    shared_per_block = -(-(shared + m["shared_reserved"]) // m["shared_unit"]) * m["shared_unit"]
+    by_shared = m["shared"] // shared_per_block
+    blocks = min(by_regs, m["max_warps"] // warps_per_block, m["max_blocks"], by_shared)
+    return blocks * warps_per_block
+
+
+def model(record: dict, machine: dict = H100) -> dict:
+    """Per-element figures of the hot loop and the bandwidth bounds (see the module docstring).
+    Every field is None with a ``note`` saying why when it cannot be derived."""
+    m = machine
+    out = dict(elements_per_thread=None, sass_per_element=None, bytes_per_element=None, warps=None,
+               issue_bound=None, latency_bound=None, model_fraction=None, note=record.get("note"))
+    direction, size = record.get("map_access"), record.get("element_bytes")
+    if record.get("ok") is False:
+        return dict(out, note="does not compile")
+    if direction is None:
+        return dict(out, note=out["note"] or "no map-access rule for this kernel name (kpfast.triton.aot.MAP_ACCESS)")
+    if not size:
+        return dict(out, note=out["note"] or "no element type in the kernel's name")
+    if not record.get("loop_sass"):
+        return dict(out, note=record.get("loop_note") or "no hot loop found in the SASS")
+    if record.get("elements_per_loop"):  # Triton: the program's tile
+        per_thread = record["elements_per_loop"] / record["threads"]
+    else:  # CUDA: from the loop's map-width traffic
+        moved = record["loop_map_load_bytes"] if direction == "load" else record["loop_map_store_bytes"]
+        per_thread = (moved or 0) / size
+    if not per_thread:
+        return dict(out, note="the hot loop moves no map bytes")
+    op_bytes = size * (2 if direction == "both" else 1)
+    ipe = record["loop_sass"] / per_thread
+    warps = resident_warps(record["regs"], record["threads"], record.get("shared", 0), m)
+    issue = m["sms"] * m["issue_per_clock"] * m["lanes"] * m["clock_hz"] / ipe * op_bytes / m["hbm_bytes_per_s"]
+    if direction == "store" or not record["loop_load_bytes"]:
+        latency = float("inf")  # a warp never waits for its stores
+    else:
+        in_flight = warps * m["sms"] * m["lanes"] * record["loop_load_bytes"]
+        latency = in_flight / (m["hbm_bytes_per_s"] * m["latency_s"]) * (op_bytes / size)
+    out.update(elements_per_thread=round(per_thread, 3), sass_per_element=round(ipe, 2),
+               bytes_per_element=round(record["loop_global_bytes"] / per_thread, 2), warps=warps,
+               issue_bound=round(min(issue, 99.0), 3), latency_bound=None if latency == float("inf") else
+               round(min(latency, 99.0), 3), model_fraction=round(min(issue, latency, 1.0), 3))
+    return out
+
+
 # ---- CUDA ---------------------------------------------------------------------------------
 
-def cuda_records(so_path: str) -> tuple[list[dict], str | None]:
-    """Per CUDA kernel in ``so_path``: registers, local/shared bytes, SASS size. (records, skip reason)."""
+def template_arguments(name: str) -> list[str]:
+    """Top-level template arguments of a demangled kernel name: ``k<(E)2, true, c10::Half>`` ->
+    ["(E)2", "true", "c10::Half"]."""
+    start = name.find("<")
+    if start < 0:
+        return []
+    args, depth, current = [], 0, ""
+    for char in name[start + 1:]:
+        if char in "<(":
+            depth += 1
+        elif char in ">)":
+            if depth == 0:
+                break
+            depth -= 1
+        if char == "," and depth == 0:
+            args.append(current.strip())
+            current = ""
+        else:
+            current += char
+    args.append(current.strip())
+    return [a for a in args if a]
+
+
+def element_type(name: str) -> str | None:
+    """The map element type of a CUDA kernel: render kernels <compute_t, map_t> take the last type
+    argument, every other kernel the first (``scalar_t``/``pred_t`` comes first)."""
+    from kpfast.triton.aot import ELEMENT_BYTES
+
+    types = [a for a in template_arguments(name) if a.replace(" const", "") in ELEMENT_BYTES]
+    if not types:
+        return None
+    return types[-1] if "render" in name.split("<")[0] else types[0]
+
+
+def launch_bounds(elf: str) -> dict:
+    """{mangled function: threads per block} for kernels whose .nv.info declares EIATTR_MAX_THREADS
+    (``__launch_bounds__``) or EIATTR_REQNTID."""
+    result, function, attribute = {}, None, None
+    for line in elf.splitlines():
+        if line and not line[0].isspace():  # a section header: the attribute list of a function, or else
+            section = re.match(r"^\.nv\.info\.(\S+)", line)
+            function, attribute = (section.group(1) if section else None), None
+            continue
+        if function is None:
+            continue
+        found = re.search(r"Attribute:\s+(EIATTR_\w+)", line)
+        if found:
+            attribute = found.group(1)
+            continue
+        value = re.search(r"Value:\s+((?:0x[0-9a-f]+\s*)+)", line)
+        if value and attribute in ("EIATTR_MAX_THREADS", "EIATTR_REQNTID"):
+            dims = [int(v, 16) for v in value.group(1).split()]
+            threads = 1
+            for d in dims:
+                threads *= max(d, 1)
+            result[function] = threads
+            attribute = None
+    return result
+
+
+def cuda_records(so_path: str, arch: int = 90) -> tuple[list[dict], str | None]:
+    """Per CUDA kernel of ``so_path`` for sm_<arch>: resources, hot loop. (records, skip reason)."""
     sys.path.insert(0, str(ROOT))
-    from kpfast.triton.aot import resource_usage, sass_summary
+    from kpfast.triton.aot import ELEMENT_BYTES, resolve_access, resource_usage
 
     if not os.path.exists(so_path):
         return [], f"{so_path} does not exist"
@@ -85,8 +255,13 @@ def cuda_records(so_path: str) -> tuple[list[dict], str | None]:
     listing = subprocess.run([cuobjdump, "--list-elf", so_path], capture_output=True, text=True)
     if listing.returncode != 0 or "sm_" not in listing.stdout:
         return [], f"{so_path} holds no CUDA device code (built without CUDA)"
-    usage = resource_usage(so_path)
-    sass = subprocess.run([cuobjdump, "-sass", so_path], capture_output=True, text=True, check=True).stdout
+    if f"sm_{arch}" not in listing.stdout:
+        return [], f"{so_path} holds no sm_{arch} code"
+    select = ["-arch", f"sm_{arch}"]
+    usage = resource_usage(so_path, select)
+    sass = subprocess.run([cuobjdump, *select, "-sass", so_path], capture_output=True, text=True, check=True).stdout
+    elf = subprocess.run([cuobjdump, *select, "-elf", so_path], capture_output=True, text=True, check=True).stdout
+    bounds = launch_bounds(elf)
     per_function = {}
     current, lines = None, []
     for line in sass.splitlines():
@@ -106,8 +281,14 @@ def cuda_records(so_path: str) -> tuple[list[dict], str | None]:
         pretty = re.sub(r"^void ", "", pretty.replace("(anonymous namespace)::", ""))
         short = re.sub(r"^kpfast::", "", re.sub(r"\([^()]*\)$", "", pretty))
         family = "cuda." + re.sub(r"<.*", "", short)
-        record = dict(kernel=family, name=short, mangled=mangled, **usage[mangled])
-        record.update(spill=record["local"], **sass_summary(per_function.get(mangled, "")))
+        record = dict(kernel=family, name=short, mangled=mangled, arch=arch, **usage[mangled])
+        element = element_type(short)
+        size = ELEMENT_BYTES.get(element.replace(" const", "")) if element else None
+        direction, summary = resolve_access(per_function.get(mangled, ""), short, element_bytes=size)
+        threads = bounds.get(mangled)
+        record.update(spill=record["local"], **summary)
+        record.update(map_access=direction, element_type=element, element_bytes=size,
+                      threads=threads or CUDA_ASSUMED_THREADS, threads_assumed=threads is None)
         records.append(record)
     return records, None
 
@@ -157,6 +338,11 @@ def _family(r: dict) -> str:
     return " ".join(parts) if not r["kernel"].startswith("cuda.") else r["name"]
 
 
+# Family aggregates: the worst specialisation (costs: max; warps and fractions: min).
+_WORST = dict(regs=max, spill=max, shared=max, sass=max, elements_per_thread=min, sass_per_element=max,
+              bytes_per_element=max, warps=min, issue_bound=min, latency_bound=min, model_fraction=min)
+
+
 def summarise(records: list[dict]) -> dict:
     families = collections.OrderedDict()
     for r in records:
@@ -165,59 +351,148 @@ def summarise(records: list[dict]) -> dict:
     for family, group in families.items():
         ok = [r for r in group if r.get("ok", True)]
         row = dict(count=len(group), failed=len(group) - len(ok))
-        for key in ("regs", "spill", "shared", "sass", "loop_sass_per_element", "loop_global_bytes"):
-            values = [r[key] for r in ok if r.get(key) is not None]
-            row[key] = max(values) if values else None
+        figures = [dict(r, **model(r)) for r in ok]
+        for key, worst in _WORST.items():
+            values = [f[key] for f in figures if f.get(key) is not None]
+            row[key] = worst(values) if values else None
+        row["assumed"] = any(f.get("threads_assumed") for f in figures)
+        row["whole_kernel"] = any((f.get("loop_pick") or "").startswith("whole") for f in figures)
+        notes = sorted({f["note"] for f in figures if f.get("note") and f.get("model_fraction") is None})
+        row["note"] = "; ".join(notes)
         out[family] = row
     return out
 
 
+def _show(row, key):
+    if row is None:
+        return "-"
+    if row["failed"] and row.get(key) is None:
+        return "FAIL"
+    value = row.get(key)
+    if value is None and key == "latency_bound" and row.get("model_fraction") is not None:
+        text = "n/a"  # store-only: a warp never waits for its stores
+    elif value is None:
+        text = ""
+    elif key in ("issue_bound", "latency_bound", "model_fraction"):
+        text = f"{100 * value:.0f}%" if value < 10 else ">999%"
+    elif key == "warps":
+        text = f"{value}" + ("*" if row.get("assumed") else "")
+    elif key == "elements_per_thread":
+        text = f"{value:g}" + (" kernel" if row.get("whole_kernel") else "")
+    else:
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text + (f" ({row['failed']}/{row['count']} fail)" if row["failed"] else "")
+
+
 def _cell(before, after, key):
-    def show(row):
-        if row is None:
-            return "-"
-        if row["failed"] and row[key] is None:
-            return "FAIL"
-        value = "" if row[key] is None else str(row[key])
-        return value + (f" ({row['failed']}/{row['count']} fail)" if row["failed"] else "")
-    b, a = show(before), show(after)
+    b, a = _show(before, key), _show(after, key)
     return a if b == a else f"{b} -> {a}"
 
 
+COLUMNS = (("regs", "regs"), ("spill", "spill"), ("shared", "smem"), ("sass", "sass"),
+           ("elements_per_thread", "el/it"), ("sass_per_element", "loop/elem"), ("bytes_per_element", "B/elem"),
+           ("warps", "warps/SM"), ("issue_bound", "issue"), ("latency_bound", "latency"),
+           ("model_fraction", "model"))
+
+# The after side at merge time: the merged tree's AOT JSON and CUDA build (the before side stays).
+REGENERATE = ("env -u TRITON_INTERPRET python -m kpfast.triton.aot --quick --arch 90 --sizes 64x48 --json "
+              "/tmp/triton_after.json && python benchmarks/resources.py --so kpfast/_C.so --triton-json "
+              "/tmp/triton_after.json --describe \"main <commit>\"")
+
+
+def _kernel_key(name: str) -> tuple:
+    """Sort key of a CUDA kernel row: its base name, then its type arguments (ints, bools dropped)."""
+    from kpfast.triton.aot import ELEMENT_BYTES
+
+    types = tuple(a for a in template_arguments(name) if a in ELEMENT_BYTES or a.startswith("("))
+    return re.sub(r"<.*", "", name), types
+
+
+def _source(book: dict, label: str) -> str:
+    source = book.get(label, {}).get("source")
+    if not source:
+        return "(source not recorded)"
+    names = dict(tree="", so="CUDA ", triton_json="Triton ", analysed_by="analysed by ")
+    return ", ".join(f"{names.get(k, k)}`{v}`" if k != "tree" else str(v) for k, v in source.items() if v)
+
+
 def markdown(book: dict) -> str:
+    m = H100
     lines = ["# Static resources of every GPU kernel", "",
-             "Generated by `python benchmarks/resources.py` (see its docstring for the columns); before = main "
-             "before issue 11, after = this tree. Triton: max over the specialisations in the table's AOT run "
-             "(committed: `python -m kpfast.triton.aot --quick --arch 90 --sizes 64x48`, one per kernel, "
-             "kind and method; `python -m kpfast.triton.aot --arch 80 90` compiles every encoding/kind/"
-             "method/dtype/instance variant at 64x48 and 96x72, and `python benchmarks/resources.py "
-             "--check` fails on any spill or budget overrun among them); CUDA: the SASS in a CUDA-built "
-             "`kpfast/_C.so` (sm_90).", ""]
+             "Generated by `python benchmarks/resources.py` (its docstring explains every column and the model). "
+             f"before: {_source(book, 'before')}; after: {_source(book, 'after')}. Regenerate the after side "
+             f"(the before side is kept in resources.json): `{REGENERATE}` (add `--before-so /work/before_C.so "
+             "--before-triton-json benchmarks/results/triton_aot_before.json` to recompute before).", "",
+             f"**issue / latency / model are a static model of an {m['name']} ({m['sms']} SMs, "
+             f"{m['clock_hz'] / 1e9:.3f} GHz, {m['hbm_bytes_per_s'] / 1e12:.2f} TB/s, {m['latency_s'] * 1e9:.0f} ns "
+             "DRAM latency), not a measurement**: the fraction of copy bandwidth the hot loop can reach at best "
+             "(issue: instruction issue; latency: loads in flight, Little's law; model: the smaller, capped at 100%). "
+             "Measured figures come only from GPU runs (`benchmarks/results/*gpu*`).", "",
+             "Triton: the worst over the specialisations of the AOT run (committed: `--quick --arch 90 --sizes "
+             "64x48`, one per kernel, kind and method; `python benchmarks/resources.py --check` compiles every "
+             "variant at 64x48 and 96x72 for sm_80 and sm_90 and fails on a spill or budget overrun); CUDA: the sm_90 "
+             "SASS of a CUDA-built `kpfast/_C.so`. `*`: 256 threads per block assumed (the kernel declares no "
+             "`__launch_bounds__`). el/it `kernel`: no loop moves the map, the whole kernel is the tile.", ""]
+    header = "| kernel | " + " | ".join(title for _, title in COLUMNS) + " | note |"
     for part in ("triton", "cuda"):
         before = summarise([_with_spill(r) for r in book.get("before", {}).get(part, [])])
         after = summarise([_with_spill(r) for r in book.get("after", {}).get(part, [])])
-        reasons = {label: book.get(label, {}).get(f"{part}_skipped") for label in ("before", "after")}
         lines += [f"## {part}", ""]
-        for label, reason in reasons.items():
+        for label in ("before", "after"):
+            reason = book.get(label, {}).get(f"{part}_skipped")
             if reason:
-                lines.append(f"*{label}: skipped: {reason}*")
-        lines += ["", "| kernel | regs | spill | smem | sass | loop/elem | loop bytes |", "|---|---|---|---|---|---|---|"]
-        for family in list(dict.fromkeys(list(before) + list(after))):
+                lines += [f"*{label}: skipped: {reason}*", ""]
+        lines += [header, "|" + "---|" * (len(COLUMNS) + 2)]
+        families = list(dict.fromkeys(list(before) + list(after)))
+        if part == "cuda":  # a renamed or re-templated kernel sits beside its before (e.g. <float, float, 4>)
+            order = {f: i for i, f in enumerate(families)}
+            families.sort(key=lambda f: (_kernel_key(f), order[f]))
+        for family in families:
             b, a = before.get(family), after.get(family)
-            cells = [_cell(b, a, key) for key in ("regs", "spill", "shared", "sass", "loop_sass_per_element",
-                                                  "loop_global_bytes")]
-            lines.append(f"| {family} | " + " | ".join(cells) + " |")
+            cells = [_cell(b, a, key) for key, _ in COLUMNS]
+            notes = [n for n in dict.fromkeys([(b or {}).get("note"), (a or {}).get("note")]) if n]
+            lines.append(f"| {family} | " + " | ".join(cells) + " | " + "; ".join(notes) + " |")
         lines.append("")
     lines += ["## Register budgets", ""] + [f"- `{k}`: {v[0]} ({v[1]})" for k, v in BUDGETS.items()] + [""]
     return "\n".join(lines)
 
 
+def _commit() -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
+def _fill(entry: dict, so: str, triton_json: str | None, arch: list[int], cuda_arch: int, no_triton: bool,
+          describe: str | None) -> None:
+    if not no_triton:
+        entry["triton"] = triton_records(triton_json, arch)
+    cuda, reason = cuda_records(so, cuda_arch)
+    previous = entry.get("source", {}).get("so")
+    kept = reason is not None and bool(entry.get("cuda"))
+    if not kept:  # a CPU-only build never overwrites recorded CUDA figures
+        entry["cuda"], entry["cuda_skipped"] = cuda, reason
+    if reason:
+        print(f"CUDA kernels skipped ({so}): {reason}", file=sys.stderr)
+    so_name = os.path.basename(so) if reason is None else None
+    if kept:
+        so_name = f"{previous} (kept: {reason})" if previous and "kept" not in str(previous) else previous
+    entry["source"] = dict(so=so_name,
+                           triton_json=entry.get("source", {}).get("triton_json") if no_triton else
+                           (os.path.basename(triton_json) if triton_json else "full AOT run"),
+                           tree=describe, analysed_by=_commit())
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="static GPU resource table")
+    parser = argparse.ArgumentParser(description="static GPU resource table with a bandwidth model")
     parser.add_argument("--label", default="after", choices=["before", "after"])
     parser.add_argument("--triton-json", help="kpfast.triton.aot output (default: run it)")
     parser.add_argument("--so", default=str(ROOT / "kpfast" / "_C.so"), help="a CUDA-built _C.so")
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80])
+    parser.add_argument("--before-so", help="also recompute the before side from this CUDA-built _C.so")
+    parser.add_argument("--before-triton-json", help="... and from this kpfast.triton.aot output")
+    parser.add_argument("--describe", help="what the --label side was built from (e.g. a branch and commit)")
+    parser.add_argument("--before-describe", help="... and the before side")
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="Triton archs of the AOT run")
+    parser.add_argument("--cuda-arch", type=int, default=90, help="the CUDA cubin to read from the .so")
     parser.add_argument("--no-triton", action="store_true")
     parser.add_argument("--check", action="store_true", help="exit 1 on a spill or budget violation of --label")
     parser.add_argument("--out", default=str(RESULTS))
@@ -225,14 +500,11 @@ def main(argv=None) -> int:
     out = Path(args.out)
     book_path = out / "resources.json"
     book = json.loads(book_path.read_text()) if book_path.exists() else {}
+    if args.before_so or args.before_triton_json:
+        _fill(book.setdefault("before", {}), args.before_so or "", args.before_triton_json, args.arch,
+              args.cuda_arch, args.before_triton_json is None, args.before_describe)
     entry = book.setdefault(args.label, {})
-    if not args.no_triton:
-        entry["triton"] = triton_records(args.triton_json, args.arch)
-    cuda, reason = cuda_records(args.so)
-    if reason is None or "cuda" not in entry:  # a CPU-only build never overwrites recorded CUDA figures
-        entry["cuda"], entry["cuda_skipped"] = cuda, reason
-    if reason:
-        print(f"CUDA kernels skipped: {reason}", file=sys.stderr)
+    _fill(entry, args.so, args.triton_json, args.arch, args.cuda_arch, args.no_triton, args.describe)
     out.mkdir(parents=True, exist_ok=True)
     book_path.write_text(json.dumps(book, indent=1))
     (out / "RESOURCES.md").write_text(markdown(book))

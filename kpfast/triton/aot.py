@@ -8,11 +8,16 @@ then reads the static resources of each compiled kernel:
 
 * ``regs``, ``shared``, ``local`` from ``cuobjdump --dump-resource-usage`` of the cubin;
 * ``spill_stores`` / ``spill_loads`` (bytes per thread) from ``ptxas -v`` on the same PTX;
-* ``sass``: static SASS instructions of the kernel; ``loop_sass``: instructions in its largest
-  innermost loop (a backward branch's span with no loop inside); ``loop_sass_per_element``:
-  that count times the threads of a program over the elements one iteration of that loop
-  handles (only for kernels whose hot loop walks map pixels, else null); ``loop_global_bytes``:
-  global load/store bytes per thread issued by that loop (from the LDG/STG widths).
+* ``sass``: static SASS instructions of the kernel; its hot loop, the loop that moves the map
+  (``sass_summary``: which one, and why, by the kernel's name in ``MAP_ACCESS``): ``loop_sass``
+  its instructions, ``loop_load_bytes`` / ``loop_store_bytes`` / ``loop_global_bytes`` the global
+  bytes per thread its own body moves (LDG/LDGSTS/STG widths, so 16-byte vectors show as such),
+  ``loop_pick`` / ``loop_range`` / ``loop_note`` how it was found, where, or why none was;
+* ``elements_per_loop``: map elements one iteration of the hot loop handles per program (the
+  program's tile: ``BLOCK`` or ``BLOCK_H * BLOCK_W``), ``threads`` per program,
+  ``element_bytes`` of the map dtype; ``loop_sass_per_element``: ``loop_sass * threads /
+  elements_per_loop``, thread instructions issued per map element. benchmarks/resources.py turns
+  these into bytes per element and the bandwidth model.
 
 Must run WITHOUT ``TRITON_INTERPRET`` (tests/conftest.py sets it, so the test suite runs this
 module in a subprocess). Works with Triton 3.6-3.9: constexprs are keyed by argument index,
@@ -161,64 +166,227 @@ def _tool(name: str) -> str | None:
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
 _BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+|`\(\.L_x_\d+\))")
 _LABEL = re.compile(r"^\s*\.L_x_(\d+):")
-_ACCESS = re.compile(r"\b(LDG|STG)(\.E)?(\.[A-Z0-9.]+)?\s")
+# Global memory accesses: LDG (load), STG (store), LDGSTS (global -> shared async copy, a load).
+# The lookahead keeps LDGDEPBAR and the like out.
+_ACCESS = re.compile(r"\b(LDGSTS|LDG|STG)(?=[.\s])((?:\.[A-Z0-9_]+)*)")
+_WIDTHS = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}
+
+# What the map traffic of each kind of kernel is, by name (CUDA demangled names and Triton
+# module.function alike; kernels may be renamed, so these are substrings, tried in order):
+# "store": writes the map once (render forward); "load": reads it once (loss forward, decode,
+# soft-argmax, find_peaks, render backward's incoming gradient); "both": reads the map and writes
+# a map-sized gradient (loss backward, soft-argmax backward); "auto": a loss kernel whose name does
+# not say which (CUDA's heatmap_loss_kernel<kind, GRADIENT, T>): "both" when a loop of its SASS
+# loads and stores global memory, else "load" (see resolve_access).
+#
+# How its hot loop is told from the other loops that move global memory ("choice" of
+# sass_summary): "span": the outermost, widest, longest (loss: the old per-pixel loop nests an
+# instance loop that loads keypoints; the new one loads 16-byte vectors beside a longer instance
+# setup loop of 4-byte loads); "inner": the innermost, longest (render forward: an
+# outer pass or tile loop stores per-instance weights around the store loops; the old per-pixel
+# loop nests only instance loops that load); "bytes": the one moving the most bytes per iteration
+# (decode, soft-argmax: the unrolled scan, beside longer per-keypoint blur and refinement loops
+# that read the map too); "window": none unless a loop moves exactly the expected bytes (CUDA
+# render backward walks each keypoint's window, per instance pair, not the map: no per-map-element
+# figure applies; Triton's walks its whole tile).
+MAP_ACCESS = (
+    ("soft_argmax_backward", "both", "bytes"), ("soft_argmax", "load", "bytes"),
+    ("loss_backward", "both", "span"), ("loss_forward", "load", "span"), ("loss", "auto", "span"),
+    ("render_backward", "load", "window"), ("render", "store", "inner"),
+    ("find_peaks", "load", "bytes"), ("peaks", "load", "bytes"), ("decode", "load", "bytes"),
+)
+ELEMENT_BYTES = {"float": 4, "double": 8, "c10::BFloat16": 2, "c10::Half": 2, "at::BFloat16": 2, "at::Half": 2,
+                 "__nv_bfloat16": 2, "__half": 2, "half": 2, "bool": 1, "signed char": 1, "unsigned char": 1,
+                 "char": 1, "fp32": 4, "fp64": 8, "bf16": 2, "fp16": 2, "float32": 4, "float64": 8, "bfloat16": 2,
+                 "float16": 2}
+
+
+def map_access(name: str) -> tuple[str | None, str]:
+    """(direction, choice) for the kernel ``name`` (see MAP_ACCESS); direction None when no rule fits."""
+    base = re.sub(r"<.*", "", name)
+    for key, direction, choice in MAP_ACCESS:
+        if key in base:
+            return direction, choice
+    return None, "span"
+
+
+def resolve_access(sass: str, name: str, map_bytes: int | None = None,
+                   element_bytes: int | None = None) -> tuple[str | None, dict]:
+    """(direction, sass_summary) of kernel ``name``, "auto" resolved: "both" if a loop loads and
+    stores map-width global memory, else "load"."""
+    direction, choice = map_access(name)
+    if direction != "auto":
+        return direction, sass_summary(sass, direction, map_bytes, choice, element_bytes)
+    both = sass_summary(sass, "both", map_bytes, choice, element_bytes)
+    if both["loop_range"] is not None:  # a real loop, not the whole-kernel fallback
+        return "both", both
+    return "load", sass_summary(sass, "load", map_bytes, choice, element_bytes)
+
+
+def _access(text: str) -> tuple[str, int] | None:
+    """("load" | "store", bytes per thread) of one global access, from its width suffix (default 4).
+    Suffixes are matched whole, so an Ampere cache hint like ``.LTC128B`` is not a 16-byte access."""
+    match = _ACCESS.search(text)
+    if not match:
+        return None
+    size = 4
+    for suffix in match.group(2).split(".")[1:]:
+        size = _WIDTHS.get(suffix, size)
+    return ("store" if match.group(1) == "STG" else "load"), size
 
 
 def _access_bytes(op: str) -> int:
-    """Bytes per thread of one LDG/STG: its width suffix (.128, .64, .U16, .U8 ...), default 4."""
-    for suffix, size in ((".128", 16), (".64", 8), (".U16", 2), (".S16", 2), (".U8", 1), (".S8", 1)):
-        if suffix in op:
-            return size
-    return 4
+    access = _access(op + " ")
+    return access[1] if access else 0
 
 
-def sass_summary(sass: str) -> dict:
-    """Static figures of one kernel's SASS listing: instruction count and its innermost loops."""
-    instructions = []  # (address, text)
+def _parse_sass(sass: str) -> list[tuple[int, str]]:
+    instructions, pending = [], []
     labels = {}
     for line in sass.splitlines():
         label = _LABEL.match(line)
         if label:
-            labels[f".L_x_{label.group(1)}"] = None  # address filled by the next instruction
-            pending = f".L_x_{label.group(1)}"
-            labels[pending] = ("pending",)
+            pending.append(f".L_x_{label.group(1)}")
             continue
         match = _SASS_LINE.search(line)
         if match:
             address = int(match.group(1), 16)
-            for key, value in labels.items():
-                if value == ("pending",):
-                    labels[key] = address
+            for name in pending:
+                labels[name] = address
+            pending = []
             instructions.append((address, match.group(2).strip()))
-    loops = []
+    resolved = []
     for address, text in instructions:
         branch = _BRANCH.search(text)
-        if not branch:
-            continue
-        target = branch.group(1)
-        target = int(target, 16) if target.startswith("0x") else labels.get(target.strip("`()"))
-        if isinstance(target, int) and target < address:  # (a self-branch is the exit trap)
-            loops.append((target, address))
-    innermost = [(s, e) for s, e in loops if not any(s <= s2 and e2 <= e and (s2, e2) != (s, e) for s2, e2 in loops)]
-    best = None
-    for start, end in innermost:
-        body = [text for address, text in instructions if start <= address <= end]
-        if best is None or len(body) > len(best):
-            best = body
-    loop_bytes = None
-    if best is not None:
-        loop_bytes = sum(_access_bytes(m.group(0)) for text in best for m in [_ACCESS.search(text + " ")] if m)
-    return dict(sass=len(instructions), loops=len(innermost), loop_sass=len(best) if best else None,
-                loop_global_bytes=loop_bytes)
+        if branch and not branch.group(1).startswith("0x"):
+            target = labels.get(branch.group(1).strip("`()"))
+            if target is not None:
+                text = text.replace(branch.group(1), hex(target))
+        resolved.append((address, text))
+    return resolved
+
+
+def _loops(instructions: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(start, end) address of every loop: a backward branch's target up to the furthest branch
+    back to it (``continue`` adds branches to the same head). A self-branch is the exit trap."""
+    ends = {}
+    for address, text in instructions:
+        branch = _BRANCH.search(text)
+        if branch and branch.group(1).startswith("0x"):
+            target = int(branch.group(1), 16)
+            if target < address:
+                ends[target] = max(ends.get(target, address), address)
+    return sorted(ends.items())
+
+
+def _map_width(width: int, element_bytes: int | None) -> bool:
+    """Can an access of ``width`` bytes move map elements of ``element_bytes``? One element, or a
+    vector of them (8 or 16 bytes); a 4-byte access of a 2-byte map is taken for a float (keypoint,
+    weight) rather than an element pair."""
+    if not element_bytes:
+        return True
+    return width == element_bytes or (width >= 8 and width > element_bytes and width % element_bytes == 0)
+
+
+def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None = None, choice: str = "span",
+                 element_bytes: int | None = None) -> dict:
+    """Static figures of one kernel's SASS listing: instruction count and its hot loop.
+
+    Hot loop, with ``direction`` ("load" / "store" / "both", see MAP_ACCESS): the candidates are
+    the loops whose own body (nested loops excluded) has that kind of global access, of a width
+    that can carry map elements of ``element_bytes`` (when given, see _map_width). With
+    ``map_bytes`` (the bytes one iteration should move per thread: Triton's tile) the loop moving
+    exactly that, and no loop moving under half of it; else, by ``choice`` (see MAP_ACCESS):
+    "span": of the outermost candidates, the one with the widest access, then the longest (an
+    instance loop nested in the old per-pixel loop loads keypoints, not the map); "inner": of the
+    innermost candidates (no candidate nested in them), the longest (an outer pass or tile loop
+    stores per-instance weights around the map's store loops); "bytes": of the outermost, the one
+    moving the most bytes per iteration, then the longest; "window": none, ``loop_note`` says why.
+    With no candidate loop, the whole kernel when it moves the map (a straight-line tile).
+    Without ``direction``: the largest innermost loop. ``loop_sass`` counts the loop's whole span:
+    nested loops once (one instance per map) and untaken branches too (a fallback or a merge
+    path), so it bounds the executed count from above. ``loop_map_load_bytes`` /
+    ``loop_map_store_bytes``: its own-body accesses of map widths only.
+    """
+    instructions = _parse_sass(sass)
+    loops = _loops(instructions)
+
+    def inside(inner, outer):
+        return outer[0] <= inner[0] and inner[1] <= outer[1] and inner != outer
+
+    def stats(span, nested):
+        body = [(a, t) for a, t in instructions if span[0] <= a <= span[1]]
+        own = [t for a, t in body if not any(n[0] <= a <= n[1] for n in nested)]
+        accesses = [x for x in map(_access, own) if x]
+        mapped = [(kind, b) for kind, b in accesses if _map_width(b, element_bytes)]
+        return dict(sass=len(body), load=sum(b for kind, b in accesses if kind == "load"),
+                    store=sum(b for kind, b in accesses if kind == "store"),
+                    map_load=sum(b for kind, b in mapped if kind == "load"),
+                    map_store=sum(b for kind, b in mapped if kind == "store"),
+                    width=max([b for _, b in mapped] or [0]))
+
+    info = {}
+    for loop in loops:
+        nested = [n for n in loops if inside(n, loop)]
+        info[loop] = dict(stats(loop, nested), nested=len(nested))
+
+    def moved(loop_info):
+        load, store = loop_info["map_load"], loop_info["map_store"]
+        return dict(load=load, store=store, both=load + store if load and store else 0).get(direction, 0)
+
+    pick, how, note = None, None, None
+    if direction is None:
+        innermost = [l for l in loops if info[l]["nested"] == 0]
+        if innermost:
+            pick, how = max(innermost, key=lambda l: info[l]["sass"]), "largest innermost loop"
+    else:
+        candidates = [l for l in loops if moved(info[l])]
+        if map_bytes:  # a loop moving well under a tile's bytes (an instance loop) is not the tile's
+            candidates = [l for l in candidates if 2 * moved(info[l]) >= map_bytes]
+        exact = [l for l in candidates if map_bytes and moved(info[l]) == map_bytes]
+        if exact:
+            pick, how = max(exact, key=lambda l: info[l]["sass"]), "loop moving the expected map bytes"
+        elif candidates and choice == "window":
+            note = "its loops walk each keypoint's window (per instance pair), not the map: no per-element figure"
+        elif candidates:
+            outer = [l for l in candidates if not any(inside(l, c) for c in candidates)]
+            inner = [l for l in candidates if not any(inside(c, l) for c in candidates)]
+            if choice == "bytes":
+                pick, how = max(outer, key=lambda l: (moved(info[l]), info[l]["sass"])), "loop moving the most bytes"
+            elif choice == "inner":  # not by width: a float64 weight store looks like a 4 x bf16 vector
+                pick = max(inner, key=lambda l: info[l]["sass"])
+                how = "innermost loop moving the map"
+            else:
+                pick = max(outer, key=lambda l: (info[l]["width"], info[l]["sass"]))
+                how = "outermost loop moving the map"
+        else:
+            whole = dict(stats((-1, float("inf")), []), nested=len(loops))
+            if moved(whole):
+                info[None] = whole
+                how = "whole kernel (no loop moves the map)"
+            else:
+                note = "no loop and no global access moves the map"
+    chosen = info.get(pick) if how else None
+    summary = dict(sass=len(instructions), loops=len(loops), loop_sass=None, loop_global_bytes=None,
+                   loop_load_bytes=None, loop_store_bytes=None, loop_map_load_bytes=None,
+                   loop_map_store_bytes=None, loop_nested=None, loop_pick=how, loop_range=None, loop_note=note)
+    if chosen:
+        summary.update(loop_sass=chosen["sass"], loop_global_bytes=chosen["load"] + chosen["store"],
+                       loop_load_bytes=chosen["load"], loop_store_bytes=chosen["store"],
+                       loop_map_load_bytes=chosen["map_load"], loop_map_store_bytes=chosen["map_store"],
+                       loop_nested=chosen["nested"],
+                       loop_range=None if pick is None else f"{pick[0]:#x}-{pick[1]:#x}")
+    return summary
 
 
 def _run(cmd: list[str]) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
-def resource_usage(cubin_path: str) -> dict:
-    """{function: {regs, shared, local, stack}} from cuobjdump --dump-resource-usage."""
-    out = _run([_tool("cuobjdump"), "--dump-resource-usage", cubin_path])
+def resource_usage(cubin_path: str, options: list[str] = ()) -> dict:
+    """{function: {regs, shared, local, stack}} from cuobjdump --dump-resource-usage (``options``:
+    e.g. ["-arch", "sm_90"] to read one architecture of a fat binary)."""
+    out = _run([_tool("cuobjdump"), *options, "--dump-resource-usage", cubin_path])
     result, name = {}, None
     for line in out.splitlines():
         function = re.search(r"Function (\S+):", line)
@@ -269,19 +437,38 @@ def compile_one(spec: Spec, arch: int) -> dict:
     except Exception as error:  # noqa: BLE001 - the record carries the compiler's message
         record.update(ok=False, error=f"{type(error).__name__}: {str(error)[-1500:]}")
         return record
+    threads = spec.num_warps * THREADS_PER_WARP
+    direction = map_access(spec.kernel)[0]
+    elements = spec.elements_per_loop or _block_elements(spec.constexprs)
+    element_bytes = ELEMENT_BYTES.get(spec.label.get("dtype", ""))
+    expected = None
+    if direction and elements and element_bytes:
+        expected = elements * element_bytes * (2 if direction == "both" else 1) // threads
     with tempfile.TemporaryDirectory() as workdir:
         cubin = os.path.join(workdir, "kernel.cubin")
         with open(cubin, "wb") as handle:
             handle.write(compiled.asm["cubin"])
         usage = next(iter(resource_usage(cubin).values()), {})
         record.update(usage)
+        # Triton's shared memory is dynamic (the launcher passes it), invisible to cuobjdump.
+        record["shared"] = max(record.get("shared", 0), int(getattr(compiled.metadata, "shared", 0) or 0))
         record.update(ptxas_spills(compiled.asm["ptx"], workdir))
-        record.update(sass_summary(_run([_tool("cuobjdump"), "-sass", cubin])))
-    threads = spec.num_warps * THREADS_PER_WARP
-    record["loop_sass_per_element"] = (round(record["loop_sass"] * threads / spec.elements_per_loop, 2)
-                                       if spec.elements_per_loop and record.get("loop_sass") else None)
+        direction, summary = resolve_access(_run([_tool("cuobjdump"), "-sass", cubin]), spec.kernel, expected)
+        record.update(summary)
+    record.update(threads=threads, map_access=direction, element_bytes=element_bytes, elements_per_loop=elements)
+    record["loop_sass_per_element"] = (round(record["loop_sass"] * threads / elements, 2)
+                                       if elements and record.get("loop_sass") else None)
     record["ok"] = True
     return record
+
+
+def _block_elements(constexprs: dict) -> int | None:
+    """Map elements one program handles: its BLOCK, or BLOCK_H * BLOCK_W (a 2-D tile)."""
+    if "BLOCK" in constexprs:
+        return int(constexprs["BLOCK"])
+    if "BLOCK_H" in constexprs and "BLOCK_W" in constexprs:
+        return int(constexprs["BLOCK_H"]) * int(constexprs["BLOCK_W"])
+    return None
 
 
 def _compile_star(args):
