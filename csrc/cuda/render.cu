@@ -28,11 +28,13 @@ namespace kpfast {
 namespace {
 
 constexpr int kThreads = 256;
-// Forward tiles: about kTilePixels pixels per block (4 stores of 16 bytes per thread in fp32),
-// at most kMaxTileCols columns; factors of at most kMaxChunk instances, kFactorBytes per block,
-// in shared memory at a time (a tile of a top-down 64x48 or 96x72 map holds N <= 36 at once).
-constexpr int kTilePixels = 4096;
+// Forward tiles: about kTileBytes of output per block (4 stores of 16 bytes per thread: 4096
+// fp32, 8192 fp16/bf16, 2048 fp64 pixels), enough stores to amortise the block's setup latency; at
+// most kMaxTileCols columns; factors of at most kMaxChunk instances, kFactorBytes per block, in
+// shared memory at a time (a tile of a top-down 64x48 map holds N <= 32 at once).
+constexpr int kTileBytes = 16 * 1024;
 constexpr int kMaxTileCols = 1024;
+constexpr int kMaxTileRows = 4096;  // bounds one instance's factors (narrow maps): see plan_forward
 constexpr int kMaxChunk = 32;
 constexpr int kFactorBytes = 16 * 1024;
 // Backward: windows of the first kMaxSharedInstances instances in shared memory; later ones are
@@ -45,12 +47,14 @@ struct alignas(sizeof(T) * M) Pack {
   T v[M];
 };
 
+// One instance's window, with the map's 1 / (2 sigma^2) precomputed: no division where it is called
+// in a loop.
 template <typename scalar_t>
 __device__ __forceinline__ GaussianWindow<scalar_t> load_window(const scalar_t* keypoints, const scalar_t* weights,
-                                                                scalar_t s, int64_t idx, int height, int width,
-                                                                Encoding encoding) {
-  return gaussian_window<scalar_t>(keypoints[2 * idx], keypoints[2 * idx + 1], weight_at(weights, idx), s, height,
-                                   width, encoding);
+                                                                scalar_t s, scalar_t inv_two_sigma_sq, int64_t idx,
+                                                                int height, int width, Encoding encoding) {
+  return gaussian_window_scaled<scalar_t>(keypoints[2 * idx], keypoints[2 * idx + 1], weight_at(weights, idx), s,
+                                          inv_two_sigma_sq, height, width, encoding);
 }
 
 // VEC consecutive factors from shared memory, as 16-byte loads when VEC fills whole words (the
@@ -71,12 +75,79 @@ __device__ __forceinline__ void load_factors(const T* from, T (&to)[VEC]) {
   }
 }
 
+// The store loop of one tile (rows x cols pixels at `tile`, rows `width` apart): thread t writes
+// the VEC-pixel vectors t, t + kThreads, ... in row-major order, each pixel the max over `count`
+// instances of ey[n][row] * ex[n][col]. The fixed step of kThreads vectors is (step_rows,
+// step_cols), so (row, column) advance without a division. kMerge: max with the stored pixels (a
+// later chunk of instances); else the first instance's product is the start value (products are
+// >= 0 and never NaN, so max(0, p) = p).
+template <bool kMerge, typename scalar_t, typename out_t, int VEC>
+__device__ __forceinline__ void store_tile(out_t* tile, const scalar_t* ex, const scalar_t* ey, int count,
+                                           int rows, int cols, int width, int tile_rows, int tile_cols) {
+  const int cols_v = cols / VEC;  // exact: cols is a multiple of VEC
+  const int step_rows = kThreads / cols_v, step_cols = kThreads % cols_v;
+  const int step_offset = step_rows * width + step_cols * VEC;
+  const int wrap_offset = width - cols;  // from one row's end to the next row's start, minus a row
+  int row = int(threadIdx.x) / cols_v, col_v = int(threadIdx.x) % cols_v;
+  out_t* p = tile + (row * width + col_v * VEC);  // within the map: H * W < 2^31
+  while (row < rows) {
+    const scalar_t* fy = ey + row;
+    const scalar_t* fx = ex + col_v * VEC;
+    scalar_t value[VEC];
+    int n = 0;
+    if constexpr (kMerge) {
+      const Pack<out_t, VEC> stored = *reinterpret_cast<const Pack<out_t, VEC>*>(p);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) value[j] = static_cast<scalar_t>(stored.v[j]);
+    } else {
+      scalar_t f[VEC];
+      load_factors<scalar_t, VEC>(fx, f);
+      const scalar_t y = fy[0];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) value[j] = y * f[j];
+      n = 1;
+    }
+#pragma unroll 1  // N is small (1 for top-down); unrolling only raises register pressure
+    for (; n < count; ++n) {
+      scalar_t f[VEC];
+      load_factors<scalar_t, VEC>(fx + n * tile_cols, f);
+      const scalar_t y = fy[n * tile_rows];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) value[j] = max(value[j], y * f[j]);
+    }
+    Pack<out_t, VEC> packed;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) packed.v[j] = static_cast<out_t>(value[j]);
+    *reinterpret_cast<Pack<out_t, VEC>*>(p) = packed;
+
+    row += step_rows;
+    col_v += step_cols;
+    p += step_offset;
+    if (col_v >= cols_v) {  // wrapped past the tile's last vector of a row
+      col_v -= cols_v;
+      row += 1;
+      p += wrap_offset;
+    }
+  }
+}
+
+// Resident blocks per SM the forward is compiled for (a register cap of 65536 / (256 * blocks)).
+// A block's life is mostly its setup latency (keypoint loads, factors, barriers) before a short
+// burst of stores, so the more blocks overlap, the closer the stores come to the bandwidth: 8 (the
+// 2048-thread maximum, 32 registers) for the main float32 path, fewer where more values per
+// thread need the registers (checked spill-free with tools/ptxas_report.sh).
+template <typename scalar_t, int VEC>
+constexpr int forward_min_blocks() {
+  if (sizeof(scalar_t) == 4) return VEC == 4 ? 8 : 6;
+  return VEC == 8 ? 3 : 4;
+}
+
 // heatmaps (B, K, H, W) contiguous; a block renders rows [r0, r0 + tile_rows) x columns
 // [c0, c0 + tile_cols) of map blockIdx.x. VEC > 1 requires width % VEC == 0 and tile_cols % VEC == 0
 // (so every vector starts 16-byte aligned). Dynamic shared memory: chunk * (tile_cols + tile_rows)
 // factors.
 template <typename scalar_t, typename out_t, int VEC>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, forward_min_blocks<scalar_t, VEC>())
     render_forward_kernel(const scalar_t* __restrict__ keypoints, const scalar_t* __restrict__ weights,
                           MapSigma<scalar_t> sigma, out_t* __restrict__ heatmaps, scalar_t* __restrict__ weights_out,
                           int N, int K, int height, int width, int tile_rows, int tile_cols, int chunk,
@@ -90,19 +161,14 @@ __global__ void __launch_bounds__(kThreads)
   const int b = map / K, k = map % K;
   const int r0 = blockIdx.y * tile_rows, c0 = blockIdx.z * tile_cols;
   const int rows = min(tile_rows, height - r0), cols = min(tile_cols, width - c0);
-  const int cols_v = cols / VEC;  // exact: cols is a multiple of VEC
   const bool writes_weights = blockIdx.y == 0 && blockIdx.z == 0;  // one block per map writes weights_out
   const scalar_t s = sigma.at(b, k);
   out_t* const tile = heatmaps + int64_t(map) * height * width + int64_t(r0) * width + c0;
-  // Thread t handles vectors t, t + kThreads, ... of the tile in row-major order: a fixed step of
-  // (step_rows, step_cols) vectors, so the loop advances (row, column) without dividing.
-  const int step_rows = kThreads / cols_v, step_cols = kThreads % cols_v;
-  const int step_offset = step_rows * width + step_cols * VEC;
-  const int passes = N > 0 ? (N + chunk - 1) / chunk : 1;
+  const int passes = (N + chunk - 1) / chunk;  // N >= 1 (the host renders N == 0 as zeros)
 
   for (int pass = 0; pass < passes; ++pass) {
     const int first = pass * chunk;
-    const int count = min(chunk, N - first);  // 0 when N == 0: the maps are zero
+    const int count = min(chunk, N - first);
     if (pass > 0) __syncthreads();             // every thread is done with the previous chunk's factors
     if (int(threadIdx.x) < count) {
       const int64_t idx = (int64_t(b) * N + first + threadIdx.x) * K + k;
@@ -113,7 +179,9 @@ __global__ void __launch_bounds__(kThreads)
       if (writes_weights) weights_out[idx] = g.valid ? w : scalar_t(0);
     }
     __syncthreads();
+#pragma unroll 1
     for (int n = 0; n < count; ++n) {
+#pragma unroll 1
       for (int e = threadIdx.x; e < cols + rows; e += kThreads) {
         if (e < cols) {
           ex[n * tile_cols + e] = gaussian_col_factor(windows[n], c0 + e);
@@ -124,38 +192,10 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    int row = int(threadIdx.x) / cols_v, col_v = int(threadIdx.x) % cols_v;
-    int offset = row * width + col_v * VEC;  // within the map: H * W < 2^31
-    while (row < rows) {
-      scalar_t value[VEC];
-      if (pass == 0) {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) value[j] = scalar_t(0);
-      } else {  // max-merge into the pixels the earlier chunks stored
-        const Pack<out_t, VEC> stored = *reinterpret_cast<const Pack<out_t, VEC>*>(tile + offset);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) value[j] = static_cast<scalar_t>(stored.v[j]);
-      }
-      for (int n = 0; n < count; ++n) {
-        const scalar_t fy = ey[n * tile_rows + row];
-        scalar_t fx[VEC];
-        load_factors<scalar_t, VEC>(ex + n * tile_cols + col_v * VEC, fx);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) value[j] = max(value[j], fy * fx[j]);
-      }
-      Pack<out_t, VEC> packed;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) packed.v[j] = static_cast<out_t>(value[j]);
-      *reinterpret_cast<Pack<out_t, VEC>*>(tile + offset) = packed;
-
-      row += step_rows;
-      col_v += step_cols;
-      offset += step_offset;
-      if (col_v >= cols_v) {  // wrapped past the tile's last vector of a row
-        col_v -= cols_v;
-        row += 1;
-        offset += width - cols;
-      }
+    if (pass == 0) {
+      store_tile<false, scalar_t, out_t, VEC>(tile, ex, ey, count, rows, cols, width, tile_rows, tile_cols);
+    } else {
+      store_tile<true, scalar_t, out_t, VEC>(tile, ex, ey, count, rows, cols, width, tile_rows, tile_cols);
     }
   }
 }
@@ -172,20 +212,26 @@ __global__ void __launch_bounds__(kThreads)
   const int map = blockIdx.x;
   const int b = map / K, k = map % K;
   const scalar_t s = sigma.at(b, k);
+  const scalar_t inv_two_sigma_sq = scalar_t(1) / (scalar_t(2) * s * s);
   const grad_t* g_map = grad + int64_t(map) * height * width;
   const bool moves_with_keypoint = encoding != Encoding::MSRA;
   const int shared_n = min(N, kMaxSharedInstances);
   for (int n = threadIdx.x; n < shared_n; n += kThreads) {
-    windows[n] = load_window(keypoints, weights, s, (int64_t(b) * N + n) * K + k, height, width, encoding);
+    windows[n] = load_window(keypoints, weights, s, inv_two_sigma_sq, (int64_t(b) * N + n) * K + k, height, width, encoding);
   }
   __syncthreads();
-  acc_t gs = acc_t(0);
+  // Sums of upstream * (dx, dy, dx^2 + dy^2) over the owned pixels; the constant factors
+  // 1 / sigma^2 (and 1 / sigma for sigma) are applied once after the reductions, so the pixel loop
+  // has no division. Every valid window of a map has the same sigma, so any one gives them.
+  acc_t sd = acc_t(0);
+  acc_t two_c = acc_t(0);  // 1 / sigma^2 of the map's valid windows; stays 0 when there is none
   // One pass per instance keeps registers bounded for any N; N is 1 for top-down training.
   for (int target = 0; target < N; ++target) {
     const int64_t t_idx = (int64_t(b) * N + target) * K + k;
-    const auto gt = target < shared_n ? windows[target] : load_window(keypoints, weights, s, t_idx, height, width, encoding);
-    acc_t gx = acc_t(0), gy = acc_t(0);
-    if (gt.valid) {
+    const auto gt = target < shared_n ? windows[target] : load_window(keypoints, weights, s, inv_two_sigma_sq, t_idx, height, width, encoding);
+    acc_t sx = acc_t(0), sy = acc_t(0);
+    if (gt.valid) {  // uniform over the block
+      two_c = acc_t(2) * gt.inv_two_sigma_sq;
       // Walk the window's pixels t, t + kThreads, ... with a fixed (row, column) step: no division.
       const int win_w = gt.x1 - gt.x0 + 1, win_h = gt.y1 - gt.y0 + 1;
       const int step_r = kThreads / win_w, step_c = kThreads % win_w;
@@ -198,7 +244,7 @@ __global__ void __launch_bounds__(kThreads)
           if (n == target) continue;
           const scalar_t other =
               n < shared_n ? gaussian_value(windows[n], row, col)
-                           : gaussian_value(load_window(keypoints, weights, s, (int64_t(b) * N + n) * K + k, height,
+                           : gaussian_value(load_window(keypoints, weights, s, inv_two_sigma_sq, (int64_t(b) * N + n) * K + k, height,
                                                         width, encoding),
                                             row, col);
           owns = n < target ? !(other >= v) : !(other > v);
@@ -206,10 +252,9 @@ __global__ void __launch_bounds__(kThreads)
         if (owns) {
           const acc_t upstream = static_cast<acc_t>(g_map[row * width + col]) * v;
           const acc_t dx = acc_t(col) - gt.cx, dy = acc_t(row) - gt.cy;
-          const acc_t two_c = acc_t(2) * gt.inv_two_sigma_sq;
-          gx += upstream * dx * two_c;
-          gy += upstream * dy * two_c;
-          gs += upstream * (dx * dx + dy * dy) * two_c / acc_t(s);
+          sx += upstream * dx;
+          sy += upstream * dy;
+          sd += upstream * (dx * dx + dy * dy);
         }
         r += step_r;
         c += step_c;
@@ -219,16 +264,18 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    // Block reductions of gx and gy for this instance.
-    gx = block_sum<kThreads>(gx, partial);
-    gy = block_sum<kThreads>(gy, partial);
-    if (threadIdx.x == 0) {
-      grad_keypoints[2 * t_idx] = moves_with_keypoint ? gx : scalar_t(0);
-      grad_keypoints[2 * t_idx + 1] = moves_with_keypoint ? gy : scalar_t(0);
+    // Block reductions of this instance's sums.
+    sx = block_sum<kThreads>(sx, partial);
+    sy = block_sum<kThreads>(sy, partial);
+    if (threadIdx.x == 0) {  // an invalid target owns no pixel: sx = sy = 0, and two_c is finite
+      grad_keypoints[2 * t_idx] = moves_with_keypoint ? sx * two_c : scalar_t(0);
+      grad_keypoints[2 * t_idx + 1] = moves_with_keypoint ? sy * two_c : scalar_t(0);
     }
   }
-  gs = block_sum<kThreads>(gs, partial);
-  if (threadIdx.x == 0) grad_sigma[map] = static_cast<scalar_t>(gs);
+  sd = block_sum<kThreads>(sd, partial);
+  // d/dsigma exp(-d^2 / 2 sigma^2) = value * d^2 / sigma^3; no valid window: 0 (also for a sigma
+  // that is 0 or not finite, whose windows are all invalid).
+  if (threadIdx.x == 0) grad_sigma[map] = two_c > acc_t(0) ? static_cast<scalar_t>(sd * two_c / acc_t(s)) : scalar_t(0);
 }
 
 // The forward's tiling of an H x W map for output elements of `out_bytes` and factors of
@@ -246,13 +293,15 @@ ForwardPlan plan_forward(int64_t N, int height, int width, int out_bytes, int fa
   const bool aligned = reinterpret_cast<uintptr_t>(out) % 16 == 0;
   p.vec = (aligned && width % per_word == 0) ? per_word : 1;
   p.tile_cols = std::min(width, kMaxTileCols);  // kMaxTileCols is a multiple of every vector width
-  p.tile_rows = static_cast<int>(std::min<int64_t>(height, (kTilePixels + p.tile_cols - 1) / p.tile_cols));
+  const int tile_pixels = kTileBytes / out_bytes;
+  p.tile_rows = static_cast<int>(
+      std::min<int64_t>({height, (tile_pixels + p.tile_cols - 1) / p.tile_cols, int64_t(kMaxTileRows)}));
   const int row_tiles = (height + p.tile_rows - 1) / p.tile_rows;
   p.tile_rows = (height + row_tiles - 1) / row_tiles;  // balanced: 96 rows as 2 x 48, not 57 + 39
   const int64_t per_instance = int64_t(p.tile_cols + p.tile_rows) * factor_bytes;
   const int64_t fits = std::max<int64_t>(1, kFactorBytes / per_instance);
   p.chunk = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({N, int64_t(kMaxChunk), fits})));
-  // At most (1024 + 4) or (1 + 4096) factors per instance: <= 40 KB for one float64 instance,
+  // At most (1024 + 16) or (1 + 4096) factors per instance: <= 40 KB for one float64 instance,
   // below the 48 KB every device allows without opting in.
   p.shared_bytes = static_cast<size_t>(p.chunk * per_instance);
   return p;
@@ -298,13 +347,14 @@ std::tuple<Tensor, Tensor> render_heatmaps_cuda(Tensor keypoints, OptionalTensor
   STD_TORCH_CHECK(height * width < (int64_t(1) << 31), "render_heatmaps_cuda: H * W must be < 2^31, got ", height,
                   "x", width);
   const CudaDeviceGuard guard(keypoints);
-  Tensor heatmaps = new_empty(keypoints, {B, K, height, width}, dtype);
   const int64_t maps = B * K, map_size = height * width;
-  // weights_out is written by the kernel, which does not run on empty maps: zeros then (every
-  // window is off an empty map).
+  // No instance (N == 0): zero maps and no weights, no kernel. Empty maps: no kernel, and every
+  // window is off the map, so every weight is 0.
+  Tensor heatmaps = N == 0 ? torch::stable::new_zeros(keypoints, {B, K, height, width}, dtype)
+                           : new_empty(keypoints, {B, K, height, width}, dtype);
   Tensor weights_out = map_size == 0 ? torch::stable::new_zeros(keypoints, {B, N, K}, compute)
                                      : new_empty(keypoints, {B, N, K}, compute);
-  if (maps == 0 || map_size == 0) return {heatmaps, weights_out};
+  if (maps == 0 || map_size == 0 || N == 0) return {heatmaps, weights_out};
   const cudaStream_t stream = current_cuda_stream(keypoints);
   KPF_DISPATCH_FLOAT_AND_DOUBLE(compute, "render_heatmaps_cuda", [&] {
     using compute_t = scalar_t;
