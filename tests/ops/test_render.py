@@ -80,6 +80,35 @@ def test_gradcheck_float64(kernel_backend):
                                         eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [(16, 24), (5, 1032), (70, 8), (9, 1)])
+@pytest.mark.parametrize("instances", [1, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_tilings_and_instance_chunks_match_reference(kernel_backend, size, instances, dtype):
+    """The CUDA forward's paths: 16-byte stores (W a multiple of 4 fp32 / 8 bf16 / 2 fp64) or one
+    pixel per store (W = 1), several column tiles (W > 1024), several row tiles, and N above the
+    instances whose factors one pass keeps in shared memory (32: later chunks max-merge into the
+    stored pixels). Every backend runs them against the reference."""
+    backend, device = kernel_backend
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("triton computes in float32")
+    height, width = size
+    generator = torch.Generator().manual_seed(5)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = torch.tensor([width + 4.0, height + 4.0], dtype=compute)
+    keypoints = (torch.rand(2, instances, 3, 2, generator=generator, dtype=compute) * scale - 2.0).to(device)
+    weights = (torch.rand(2, instances, 3, generator=generator) > 0.2).to(compute).to(device)
+    sigma = (torch.rand(3, generator=generator, dtype=compute) * 1.5 + 0.8).to(device)
+    expected, expected_w = render_heatmaps(keypoints, weights, size=size, sigma=sigma, encoding="udp",
+                                           backend="torch", dtype=dtype)
+    got, got_w = render_heatmaps(keypoints, weights, size=size, sigma=sigma, encoding="udp", backend=backend,
+                                 dtype=dtype)
+    assert expected.float().max() > 0.5
+    atol = {torch.float32: TOLERANCE["render"][torch.float32], torch.bfloat16: TOLERANCE["render"][torch.bfloat16],
+            torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(got, expected, rtol=0, atol=atol)
+    torch.testing.assert_close(got_w, expected_w, rtol=0, atol=0)
+
+
 def _published_msra_udp(keypoints, visible, sigma, height, width, udp):
     """The HRNet/MMPose definitions, written independently with numpy loops over one window:
     rounded centre, a (6 sigma + 1)^2 window, weight 0 when the window misses the map."""
