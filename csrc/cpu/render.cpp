@@ -141,7 +141,8 @@ std::tuple<Tensor, Tensor> render_heatmaps_cpu(Tensor keypoints, OptionalTensor 
 }
 
 std::tuple<Tensor, Tensor> render_heatmaps_backward_cpu(Tensor grad_heatmaps, Tensor keypoints, OptionalTensor weights,
-                                                        OptionalTensor sigma, double sigma_value, std::string encoding) {
+                                                        OptionalTensor sigma, double sigma_value,
+                                                        std::string encoding) {
   check_keypoint_inputs(keypoints, weights, sigma, sigma_value);
   const Encoding enc = encoding_from_string(encoding);
   const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
@@ -151,7 +152,8 @@ std::tuple<Tensor, Tensor> render_heatmaps_backward_cpu(Tensor grad_heatmaps, Te
   const Tensor grad = torch::stable::contiguous(grad_heatmaps);
   // Every element is written by the kernel (0 for ignored keypoints), so no zero fill.
   Tensor grad_keypoints = new_empty(keypoints, {B, N, K, 2}, keypoints.scalar_type());
-  Tensor grad_sigma = new_empty(keypoints, {B, K}, keypoints.scalar_type());  // (B, K) contiguous, whatever sigma's form
+  // grad_sigma is (B, K) contiguous whatever sigma's form (None, an expanded (K,) view, strided).
+  Tensor grad_sigma = new_empty(keypoints, {B, K}, keypoints.scalar_type());
   if (B * K == 0) return {grad_keypoints, grad_sigma};
   KPF_DISPATCH_FLOAT_AND_DOUBLE(keypoints.scalar_type(), "render_heatmaps_backward_cpu", [&] {
     using compute_t = scalar_t;

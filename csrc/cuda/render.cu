@@ -217,7 +217,8 @@ __global__ void __launch_bounds__(kThreads)
   const bool moves_with_keypoint = encoding != Encoding::MSRA;
   const int shared_n = min(N, kMaxSharedInstances);
   for (int n = threadIdx.x; n < shared_n; n += kThreads) {
-    windows[n] = load_window(keypoints, weights, s, inv_two_sigma_sq, (int64_t(b) * N + n) * K + k, height, width, encoding);
+    windows[n] = load_window(keypoints, weights, s, inv_two_sigma_sq, (int64_t(b) * N + n) * K + k, height, width,
+                             encoding);
   }
   __syncthreads();
   // Sums of upstream * (dx, dy, dx^2 + dy^2) over the owned pixels; the constant factors
@@ -228,7 +229,9 @@ __global__ void __launch_bounds__(kThreads)
   // One pass per instance keeps registers bounded for any N; N is 1 for top-down training.
   for (int target = 0; target < N; ++target) {
     const int64_t t_idx = (int64_t(b) * N + target) * K + k;
-    const auto gt = target < shared_n ? windows[target] : load_window(keypoints, weights, s, inv_two_sigma_sq, t_idx, height, width, encoding);
+    const auto gt = target < shared_n
+                        ? windows[target]
+                        : load_window(keypoints, weights, s, inv_two_sigma_sq, t_idx, height, width, encoding);
     acc_t sx = acc_t(0), sy = acc_t(0);
     if (gt.valid) {  // uniform over the block
       two_c = acc_t(2) * gt.inv_two_sigma_sq;
@@ -244,8 +247,8 @@ __global__ void __launch_bounds__(kThreads)
           if (n == target) continue;
           const scalar_t other =
               n < shared_n ? gaussian_value(windows[n], row, col)
-                           : gaussian_value(load_window(keypoints, weights, s, inv_two_sigma_sq, (int64_t(b) * N + n) * K + k, height,
-                                                        width, encoding),
+                           : gaussian_value(load_window(keypoints, weights, s, inv_two_sigma_sq,
+                                                        (int64_t(b) * N + n) * K + k, height, width, encoding),
                                             row, col);
           owns = n < target ? !(other >= v) : !(other > v);
         }
