@@ -49,25 +49,30 @@ std::string build_info() {
 STABLE_TORCH_LIBRARY(kpfast, m) {
   m.def("build_info() -> str");
 
-  // Op 1: Gaussian heatmap rendering (DESIGN.md). Inputs are normalised by the Python layer:
-  // keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K), one floating dtype, contiguous.
-  m.def("render_heatmaps(Tensor keypoints, Tensor weights, Tensor sigma, SymInt height, SymInt width, "
-        "str encoding, ScalarType dtype) -> (Tensor heatmaps, Tensor weights_out)");
-  // Gradient of the rendered maps w.r.t. keypoints (B, N, K, 2) and sigma (B, K).
-  m.def("_render_heatmaps_backward(Tensor grad_heatmaps, Tensor keypoints, Tensor weights, Tensor sigma, "
-        "str encoding) -> (Tensor grad_keypoints, Tensor grad_sigma)");
+  // Op 1: Gaussian heatmap rendering (DESIGN.md). Inputs as the Python layer passes them, so that
+  // a call is one kernel launch (csrc/kpfast/checks.h check_keypoint_inputs): keypoints
+  // (B, N, K, 2) contiguous float32/float64; weights (B, N, K) contiguous of that dtype, or None
+  // (every weight 1); sigma a (B, K) tensor of that dtype with any strides (a (K,) sigma expanded),
+  // or None, and then sigma_value is every map's sigma.
+  m.def("render_heatmaps(Tensor keypoints, Tensor? weights, Tensor? sigma, float sigma_value, SymInt height, "
+        "SymInt width, str encoding, ScalarType dtype) -> (Tensor heatmaps, Tensor weights_out)");
+  // Gradient of the rendered maps w.r.t. keypoints (B, N, K, 2) and sigma (B, K, contiguous, also
+  // when sigma is None or expanded: autograd sums it back to the caller's shape).
+  m.def("_render_heatmaps_backward(Tensor grad_heatmaps, Tensor keypoints, Tensor? weights, Tensor? sigma, "
+        "float sigma_value, str encoding) -> (Tensor grad_keypoints, Tensor grad_sigma)");
 
   // Op 2: fused weighted heatmap loss, target rendered on the fly (DESIGN.md). pred (B, K, H, W)
-  // float32/bf16/fp16 with any strides; keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K)
-  // float32 contiguous. Returns per-map weighted loss sums (B, K) and cornernet positive counts
-  // (B, K), both float32; the reduction is applied in Python (kpfast/reference/loss.py).
-  m.def("heatmap_loss(Tensor pred, Tensor keypoints, Tensor weights, Tensor sigma, str encoding, str kind, "
-        "float alpha, float gamma, float beta, float keypoint_weight, float background_weight, float threshold, "
-        "float l1_weight) -> (Tensor map_losses, Tensor positives)");
+  // float32/bf16/fp16 with any strides; keypoints, weights, sigma, sigma_value float32, passed as
+  // for render_heatmaps (optional weights and sigma). Returns per-map weighted loss sums (B, K) and
+  // cornernet positive counts (B, K), both float32; the reduction is applied in Python
+  // (kpfast/reference/loss.py).
+  m.def("heatmap_loss(Tensor pred, Tensor keypoints, Tensor? weights, Tensor? sigma, float sigma_value, "
+        "str encoding, str kind, float alpha, float gamma, float beta, float keypoint_weight, "
+        "float background_weight, float threshold, float l1_weight) -> (Tensor map_losses, Tensor positives)");
   // Gradient w.r.t. pred (contiguous, pred's dtype) given the upstream gradient of map_losses.
-  m.def("_heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, "
-        "Tensor sigma, str encoding, str kind, float alpha, float gamma, float beta, float keypoint_weight, "
-        "float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
+  m.def("_heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor? weights, "
+        "Tensor? sigma, float sigma_value, str encoding, str kind, float alpha, float gamma, float beta, "
+        "float keypoint_weight, float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
   // Op 3: heatmap decoding (DESIGN.md). heatmaps (B, K, H, W) contiguous float32/float16/bfloat16;
   // method one of argmax, quarter, dark, udp, local_mean; coords (B, K, 2) and scores (B, K) float32.
   m.def("decode_heatmaps(Tensor heatmaps, str method, int blur_kernel, int window) -> (Tensor coords, Tensor scores)");

@@ -1,6 +1,9 @@
 // CPU kernels for Op 1, Gaussian heatmap rendering. One map (b, k) per task of
 // torch::stable::parallel_for; within a map, the Gaussian is separable, so each instance costs H + W
-// exponentials and the inner loop over columns is a vectorisable multiply-max.
+// exponentials and the inner loop over columns is a vectorisable multiply-max. A pixel is
+// gaussian_row_factor * gaussian_col_factor (kpfast/gaussian.h), the rule of the CUDA kernel too.
+// Absent weights (null pointer: every weight 1) and a float sigma (MapSigma without data) are
+// read as such, never materialised.
 #include <algorithm>
 #include <tuple>
 #include <vector>
@@ -11,7 +14,7 @@ namespace kpfast {
 namespace {
 
 template <typename scalar_t, typename out_t>
-void render_forward_cpu_kernel(const scalar_t* keypoints, const scalar_t* weights, const scalar_t* sigma,
+void render_forward_cpu_kernel(const scalar_t* keypoints, const scalar_t* weights, MapSigma<scalar_t> sigma,
                                out_t* heatmaps, scalar_t* weights_out, int64_t B, int64_t N, int64_t K,
                                int height, int width, Encoding encoding) {
   const int64_t map_size = int64_t(height) * width;
@@ -23,17 +26,14 @@ void render_forward_cpu_kernel(const scalar_t* keypoints, const scalar_t* weight
     std::vector<scalar_t> row(width);
     for (int64_t map = begin; map < end; ++map) {
       const int64_t b = map / K, k = map % K;
-      const scalar_t s = sigma[map];
+      const scalar_t s = sigma.at(b, k);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t idx = (b * N + n) * K + k;
-        const scalar_t w = weights[idx];
+        const scalar_t w = weight_at(weights, idx);
         windows[n] = gaussian_window<scalar_t>(keypoints[2 * idx], keypoints[2 * idx + 1], w, s, height, width, encoding);
         weights_out[idx] = windows[n].valid ? w : scalar_t(0);
         const auto& g = windows[n];
-        for (int col = g.x0; col <= g.x1; ++col) {
-          const scalar_t dx = scalar_t(col) - g.cx;
-          col_factor[n * width + col] = std::exp(-dx * dx * g.inv_two_sigma_sq);
-        }
+        for (int col = g.x0; col <= g.x1; ++col) col_factor[n * width + col] = gaussian_col_factor(g, col);
       }
       out_t* out = heatmaps + map * map_size;
       for (int r = 0; r < height; ++r) {
@@ -41,8 +41,7 @@ void render_forward_cpu_kernel(const scalar_t* keypoints, const scalar_t* weight
         for (int64_t n = 0; n < N; ++n) {
           const auto& g = windows[n];
           if (!g.valid || r < g.y0 || r > g.y1) continue;
-          const scalar_t dy = scalar_t(r) - g.cy;
-          const scalar_t row_factor = std::exp(-dy * dy * g.inv_two_sigma_sq);
+          const scalar_t row_factor = gaussian_row_factor(g, r);
           const scalar_t* cf = col_factor.data() + n * width;
           for (int col = g.x0; col <= g.x1; ++col) {
             row[col] = std::max(row[col], row_factor * cf[col]);
@@ -57,7 +56,7 @@ void render_forward_cpu_kernel(const scalar_t* keypoints, const scalar_t* weight
 
 template <typename scalar_t, typename grad_t>
 void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, const scalar_t* weights,
-                                const scalar_t* sigma, scalar_t* grad_keypoints, scalar_t* grad_sigma, int64_t B,
+                                MapSigma<scalar_t> sigma, scalar_t* grad_keypoints, scalar_t* grad_sigma, int64_t B,
                                 int64_t N, int64_t K, int height, int width, Encoding encoding) {
   using acc_t = double;  // float sums over a map accumulate in double on CPU
   const int64_t map_size = int64_t(height) * width;
@@ -66,13 +65,13 @@ void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, c
     std::vector<acc_t> gx(N), gy(N);
     for (int64_t map = begin; map < end; ++map) {
       const int64_t b = map / K, k = map % K;
-      const scalar_t s = sigma[map];
+      const scalar_t s = sigma.at(b, k);
       // The pixels any instance touches: the union of the windows.
       int r0 = height, r1 = -1, c0 = width, c1 = -1;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t idx = (b * N + n) * K + k;
-        windows[n] = gaussian_window<scalar_t>(keypoints[2 * idx], keypoints[2 * idx + 1], weights[idx], s, height,
-                                               width, encoding);
+        windows[n] = gaussian_window<scalar_t>(keypoints[2 * idx], keypoints[2 * idx + 1], weight_at(weights, idx), s,
+                                               height, width, encoding);
         gx[n] = gy[n] = acc_t(0);
         if (windows[n].valid) {
           r0 = std::min(r0, windows[n].y0);
@@ -118,30 +117,33 @@ void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, c
 
 }  // namespace
 
-std::tuple<Tensor, Tensor> render_heatmaps_cpu(Tensor keypoints, Tensor weights, Tensor sigma, int64_t height,
-                                               int64_t width, std::string encoding, ScalarType dtype) {
-  check_render_forward(keypoints, weights, sigma, height, width, dtype);
+std::tuple<Tensor, Tensor> render_heatmaps_cpu(Tensor keypoints, OptionalTensor weights, OptionalTensor sigma,
+                                               double sigma_value, int64_t height, int64_t width, std::string encoding,
+                                               ScalarType dtype) {
+  check_render_forward(keypoints, weights, sigma, sigma_value, height, width, dtype);
   const Encoding enc = encoding_from_string(encoding);
   const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
   const ScalarType compute = keypoints.scalar_type();
   Tensor heatmaps = new_empty(keypoints, {B, K, height, width}, dtype);
-  Tensor weights_out = new_empty(weights, {B, N, K}, compute);
+  // The kernel writes every weight (also for empty maps: every window is then off the map).
+  Tensor weights_out = new_empty(keypoints, {B, N, K}, compute);
   if (B * K == 0) return {heatmaps, weights_out};
   KPF_DISPATCH_FLOAT_AND_DOUBLE(compute, "render_heatmaps_cpu", [&] {
     using compute_t = scalar_t;
     KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(dtype, "render_heatmaps_cpu_out", [&] {
       render_forward_cpu_kernel<compute_t, scalar_t>(
-          keypoints.const_data_ptr<compute_t>(), weights.const_data_ptr<compute_t>(),
-          sigma.const_data_ptr<compute_t>(), heatmaps.mutable_data_ptr<scalar_t>(),
+          keypoints.const_data_ptr<compute_t>(), weights_data<compute_t>(weights),
+          map_sigma<compute_t>(sigma, sigma_value), heatmaps.mutable_data_ptr<scalar_t>(),
           weights_out.mutable_data_ptr<compute_t>(), B, N, K, static_cast<int>(height), static_cast<int>(width), enc);
     });
   });
   return {heatmaps, weights_out};
 }
 
-std::tuple<Tensor, Tensor> render_heatmaps_backward_cpu(Tensor grad_heatmaps, Tensor keypoints, Tensor weights,
-                                                        Tensor sigma, std::string encoding) {
-  check_render_inputs(keypoints, weights, sigma);
+std::tuple<Tensor, Tensor> render_heatmaps_backward_cpu(Tensor grad_heatmaps, Tensor keypoints, OptionalTensor weights,
+                                                        OptionalTensor sigma, double sigma_value,
+                                                        std::string encoding) {
+  check_keypoint_inputs(keypoints, weights, sigma, sigma_value);
   const Encoding enc = encoding_from_string(encoding);
   const int64_t B = keypoints.size(0), N = keypoints.size(1), K = keypoints.size(2);
   STD_TORCH_CHECK(grad_heatmaps.dim() == 4 && grad_heatmaps.size(0) == B && grad_heatmaps.size(1) == K,
@@ -150,14 +152,15 @@ std::tuple<Tensor, Tensor> render_heatmaps_backward_cpu(Tensor grad_heatmaps, Te
   const Tensor grad = torch::stable::contiguous(grad_heatmaps);
   // Every element is written by the kernel (0 for ignored keypoints), so no zero fill.
   Tensor grad_keypoints = new_empty(keypoints, {B, N, K, 2}, keypoints.scalar_type());
-  Tensor grad_sigma = new_empty(sigma, {B, K}, sigma.scalar_type());
+  // grad_sigma is (B, K) contiguous whatever sigma's form (None, an expanded (K,) view, strided).
+  Tensor grad_sigma = new_empty(keypoints, {B, K}, keypoints.scalar_type());
   if (B * K == 0) return {grad_keypoints, grad_sigma};
   KPF_DISPATCH_FLOAT_AND_DOUBLE(keypoints.scalar_type(), "render_heatmaps_backward_cpu", [&] {
     using compute_t = scalar_t;
     KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(grad.scalar_type(), "render_backward_cpu_grad", [&] {
       render_backward_cpu_kernel<compute_t, scalar_t>(
-          grad.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<compute_t>(),
-          weights.const_data_ptr<compute_t>(), sigma.const_data_ptr<compute_t>(),
+          grad.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<compute_t>(), weights_data<compute_t>(weights),
+          map_sigma<compute_t>(sigma, sigma_value),
           grad_keypoints.mutable_data_ptr<compute_t>(), grad_sigma.mutable_data_ptr<compute_t>(), B, N, K,
           static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)), enc);
     });

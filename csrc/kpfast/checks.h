@@ -175,9 +175,9 @@ inline void check_size(int64_t height, int64_t width) {
 }
 
 // The render forward's whole argument check, shared by the CPU and CUDA entry points.
-inline void check_render_forward(const Tensor& keypoints, const Tensor& weights, const Tensor& sigma, int64_t height,
-                                 int64_t width, ScalarType dtype) {
-  check_render_inputs(keypoints, weights, sigma);
+inline void check_render_forward(const Tensor& keypoints, const OptionalTensor& weights, const OptionalTensor& sigma,
+                                 double sigma_value, int64_t height, int64_t width, ScalarType dtype) {
+  check_keypoint_inputs(keypoints, weights, sigma, sigma_value);
   check_size(height, width);
   const ScalarType compute = keypoints.scalar_type();
   STD_TORCH_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Half || dtype == ScalarType::BFloat16 ||

@@ -55,9 +55,12 @@ KPF_HOST_DEVICE bool is_finite_value(T v) {
 // keypoint's weight. MSRA evaluates the Gaussian at mu, UDP and DARK at the exact keypoint;
 // DARK does not truncate (the window is the whole map). All comparisons are made in floating
 // point before any conversion to int, so huge or non-finite coordinates cannot overflow.
+//
+// gaussian_window_scaled takes 1 / (2 sigma^2) precomputed (every instance of a map shares sigma), so
+// that a kernel recomputing windows in a loop has no division there; gaussian_window computes it.
 template <typename T>
-KPF_HOST_DEVICE GaussianWindow<T> gaussian_window(T x, T y, T weight, T sigma, int height, int width,
-                                                  Encoding encoding) {
+KPF_HOST_DEVICE GaussianWindow<T> gaussian_window_scaled(T x, T y, T weight, T sigma, T inv_two_sigma_sq, int height,
+                                                         int width, Encoding encoding) {
   GaussianWindow<T> g;
   g.valid = false;
   g.cx = T(0);
@@ -79,7 +82,7 @@ KPF_HOST_DEVICE GaussianWindow<T> gaussian_window(T x, T y, T weight, T sigma, i
     return g;
   }
   g.valid = true;
-  g.inv_two_sigma_sq = T(1) / (T(2) * sigma * sigma);
+  g.inv_two_sigma_sq = inv_two_sigma_sq;
   if (encoding == Encoding::MSRA) {
     g.cx = mu_x;
     g.cy = mu_y;
@@ -100,6 +103,31 @@ KPF_HOST_DEVICE GaussianWindow<T> gaussian_window(T x, T y, T weight, T sigma, i
     g.y1 = mu_y + radius > T(height - 1) ? height - 1 : static_cast<int>(mu_y + radius);
   }
   return g;
+}
+
+// The rendered map uses the Gaussian's separable form, exp(-dx^2 c) * exp(-dy^2 c): each instance
+// then costs one exponential per column and per row (computed once per map or tile), and a pixel
+// is one product. The render kernels (CPU and CUDA) both compute a pixel as
+// gaussian_row_factor(g, row) * gaussian_col_factor(g, col), so they stay on one rule; it differs
+// from gaussian_value's exp(-(dx^2 + dy^2) c) by rounding only (an ulp or two).
+template <typename T>
+KPF_HOST_DEVICE T gaussian_col_factor(const GaussianWindow<T>& g, int col) {
+  if (!g.valid || col < g.x0 || col > g.x1) return T(0);
+  const T dx = T(col) - g.cx;
+  return exp(-dx * dx * g.inv_two_sigma_sq);
+}
+
+template <typename T>
+KPF_HOST_DEVICE T gaussian_row_factor(const GaussianWindow<T>& g, int row) {
+  if (!g.valid || row < g.y0 || row > g.y1) return T(0);
+  const T dy = T(row) - g.cy;
+  return exp(-dy * dy * g.inv_two_sigma_sq);
+}
+
+template <typename T>
+KPF_HOST_DEVICE GaussianWindow<T> gaussian_window(T x, T y, T weight, T sigma, int height, int width,
+                                                  Encoding encoding) {
+  return gaussian_window_scaled(x, y, weight, sigma, T(1) / (T(2) * sigma * sigma), height, width, encoding);
 }
 
 // Value of the Gaussian at pixel (row, col); zero outside its window.

@@ -7,12 +7,24 @@ import torch
 from kpfast import _extension, backends
 from kpfast import reference as _reference
 from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, check_choice, check_float, check_output_elements,
-                                check_size, normalise_keypoints, normalise_sigma)
+                                check_size, keypoint_arguments, materialise_sigma, materialise_weights, sigma_argument)
 from kpfast.ops import _render_autograd
 
+# Every implementation takes (keypoints (B, N, K, 2), weights (B, N, K) or None, sigma (B, K) view or
+# None, sigma_value, height, width, encoding, dtype): the kernels read absent weights and a float
+# sigma as such, so a call is one kernel launch with nothing materialised around it.
 
-def _compiled(keypoints, weights, sigma, height, width, encoding, dtype):
-    return torch.ops.kpfast.render_heatmaps(keypoints, weights, sigma, height, width, encoding, dtype)
+
+def _torch(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype):
+    """The reference needs real tensors: ones for absent weights, a full (B, K) sigma for a float."""
+    batch, _, num_keypoints = keypoints.shape[:3]
+    weights = materialise_weights(weights, keypoints)
+    sigma = materialise_sigma(sigma, sigma_value, batch, num_keypoints, keypoints.dtype, keypoints.device)
+    return _reference.render_heatmaps(keypoints, weights, sigma, height, width, encoding, dtype)
+
+
+def _compiled(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype):
+    return torch.ops.kpfast.render_heatmaps(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype)
 
 
 _triton_loaded = False
@@ -28,9 +40,10 @@ def _load_triton() -> None:
         _triton_loaded = True
 
 
-def _triton(keypoints, weights, sigma, height, width, encoding, dtype):
+def _triton(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype):
     _load_triton()
-    return torch.ops.kpfast_triton.render_heatmaps(keypoints, weights, sigma, height, width, encoding, dtype)
+    return torch.ops.kpfast_triton.render_heatmaps(keypoints, weights, sigma, sigma_value, height, width, encoding,
+                                                   dtype)
 
 
 def _float32_only(compute_dtype: torch.dtype, **_) -> str | None:
@@ -41,7 +54,7 @@ def _float32_only(compute_dtype: torch.dtype, **_) -> str | None:
 
 RENDER = backends.OpBackends(
     "render_heatmaps",
-    implementations={"torch": _reference.render_heatmaps, "cpu": _compiled, "cuda": _compiled, "triton": _triton},
+    implementations={"torch": _torch, "cpu": _compiled, "cuda": _compiled, "triton": _triton},
     input_checks={"triton": _float32_only},
 )
 
@@ -74,7 +87,7 @@ def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None = None
         or 0 for ignored keypoints. Differentiable w.r.t. the coordinates (``udp``, ``dark``) and
         a tensor sigma.
     """
-    keypoints4, weights3, has_instances = normalise_keypoints(keypoints, weights)
+    keypoints4, weights3, has_instances = keypoint_arguments(keypoints, weights)
     height, width = check_size("size", size)
     check_choice("encoding", encoding, ENCODINGS)
     compute = keypoints4.dtype
@@ -83,9 +96,9 @@ def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None = None
         raise TypeError(f"dtype: expected one of {[str(d) for d in allowed]}, got {dtype}")
     batch, _, num_keypoints = keypoints4.shape[:3]
     check_output_elements("size", (batch, num_keypoints, height, width))
-    sigma2 = normalise_sigma(sigma, batch, num_keypoints, compute, keypoints4.device)
+    sigma2, sigma_value = sigma_argument(sigma, batch, num_keypoints, compute, keypoints4.device)
     implementation = RENDER.select(backend, keypoints4.device, compute_dtype=compute)
-    heatmaps, weights_out = implementation(keypoints4, weights3, sigma2, height, width, encoding, dtype)
+    heatmaps, weights_out = implementation(keypoints4, weights3, sigma2, sigma_value, height, width, encoding, dtype)
     if not has_instances:
         weights_out = weights_out.squeeze(1)
     if weights is not None:

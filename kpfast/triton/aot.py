@@ -76,15 +76,18 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                 for dtype in DTYPES:
                     c = dict(render.forward_config(height, width, encoding), **n)
                     names = ["keypoints_ptr", "weights_ptr", "sigma_ptr", "out_ptr", "weights_out_ptr", "N", "K",
-                             "height", "width"]
-                    types = ["*fp32", "*fp32", "*fp32", f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32"]
+                             "height", "width", "sigma_stride_b", "sigma_stride_k", "sigma_value"]
+                    types = ["*fp32", "*fp32", "*fp32", f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32", "i32", "i32",
+                             "fp32"]
                     specs.append(Spec("render._render_forward_kernel",
                                       dict(size=size, encoding=encoding, N=instances, dtype=dtype),
                                       _sig(names, types, c), c))
                     c = dict(render.backward_config(height, width, encoding), **n)
                     names = ["grad_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "grad_keypoints_ptr",
-                             "grad_sigma_ptr", "N", "K", "height", "width"]
-                    types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "i32", "i32", "i32", "i32"]
+                             "grad_sigma_ptr", "N", "K", "height", "width", "sigma_stride_b", "sigma_stride_k",
+                             "sigma_value"]
+                    types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "i32", "i32", "i32", "i32",
+                             "i32", "i32", "fp32"]
                     specs.append(Spec("render._render_backward_kernel",
                                       dict(size=size, encoding=encoding, N=instances, dtype=dtype),
                                       _sig(names, types, c), c))

@@ -67,3 +67,29 @@ def gaussian_tile(rows, cols, x, y, weight, sigma, height, width, ENCODING: tl.c
     values = ey[:, None] * ex[None, :]
     values = tl.where(valid, values, 0.0)
     return values, valid, cx, cy, c
+
+
+# ---- the one-launch argument convention (csrc/kpfast/gaussian.h MapSigma / weight_at) ----------
+# Absent weights and a float sigma are not materialised: the launcher passes any tensor as the
+# pointer (never read) with HAS_WEIGHTS / HAS_SIGMA False, and sigma_value for every map; a tensor
+# sigma is a (B, K) view with any strides (a (K,) sigma expanded: stride_b 0).
+
+
+@triton.jit
+def load_weight(weights_ptr, idx, HAS_WEIGHTS: tl.constexpr):
+    """The weight of keypoint ``idx`` of a contiguous (B, N, K) tensor; 1 without weights."""
+    if HAS_WEIGHTS:
+        weight = tl.load(weights_ptr + idx)
+    else:
+        weight = tl.full([], 1.0, tl.float32)
+    return weight
+
+
+@triton.jit
+def load_sigma(sigma_ptr, b, k, stride_b, stride_k, sigma_value, HAS_SIGMA: tl.constexpr):
+    """Map (b, k)'s sigma: from the strided (B, K) tensor, or sigma_value without one."""
+    if HAS_SIGMA:
+        sigma = tl.load(sigma_ptr + b * stride_b + k * stride_k)
+    else:
+        sigma = tl.full([], sigma_value, tl.float32)
+    return sigma

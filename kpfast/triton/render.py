@@ -4,6 +4,10 @@ Forward: program (map, row tile) writes a BLOCK_H x BLOCK_W tile of one map once
 is separable, so each instance costs BLOCK_H + BLOCK_W exponentials per tile.
 Backward: one program per map reduces the gradient w.r.t. each instance's coordinates and the
 map's sigma, routing each pixel to the first maximal instance (as the max-merge does).
+
+Arguments as the compiled op takes them (one launch per call): weights None (every weight 1) and
+sigma None (sigma_value for every map) or a (B, K) view with any strides; see
+kpfast/triton/gaussian.py load_weight / load_sigma.
 """
 
 from __future__ import annotations
@@ -13,17 +17,19 @@ import triton
 import triton.language as tl
 
 from kpfast.triton._common import device_guard, tile_shape
-from kpfast.triton.gaussian import ENCODINGS, gaussian_tile
+from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, load_sigma, load_weight
 
 
 @triton.jit
 def _render_forward_kernel(keypoints_ptr, weights_ptr, sigma_ptr, out_ptr, weights_out_ptr, N, K, height, width,
-                           ENCODING: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                           sigma_stride_b, sigma_stride_k, sigma_value, HAS_WEIGHTS: tl.constexpr,
+                           HAS_SIGMA: tl.constexpr, ENCODING: tl.constexpr, BLOCK_H: tl.constexpr,
+                           BLOCK_W: tl.constexpr):
     map_id = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
     b = map_id // K
     k = map_id % K
-    sigma = tl.load(sigma_ptr + map_id)
+    sigma = load_sigma(sigma_ptr, b, k, sigma_stride_b, sigma_stride_k, sigma_value, HAS_SIGMA)
     row_idx = tile * BLOCK_H + tl.arange(0, BLOCK_H)
     col_idx = tl.arange(0, BLOCK_W)
     rows = row_idx.to(tl.float32)
@@ -33,7 +39,7 @@ def _render_forward_kernel(keypoints_ptr, weights_ptr, sigma_ptr, out_ptr, weigh
         idx = (b * N + n) * K + k
         x = tl.load(keypoints_ptr + 2 * idx)
         y = tl.load(keypoints_ptr + 2 * idx + 1)
-        weight = tl.load(weights_ptr + idx)
+        weight = load_weight(weights_ptr, idx, HAS_WEIGHTS)
         values, valid, cx, cy, c = gaussian_tile(rows, cols, x, y, weight, sigma, height, width, ENCODING)
         acc = tl.maximum(acc, values)
         if tile == 0:
@@ -45,11 +51,13 @@ def _render_forward_kernel(keypoints_ptr, weights_ptr, sigma_ptr, out_ptr, weigh
 
 @triton.jit
 def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, grad_keypoints_ptr, grad_sigma_ptr, N, K,
-                            height, width, ENCODING: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                            height, width, sigma_stride_b, sigma_stride_k, sigma_value, HAS_WEIGHTS: tl.constexpr,
+                            HAS_SIGMA: tl.constexpr, ENCODING: tl.constexpr, BLOCK_H: tl.constexpr,
+                            BLOCK_W: tl.constexpr):
     map_id = tl.program_id(0).to(tl.int64)
     b = map_id // K
     k = map_id % K
-    sigma = tl.load(sigma_ptr + map_id)
+    sigma = load_sigma(sigma_ptr, b, k, sigma_stride_b, sigma_stride_k, sigma_value, HAS_SIGMA)
     col_idx = tl.arange(0, BLOCK_W)
     cols = col_idx.to(tl.float32)
     grad_sigma = 0.0
@@ -57,7 +65,7 @@ def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, gra
         t_idx = (b * N + target) * K + k
         tx = tl.load(keypoints_ptr + 2 * t_idx)
         ty = tl.load(keypoints_ptr + 2 * t_idx + 1)
-        tw = tl.load(weights_ptr + t_idx)
+        tw = load_weight(weights_ptr, t_idx, HAS_WEIGHTS)
         grad_x = 0.0
         grad_y = 0.0
         for row0 in range(0, height, BLOCK_H):
@@ -71,7 +79,8 @@ def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, gra
             for n in range(N):
                 idx = (b * N + n) * K + k
                 other, _, _, _, _ = gaussian_tile(rows, cols, tl.load(keypoints_ptr + 2 * idx),
-                                                  tl.load(keypoints_ptr + 2 * idx + 1), tl.load(weights_ptr + idx),
+                                                  tl.load(keypoints_ptr + 2 * idx + 1),
+                                                  load_weight(weights_ptr, idx, HAS_WEIGHTS),
                                                   sigma, height, width, ENCODING)
                 beaten = tl.where(n < target, other >= values, other > values)
                 owns = owns & ((n == target) | (beaten == 0))
@@ -92,46 +101,62 @@ def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, gra
     tl.store(grad_sigma_ptr + map_id, grad_sigma)
 
 
-def forward_config(height: int, width: int, encoding: str) -> dict:
-    """The constexprs (and launch options) of the forward kernel for an H x W map."""
+def forward_config(height: int, width: int, encoding: str, has_weights: bool = True, has_sigma: bool = False) -> dict:
+    """The constexprs (and launch options) of the forward kernel for an H x W map; the defaults of
+    has_weights / has_sigma are the training call (visibility weights, a float sigma)."""
     block_h, block_w = tile_shape(height, width)
-    return dict(ENCODING=ENCODINGS[encoding], BLOCK_H=block_h, BLOCK_W=block_w)
+    return dict(HAS_WEIGHTS=has_weights, HAS_SIGMA=has_sigma, ENCODING=ENCODINGS[encoding], BLOCK_H=block_h,
+                BLOCK_W=block_w)
 
 
-def backward_config(height: int, width: int, encoding: str) -> dict:
-    return forward_config(height, width, encoding)
+def backward_config(height: int, width: int, encoding: str, has_weights: bool = True, has_sigma: bool = False) -> dict:
+    return forward_config(height, width, encoding, has_weights, has_sigma)
+
+
+def _optional_arguments(keypoints, weights, sigma):
+    """(weights_ptr, sigma_ptr, sigma_stride_b, sigma_stride_k): an absent tensor is replaced by
+    keypoints, which the kernel never reads in its place (HAS_WEIGHTS / HAS_SIGMA False)."""
+    if sigma is None:
+        return (keypoints if weights is None else weights), keypoints, 0, 0
+    return (keypoints if weights is None else weights), sigma, sigma.stride(0), sigma.stride(1)
 
 
 @torch.library.custom_op("kpfast_triton::render_heatmaps", mutates_args=())
-def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, height: int, width: int,
-                    encoding: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None, sigma: torch.Tensor | None,
+                    sigma_value: float, height: int, width: int, encoding: str,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     batch, instances, num_keypoints = keypoints.shape[:3]
     heatmaps = torch.empty((batch, num_keypoints, height, width), dtype=dtype, device=keypoints.device)
     # The kernel writes every element of both outputs (weights_out from the first row tile),
     # so neither is zero-filled first. An empty map (H or W = 0) still needs the weights.
-    weights_out = torch.empty_like(weights)
+    weights_out = torch.empty((batch, instances, num_keypoints), dtype=keypoints.dtype, device=keypoints.device)
     if batch * num_keypoints == 0:
         return heatmaps, weights_out
-    config = forward_config(height, width, encoding)
+    config = forward_config(height, width, encoding, weights is not None, sigma is not None)
     grid = (batch * num_keypoints, max(1, triton.cdiv(height, config["BLOCK_H"])))
+    weights_arg, sigma_arg, stride_b, stride_k = _optional_arguments(keypoints, weights, sigma)
     with device_guard(keypoints):
-        _render_forward_kernel[grid](keypoints, weights, sigma, heatmaps, weights_out, instances, num_keypoints,
-                                     height, width, **config)
+        _render_forward_kernel[grid](keypoints, weights_arg, sigma_arg, heatmaps, weights_out, instances,
+                                     num_keypoints, height, width, stride_b, stride_k, float(sigma_value), **config)
     return heatmaps, weights_out
 
 
 @torch.library.custom_op("kpfast_triton::render_heatmaps_backward", mutates_args=())
-def render_heatmaps_backward(grad_heatmaps: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor,
-                             sigma: torch.Tensor, encoding: str) -> tuple[torch.Tensor, torch.Tensor]:
+def render_heatmaps_backward(grad_heatmaps: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor | None,
+                             sigma: torch.Tensor | None, sigma_value: float,
+                             encoding: str) -> tuple[torch.Tensor, torch.Tensor]:
     batch, instances, num_keypoints = keypoints.shape[:3]
     # Every (map, instance) coordinate and every map's sigma is stored by the kernel: no zero fill.
+    # grad_sigma is (B, K) contiguous whatever sigma's form (autograd reduces an expanded one).
     grad_keypoints = torch.empty_like(keypoints)
-    grad_sigma = torch.empty_like(sigma)
+    grad_sigma = torch.empty((batch, num_keypoints), dtype=keypoints.dtype, device=keypoints.device)
     if batch * num_keypoints == 0:
         return grad_keypoints, grad_sigma
     height, width = grad_heatmaps.shape[-2:]
+    weights_arg, sigma_arg, stride_b, stride_k = _optional_arguments(keypoints, weights, sigma)
     with device_guard(keypoints):
         _render_backward_kernel[(batch * num_keypoints,)](
-            grad_heatmaps.contiguous(), keypoints, weights, sigma, grad_keypoints, grad_sigma, instances,
-            num_keypoints, height, width, **backward_config(height, width, encoding))
+            grad_heatmaps.contiguous(), keypoints, weights_arg, sigma_arg, grad_keypoints, grad_sigma, instances,
+            num_keypoints, height, width, stride_b, stride_k, float(sigma_value),
+            **backward_config(height, width, encoding, weights is not None, sigma is not None))
     return grad_keypoints, grad_sigma

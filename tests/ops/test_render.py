@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kpfast.ops import adaptive_sigma, render_heatmaps
 
@@ -77,6 +78,35 @@ def test_gradcheck_float64(kernel_backend):
                                    dtype=torch.float64)[0]
         assert torch.autograd.gradcheck(fn, (keypoints.clone().requires_grad_(), sigma.clone().requires_grad_()),
                                         eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(16, 24), (5, 1032), (70, 8), (9, 1)])
+@pytest.mark.parametrize("instances", [1, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_tilings_and_instance_chunks_match_reference(kernel_backend, size, instances, dtype):
+    """The CUDA forward's paths: 16-byte stores (W a multiple of 4 fp32 / 8 bf16 / 2 fp64) or one
+    pixel per store (W = 1), several column tiles (W > 1024), several row tiles, and N above the
+    instances whose factors one pass keeps in shared memory (32: later chunks max-merge into the
+    stored pixels). Every backend runs them against the reference."""
+    backend, device = kernel_backend
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("triton computes in float32")
+    height, width = size
+    generator = torch.Generator().manual_seed(5)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = torch.tensor([width + 4.0, height + 4.0], dtype=compute)
+    keypoints = (torch.rand(2, instances, 3, 2, generator=generator, dtype=compute) * scale - 2.0).to(device)
+    weights = (torch.rand(2, instances, 3, generator=generator) > 0.2).to(compute).to(device)
+    sigma = (torch.rand(3, generator=generator, dtype=compute) * 1.5 + 0.8).to(device)
+    expected, expected_w = render_heatmaps(keypoints, weights, size=size, sigma=sigma, encoding="udp",
+                                           backend="torch", dtype=dtype)
+    got, got_w = render_heatmaps(keypoints, weights, size=size, sigma=sigma, encoding="udp", backend=backend,
+                                 dtype=dtype)
+    assert expected.float().max() > 0.5
+    atol = {torch.float32: TOLERANCE["render"][torch.float32], torch.bfloat16: TOLERANCE["render"][torch.bfloat16],
+            torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(got, expected, rtol=0, atol=atol)
+    torch.testing.assert_close(got_w, expected_w, rtol=0, atol=0)
 
 
 def _published_msra_udp(keypoints, visible, sigma, height, width, udp):
@@ -192,23 +222,126 @@ def test_bad_keypoints_are_named():
 
 
 def _opcheck_samples(device):
+    """The schema's argument forms: (B, K) sigma and weights; no weights and a float sigma (None,
+    sigma_value); a (K,) sigma expanded to (B, K) (stride_b 0), as kpfast.ops passes them."""
     keypoints, weights = edge_case_keypoints(instances=2, device=device)
     keypoints = torch.nan_to_num(keypoints, nan=3.0, posinf=4.0, neginf=-4.0)  # opcheck compares finite grads
-    sigma = torch.full((keypoints.shape[0], keypoints.shape[2]), 1.5, device=device)
+    batch, num_keypoints = keypoints.shape[0], keypoints.shape[2]
+    sigma = torch.full((batch, num_keypoints), 1.5, device=device)
+    per_keypoint = torch.linspace(1.2, 2.1, num_keypoints, device=device)
     for encoding in ENCODINGS:
-        yield (keypoints.clone().requires_grad_(True), weights, sigma.clone().requires_grad_(True), H, W, encoding,
-               torch.float32)
+        yield (keypoints.clone().requires_grad_(True), weights, sigma.clone().requires_grad_(True), 1.0, H, W,
+               encoding, torch.float32)
+        yield (keypoints.clone().requires_grad_(True), None, None, 1.7, H, W, encoding, torch.float32)
+        expanded = per_keypoint.clone().requires_grad_(True).expand(batch, num_keypoints)
+        assert expanded.stride(0) == 0
+        yield (keypoints.clone().requires_grad_(True), weights, expanded, 1.0, H, W, encoding, torch.float32)
+
+
+def _ops(backend):
+    if backend == "triton":
+        return torch.ops.kpfast_triton.render_heatmaps, torch.ops.kpfast_triton.render_heatmaps_backward
+    return torch.ops.kpfast.render_heatmaps, torch.ops.kpfast._render_heatmaps_backward
 
 
 def test_opcheck(kernel_backend):
     backend, device = kernel_backend
-    op = torch.ops.kpfast_triton.render_heatmaps if backend == "triton" else torch.ops.kpfast.render_heatmaps
-    backward = (torch.ops.kpfast_triton.render_heatmaps_backward if backend == "triton"
-                else torch.ops.kpfast._render_heatmaps_backward)
+    if backend == "triton":
+        render_heatmaps(torch.zeros(1, 1, 2, device=device), backend="triton")  # loads the kpfast_triton ops
+    op, backward = _ops(backend)
     for args in _opcheck_samples(device):
         torch.library.opcheck(op, args)
         grad = torch.rand(args[0].shape[0], args[0].shape[2], H, W, device=device)
-        torch.library.opcheck(backward, (grad, args[0].detach(), args[1], args[2].detach(), args[5]))
+        sigma = args[2].detach() if args[2] is not None else None
+        torch.library.opcheck(backward, (grad, args[0].detach(), args[1], sigma, args[3], args[6]))
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_optional_and_strided_arguments_match_materialised_ones(kernel_backend, encoding):
+    """The kernels read absent weights as 1, a float sigma as sigma_value and a strided sigma
+    through its strides: the same maps and gradients as the materialised, contiguous tensors."""
+    backend, device = kernel_backend
+    op, backward = _ops(backend)
+    if backend == "triton":
+        render_heatmaps(torch.zeros(1, 1, 2, device=device), backend="triton")
+    keypoints, _ = edge_case_keypoints(instances=2, device=device)
+    batch, num_keypoints = keypoints.shape[0], keypoints.shape[2]
+    ones = torch.ones(keypoints.shape[:-1], device=device)
+    per_keypoint = torch.linspace(1.2, 2.1, num_keypoints, device=device)
+    transposed = torch.rand(num_keypoints, batch, device=device).add(1.0).t()  # (B, K), stride_b 1
+    grad = torch.rand(batch, num_keypoints, H, W, device=device)
+    forms = [
+        ((None, None, 1.7), (ones, torch.full((batch, num_keypoints), 1.7, device=device), 1.0)),
+        ((None, per_keypoint.expand(batch, num_keypoints), 1.0),
+         (ones, per_keypoint.expand(batch, num_keypoints).contiguous(), 1.0)),
+        ((ones, transposed, 1.0), (ones, transposed.contiguous(), 1.0)),
+    ]
+    for (weights, sigma, value), (weights_m, sigma_m, value_m) in forms:
+        got = op(keypoints, weights, sigma, value, H, W, encoding, torch.float32)
+        expected = op(keypoints, weights_m, sigma_m, value_m, H, W, encoding, torch.float32)
+        assert expected[0].max() > 0.9
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[1], expected[1], rtol=0, atol=0)
+        got_grads = backward(grad, keypoints, weights, sigma, value, encoding)
+        expected_grads = backward(grad, keypoints, weights_m, sigma_m, value_m, encoding)
+        assert got_grads[1].shape == (batch, num_keypoints) and got_grads[1].is_contiguous()
+        torch.testing.assert_close(got_grads[0], expected_grads[0], rtol=0, atol=0)
+        torch.testing.assert_close(got_grads[1], expected_grads[1], rtol=0, atol=0)
+
+
+class _RecordOps(TorchDispatchMode):
+    """Every tensor op that reaches the dispatcher below autograd: (op, tensor arguments)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+        self.calls.append((func, tensors))
+        return func(*args, **kwargs)
+
+
+_VIEW_OPS = {torch.ops.aten.unsqueeze.default, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.default,
+             torch.ops.aten.expand.default, torch.ops.aten.view.default, torch.ops.aten.alias.default}
+# The value check of a tensor sigma on CPU (finite and > 0, kpfast/ops/_checks.py; skipped on GPU,
+# where it would synchronise): these ops read the caller's sigma, never a (B, K) materialisation.
+_CPU_SIGMA_CHECK_OPS = {torch.ops.aten.abs.default, torch.ops.aten.ne.Scalar, torch.ops.aten.eq.Tensor,
+                        torch.ops.aten.mul.Tensor, torch.ops.aten.gt.Scalar, torch.ops.aten.bitwise_and.Tensor,
+                        torch.ops.aten.bitwise_not.default, torch.ops.aten.any.default,
+                        torch.ops.aten._local_scalar_dense.default, torch.ops.aten.isfinite.default}
+
+
+@pytest.mark.parametrize("form", ["float_sigma_no_weights", "float_sigma_weights", "per_keypoint_sigma",
+                                  "per_keypoint_sigma_grad"])
+def test_one_launch_per_call(kernel_backend, form):
+    """Issue 13: a render call runs the kernel op and views only: no torch.ones for absent weights,
+    no torch.full for a float sigma, no copy of a (K,) sigma expanded to (B, K)."""
+    backend, device = kernel_backend
+    keypoints = (torch.rand(4, 17, 2) * 10).to(device)
+    num_keypoints = keypoints.shape[1]
+    kwargs = {"float_sigma_no_weights": dict(sigma=2.0),
+              "float_sigma_weights": dict(sigma=2.0, weights=torch.ones(4, 17, device=device)),
+              "per_keypoint_sigma": dict(sigma=torch.full((17,), 2.0, device=device)),
+              "per_keypoint_sigma_grad": dict(sigma=torch.full((17,), 2.0, device=device, requires_grad=True)),
+              }[form]
+    render_heatmaps(keypoints, size=(8, 6), backend=backend, **kwargs)  # first use loads the backend's ops
+    with _RecordOps() as recorded:
+        heatmaps, _ = render_heatmaps(keypoints, size=(8, 6), backend=backend, **kwargs)
+    kernel = torch.ops.kpfast_triton.render_heatmaps.default if backend == "triton" else \
+        torch.ops.kpfast.render_heatmaps.default
+    assert [func for func, _ in recorded.calls].count(kernel) == 1
+    allowed = _VIEW_OPS | {kernel}
+    if isinstance(kwargs["sigma"], torch.Tensor) and device.type == "cpu":
+        allowed |= _CPU_SIGMA_CHECK_OPS
+    for func, tensors in recorded.calls:
+        assert func in allowed, f"{func} ran beside the kernel ({[str(f) for f, _ in recorded.calls]})"
+        if func in _CPU_SIGMA_CHECK_OPS - _VIEW_OPS:
+            assert all(t.numel() <= num_keypoints for t in tensors), f"{func} on a materialised sigma"
+    if form == "per_keypoint_sigma_grad":  # the gradient reaches the (K,) sigma through the expanded view
+        heatmaps.sum().backward()
+        assert kwargs["sigma"].grad.shape == (num_keypoints,) and kwargs["sigma"].grad.abs().sum() > 0
 
 
 def test_torch_compile_fullgraph(kernel_backend):

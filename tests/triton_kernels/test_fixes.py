@@ -135,8 +135,8 @@ def test_every_launch_runs_under_its_inputs_device(monkeypatch):
     keypoints, weights, sigma, maps = _inputs(device)
     ops = torch.ops.kpfast_triton
     calls = [
-        lambda: render.render_heatmaps(keypoints, weights, sigma, 10, 12, "udp", torch.float32),
-        lambda: render.render_heatmaps_backward(maps, keypoints, weights, sigma, "udp"),
+        lambda: render.render_heatmaps(keypoints, weights, sigma, 1.0, 10, 12, "udp", torch.float32),
+        lambda: render.render_heatmaps_backward(maps, keypoints, weights, sigma, 1.0, "udp"),
         lambda: loss.heatmap_loss(maps, keypoints, weights, sigma, "udp", "focal", 0.25, 2.0, 4.0, 15.0, 1.0, 0.1,
                                   0.1),
         lambda: loss.heatmap_loss_backward(torch.ones(2, 3, device=device), maps, keypoints, weights, sigma, "udp",
