@@ -174,3 +174,57 @@ def test_loss_over_several_row_tiles_matches_the_reference(kind):
         results.append((loss.detach().cpu(), leaf.grad.cpu()))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-7)
+
+
+def test_find_peaks_distance_is_a_runtime_argument():
+    """Issue 13: one compiled find_peaks kernel serves every min_distance (it was a constexpr: a
+    recompile per distance). The launch constexprs depend on the map size and max_peaks only,
+    and min_distance / max_peaks are not even specialised on their value (do_not_specialize)."""
+    import inspect
+
+    from kpfast.triton import decode
+
+    fn = getattr(decode._find_peaks_kernel, "fn", decode._find_peaks_kernel)
+    parameters = inspect.signature(fn).parameters
+    assert "min_distance" in parameters and parameters["min_distance"].annotation is inspect.Parameter.empty
+    constexprs = [n for n, p in parameters.items() if p.annotation is not inspect.Parameter.empty]
+    assert constexprs == ["BLOCK", "LIST", "FILL"]
+    assert list(inspect.signature(decode.find_peaks_config).parameters) == ["height", "width", "max_peaks"]
+    # a few list sizes serve every max_peaks
+    lists = {decode.find_peaks_config(96, 72, p)["LIST"] for p in range(1, 3000, 7)}
+    assert lists == set(decode.PEAK_LISTS)
+
+
+@pytest.mark.parametrize("min_distance", [0, 1, 3])
+def test_find_peaks_selection_over_several_rounds(monkeypatch, min_distance):
+    """More peaks wanted than the selection list holds: further rounds rescan the map for the next
+    list after the last key written. A 4-entry list exercises it on small maps, with ties in score
+    (quantised noise) across tiles (a 40x33 map is two 1024-pixel tiles)."""
+    _need_triton()
+    from kpfast.triton import decode
+
+    monkeypatch.setattr(decode, "PEAK_LISTS", (4,))
+    assert decode.find_peaks_config(40, 33, 25)["LIST"] == 4
+    noise = torch.rand(1, 2, 40, 33, generator=torch.Generator().manual_seed(5))
+    maps = torch.cat([noise, (noise * 8).floor() / 8], dim=1)  # the second pair: many equal scores
+    for max_peaks in (25, 3, 4, 8):
+        expected = reference.find_peaks(maps, 0.2, min_distance, max_peaks)
+        got = decode.find_peaks(maps.to(_device()), 0.2, min_distance, max_peaks)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g.cpu(), e, rtol=0, atol=0)
+        assert expected[2].sum() > 4  # more peaks than one list
+
+
+def test_find_peaks_fp16_bf16_maps_and_all_below_threshold():
+    _need_triton()
+    from kpfast.triton import decode
+
+    maps = torch.rand(2, 3, 9, 70, generator=torch.Generator().manual_seed(6))
+    for dtype in (torch.float16, torch.bfloat16):
+        low = maps.to(dtype)
+        expected = reference.find_peaks(low, 0.3, 2, 6)
+        got = decode.find_peaks(low.to(_device()), 0.3, 2, 6)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g.cpu(), e, rtol=0, atol=0)
+    coords, scores, valid = decode.find_peaks(maps.to(_device()), 2.0, 1, 5)  # every tile skipped
+    assert not valid.any() and (coords == -1).all() and (scores == 0).all()
