@@ -241,8 +241,15 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         sx, sy = _newton_step(dx, dy, dxx, dxy, dyy)
         ox = tl.where(refine, sx, 0.0)
         oy = tl.where(refine, sy, 0.0)
-    out_x = tl.where(positive, x.to(tl.float32) + ox, -1.0)
-    out_y = tl.where(positive, y.to(tl.float32) + oy, -1.0)
+    px = x.to(tl.float32) + ox
+    py = y.to(tl.float32) + oy
+    if METHOD == 2 or METHOD == 3:
+        # kpfast.reference.decode.clip_to_map: a near-singular Hessian makes the Newton step
+        # arbitrarily long; the point is clipped to the map's area [-0.5, W-0.5] x [-0.5, H-0.5].
+        px = tl.minimum(tl.maximum(px, -0.5), width.to(tl.float32) - 0.5)
+        py = tl.minimum(tl.maximum(py, -0.5), height.to(tl.float32) - 0.5)
+    out_x = tl.where(positive, px, -1.0)
+    out_y = tl.where(positive, py, -1.0)
     tl.store(coords_ptr + 2 * map_id, out_x)
     tl.store(coords_ptr + 2 * map_id + 1, out_y)
     tl.store(scores_ptr + map_id, best)
@@ -255,7 +262,9 @@ def decode_config(height: int, width: int, method: str, blur_kernel: int, window
                 ROWS_PAD=triton.next_power_of_2(5 + 2 * radius), WINDOW=window, WPAD=triton.next_power_of_2(window),
                 BLOCK=min(2048, triton.next_power_of_2(max(height * width, 1))),
                 # 8 warps: at 4 the DARK/UDP patch (16x8x16 values) spills 12 bytes per thread on sm_90.
-                BLOCK_W=min(128, triton.next_power_of_2(max(width, 1))), num_warps=8)
+                # BLOCK_W 64: the rare whole-map blur (a (BLOCK_W, KPAD) tile per tap row) at 128 made
+                # the 96x72 DARK kernel spill 16 bytes on sm_90.
+                BLOCK_W=min(64, triton.next_power_of_2(max(width, 1))), num_warps=8)
 
 
 @torch.library.custom_op("kpfast_triton::decode_heatmaps", mutates_args=())
