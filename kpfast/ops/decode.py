@@ -121,17 +121,9 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: i
     window = whole_map_window(check_odd("window", window, 1), *heatmaps.shape[-2:])
     maps = heatmaps.detach().contiguous()
     implementation = DECODE.select(backend, maps.device, dtype=maps.dtype)
-    coords, scores = implementation(maps, method, blur_kernel, window)
-    if method in _reference.REFINED_METHODS and implementation is not _reference.decode_heatmaps:
-        # The kernels do not clip yet (the change is csrc/ and kpfast/triton/'s to make); until they
-        # do, clip here so that every backend follows the reference's rule. Elementwise on
-        # (B, K, 2): no sync, and a no-op on coordinates already inside the map.
-        height, width = maps.shape[-2:]
-        inside_x, inside_y = _reference.clip_to_map(coords[..., 0], coords[..., 1], height, width)
-        positive = scores > 0
-        coords = torch.stack([torch.where(positive, inside_x, coords[..., 0]),
-                              torch.where(positive, inside_y, coords[..., 1])], dim=-1)
-    return coords, scores
+    # Every backend clips dark/udp points to the map itself (reference.clip_to_map): no extra
+    # elementwise launches after the kernel.
+    return implementation(maps, method, blur_kernel, window)
 
 
 def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0, backend: str | None = None):

@@ -236,7 +236,8 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
 
     A pixel is a peak when its value is > threshold, >= every pixel of its (2d+1)^2 window
     (clipped to the map) and > every pixel of that window that comes earlier in row-major
-    order (so a plateau yields its first pixel only). Peaks are sorted by score, descending,
+    order (so a plateau yields its first pixel only); NaN pixels are neither peaks nor in any
+    window, +inf pixels are ordinary values. Peaks are sorted by score, descending,
     ties by row-major index. Returns coords (B, K, P, 2) float32 (x, y; -1 when invalid), scores
     (B, K, P) float32 (0 when invalid) and valid (B, K, P) bool."""
     batch, num_keypoints, height, width = heatmaps.shape
@@ -246,7 +247,10 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
                 heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.bool))
     maps = heatmaps.float().reshape(batch * num_keypoints, 1, height, width)
     d = min_distance
-    window_max = F.max_pool2d(maps, 2 * d + 1, stride=1, padding=d) if d > 0 else maps
+    # NaN pixels are skipped (DESIGN.md): never peaks (NaN > threshold is false) and never
+    # suppress a neighbour (max_pool2d would propagate them into the window maximum).
+    numbers = torch.where(torch.isnan(maps), -math.inf, maps)
+    window_max = F.max_pool2d(numbers, 2 * d + 1, stride=1, padding=d) if d > 0 else maps
     is_peak = (maps >= window_max) & (maps > threshold)
     # Ties: an equal pixel earlier in row-major order within the window suppresses this one.
     padded = F.pad(maps, (d, d, d, d), value=-math.inf)
@@ -261,7 +265,7 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
     count = min(max_peaks, height * width)
     scores = order.values[:, :count]
     index = order.indices[:, :count]
-    valid = torch.isfinite(scores)
+    valid = scores > -math.inf  # every peak is > threshold >= -inf; +inf peaks are valid (DESIGN.md)
     coords = torch.stack([(index % width).float(), (index // width).float()], dim=-1)
     coords = torch.where(valid[..., None], coords, -1.0)
     scores = torch.where(valid, scores, 0.0)

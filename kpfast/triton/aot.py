@@ -135,13 +135,14 @@ def specialisations(sizes=SIZES) -> list[Spec]:
             types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", f"*{dtype}", "i32", "i32", "fp32"]
             specs.append(Spec("decode._soft_argmax_backward_kernel", dict(size=size, dtype=dtype),
                               _sig(names, types, c), c, warps))
-            for distance in (1, 2, 3):
-                c = decode.find_peaks_config(height, width, distance)
+            # min_distance is a runtime argument (issue 13): one specialisation per selection-list size.
+            for max_peaks in (20, 200):
+                c = decode.find_peaks_config(height, width, max_peaks)
                 warps = c.pop("num_warps")
-                names = ["maps_ptr", "coords_ptr", "scores_ptr", "valid_ptr", "height", "width", "threshold",
-                         "max_peaks"]
-                types = [f"*{dtype}", "*fp32", "*fp32", "*i8", "i32", "i32", "fp32", "i32"]
-                specs.append(Spec("decode._find_peaks_kernel", dict(size=size, distance=distance, dtype=dtype),
+                names = ["maps_ptr", "coords_ptr", "scores_ptr", "valid_ptr", "height", "width", "min_distance",
+                         "threshold", "max_peaks"]
+                types = [f"*{dtype}", "*fp32", "*fp32", "*i8", "i32", "i32", "i32", "fp32", "i32"]
+                specs.append(Spec("decode._find_peaks_kernel", dict(size=size, max_peaks=max_peaks, dtype=dtype),
                                   _sig(names, types, c), c, warps))
     return specs
 

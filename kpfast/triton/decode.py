@@ -9,8 +9,11 @@
   csrc/kpfast/decode.h, which states the same rules for the C++ kernels).
 * soft-argmax: one program per map, a single pass with an online (rescaled) softmax; the
   backward is one program per (map, chunk) and recomputes p from the saved log-normaliser.
-* find_peaks: one program per map holding the whole map; the window test reads shifted tiles
-  (cache hits), then the top P are selected by P max-reductions.
+* find_peaks: one program per map walking it in 1024-pixel tiles; min_distance is a runtime
+  argument (one compiled kernel for every distance): the window test is a runtime loop over
+  shifted loads of the tile (L1 hits), skipped for tiles (and tap rows) with no pixel left
+  above the threshold; each tile's peaks are merged into a register list of the best 32 or
+  256 (score desc, index asc), written out in order at the end.
 """
 
 from __future__ import annotations
@@ -238,8 +241,15 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         sx, sy = _newton_step(dx, dy, dxx, dxy, dyy)
         ox = tl.where(refine, sx, 0.0)
         oy = tl.where(refine, sy, 0.0)
-    out_x = tl.where(positive, x.to(tl.float32) + ox, -1.0)
-    out_y = tl.where(positive, y.to(tl.float32) + oy, -1.0)
+    px = x.to(tl.float32) + ox
+    py = y.to(tl.float32) + oy
+    if METHOD == 2 or METHOD == 3:
+        # kpfast.reference.decode.clip_to_map: a near-singular Hessian makes the Newton step
+        # arbitrarily long; the point is clipped to the map's area [-0.5, W-0.5] x [-0.5, H-0.5].
+        px = tl.minimum(tl.maximum(px, -0.5), width.to(tl.float32) - 0.5)
+        py = tl.minimum(tl.maximum(py, -0.5), height.to(tl.float32) - 0.5)
+    out_x = tl.where(positive, px, -1.0)
+    out_y = tl.where(positive, py, -1.0)
     tl.store(coords_ptr + 2 * map_id, out_x)
     tl.store(coords_ptr + 2 * map_id + 1, out_y)
     tl.store(scores_ptr + map_id, best)
@@ -252,7 +262,9 @@ def decode_config(height: int, width: int, method: str, blur_kernel: int, window
                 ROWS_PAD=triton.next_power_of_2(5 + 2 * radius), WINDOW=window, WPAD=triton.next_power_of_2(window),
                 BLOCK=min(2048, triton.next_power_of_2(max(height * width, 1))),
                 # 8 warps: at 4 the DARK/UDP patch (16x8x16 values) spills 12 bytes per thread on sm_90.
-                BLOCK_W=min(128, triton.next_power_of_2(max(width, 1))), num_warps=8)
+                # BLOCK_W 64: the rare whole-map blur (a (BLOCK_W, KPAD) tile per tap row) at 128 made
+                # the 96x72 DARK kernel spill 16 bytes on sm_90.
+                BLOCK_W=min(64, triton.next_power_of_2(max(width, 1))), num_warps=8)
 
 
 @torch.library.custom_op("kpfast_triton::decode_heatmaps", mutates_args=())
@@ -370,48 +382,132 @@ def soft_argmax_backward(grad_coords: torch.Tensor, heatmaps: torch.Tensor, coor
 # ---- peaks --------------------------------------------------------------------------------
 
 @triton.jit
-def _find_peaks_kernel(maps_ptr, coords_ptr, scores_ptr, valid_ptr, height, width, threshold, max_peaks,
-                       DISTANCE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    map_id = tl.program_id(0).to(tl.int64)
-    base = maps_ptr + map_id * height * width
-    rows = tl.arange(0, BLOCK_H)[:, None]
-    cols = tl.arange(0, BLOCK_W)[None, :]
-    inside = (rows < height) & (cols < width)
-    values = tl.load(base + rows * width + cols, mask=inside, other=float("-inf")).to(tl.float32)
-    peak = inside & (values > threshold)
-    for dy in tl.static_range(-DISTANCE, DISTANCE + 1):
-        for dx in tl.static_range(-DISTANCE, DISTANCE + 1):
-            if dy != 0 or dx != 0:
-                r = rows + dy
-                c = cols + dx
-                ok = inside & (r >= 0) & (r < height) & (c >= 0) & (c < width)
-                q = tl.load(base + r * width + c, mask=ok, other=float("-inf")).to(tl.float32)
-                earlier = dy < 0 or (dy == 0 and dx < 0)
-                if earlier:
-                    peak = peak & (q < values)
+def _window_test(alive, v, base, index, rows, cols, height, width, dy_sign, dy_count, dx0, dx1,
+                 STRICT: tl.constexpr):
+    """alive & (no map pixel at (row + dy, col + dx), dy = dy_sign * 1..dy_count, dx = dx0..dx1,
+    is >= v (STRICT: it comes earlier in row-major order) or > v (it comes later)).
+
+    Pixels outside the map pass (the window is clipped to the map), and so do NaN pixels (skipped,
+    DESIGN.md: `NaN >= v` is false), as in the reference and the C++ kernels. Only
+    alive pixels load (the others cannot come back), and a row of taps no pixel of the tile still
+    needs is skipped: on heatmaps most tiles have no pixel above the threshold at all."""
+    for k in range(1, dy_count + 1):
+        dy = dy_sign * k
+        r = rows + dy
+        row_alive = alive & (r >= 0) & (r < height)
+        if tl.max(row_alive.to(tl.int32), axis=0) > 0:
+            row_index = index + dy * width
+            for dx in range(dx0, dx1 + 1):
+                # 0 <= c < width in one unsigned compare (a negative c wraps past width)
+                c = (cols + dx).to(tl.uint32, bitcast=True)
+                ok = row_alive & (c < width.to(tl.uint32, bitcast=True))
+                q = tl.load(base + (row_index + dx), mask=ok, other=float("-inf")).to(tl.float32)
+                if STRICT:
+                    alive = alive & ~(q >= v)
                 else:
-                    peak = peak & (q <= values)
-    flat = rows * width + cols
-    candidates = tl.where(peak, values, float("-inf"))
-    big = height * width
-    for p in range(0, max_peaks):
-        top = tl.max(tl.max(candidates, axis=1), axis=0)
-        found = top > float("-inf")
-        index = tl.min(tl.min(tl.where((candidates == top) & peak, flat, big), axis=1), axis=0)
-        slot = map_id * max_peaks + p
-        tl.store(valid_ptr + slot, found.to(tl.int8))
-        tl.store(scores_ptr + slot, tl.where(found, top, 0.0))
-        tl.store(coords_ptr + 2 * slot, tl.where(found, (index % width).to(tl.float32), -1.0))
-        tl.store(coords_ptr + 2 * slot + 1, tl.where(found, (index // width).to(tl.float32), -1.0))
-        taken = flat == index
-        candidates = tl.where(taken, float("-inf"), candidates)
-        peak = peak & (taken == 0)
+                    alive = alive & ~(q > v)
+    return alive
 
 
-def find_peaks_config(height: int, width: int, min_distance: int) -> dict:
-    # min_distance beyond the map size suppresses exactly as the map size does.
-    return dict(DISTANCE=min(min_distance, max(height, width)), BLOCK_H=triton.next_power_of_2(max(height, 1)),
-                BLOCK_W=triton.next_power_of_2(max(width, 1)), num_warps=8)
+@triton.jit(do_not_specialize=["min_distance", "max_peaks"])
+def _find_peaks_kernel(maps_ptr, coords_ptr, scores_ptr, valid_ptr, height, width, min_distance, threshold,
+                       max_peaks, BLOCK: tl.constexpr, LIST: tl.constexpr, FILL: tl.constexpr):
+    """One program per map, walking it in flat tiles of BLOCK pixels.
+
+    Per tile: the window test as runtime loops over shifted loads of the tile (L1 hits; d is a
+    runtime argument, so one compiled kernel serves every min_distance), then the tile's peaks
+    are merged into a list of the best LIST (score desc, index asc) kept in registers: while a
+    tile peak beats the list's worst entry, the tile's best replaces it. The list is then written
+    out in order. More than LIST peaks wanted: further rounds rescan the map for the next LIST
+    after the last key written (rare: LIST is max_peaks rounded up to a bucket, at most 256)."""
+    map_id = tl.program_id(0).to(tl.int64)
+    size = height * width
+    base = maps_ptr + map_id * size
+    out = map_id * max_peaks
+    offsets = tl.arange(0, BLOCK)
+    slot = tl.arange(0, LIST)
+    big = size  # an index past every pixel: the index of empty list slots
+    done = 0
+    last_score = float("inf")  # the key (score, index) the previous round ended on
+    last_index = -1
+    more = max_peaks > 0
+    while more:
+        cap = tl.minimum(max_peaks - done, LIST)
+        in_list = slot < cap
+        list_score = tl.full((LIST,), float("-inf"), tl.float32)
+        list_index = tl.full((LIST,), 0, tl.int32) + big
+        worst_score = float("-inf")
+        worst_index = big
+        for start in range(0, size, BLOCK):
+            index = start + offsets
+            inside = index < size
+            v = tl.load(base + index, mask=inside, other=float("-inf")).to(tl.float32)
+            # (NaN > threshold is false: NaN pixels are never peaks)
+            alive = inside & (v > threshold) & ((v < last_score) | ((v == last_score) & (index > last_index)))
+            if tl.max(alive.to(tl.int32), axis=0) > 0:
+                rows = index // width
+                cols = index - rows * width
+                # Earlier in row-major order: the row's left part and the rows above (strict);
+                # later: the right part and the rows below. Nearest taps first.
+                alive = _window_test(alive, v, base, index, rows, cols, height, width, 0, 1, -min_distance, -1,
+                                     True)
+                alive = _window_test(alive, v, base, index, rows, cols, height, width, 0, 1, 1, min_distance,
+                                     False)
+                alive = _window_test(alive, v, base, index, rows, cols, height, width, -1, min_distance,
+                                     -min_distance, min_distance, True)
+                alive = _window_test(alive, v, base, index, rows, cols, height, width, 1, min_distance,
+                                     -min_distance, min_distance, False)
+                better = alive & ((v > worst_score) | ((v == worst_score) & (index < worst_index)))
+                pending = tl.max(better.to(tl.int32), axis=0)
+                while pending > 0:
+                    best = tl.max(tl.where(better, v, float("-inf")), axis=0)
+                    best_index = tl.min(tl.where(better & (v == best), index, big), axis=0)
+                    target = tl.min(tl.where(in_list & (list_score == worst_score) & (list_index == worst_index),
+                                             slot, LIST), axis=0)
+                    list_score = tl.where(slot == target, best, list_score)
+                    list_index = tl.where(slot == target, best_index, list_index)
+                    worst_score = tl.min(tl.where(in_list, list_score, float("inf")), axis=0)
+                    worst_index = tl.max(tl.where(in_list & (list_score == worst_score), list_index, -1), axis=0)
+                    better = (better & (index != best_index)
+                              & ((v > worst_score) | ((v == worst_score) & (index < worst_index))))
+                    pending = tl.max(better.to(tl.int32), axis=0)
+        # Write the list in order. Every filled slot holds a peak (score > -inf: v > threshold).
+        found = tl.sum((list_score > float("-inf")).to(tl.int32), axis=0)
+        for p in range(0, found):
+            best = tl.max(list_score, axis=0)
+            best_index = tl.min(tl.where(list_score == best, list_index, big), axis=0)
+            at = out + done + p
+            tl.store(valid_ptr + at, 1)
+            tl.store(scores_ptr + at, best)
+            tl.store(coords_ptr + 2 * at, (best_index % width).to(tl.float32))
+            tl.store(coords_ptr + 2 * at + 1, (best_index // width).to(tl.float32))
+            list_score = tl.where(list_index == best_index, float("-inf"), list_score)
+            last_score = best
+            last_index = best_index
+        done += found
+        more = (found == cap) & (done < max_peaks)
+    # Unused slots: invalid, score 0, coords -1.
+    for start in range(done, max_peaks, FILL):
+        p = start + tl.arange(0, FILL)
+        mask = p < max_peaks
+        tl.store(valid_ptr + out + p, tl.zeros((FILL,), tl.int8), mask=mask)
+        tl.store(scores_ptr + out + p, tl.zeros((FILL,), tl.float32), mask=mask)
+        tl.store(coords_ptr + 2 * (out + p), tl.full((FILL,), -1.0, tl.float32), mask=mask)
+        tl.store(coords_ptr + 2 * (out + p) + 1, tl.full((FILL,), -1.0, tl.float32), mask=mask)
+
+
+# The selection list's sizes: max_peaks (or the map size, if smaller) rounded up to one of these,
+# so that two compiled kernels serve every max_peaks. A 1024 list took 153 registers on sm_80;
+# beyond 256 peaks the kernel makes one more pass over the map per 256 (see the kernel).
+PEAK_LISTS = (32, 256)
+
+
+def find_peaks_config(height: int, width: int, max_peaks: int) -> dict:
+    """The constexprs (and launch options) of the find_peaks kernel: independent of min_distance,
+    which is a runtime argument (one compiled kernel for every distance)."""
+    wanted = max(1, min(max_peaks, height * width))
+    return dict(BLOCK=min(1024, triton.next_power_of_2(max(height * width, 1))),
+                LIST=next((n for n in PEAK_LISTS if wanted <= n), PEAK_LISTS[-1]), FILL=128, num_warps=4)
 
 
 @torch.library.custom_op("kpfast_triton::find_peaks", mutates_args=())
@@ -424,9 +520,10 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
     valid = torch.empty((batch, num_keypoints, max_peaks), dtype=torch.bool, device=device)
     if batch * num_keypoints == 0:
         return coords, scores, valid
-    # min_distance beyond the map size suppresses exactly as the map size does.
+    # min_distance beyond the map size suppresses exactly as the map size does (bounded loops).
+    distance = min(min_distance, max(height, width))
     with device_guard(heatmaps):
         _find_peaks_kernel[(batch * num_keypoints,)](
-            heatmaps, coords, scores, valid.view(torch.int8), height, width, float(threshold), max_peaks,
-            **find_peaks_config(height, width, min_distance))
+            heatmaps, coords, scores, valid.view(torch.int8), height, width, distance, float(threshold), max_peaks,
+            **find_peaks_config(height, width, max_peaks))
     return coords, scores, valid

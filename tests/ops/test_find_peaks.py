@@ -2,6 +2,8 @@
 several people rendered into one map, empty batches, argument errors, opcheck, torch.compile.
 Half precision and non-contiguous maps: tests/ops/test_common.py (FindPeaksCase)."""
 
+import math
+
 import pytest
 import torch
 
@@ -92,6 +94,67 @@ def test_empty_batches_and_more_peaks_than_pixels(backend_device):
     _assert_peaks_equal(find_peaks(tiny, 0.0, 0, 6, backend=backend), expected)
     assert expected[2][0, 0].tolist() == [True] * 4 + [False] * 2
 
+
+
+def _special_value_maps(device):
+    """NaN, +inf and -inf at a peak, beside one and filling whole maps; plateaus (equal values in
+    a row, a block and a whole map); peaks on borders and corners. (1, 9, 11, 9)."""
+    generator = torch.Generator().manual_seed(4)
+    maps = torch.rand(1, 9, 11, 9, generator=generator) * 0.5
+    maps[0, 0, 5, 4] = math.nan                     # NaN: never a peak, never suppresses a neighbour
+    maps[0, 0, 0, 0] = math.nan                     # NaN on a corner
+    maps[0, 1, 5, 4] = math.inf                     # +inf: an ordinary (valid) peak
+    maps[0, 1, 5, 6] = math.inf                     # two +inf 2 px apart: the first wins within d >= 2
+    maps[0, 1, 9, 8] = -math.inf
+    maps[0, 2] = math.nan                           # all NaN: no peak
+    maps[0, 3] = math.inf                           # all +inf: the first pixel of the plateau (d > 0)
+    maps[0, 4] = -math.inf                          # all -inf: no peak, even at threshold -inf
+    maps[0, 5] = 0.0
+    maps[0, 5, 3, 2:6] = 0.7                        # a plateau in a row
+    maps[0, 5, 7:9, 5:8] = 0.7                      # a 2x3 plateau
+    maps[0, 5, 10, 8] = 0.9                         # a corner peak
+    maps[0, 6] = 0.3                                # a constant map
+    maps[0, 7, 4, 4] = math.nan                     # NaN beside the maximum
+    maps[0, 7, 4, 5] = 2.0
+    maps[0, 8, :, 0] = 0.8                          # equal values down the left border
+    return maps.to(device)
+
+
+@pytest.mark.parametrize("min_distance", [0, 1, 2, 5])
+@pytest.mark.parametrize("threshold", [0.1, -math.inf])
+def test_special_values_and_plateaus_match_the_reference(kernel_backend, min_distance, threshold):
+    backend, device = kernel_backend
+    maps = _special_value_maps(device)
+    expected = find_peaks(maps.cpu(), threshold, min_distance, 12, backend="torch")
+    got = find_peaks(maps, threshold, min_distance, 12, backend=backend)
+    _assert_peaks_equal([g.cpu() for g in got], expected)
+    _, scores, valid = expected
+    assert not valid[0, 2].any() and not valid[0, 4].any()   # all NaN, all -inf: nothing
+    assert valid[0, 1, 0] and scores[0, 1, 0] == math.inf    # +inf peaks are valid
+    assert valid[0, 3].sum() == (1 if min_distance > 0 else 12)  # d = 0: every pixel, 12 slots
+
+
+def test_special_values_hand_checked():
+    """The rules themselves (DESIGN.md), on the reference every backend is compared with."""
+    maps = _special_value_maps("cpu")
+    coords, scores, valid = find_peaks(maps, 0.1, 2, 12, backend="torch")
+    inf_peaks = coords[0, 1][scores[0, 1] == math.inf].tolist()
+    assert inf_peaks == [[4, 5]]                                # the later +inf at (6, 5) is suppressed
+    assert coords[0, 3, 0].tolist() == [0, 0] and valid[0, 3].sum() == 1
+    assert coords[0, 5, :3].tolist() == [[8, 10], [2, 3], [5, 7]]  # 0.9, then each plateau's first pixel
+    assert coords[0, 7, 0].tolist() == [5, 4] and scores[0, 7, 0] == 2.0  # a NaN beside it changes nothing
+    assert [4, 5] not in coords[0, 0].tolist() and [0, 0] not in coords[0, 0].tolist()  # NaN: no peak
+    finite = find_peaks(maps[:, :1].nan_to_num(-math.inf), 0.1, 2, 12, backend="torch")
+    _assert_peaks_equal(find_peaks(maps[:, :1], 0.1, 2, 12, backend="torch"), finite)  # NaN = absent
+
+
+@pytest.mark.parametrize("min_distance", [0, 1, 2, 5])
+def test_distances_and_more_slots_than_peaks(kernel_backend, min_distance):
+    backend, device = kernel_backend
+    maps = _all_maps(device)
+    expected = find_peaks(maps, 0.05, min_distance, 40, backend="torch")
+    _assert_peaks_equal(find_peaks(maps, 0.05, min_distance, 40, backend=backend), expected)
+    assert (~expected[2][..., -1]).any()  # maps with more slots than peaks: an invalid tail
 
 
 

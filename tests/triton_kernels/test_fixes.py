@@ -174,3 +174,125 @@ def test_loss_over_several_row_tiles_matches_the_reference(kind):
         results.append((loss.detach().cpu(), leaf.grad.cpu()))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["dark", "udp"])
+def test_decode_kernel_clips_refined_points_to_the_map(method):
+    """Issue 13: the Triton decode kernel itself clips DARK/UDP points to [-0.5, W-0.5] x
+    [-0.5, H-0.5] (reference.clip_to_map), called directly, without kpfast.ops' Python clip.
+
+    On noise maps the near-singular Hessian steps far out of the map, across each of the four
+    borders (UDP also from border pixels, with its edge padding); those points must land exactly
+    on the border the reference clips them to."""
+    _need_triton()
+    from kpfast.triton.decode import decode_heatmaps
+
+    height, width = 17, 13
+    noise = torch.rand(1, 64, height, width, generator=torch.Generator().manual_seed(0))
+    # A narrow ridge leaving the map through its left border, at 30 degrees from the vertical: the
+    # maximum is a border pixel and UDP (edge padding) steps ~2 px out of the map from it.
+    ys, xs = torch.meshgrid(torch.arange(float(height)), torch.arange(float(width)), indexing="ij")
+    angle = math.radians(150)
+    u = (xs + 0.6) * math.cos(angle) + (ys - 8.3) * math.sin(angle)
+    v = -(xs + 0.6) * math.sin(angle) + (ys - 8.3) * math.cos(angle)
+    ridge = torch.exp(-(u / 0.7) ** 2 / 2 - (v / 4.0) ** 2 / 2)[None, None]
+    noise = torch.cat([ridge, noise], dim=1)
+    maps = torch.cat([noise, noise.flip(-1), noise.flip(-2)], dim=1)  # (the blur is symmetric: mirrored steps)
+    flat = maps.reshape(-1, height, width)
+    x, y, _, _ = reference.heatmap_maximum(flat)
+    offset = reference._dark_offset if method == "dark" else reference._udp_offset
+    ox, oy = offset(flat, x, y, 11)
+    raw_x, raw_y = x + ox.float(), y + oy.float()  # the published algorithm, unclipped
+    # Beyond a border by > 0.05 px: float32 kernel vs float64 reference cannot disagree on the side.
+    margin = 0.05
+    sides = {"left": raw_x < -0.5 - margin, "right": raw_x > width - 0.5 + margin,
+             "top": raw_y < -0.5 - margin, "bottom": raw_y > height - 0.5 + margin}
+    assert all(side.any() for side in sides.values()), {k: int(v.sum()) for k, v in sides.items()}
+    if method == "udp":
+        assert x[0] == 0 and raw_x[0] < -2 and x[65] == width - 1 and raw_x[65] > width + 1  # the ridge
+    coords, scores = decode_heatmaps(maps.to(_device()), method, 11, 3)
+    coords = coords.cpu().reshape(-1, 2)
+    expected, expected_scores = reference.decode_heatmaps(maps, method, 11, 3)
+    expected = expected.reshape(-1, 2)
+    torch.testing.assert_close(scores.cpu(), expected_scores, rtol=0, atol=0)
+    for side, column, value in (("left", 0, -0.5), ("right", 0, width - 0.5), ("top", 1, -0.5),
+                                ("bottom", 1, height - 0.5)):
+        chosen = sides[side]
+        assert (expected[chosen, column] == value).all()
+        assert (coords[chosen, column] == value).all(), (side, coords[chosen, column])
+    # Everything stays on the map, and the unclipped points agree with the reference.
+    assert (coords[:, 0] >= -0.5).all() and (coords[:, 0] <= width - 0.5).all()
+    assert (coords[:, 1] >= -0.5).all() and (coords[:, 1] <= height - 0.5).all()
+    inside = ((raw_x > -0.5 + margin) & (raw_x < width - 0.5 - margin) & (raw_y > -0.5 + margin)
+              & (raw_y < height - 0.5 - margin) & (ox.abs() < 2) & (oy.abs() < 2))
+    assert inside.sum() > 20
+    torch.testing.assert_close(coords[inside], expected[inside], rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["dark", "udp"])
+def test_decode_kernel_keeps_points_inside_unclipped(method):
+    """The clip changes nothing on the map: a Gaussian near each border decodes as the reference."""
+    _need_triton()
+    from kpfast.triton.decode import decode_heatmaps
+
+    height, width = 17, 13
+    ys, xs = torch.meshgrid(torch.arange(float(height)), torch.arange(float(width)), indexing="ij")
+    centres = [(0.2, 8.3), (12.1, 3.4), (6.6, 0.1), (5.2, 16.3), (-0.3, 9.0), (6.4, 16.6)]
+    maps = torch.stack([torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 4.5) for cx, cy in centres])[None]
+    coords, _ = decode_heatmaps(maps.to(_device()), method, 11, 3)
+    expected, _ = reference.decode_heatmaps(maps, method, 11, 3)
+    torch.testing.assert_close(coords.cpu(), expected, rtol=0, atol=1e-4)
+
+
+def test_find_peaks_distance_is_a_runtime_argument():
+    """Issue 13: one compiled find_peaks kernel serves every min_distance (it was a constexpr: a
+    recompile per distance). The launch constexprs depend on the map size and max_peaks only,
+    and min_distance / max_peaks are not even specialised on their value (do_not_specialize)."""
+    import inspect
+
+    from kpfast.triton import decode
+
+    fn = getattr(decode._find_peaks_kernel, "fn", decode._find_peaks_kernel)
+    parameters = inspect.signature(fn).parameters
+    assert "min_distance" in parameters and parameters["min_distance"].annotation is inspect.Parameter.empty
+    constexprs = [n for n, p in parameters.items() if p.annotation is not inspect.Parameter.empty]
+    assert constexprs == ["BLOCK", "LIST", "FILL"]
+    assert list(inspect.signature(decode.find_peaks_config).parameters) == ["height", "width", "max_peaks"]
+    # a few list sizes serve every max_peaks
+    lists = {decode.find_peaks_config(96, 72, p)["LIST"] for p in range(1, 3000, 7)}
+    assert lists == set(decode.PEAK_LISTS)
+
+
+@pytest.mark.parametrize("min_distance", [0, 1, 3])
+def test_find_peaks_selection_over_several_rounds(monkeypatch, min_distance):
+    """More peaks wanted than the selection list holds: further rounds rescan the map for the next
+    list after the last key written. A 4-entry list exercises it on small maps, with ties in score
+    (quantised noise) across tiles (a 40x33 map is two 1024-pixel tiles)."""
+    _need_triton()
+    from kpfast.triton import decode
+
+    monkeypatch.setattr(decode, "PEAK_LISTS", (4,))
+    assert decode.find_peaks_config(40, 33, 25)["LIST"] == 4
+    noise = torch.rand(1, 2, 40, 33, generator=torch.Generator().manual_seed(5))
+    maps = torch.cat([noise, (noise * 8).floor() / 8], dim=1)  # the second pair: many equal scores
+    for max_peaks in (25, 3, 4, 8):
+        expected = reference.find_peaks(maps, 0.2, min_distance, max_peaks)
+        got = decode.find_peaks(maps.to(_device()), 0.2, min_distance, max_peaks)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g.cpu(), e, rtol=0, atol=0)
+        assert expected[2].sum() > 4  # more peaks than one list
+
+
+def test_find_peaks_fp16_bf16_maps_and_all_below_threshold():
+    _need_triton()
+    from kpfast.triton import decode
+
+    maps = torch.rand(2, 3, 9, 70, generator=torch.Generator().manual_seed(6))
+    for dtype in (torch.float16, torch.bfloat16):
+        low = maps.to(dtype)
+        expected = reference.find_peaks(low, 0.3, 2, 6)
+        got = decode.find_peaks(low.to(_device()), 0.3, 2, 6)
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g.cpu(), e, rtol=0, atol=0)
+    coords, scores, valid = decode.find_peaks(maps.to(_device()), 2.0, 1, 5)  # every tile skipped
+    assert not valid.any() and (coords == -1).all() and (scores == 0).all()
