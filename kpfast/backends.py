@@ -111,26 +111,29 @@ AUTO_TABLE: dict[tuple[str, str], AutoChoice] = {
                                                  "where the reference runs (2d+1)^2 / 2 shifted comparisons and a "
                                                  "full sort of every map"),
     # --- CUDA: cuda (C++ kernels) vs triton. No GPU measurement exists, so every order is
-    # provisional, argued from the kernels as written (csrc/cuda/*.cu, kpfast/triton/*.py).
-    ("render_heatmaps", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. Both are store-bound with "
-                                            "coalesced tiles over (map, pixels); CUDA's C++ dispatch costs a few "
-                                            "us per call where Triton's Python launcher costs tens, and the "
-                                            "8 us target at B=64 64x48 is launch-bound"),
-    ("heatmap_loss", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. Both run one 256-thread block / "
-                                         "4-warp program per map with the same traffic (read pred once, write the "
-                                         "gradient once); CUDA keeps the instance windows in shared memory and "
-                                         "launches with less host overhead"),
-    ("decode_heatmaps", "cuda"): AutoChoice(("triton", "cuda"), f"{_NO_GPU_RUN}. The CUDA kernel gives each map "
-                                            "one warp (32 lanes, 4 loads in flight each): at B=32 K=17 that is 544 "
-                                            "warps for 132 SMs, too few bytes in flight for the 60%-of-roofline "
-                                            "target; Triton gives each map a 4-warp program with block-wide loads"),
-    ("soft_argmax", "cuda"): AutoChoice(("triton", "cuda"), f"{_NO_GPU_RUN}. Same reason as decode_heatmaps: the "
-                                        "CUDA forward is one warp per map, Triton a 4-warp program per map; the "
-                                        "backward of both is elementwise over the maps"),
-    ("find_peaks", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. The Triton kernel holds the whole "
-                                       "map as one next_power_of_2(H) x next_power_of_2(W) tile (128x128 for "
-                                       "96x72) in registers across its NMS window passes, likely to spill; the "
-                                       "CUDA kernel strides 256 threads over the map"),
+    # provisional, argued from the static figures of benchmarks/results/RESOURCES.md (SASS
+    # instructions per element of each hot loop, bytes in flight; a model, not a measurement).
+    ("render_heatmaps", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. Both are store-bound; the CUDA "
+                                            "forward writes 16-byte vectors from separable row/column factors "
+                                            "(about 6.5 SASS instructions per fp32 pixel, no exp per pixel) and "
+                                            "its C++ dispatch costs a few us per call where Triton's Python "
+                                            "launcher costs tens: the 8 us target at B=64 64x48 is launch-bound"),
+    ("heatmap_loss", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. Same traffic (read pred once, write "
+                                         "the gradient once); the CUDA kernels read 16-byte chunks against "
+                                         "separable target tables in shared memory with fixed exponents for the "
+                                         "published defaults, fewer instructions per pixel than the Triton "
+                                         "tiles (RESOURCES.md), and launch with less host overhead"),
+    ("decode_heatmaps", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. The CUDA kernel gives each map a "
+                                            "128-thread block with four 16-byte loads in flight per thread (about "
+                                            "7.7 SASS instructions per fp32 element, one wave at B=64); the Triton "
+                                            "program needs about 21 per element and a Python launch"),
+    ("soft_argmax", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. The CUDA forward is an online "
+                                        "softmax by chunks of 16-byte loads (one exp per element, about 17 SASS "
+                                        "instructions per element) against about 52 for the Triton program; "
+                                        "both backwards are elementwise, CUDA's with 16-byte accesses"),
+    ("find_peaks", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. The CUDA kernel stages a map of up to "
+                                       "7680 pixels in shared memory with 16-byte loads and tests windows there; "
+                                       "the Triton kernel tests windows with shifted global (L1) loads"),
 }
 
 
