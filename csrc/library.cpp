@@ -61,12 +61,12 @@ STABLE_TORCH_LIBRARY(kpfast, m) {
   // float32/bf16/fp16 with any strides; keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K)
   // float32 contiguous. Returns per-map weighted loss sums (B, K) and cornernet positive counts
   // (B, K), both float32; the reduction is applied in Python (kpfast/reference/loss.py).
-  m.def("heatmap_loss(Tensor pred, Tensor keypoints, Tensor weights, Tensor sigma, str encoding, str kind, "
+  m.def("heatmap_loss(Tensor pred, Tensor keypoints, Tensor? weights, Tensor? sigma, float sigma_value, str encoding, str kind, "
         "float alpha, float gamma, float beta, float keypoint_weight, float background_weight, float threshold, "
         "float l1_weight) -> (Tensor map_losses, Tensor positives)");
   // Gradient w.r.t. pred (contiguous, pred's dtype) given the upstream gradient of map_losses.
-  m.def("_heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor weights, "
-        "Tensor sigma, str encoding, str kind, float alpha, float gamma, float beta, float keypoint_weight, "
+  m.def("_heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor? weights, "
+        "Tensor? sigma, float sigma_value, str encoding, str kind, float alpha, float gamma, float beta, float keypoint_weight, "
         "float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
   // Op 3: heatmap decoding (DESIGN.md). heatmaps (B, K, H, W) contiguous float32/float16/bfloat16;
   // method one of argmax, quarter, dark, udp, local_mean; coords (B, K, 2) and scores (B, K) float32.

@@ -28,14 +28,14 @@ from __future__ import annotations
 import torch
 
 
-def _fake_forward(pred, keypoints, weights, sigma, encoding, kind, alpha, gamma, beta, keypoint_weight,
+def _fake_forward(pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta, keypoint_weight,
                   background_weight, threshold, l1_weight):
     batch, num_keypoints = pred.shape[:2]
     map_losses = pred.new_empty((batch, num_keypoints), dtype=torch.float32)
     return map_losses, torch.empty_like(map_losses)
 
 
-def _fake_backward(grad_map_losses, pred, keypoints, weights, sigma, encoding, kind, alpha, gamma, beta,
+def _fake_backward(grad_map_losses, pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta,
                    keypoint_weight, background_weight, threshold, l1_weight):
     return pred.new_empty(pred.shape)
 
@@ -50,6 +50,7 @@ def register(namespace: str, backward_name: str) -> None:
 
     def setup_context(ctx, inputs, output):
         pred, keypoints, weights, sigma = inputs[:4]
+        # weights and sigma may be None (every weight 1; one sigma_value, which is in the config).
         ctx.save_for_backward(pred, keypoints, weights, sigma)
         ctx.config = inputs[4:]
 
@@ -59,7 +60,7 @@ def register(namespace: str, backward_name: str) -> None:
         grad_pred = None
         if ctx.needs_input_grad[0]:
             grad_pred = backward_op(grad_map_losses, pred, keypoints, weights, sigma, *ctx.config)
-        return (grad_pred,) + (None,) * 12
+        return (grad_pred,) + (None,) * 13
 
     torch.library.register_fake(forward_name)(_fake_forward)
     torch.library.register_fake(backward_name)(_fake_backward)

@@ -7,9 +7,8 @@ import torch
 from kpfast import _extension, backends
 from kpfast import reference as _reference
 from kpfast.ops import _loss_autograd
-from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, LOSS_KINDS,
-                                check_choice, check_same_device, check_tensor, loss_options, normalise_keypoints,
-                                normalise_sigma)
+from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, LOSS_KINDS, check_choice, check_same_device, check_tensor,
+                                keypoint_arguments, loss_options, sigma_argument)
 
 KINDS = LOSS_KINDS
 
@@ -98,7 +97,9 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
     check_tensor("keypoints", keypoints, dims=(3, 4))
     if weights is not None:
         check_tensor("weights", weights, dims=(keypoints.dim() - 1,))
-    keypoints4, weights3, _ = normalise_keypoints(keypoints.detach(), None if weights is None else weights.detach())
+    # One launch per call: absent weights stay None, a float sigma stays a float and a (K,) sigma
+    # an expanded view (kpfast.ops._checks.keypoint_arguments / sigma_argument).
+    keypoints4, weights3, _ = keypoint_arguments(keypoints.detach(), None if weights is None else weights.detach())
     check_same_device("pred", pred, keypoints=keypoints4)
     batch, _, num_keypoints = keypoints4.shape[:3]
     if tuple(pred.shape[:2]) != (batch, num_keypoints):
@@ -107,10 +108,13 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
     height, width = pred.shape[-2:]
     if isinstance(sigma, torch.Tensor):
         sigma = sigma.detach()
-    keypoints4, weights3 = keypoints4.float().contiguous(), weights3.float().contiguous()
-    sigma2 = normalise_sigma(sigma, batch, num_keypoints, torch.float32, pred.device)
+    # The loss kernels compute in float32 (no-ops for float32 inputs).
+    keypoints4 = keypoints4.float()
+    if weights3 is not None:
+        weights3 = weights3.float()
+    sigma2, sigma_value = sigma_argument(sigma, batch, num_keypoints, torch.float32, pred.device)
     implementation = LOSS.select(backend, pred.device)
-    map_losses, positives = implementation(pred, keypoints4, weights3, sigma2, encoding, config["kind"],
+    map_losses, positives = implementation(pred, keypoints4, weights3, sigma2, sigma_value, encoding, config["kind"],
                                            config["alpha"], config["gamma"], config["beta"], config["keypoint_weight"],
                                            config["background_weight"], config["threshold"], config["l1_weight"])
     return _reference.reduce_map_losses(map_losses, positives, config["kind"], config["reduction"], height * width)

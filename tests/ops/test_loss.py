@@ -313,16 +313,29 @@ def _ops(backend):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_opcheck(kernel_backend, kind):
+@pytest.mark.parametrize("arguments", ["tensors", "absent", "strided_sigma"])
+def test_opcheck(kernel_backend, kind, arguments):
+    """The ops in the one-launch argument convention: (B, K) sigma and weights; sigma None (one
+    sigma_value) and weights None; a (K,) sigma expanded to (B, K) (stride_b 0) and a transposed one."""
     backend, device = kernel_backend
     forward, backward = _ops(backend)
     keypoints, weights = keypoints_with_edge_cases(instances=2, device=device)
-    sigma = torch.full((2, 5), 1.5, device=device)
     pred = make_pred(kind, 2, 5, device).requires_grad_(True)
     config = ("udp", kind, 0.25 if kind == "focal" else 2.0, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1)
-    torch.library.opcheck(forward, (pred, keypoints, weights, sigma) + config)
     upstream = torch.rand(2, 5, device=device)
-    torch.library.opcheck(backward, (upstream, pred.detach(), keypoints, weights, sigma) + config)
+    if arguments == "tensors":
+        sigmas, weights_arg = [torch.full((2, 5), 1.5, device=device)], weights
+    elif arguments == "absent":
+        sigmas, weights_arg = [None], None
+    else:
+        per_keypoint = torch.linspace(0.9, 2.1, 5, device=device).expand(2, 5)
+        transposed = torch.linspace(0.9, 2.1, 10, device=device).reshape(5, 2).t()
+        assert per_keypoint.stride() == (0, 1) and not transposed.is_contiguous()
+        sigmas, weights_arg = [per_keypoint, transposed], weights
+    for sigma in sigmas:
+        arguments_ = (keypoints, weights_arg, sigma, 1.5) + config
+        torch.library.opcheck(forward, (pred,) + arguments_)
+        torch.library.opcheck(backward, (upstream, pred.detach()) + arguments_)
 
 
 def test_torch_compile_fullgraph(kernel_backend):
