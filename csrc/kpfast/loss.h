@@ -31,6 +31,21 @@ KPF_HOST_DEVICE float pow_nonneg(float x, float g) {
 }
 
 
+// log(1 + e) for e in [0, 1] as 2 atanh(f), given f = e / (2 + e) in [0, 1/3]: a short odd series
+// with no cancellation for tiny e (the CPU VectorMath::log1p_unit is the same series). The CUDA
+// kernels' math policy calls it with an approximate division, instead of libm's long log1pf.
+KPF_HOST_DEVICE float log1p_atanh_series(float f) {
+  const float f2 = f * f;
+  float series = 1.0f / 13.0f;
+  series = series * f2 + 1.0f / 11.0f;
+  series = series * f2 + 1.0f / 9.0f;
+  series = series * f2 + 1.0f / 7.0f;
+  series = series * f2 + 1.0f / 5.0f;
+  series = series * f2 + 1.0f / 3.0f;
+  series = series * f2 + 1.0f;
+  return 2.0f * f * series;
+}
+
 // The elementary functions of the formulas, as a policy. The CUDA kernels use libm
 // (PreciseMath); the CPU kernels use branch-free polynomials GCC can vectorise (cpu/loss.cpp).
 // Every data-dependent choice goes through Math::select (a bit blend on the CPU: GCC will not
@@ -59,11 +74,22 @@ struct LogitParts {
   float p, q, softplus_pos, softplus_neg;
 };
 
+// 1 / u for u in [1, 3]: Math::reciprocal_unit when the policy has one (the CUDA kernels' single
+// approximate reciprocal instruction), else the exact division.
+template <typename Math>
+KPF_HOST_DEVICE auto reciprocal_unit(float u, int) -> decltype(Math::reciprocal_unit(u)) {
+  return Math::reciprocal_unit(u);
+}
+template <typename Math>
+KPF_HOST_DEVICE float reciprocal_unit(float u, long) {
+  return 1.0f / u;
+}
+
 template <typename Math>
 KPF_HOST_DEVICE LogitParts logit_parts(float z) {
   const float e = Math::exp_nonpositive(-fabsf(z));  // in [0, 1]
   const float log_term = Math::log1p_unit(e);
-  const float inv = 1.0f / (1.0f + e);
+  const float inv = reciprocal_unit<Math>(1.0f + e, 0);
   const float big = inv, small = e * inv;
   LogitParts r;
   r.p = Math::select(z >= 0.0f, big, small);
