@@ -8,6 +8,8 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import kpfast
 from kpfast.ops import heatmap_loss, render_heatmaps
@@ -304,6 +306,123 @@ def test_bad_pred_is_named():
         heatmap_loss(torch.zeros(2, 5, H, W), [[1.0, 2.0]])
 
 
+
+
+class _RecordOps(TorchDispatchMode):
+    """Every tensor op that reaches the dispatcher, with the element counts of its tensor arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        sizes = [a.numel() for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        self.calls.append((str(func), sizes))
+        return func(*args, **kwargs)
+
+
+# Views (no data moved) and the Python reduction of the per-map sums (kpfast.reference.reduce_map_losses).
+_VIEW_OPS = {"aten.detach.default", "aten.unsqueeze.default", "aten.expand.default"}
+_REDUCTION_OPS = {"aten.sum.default", "aten.div.Tensor", "aten.clamp.default"}
+# What a materialised argument would show: a fill, a cast or a copy.
+_MATERIALISING = ("full", "ones", "zeros", "fill", "copy", "clone", "_to_copy", "empty", "contiguous")
+
+
+@pytest.mark.parametrize("kind", ["focal", "cornernet"])
+@pytest.mark.parametrize("sigma_form", ["float", "per_keypoint"])
+def test_one_launch_arguments(kernel_backend, kind, sigma_form):
+    """A call with no weights and a float or (K,) sigma runs the kpfast op and the reduction only:
+    no torch.ones for the weights, no torch.full / copy for the sigma (a (K,) sigma is expanded)."""
+    backend, device = kernel_backend
+    batch, num_keypoints = 2, 5
+    keypoints = torch.rand(batch, num_keypoints, 2, generator=torch.Generator().manual_seed(4)).to(device) * 8
+    sigma = 1.8 if sigma_form == "float" else torch.linspace(1.2, 2.4, num_keypoints, device=device)
+    pred = make_pred(kind, batch, num_keypoints, device).requires_grad_(True)
+    forward_name = "kpfast_triton.heatmap_loss.default" if backend == "triton" else "kpfast.heatmap_loss.default"
+    heatmap_loss(pred, keypoints, sigma=sigma, kind=kind, backend=backend)  # first use loads the backend
+    with _RecordOps() as recorded:
+        loss = heatmap_loss(pred, keypoints, sigma=sigma, kind=kind, backend=backend)
+    names = [name for name, _ in recorded.calls]
+    assert names.count(forward_name) == 1, names
+    assert not [n for n in names if any(word in n for word in _MATERIALISING)], names
+    for name, sizes in recorded.calls:
+        if name == forward_name or name in _VIEW_OPS or name in _REDUCTION_OPS:
+            continue
+        # The one exception: the value check of a user's sigma (finite, > 0), which reads CPU tensors
+        # only (never a GPU tensor: no host sync) and touches nothing larger than that (K,) tensor.
+        assert device.type == "cpu" and sigma_form == "per_keypoint" and max(sizes, default=0) <= num_keypoints, \
+            (name, sizes, names)
+    expected = heatmap_loss(pred.detach(), keypoints, sigma=sigma, kind=kind, backend="torch")
+    assert_close_rel(loss.detach(), expected, LOSS_RTOL, "loss")
+    # Backward: one kernel writes the one map-sized buffer; every other op sees (B, K) or less.
+    with _RecordOps() as recorded:
+        loss.backward()
+    backward_name = ("kpfast_triton.heatmap_loss_backward.default" if backend == "triton"
+                     else "kpfast._heatmap_loss_backward.default")
+    names = [name for name, _ in recorded.calls]
+    assert names.count(backward_name) == 1, names
+    for name, sizes in recorded.calls:
+        if name not in (backward_name, "aten.detach.default"):
+            assert max(sizes, default=0) <= batch * num_keypoints, (name, sizes)
+
+
+def test_fixed_exponent_policy():
+    """The Triton launcher picks the compiled-product exponents exactly where csrc/kpfast/loss.h does."""
+    pytest.importorskip("triton")
+    from kpfast.triton.loss import fixed_exponents
+
+    assert fixed_exponents("focal", 0.25, 2.0, 4.0) and not fixed_exponents("focal", 0.25, 2.5, 4.0)
+    assert fixed_exponents("cornernet", 2.0, 2.0, 4.0)
+    assert not fixed_exponents("cornernet", 3.0, 2.0, 4.0) and not fixed_exponents("cornernet", 2.0, 2.0, 5.0)
+    assert fixed_exponents("mse", 0.0, 7.0, 9.0)
+
+
+@pytest.mark.parametrize("kind, exponents", [
+    ("focal", dict(gamma=2.0)),                 # fixed: gamma^2 as products
+    ("focal", dict(gamma=1.5)),                 # general, libm powers on the CPU
+    ("focal", dict(gamma=2.5)),
+    ("focal", dict(gamma=3.0)),                 # general, small-integer powers
+    ("cornernet", dict(alpha=2.0, beta=4.0)),   # fixed
+    ("cornernet", dict(alpha=3.0, beta=5.0)),   # general (libm)
+    ("cornernet", dict(alpha=2.0, beta=3.0)),   # general (small integers), alpha alone is not enough
+])
+def test_exponent_paths_match_reference(kernel_backend, kind, exponents):
+    """Each exponent path (the fixed products and the general powers) against the reference, on
+    maps with ignored keypoints, several instances and a strided per-keypoint sigma."""
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device, seed=21)
+    batch, num_keypoints = keypoints.shape[0], keypoints.shape[-2]
+    pred = make_pred(kind, batch, num_keypoints, device, seed=8)
+    probe = torch.rand(batch, num_keypoints, generator=torch.Generator().manual_seed(6)).to(device)
+    sigma = torch.linspace(1.1, 2.3, num_keypoints, device=device)
+    kwargs = dict(kind=kind, sigma=sigma, reduction="none", l1_weight=0.05, **exponents)
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, probe, **kwargs)
+    loss, grad = loss_and_grad(backend, pred, keypoints, weights, probe, **kwargs)
+    assert (ref_loss > 0).sum() >= 4
+    assert_close_rel(loss, ref_loss, LOSS_RTOL, f"{kind} {exponents} loss")
+    assert_close_rel(grad, ref_grad, GRAD_RTOL, f"{kind} {exponents} gradient")
+
+
+# The next float32 above 2 and 4 (the kernels take the exponents as float32).
+_ABOVE_2, _ABOVE_4 = 2.0 + 2.0**-22, 4.0 + 2.0**-21
+
+
+@pytest.mark.parametrize("kind, fixed, nearby", [
+    ("focal", dict(gamma=2.0), dict(gamma=_ABOVE_2)),
+    ("cornernet", dict(alpha=2.0, beta=4.0), dict(alpha=_ABOVE_2, beta=_ABOVE_4)),
+])
+def test_fixed_exponents_continue_the_general_path(kernel_backend, kind, fixed, nearby):
+    """The fixed products at the default exponents agree with the general powers one float32 ulp
+    away (which take the general path): the two paths compute the same function."""
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device, seed=23)
+    pred = make_pred(kind, *keypoints.shape[:2], device, seed=9)
+    kwargs = dict(kind=kind, reduction="none", probe=torch.ones((), device=device))
+    fixed_loss, fixed_grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs, **fixed)
+    general_loss, general_grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs, **nearby)
+    assert_close_rel(fixed_loss, general_loss, LOSS_RTOL, "loss")
+    assert_close_rel(fixed_grad, general_grad, GRAD_RTOL, "gradient")
 
 
 def _ops(backend):
