@@ -3,22 +3,60 @@
 The compiled op ``kpfast::heatmap_loss`` (C++, CPU and CUDA) and the Triton op
 ``kpfast_triton::heatmap_loss`` share one signature, so they share these registrations.
 
-Why a separate fused backward kernel rather than computing the gradient in the forward pass
-(the Liger-Kernel approach)? A gradient computed in the forward must be kept until backward and
-then scaled by the upstream gradient:
-* scaling it in place mutates a saved activation: a second backward through the same graph
-  (``retain_graph=True``, gradcheck's reentrancy check, one-hot vjps of ``reduction="none"``)
-  silently returns a doubly scaled gradient, and AOTAutograd's partitioner rejects it (a
-  prototype failed ``torch.library.opcheck``'s ``test_aot_dispatch_dynamic``);
-* scaling it out of place allocates a second (B, K, H, W) buffer;
-* skipping the scaling when the upstream gradient is exactly 1 needs a device-to-host read,
-  which breaks CUDA-graph capture and the torch.compile graph.
-Whenever the upstream gradient is not exactly 1 (AMP loss scaling, weighted loss sums) the in-place
-variant moves read pred + write grad (forward) + read grad + write grad (backward) = 2x the
-roofline, while the separate kernel moves read pred (forward) + read pred + write grad
-(backward) = 1.5x, holds no buffer between forward and backward, is correct under
-``retain_graph``, and keeps opcheck/torch.compile(fullgraph=True) working. The backward kernel
-folds the upstream (B, K) gradient into its single write of the one gradient buffer.
+Why a separate backward kernel, and when the gradient-in-forward design would pay
+---------------------------------------------------------------------------------
+Traffic per pixel (b = bytes of one prediction): the roofline of forward + backward is
+read pred + write grad = 2b. The separate backward moves read pred (forward) + read pred +
+write grad (backward) = 3b = 1.5x the roofline, so DESIGN.md's "within 1.5x" would need both
+kernels at 100% of copy bandwidth. They are not memory-bound anyway: the static SASS of the CUDA
+hot loops (csrc/cuda/loss.cu, sm_90, fixed exponents) is ~49 (forward) and ~65 (backward)
+instructions per pixel for focal float32, ~45 / ~60 for bfloat16. At H100's issue rate
+(132 SMs x 4 warp-instructions per clock x 1.75 GHz = 29.6 T thread-instructions/s) against
+3.35 TB/s, a kernel is memory-bound below 8.8 instructions per byte. Per pixel:
+
+* float32 (b = 4): forward 1.65 ps of issue > 1.19 ps of memory; backward 2.18 ps of issue
+  < 2.39 ps of memory; forward + backward = (1.65 + 2.39) / 2.39 = 1.7x the roofline.
+* bfloat16 (b = 2): forward 1.52 > 0.60; backward 2.01 > 1.19; (1.52 + 2.01) / 1.19 = 3.0x.
+
+A forward that also writes the gradient runs one pass of ~86 (float32) / ~77 (bfloat16)
+instructions per pixel (the logit parts, target and loop are shared): max(2.9 issue, 2.39 mem)
+= 1.2x the roofline in float32, 2.2x in bfloat16 (still instruction-bound), provided the
+backward then moves nothing. The reasons it was set aside, and the way around each:
+
+* Scaling a saved gradient in place breaks a second backward (``retain_graph``, gradcheck's
+  reentrancy check, the one-hot vjps of ``reduction="none"``) and AOTAutograd rejects a mutated
+  saved tensor. -> Keep the buffer on ``ctx`` as a plain attribute (not ``save_for_backward``):
+  the first backward takes it (``ctx.buffer = None`` before returning it, so AccumulateGrad can
+  steal it without a copy) and every later backward recomputes with the separate kernel, which
+  needs only the saved inputs. ``torch.compile`` and opcheck (``torch.compiler.is_compiling()``,
+  or any ``requires_grad=False`` call) keep the separate kernels: the opt-in is an eager-mode path.
+* Scaling out of place allocates a second (B, K, H, W) buffer. -> Scale in place (the buffer
+  is private to ``ctx``, so in place is safe once it is taken).
+* Skipping the scale when the upstream is exactly what the forward assumed needs a device-to-host
+  read. -> The forward writes the gradient for the map-uniform upstream its reduction implies
+  with ``loss.backward()`` (``mean``: 1 / (B K H W); ``sum``: 1; ``none``: 1 / (H W), i.e. a later
+  ``.mean()``/``.sum()`` of the per-map values picks the matching one) and records that value;
+  the first backward launches one kernel that reads the (B, K) upstream on the device and, per
+  map, does nothing where it equals the recorded value (no map traffic), writes zeros where it
+  is 0 (maps OHKM dropped: write only) and rescales in place (read + write) elsewhere. No host
+  sync, CUDA-graph capturable, one launch.
+
+What it cannot fix, so it stays an explicit opt-in (e.g. ``fused_gradient=True``, eager only):
+* AMP loss scaling (``GradScaler``) and weighted sums of losses multiply the upstream by a factor
+  the forward does not know: every map is rescaled, 2b + 2b = 2x the roofline, worse than the
+  separate kernel's 1.5x. (A caller that knows the factor could pass it to the forward.)
+* ``cornernet``'s mean/sum upstream is g / max(total positives, 1), known only after the
+  forward's own reduction: the forward would write the gradient for upstream 1 and always rescale.
+* The gradient buffer lives from forward to backward (the separate design allocates it only in
+  backward): one (B, K, H, W) buffer more at the activation-memory peak.
+* The forward does the backward's work even under ``torch.no_grad`` evaluation unless the
+  opt-in checks ``pred.requires_grad`` (it must).
+
+Until then (and for every torch.compile, opcheck and AMP path) the separate backward kernel
+below folds the upstream (B, K) gradient into its single write of the one gradient buffer, holds
+nothing between forward and backward, is correct under ``retain_graph`` and keeps
+opcheck/torch.compile(fullgraph=True) working. Weights and sigma may be None (every weight 1;
+one ``sigma_value``): the argument convention of kpfast.ops._checks, saved as given.
 
 The loss is not differentiable w.r.t. keypoints, weights or sigma (the public op detaches them).
 """
