@@ -19,8 +19,8 @@
 // * backward: reads pred once and writes the gradient once, scaled by the map's upstream
 //   gradient; an ignored map or one with upstream 0 (dropped by OHKM) is written as zeros
 //   without reading pred.
-// When the tables do not fit in 48 KB of shared memory (N (H + W) beyond ~12K floats), a
-// fallback pass rebuilds every pixel's target from the keypoints (slow, but any N and size).
+// When the tables do not fit in 47 KB of shared memory (N (H + W) beyond ~12K floats), a
+// fallback kernel rebuilds every pixel's target from the keypoints (slow, but any N and size).
 // No (B, K, H, W) target or weight tensor exists; the gradient is the only map-sized buffer.
 #include <tuple>
 #include <type_traits>
@@ -36,7 +36,9 @@ constexpr int kWarps = kThreads / kWarp;
 // 4 resident blocks (1024 threads, 64 registers each) per SM: enough loads in flight, and a bound
 // that keeps ptxas from trading registers for spills (it chose 48 registers and spilled without it).
 constexpr int kMinBlocks = 4;
-constexpr int64_t kMaxTableBytes = 48 * 1024;  // dynamic shared memory usable without an opt-in
+// Dynamic shared memory for the tables: the 48 KB a block may use without an opt-in, less 1 KB for
+// the kernel's static shared memory (the reduction scratch).
+constexpr int64_t kMaxTableBytes = 47 * 1024;
 
 // The elementary functions of the GPU kernels, the short hardware forms where the argument range
 // makes them accurate (the CPU tests cover the same formulas with VectorMath):
@@ -239,8 +241,7 @@ __device__ __forceinline__ Partial map_pass(const MapPass& M, const pred_t* __re
 }
 
 // TABLES: the tabulated pass (every usual workload); otherwise the fallback pass, a kernel of its
-// own so that its per-pixel window rebuild (a division with an out-of-line slow path) does not
-// weigh on the registers of the tabulated one.
+// own so that its per-pixel window rebuild does not weigh on the registers of the tabulated one.
 template <LossKind KIND, bool GRADIENT, bool FIXED, bool TABLES, typename pred_t>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     heatmap_loss_kernel(const pred_t* __restrict__ pred, const float* __restrict__ keypoints,
@@ -267,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   M.weights = weights;
   M.sigma = G.sigma.at(b, k);
   // 1 / (2 sigma^2) to 2 ulp (a relative change < 1e-6 in the target) without the IEEE division's
-  // out-of-line slow path: a kernel holding that call was held to 48 registers by ptxas and spilled.
+  // out-of-line slow path (a call, around which ptxas spilled).
   M.inv_two_sigma_sq = __fdividef(1.0f, 2.0f * M.sigma * M.sigma);
   M.first_index = int64_t(b) * N * G.K + k;
   M.N = N;
