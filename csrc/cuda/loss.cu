@@ -100,6 +100,14 @@ struct Geometry {
   MapSigma<float> sigma;
 };
 
+// The (B, K) upstream gradient with any strides: after a mean or sum it is an expanded scalar
+// (strides 0), read in place rather than copied by an extra launch.
+struct MapValues {
+  const float* data;
+  int64_t stride_b, stride_k;
+  __device__ __forceinline__ float at(int b, int k) const { return data[b * stride_b + k * stride_k]; }
+};
+
 // Shared-memory layout of the tables (byte offsets from the dynamic shared memory's start):
 // ex (N W floats), ey (N H floats), the cornernet row counts (H ints), the instances (N).
 struct TableLayout {
@@ -245,7 +253,7 @@ __device__ __forceinline__ Partial map_pass(const MapPass& M, const pred_t* __re
 template <LossKind KIND, bool GRADIENT, bool FIXED, bool TABLES, typename pred_t>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     heatmap_loss_kernel(const pred_t* __restrict__ pred, const float* __restrict__ keypoints,
-                        const float* __restrict__ weights, const float* __restrict__ upstream,
+                        const float* __restrict__ weights, MapValues upstream,
                         float* __restrict__ map_losses, float* __restrict__ positives, pred_t* __restrict__ grad,
                         Geometry G, Encoding encoding, LossParams P, bool vector_load) {
   constexpr bool tables = TABLES;
@@ -298,7 +306,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int map_size = H * W;  // < 2^31, checked on the host
   const pred_t* p_map = pred + b * G.stride_b + k * G.stride_k;
   pred_t* g_map = GRADIENT ? grad + int64_t(map) * map_size : nullptr;
-  const float up = GRADIENT ? upstream[map] : 0.0f;
+  const float up = GRADIENT ? upstream.at(b, k) : 0.0f;
   // A map that is ignored (weight 0: no positive either) or, backward, dropped (upstream 0): zeros.
   if (map_weight == 0.0f || (GRADIENT && up == 0.0f)) {
     if (GRADIENT) {
@@ -367,7 +375,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
 template <bool GRADIENT>
 void launch(const Tensor& pred, const Tensor& keypoints, const OptionalTensor& weights, const OptionalTensor& sigma,
-            double sigma_value, const float* upstream, float* map_losses, float* positives, Tensor* grad,
+            double sigma_value, MapValues upstream, float* map_losses, float* positives, Tensor* grad,
             LossKind kind, Encoding encoding, const LossParams& P) {
   const int64_t B = pred.size(0), K = pred.size(1), H = pred.size(2), W = pred.size(3), N = keypoints.size(1);
   STD_TORCH_CHECK(H * W < (int64_t(1) << 31), "heatmap_loss_cuda: H*W must be < 2^31, got ", H, "x", W);
@@ -423,8 +431,8 @@ std::tuple<Tensor, Tensor> heatmap_loss_cuda(Tensor pred, Tensor keypoints, Opti
   // Every map's two values are written by thread 0 of its block.
   Tensor map_losses = new_empty(keypoints, {B, K}, ScalarType::Float);
   Tensor positives = new_empty(keypoints, {B, K}, ScalarType::Float);
-  launch<false>(pred, keypoints, weights, sigma, sigma_value, nullptr, map_losses.mutable_data_ptr<float>(),
-                positives.mutable_data_ptr<float>(), nullptr, loss_kind, enc, P);
+  launch<false>(pred, keypoints, weights, sigma, sigma_value, MapValues{nullptr, 0, 0},
+                map_losses.mutable_data_ptr<float>(), positives.mutable_data_ptr<float>(), nullptr, loss_kind, enc, P);
   return {map_losses, positives};
 }
 
@@ -440,13 +448,16 @@ Tensor heatmap_loss_backward_cuda(Tensor grad_map_losses, Tensor pred, Tensor ke
                   pred.size(0), ", ", pred.size(1), "), got ", shape_of(grad_map_losses));
   check_same_device(grad_map_losses, "grad_map_losses", pred, "pred");
   const CudaDeviceGuard guard(pred);
-  // (B, K) floats: the upstream gradient is often an expanded scalar (stride 0). Contiguous float32
-  // already (the usual case) makes no copy.
-  const Tensor upstream = to_contiguous(grad_map_losses, ScalarType::Float);
+  // float32 (B, K) with any strides (the usual expanded scalar is read in place); another dtype is
+  // converted first.
+  const Tensor upstream = grad_map_losses.scalar_type() == ScalarType::Float
+                              ? grad_map_losses
+                              : torch::stable::to(grad_map_losses, ScalarType::Float);
   Tensor grad = new_empty(pred, {pred.size(0), pred.size(1), pred.size(2), pred.size(3)}, pred.scalar_type());
   if (grad.numel() == 0) return grad;
-  launch<true>(pred, keypoints, weights, sigma, sigma_value, upstream.const_data_ptr<float>(), nullptr, nullptr, &grad,
-               loss_kind, enc, P);
+  const MapValues upstream_values{upstream.const_data_ptr<float>(), upstream.stride(0), upstream.stride(1)};
+  launch<true>(pred, keypoints, weights, sigma, sigma_value, upstream_values, nullptr, nullptr, &grad, loss_kind, enc,
+               P);
   return grad;
 }
 

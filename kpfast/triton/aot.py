@@ -102,9 +102,11 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                                          exponents="fixed" if fixed else "general")
                             specs.append(Spec("loss._loss_forward_kernel", label, _sig(names, types, c), c, warps,
                                               elements_per_loop=block))
+                            upstream_tail = tail[:10] + ["upstream_stride_b", "upstream_stride_k"] + tail[10:]
                             names = ["upstream_ptr", "pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr",
-                                     "grad_ptr"] + tail
-                            types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}"] + tail_types
+                                     "grad_ptr"] + upstream_tail
+                            types = (["*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 12
+                                     + ["fp32"] * 8)
                             specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
                                               elements_per_loop=block))
         for dtype in DTYPES:

@@ -193,9 +193,9 @@ def _loss_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, map_lo
 
 @triton.jit
 def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, grad_ptr, N, K, height, width,
-                          stride_b, stride_k, stride_h, stride_w, sigma_stride_b, sigma_stride_k, sigma_value, alpha,
-                          gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
-                          ENCODING: tl.constexpr, KIND: tl.constexpr, FIXED: tl.constexpr,
+                          stride_b, stride_k, stride_h, stride_w, sigma_stride_b, sigma_stride_k, upstream_stride_b,
+                          upstream_stride_k, sigma_value, alpha, gamma, beta, keypoint_weight, background_weight,
+                          threshold, l1_weight, ENCODING: tl.constexpr, KIND: tl.constexpr, FIXED: tl.constexpr,
                           HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_W: tl.constexpr):
     map_id = tl.program_id(0).to(tl.int64)
@@ -203,7 +203,7 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
     k = map_id % K
     sigma = _map_sigma(sigma_ptr, b, k, sigma_stride_b, sigma_stride_k, sigma_value, HAS_SIGMA)
     m = _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING, HAS_WEIGHTS)
-    upstream = tl.load(upstream_ptr + map_id)
+    upstream = tl.load(upstream_ptr + b * upstream_stride_b + k * upstream_stride_k)
     scale = upstream * m
     # An ignored map, or a map OHKM dropped, gets exact zeros without reading pred. (A 2-D mask:
     # the interpreter cannot broadcast a scalar bool into `&`.)
@@ -296,12 +296,13 @@ def heatmap_loss_backward(grad_map_losses: torch.Tensor, pred: torch.Tensor, key
     grad = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
     if grad.numel() == 0:
         return grad
-    upstream = grad_map_losses.to(torch.float32).contiguous()  # (B, K); often an expanded scalar
+    # (B, K) with any strides: the usual expanded scalar (strides 0) is read in place, not copied.
+    upstream = grad_map_losses.to(torch.float32)
     weights_arg, sigma_arg, sigma_stride_b, sigma_stride_k = _optional_arguments(keypoints, weights, sigma)
     with device_guard(pred):
         _loss_backward_kernel[(batch * num_keypoints,)](
             upstream, pred, keypoints, weights_arg, sigma_arg, grad, instances, num_keypoints, pred.shape[2],
-            pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, sigma_value, alpha, gamma, beta,
-            keypoint_weight, background_weight, threshold, l1_weight,
+            pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, *upstream.stride(), sigma_value, alpha,
+            gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
             **_launch_args(pred, weights, sigma, encoding, kind, alpha, gamma, beta))
     return grad

@@ -457,6 +457,25 @@ def test_opcheck(kernel_backend, kind, arguments):
         torch.library.opcheck(backward, (upstream, pred.detach()) + arguments_)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_reads_strided_upstream(kernel_backend, kind):
+    """The backward op reads the (B, K) upstream gradient with any strides (the expanded scalar of a
+    mean or sum, a transposed tensor) in place and gives the gradient of its contiguous copy."""
+    backend, device = kernel_backend
+    _, backward = _ops(backend)
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device)
+    pred = make_pred(kind, 2, 5, device)
+    config = ("udp", kind, 0.25 if kind == "focal" else 2.0, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1)
+    arguments = (pred, keypoints, weights, None, 1.6) + config
+    transposed = torch.rand(5, 2, generator=torch.Generator().manual_seed(3)).to(device).t()
+    for upstream in (torch.full((), 0.37, device=device).expand(2, 5), transposed):
+        assert not upstream.is_contiguous()
+        got = backward(upstream, *arguments)
+        expected = backward(upstream.contiguous(), *arguments)
+        assert torch.count_nonzero(expected) > 0
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_torch_compile_fullgraph(kernel_backend):
     backend, device = kernel_backend
     keypoints, weights = keypoints_with_edge_cases(device=device)
