@@ -103,3 +103,50 @@ def register(namespace: str, backward_name: str) -> None:
     torch.library.register_fake(forward_name)(_fake_forward)
     torch.library.register_fake(backward_name)(_fake_backward)
     torch.library.register_autograd(forward_name, backward, setup_context=setup_context)
+
+
+def expected_upstream(reduction: str, num_maps: int, pixels_per_map: int) -> float:
+    """The upstream gradient of every map's loss sum that ``loss.backward()`` gives after the
+    reduction of kpfast.reference.reduce_map_losses (mse / focal), computed as autograd computes it
+    (a float32 division), so that the device-side comparison of the first backward matches bit for
+    bit: ``mean`` 1 / (B K H W), ``sum`` 1, ``none`` 1 / (H W) (the per-map values then summed)."""
+    one = torch.ones((), dtype=torch.float32)
+    if reduction == "mean":
+        return float(one / max(num_maps * pixels_per_map, 1))
+    if reduction == "sum":
+        return 1.0
+    return float(one / max(pixels_per_map, 1))
+
+
+class FusedGradientLoss(torch.autograd.Function):
+    """The gradient-in-forward opt-in (``heatmap_loss(..., fused_gradient=True)``, Triton, mse and
+    focal, eager): the forward writes the gradient for the expected upstream into a buffer held by
+    ``ctx`` (not a saved tensor); the first backward takes it and rescales it in place only where
+    the device-side test finds another upstream; a later backward (``retain_graph``) recomputes
+    with the separate backward kernel from the saved inputs. See the module docstring."""
+
+    @staticmethod
+    def forward(ctx, pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta,
+                keypoint_weight, background_weight, threshold, l1_weight, expected):
+        map_losses, positives, grad = torch.ops.kpfast_triton.heatmap_loss_fused(
+            pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta, keypoint_weight,
+            background_weight, threshold, l1_weight, expected)
+        ctx.buffer = grad
+        ctx.expected = expected
+        ctx.save_for_backward(pred, keypoints, weights, sigma)
+        ctx.config = (sigma_value, encoding, kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold,
+                      l1_weight)
+        ctx.mark_non_differentiable(positives)
+        return map_losses, positives
+
+    @staticmethod
+    def backward(ctx, grad_map_losses, grad_positives):
+        if ctx.buffer is not None:
+            grad = ctx.buffer
+            ctx.buffer = None  # taken: a second backward recomputes (and AccumulateGrad may steal it)
+            torch.ops.kpfast_triton.heatmap_loss_rescale_(grad, grad_map_losses, ctx.expected)
+        else:
+            pred, keypoints, weights, sigma = ctx.saved_tensors
+            grad = torch.ops.kpfast_triton.heatmap_loss_backward(grad_map_losses, pred, keypoints, weights, sigma,
+                                                                  *ctx.config)
+        return (grad,) + (None,) * 14

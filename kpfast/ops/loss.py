@@ -52,7 +52,7 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
                  encoding: str = "udp", kind: str = "focal", alpha: float | None = None, gamma: float = 2.0,
                  beta: float = 4.0, keypoint_weight: float = 15.0, background_weight: float = 1.0,
                  threshold: float = 0.1, l1_weight: float | None = None, reduction: str = "mean",
-                 backend: str | None = None) -> torch.Tensor:
+                 backend: str | None = None, fused_gradient: bool = False) -> torch.Tensor:
     """Weighted heatmap loss of ``pred`` against Gaussian targets rendered from ``keypoints`` on the fly.
 
     No (B, K, H, W) target, weight or intermediate tensor is allocated; the backward pass writes
@@ -85,6 +85,12 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
             normalisation) ``mean`` and ``sum`` both divide the batch total by the total number of
             positives (by 1 when there are none) and ``none`` divides each map by its own positives.
         backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"`` (None: the current default).
+        fused_gradient: opt-in (experimental) gradient-in-forward: the forward also writes the gradient
+            w.r.t. ``pred`` for the upstream ``loss.backward()`` gives, and the first backward only
+            rescales it where the upstream differs (checked on the device). Used with the ``triton``
+            backend for mse and focal in eager mode when ``pred`` requires a gradient; every other
+            call (and torch.compile) takes the separate backward kernel. It pays when the upstream
+            is the plain one (no AMP loss scale): see kpfast/ops/_loss_autograd.py.
 
     Returns:
         A float32 scalar (``mean``/``sum``; 0 for an empty batch) or ``(B, K)`` float32 losses (``none``).
@@ -114,6 +120,18 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
         weights3 = weights3.float()
     sigma2, sigma_value = sigma_argument(sigma, batch, num_keypoints, torch.float32, pred.device)
     implementation = LOSS.select(backend, pred.device)
+    if not isinstance(fused_gradient, bool):
+        raise TypeError(f"fused_gradient: expected a bool, got {type(fused_gradient).__name__}")
+    if (fused_gradient and implementation is _triton and config["kind"] != "cornernet" and pred.requires_grad
+            and torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+        _load_triton()
+        expected = _loss_autograd.expected_upstream(config["reduction"], batch * num_keypoints, height * width)
+        map_losses, positives = _loss_autograd.FusedGradientLoss.apply(
+            pred, keypoints4, weights3, sigma2, sigma_value, encoding, config["kind"], config["alpha"],
+            config["gamma"], config["beta"], config["keypoint_weight"], config["background_weight"],
+            config["threshold"], config["l1_weight"], expected)
+        return _reference.reduce_map_losses(map_losses, positives, config["kind"], config["reduction"],
+                                            height * width)
     map_losses, positives = implementation(pred, keypoints4, weights3, sigma2, sigma_value, encoding, config["kind"],
                                            config["alpha"], config["gamma"], config["beta"], config["keypoint_weight"],
                                            config["background_weight"], config["threshold"], config["l1_weight"])

@@ -109,6 +109,24 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                                      + ["fp32"] * 8)
                             specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
                                               elements_per_loop=block))
+                            if kind == "cornernet":
+                                continue
+                            # the gradient-in-forward opt-in (mse, focal): loss and gradient in one pass
+                            c = dict(loss.fused_launch_config(height, width, encoding, kind, fixed), stride_w=1, **n)
+                            warps = c.pop("num_warps", 4)
+                            names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
+                                     "positives_ptr", "grad_ptr"] + tail[:11] + ["expected_upstream"] + tail[11:]
+                            types = ([f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", f"*{dtype}"]
+                                     + ["i32"] * 10 + ["fp32"] * 9)
+                            specs.append(Spec("loss._loss_fused_forward_kernel", label, _sig(names, types, c), c,
+                                              warps, elements_per_loop=c["BLOCK_H"] * c["BLOCK_W"]))
+                    if (height, width) == sizes[0] and encoding == "msra" and instances == "one":
+                        c = dict(BLOCK=loss.RESCALE_BLOCK)  # one per dtype: no size, encoding or N in it
+                        names = ["grad_ptr", "upstream_ptr", "upstream_stride_b", "upstream_stride_k", "K",
+                                 "map_size", "expected_upstream"]
+                        types = [f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32", "fp32"]
+                        specs.append(Spec("loss._loss_rescale_kernel", dict(dtype=dtype), _sig(names, types, c), c,
+                                          4, elements_per_loop=loss.RESCALE_BLOCK))
         for dtype in DTYPES:
             for method in decode.METHODS:
                 for blur_kernel in ((11, 3, 31) if method in ("dark", "udp") else (11,)):

@@ -226,6 +226,73 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
         tl.store(grad_ptr + out, grad.to(tl.float32).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _loss_fused_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, map_losses_ptr, positives_ptr, grad_ptr,
+                               N, K, height, width, stride_b, stride_k, stride_h, stride_w, sigma_stride_b,
+                               sigma_stride_k, sigma_value, expected_upstream, alpha, gamma, beta, keypoint_weight,
+                               background_weight, threshold, l1_weight, ENCODING: tl.constexpr, KIND: tl.constexpr,
+                               FIXED: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr,
+                               BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The forward that also writes the gradient for the upstream ``expected_upstream`` (the
+    gradient-in-forward opt-in, kpfast/ops/_loss_autograd.py): one read of pred, one write of grad."""
+    map_id = tl.program_id(0).to(tl.int64)
+    b = map_id // K
+    k = map_id % K
+    sigma = _map_sigma(sigma_ptr, b, k, sigma_stride_b, sigma_stride_k, sigma_value, HAS_SIGMA)
+    m = _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING, HAS_WEIGHTS)
+    scale = expected_upstream * m
+    col_idx = tl.arange(0, BLOCK_W)
+    cols = col_idx.to(tl.float32)
+    total = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    count = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
+    for row0 in range(0, height, BLOCK_H):
+        row_idx = row0 + tl.arange(0, BLOCK_H)
+        rows = row_idx.to(tl.float32)
+        mask = (row_idx[:, None] < height) & (col_idx[None, :] < width)
+        target, positive = _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, height, width,
+                                        ENCODING, HAS_WEIGHTS, BLOCK_H, BLOCK_W)
+        offsets = b * stride_b + k * stride_k + row_idx[:, None].to(tl.int64) * stride_h + col_idx[None, :] * stride_w
+        x = tl.load(pred_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        loss = _pixel_loss(x, target, positive > 0.0, alpha, gamma, beta, l1_weight, KIND, False, FIXED)
+        grad = _pixel_loss(x, target, positive > 0.0, alpha, gamma, beta, l1_weight, KIND, True, FIXED)
+        w = tl.where(target > threshold, keypoint_weight, background_weight)
+        # An ignored map contributes exactly 0 and gets a zero gradient, whatever pred holds.
+        total += tl.where(mask, tl.where(m > 0.0, w * loss, 0.0), 0.0)
+        count += tl.where(mask, positive, 0.0)
+        grad = tl.where(m > 0.0, scale * (w * grad), 0.0)
+        out = map_id * height * width + row_idx[:, None] * width + col_idx[None, :]
+        tl.store(grad_ptr + out, grad.to(tl.float32).to(grad_ptr.dtype.element_ty), mask=mask)
+    tl.store(map_losses_ptr + map_id, tl.sum(tl.sum(total, axis=1), axis=0) * m)
+    tl.store(positives_ptr + map_id, tl.sum(tl.sum(count, axis=1), axis=0))
+
+
+@triton.jit
+def _loss_rescale_kernel(grad_ptr, upstream_ptr, upstream_stride_b, upstream_stride_k, K, map_size,
+                         expected_upstream, BLOCK: tl.constexpr):
+    """The first backward of the gradient-in-forward opt-in, one program per map: nothing where the
+    upstream equals the one the forward assumed (no traffic), zeros where it is 0 (write only),
+    an in-place rescale elsewhere. The test is made on the device: no host sync."""
+    map_id = tl.program_id(0).to(tl.int64)
+    b = map_id // K
+    k = map_id % K
+    upstream = tl.load(upstream_ptr + b * upstream_stride_b + k * upstream_stride_k)
+    ratio = upstream / expected_upstream
+    # A zero trip count where the upstream matches: the map is not touched.
+    end = tl.where(upstream == expected_upstream, 0, map_size)
+    base = map_id * map_size
+    # Upstream 0: write zeros without reading (a block-shaped mask: the interpreter cannot broadcast
+    # a scalar bool into `&`).
+    read = (tl.zeros((BLOCK,), dtype=tl.float32) + tl.where(upstream != 0.0, 1.0, 0.0)) > 0.0
+    for start in range(0, end, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        mask = offsets < map_size
+        g = tl.load(grad_ptr + base + offsets, mask=mask & read, other=0.0).to(tl.float32)
+        tl.store(grad_ptr + base + offsets, (g * ratio).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+RESCALE_BLOCK = 1024
+
+
 def fixed_exponents(kind: str, alpha: float, gamma: float, beta: float) -> bool:
     """The exponent policy of csrc/kpfast/loss.h: the default exponents are compiled as products."""
     if kind == "focal":
@@ -306,3 +373,64 @@ def heatmap_loss_backward(grad_map_losses: torch.Tensor, pred: torch.Tensor, key
             gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
             **_launch_args(pred, weights, sigma, encoding, kind, alpha, gamma, beta))
     return grad
+
+
+@torch.library.custom_op("kpfast_triton::heatmap_loss_fused", mutates_args=())
+def heatmap_loss_fused(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor | None,
+                       sigma: torch.Tensor | None, sigma_value: float, encoding: str, kind: str, alpha: float,
+                       gamma: float, beta: float, keypoint_weight: float, background_weight: float, threshold: float,
+                       l1_weight: float, expected_upstream: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """heatmap_loss plus the gradient w.r.t. pred for the upstream ``expected_upstream`` on every map
+    (the gradient-in-forward opt-in; kpfast/ops/_loss_autograd.py)."""
+    if kind == "cornernet":  # its mean/sum upstream depends on the forward's own positive count
+        raise ValueError("kind: expected 'mse' or 'focal' with the fused gradient, got 'cornernet'")
+    batch, instances, num_keypoints = keypoints.shape[:3]
+    map_losses = torch.empty((batch, num_keypoints), dtype=torch.float32, device=pred.device)
+    positives = torch.empty_like(map_losses)
+    grad = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
+    if batch * num_keypoints == 0:
+        return map_losses, positives, grad
+    weights_arg, sigma_arg, sigma_stride_b, sigma_stride_k = _optional_arguments(keypoints, weights, sigma)
+    with device_guard(pred):
+        _loss_fused_forward_kernel[(batch * num_keypoints,)](
+            pred, keypoints, weights_arg, sigma_arg, map_losses, positives, grad, instances, num_keypoints,
+            pred.shape[2], pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, sigma_value,
+            expected_upstream, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
+            **fused_launch_config(pred.shape[2], pred.shape[3], encoding, kind, fixed_exponents(kind, alpha, gamma, beta),
+                                  weights is not None, sigma is not None))
+    return map_losses, positives, grad
+
+
+def fused_launch_config(height: int, width: int, encoding: str, kind: str, fixed: bool = True,
+                        has_weights: bool = True, has_sigma: bool = True) -> dict:
+    """The fused forward holds the loss and the gradient of a tile: the backward's tiles, halved."""
+    config = launch_config(height, width, encoding, kind, fixed, has_weights, has_sigma)
+    max_elements, _ = TILE_BY_KIND[kind]
+    config["BLOCK_H"], config["BLOCK_W"] = tile_shape(height, width, max_elements=max(max_elements // 2, 1))
+    return config
+
+
+@torch.library.custom_op("kpfast_triton::heatmap_loss_rescale_", mutates_args=("grad",))
+def heatmap_loss_rescale_(grad: torch.Tensor, grad_map_losses: torch.Tensor, expected_upstream: float) -> None:
+    """In place: grad[b, k] *= grad_map_losses[b, k] / expected_upstream, skipping the maps whose
+    upstream equals it (decided on the device)."""
+    batch, num_keypoints = grad.shape[:2]
+    if grad.numel() == 0:
+        return
+    upstream = grad_map_losses.to(torch.float32)
+    with device_guard(grad):
+        _loss_rescale_kernel[(batch * num_keypoints,)](
+            grad, upstream, *upstream.stride(), num_keypoints, grad.shape[2] * grad.shape[3], expected_upstream,
+            BLOCK=RESCALE_BLOCK)
+
+
+@heatmap_loss_fused.register_fake
+def _(pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta, keypoint_weight,
+      background_weight, threshold, l1_weight, expected_upstream):
+    map_losses = pred.new_empty(pred.shape[:2], dtype=torch.float32)
+    return map_losses, torch.empty_like(map_losses), pred.new_empty(pred.shape)
+
+
+@heatmap_loss_rescale_.register_fake
+def _(grad, grad_map_losses, expected_upstream):
+    return None

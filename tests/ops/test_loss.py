@@ -4,6 +4,7 @@ argument errors, opcheck, torch.compile and the no-temporaries memory claim.
 Half-precision predictions (values, gradients, dtypes): tests/ops/test_common.py (LossCase)."""
 
 import functools
+import importlib
 
 import pytest
 import torch
@@ -474,6 +475,80 @@ def test_backward_reads_strided_upstream(kernel_backend, kind):
         expected = backward(upstream.contiguous(), *arguments)
         assert torch.count_nonzero(expected) > 0
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("batch, num_keypoints, height, width", [(2, 5, H, W), (256, 17, 96, 72), (3, 1, 1, 1)])
+def test_expected_upstream_is_what_autograd_gives(reduction, batch, num_keypoints, height, width):
+    """The gradient-in-forward opt-in compares the upstream on the device with the value it assumed:
+    that value must be, bit for bit, the one autograd computes through the reduction (also past
+    2^24 pixels, where the pixel count is not a float32)."""
+    from kpfast.ops._loss_autograd import expected_upstream
+    from kpfast.reference import reduce_map_losses
+
+    map_losses = torch.rand(batch, num_keypoints, requires_grad=True)
+    loss = reduce_map_losses(map_losses, torch.zeros(batch, num_keypoints), "focal", reduction, height * width)
+    (upstream,) = torch.autograd.grad(loss.sum() if reduction == "none" else loss, map_losses)
+    expected = expected_upstream(reduction, batch * num_keypoints, height * width)
+    assert bool((upstream == torch.tensor(expected, dtype=torch.float32)).all()), (upstream.flatten()[0], expected)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", ["mse", "focal"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_gradient_matches_the_separate_backward(kind, reduction):
+    """fused_gradient=True (Triton): the same loss and gradient as the separate backward kernel
+    for the assumed upstream, a scaled one (AMP-like), a per-map one with zeros (OHKM), and a
+    second backward through the same graph (retain_graph recomputes: no doubly scaled buffer)."""
+    reason = kpfast.backends.unavailable_reason("triton", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if reason is not None:
+        pytest.skip(reason)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device, seed=31)
+    batch, num_keypoints = keypoints.shape[0], keypoints.shape[-2]
+    pred = make_pred(kind, batch, num_keypoints, device, seed=12)
+    per_map = torch.rand(batch, num_keypoints, generator=torch.Generator().manual_seed(2)).to(device)
+    per_map[0, :2] = 0.0  # maps dropped by OHKM
+    objectives = {
+        "plain": lambda loss: loss.sum() if reduction == "none" else loss,
+        "scaled": lambda loss: 3.7 * (loss.sum() if reduction == "none" else loss),
+        "per_map": lambda loss: (loss * per_map).sum() if reduction == "none" else loss * 0.5,
+    }
+    for name, objective in objectives.items():
+        grads = {}
+        for fused in (False, True):
+            x = pred.detach().clone().requires_grad_(True)
+            loss = heatmap_loss(x, keypoints, weights, kind=kind, reduction=reduction, backend="triton",
+                                fused_gradient=fused)
+            value = objective(loss)
+            first = torch.autograd.grad(value, x, retain_graph=True)[0]
+            second = torch.autograd.grad(value, x)[0]
+            grads[fused] = (loss.detach(), first, second)
+        (ref_loss, ref_first, ref_second), (got_loss, got_first, got_second) = grads[False], grads[True]
+        torch.testing.assert_close(got_loss, ref_loss, rtol=0, atol=0)
+        assert_close_rel(got_first, ref_first, 1e-6, f"{name}: first backward")
+        assert_close_rel(got_second, ref_second, 1e-6, f"{name}: second backward (retain_graph)")
+        assert torch.count_nonzero(ref_first) > 0
+
+
+@pytest.mark.triton
+def test_fused_gradient_ops_opcheck():
+    reason = kpfast.backends.unavailable_reason("triton", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if reason is not None:
+        pytest.skip(reason)
+    importlib.import_module("kpfast.triton.loss")  # defines the kpfast_triton ops
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device)
+    pred = make_pred("focal", 2, 5, device)
+    config = ("udp", "focal", 0.25, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1)
+    torch.library.opcheck(torch.ops.kpfast_triton.heatmap_loss_fused,
+                          (pred, keypoints, weights, None, 1.6) + config + (0.5,))
+    grad = make_pred("focal", 2, 5, device, seed=5)
+    upstream = torch.tensor([[0.5, 0.0, 1.0, 0.5, 2.0], [0.5, 0.5, 0.5, 0.5, 0.5]], device=device)
+    expected = grad * (upstream / 0.5)[..., None, None]
+    torch.ops.kpfast_triton.heatmap_loss_rescale_(grad, upstream, 0.5)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.kpfast_triton.heatmap_loss_rescale_, (grad, upstream, 0.5))
 
 
 def test_torch_compile_fullgraph(kernel_backend):
