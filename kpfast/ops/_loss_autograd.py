@@ -41,19 +41,23 @@ backward then moves nothing. The reasons it was set aside, and the way around ea
   is 0 (maps OHKM dropped: write only) and rescales in place (read + write) elsewhere. No host
   sync, CUDA-graph capturable, one launch.
 
-What it cannot fix, so it stays an explicit opt-in (e.g. ``fused_gradient=True``, eager only):
+Implemented as the explicit opt-in ``heatmap_loss(..., fused_gradient=True)`` for the Triton
+backend, mse and focal, in eager mode when pred requires a gradient (:class:`FusedGradientLoss`,
+kpfast/triton/loss.py ``heatmap_loss_fused`` / ``heatmap_loss_rescale_``); the compiled CPU/CUDA
+backends would need the same two ops in the schema. What it cannot fix, hence opt-in only:
 * AMP loss scaling (``GradScaler``) and weighted sums of losses multiply the upstream by a factor
   the forward does not know: every map is rescaled, 2b + 2b = 2x the roofline, worse than the
   separate kernel's 1.5x. (A caller that knows the factor could pass it to the forward.)
 * ``cornernet``'s mean/sum upstream is g / max(total positives, 1), known only after the
-  forward's own reduction: the forward would write the gradient for upstream 1 and always rescale.
+  forward's own reduction: the forward would write the gradient for upstream 1 and always rescale
+  (so cornernet keeps the separate kernel).
 * The gradient buffer lives from forward to backward (the separate design allocates it only in
   backward): one (B, K, H, W) buffer more at the activation-memory peak.
-* The forward does the backward's work even under ``torch.no_grad`` evaluation unless the
-  opt-in checks ``pred.requires_grad`` (it must).
+* The forward does the backward's work, so the opt-in applies only when ``pred`` requires a
+  gradient and grad mode is on (evaluation keeps the plain forward).
 
-Until then (and for every torch.compile, opcheck and AMP path) the separate backward kernel
-below folds the upstream (B, K) gradient into its single write of the one gradient buffer, holds
+By default (and for every torch.compile, opcheck and AMP path) the separate backward kernel
+folds the upstream (B, K) gradient into its single write of the one gradient buffer, holds
 nothing between forward and backward, is correct under ``retain_graph`` and keeps
 opcheck/torch.compile(fullgraph=True) working. Weights and sigma may be None (every weight 1;
 one ``sigma_value``): the argument convention of kpfast.ops._checks, saved as given.
