@@ -400,10 +400,9 @@ void launch(const Tensor& pred, const Tensor& keypoints, const OptionalTensor& w
       constexpr bool FIXED = decltype(fixed_tag)::value;
       const auto kernel = tables ? heatmap_loss_kernel<KIND, GRADIENT, FIXED, true, scalar_t>
                                  : heatmap_loss_kernel<KIND, GRADIENT, FIXED, false, scalar_t>;
-      kernel<<<blocks, kThreads, shared_bytes, stream>>>(pred.const_data_ptr<scalar_t>(),
-                                                         keypoints.const_data_ptr<float>(), weights_data<float>(weights),
-                                                         upstream, map_losses, positives, grad_ptr, G, encoding, P,
-                                                         vector_load);
+      kernel<<<blocks, kThreads, shared_bytes, stream>>>(
+          pred.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<float>(), weights_data<float>(weights), upstream,
+          map_losses, positives, grad_ptr, G, encoding, P, vector_load);
     });
   });
   check_launch(GRADIENT ? "heatmap_loss_backward_cuda" : "heatmap_loss_cuda");

@@ -396,8 +396,8 @@ def heatmap_loss_fused(pred: torch.Tensor, keypoints: torch.Tensor, weights: tor
             pred, keypoints, weights_arg, sigma_arg, map_losses, positives, grad, instances, num_keypoints,
             pred.shape[2], pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, sigma_value,
             expected_upstream, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
-            **fused_launch_config(pred.shape[2], pred.shape[3], encoding, kind, fixed_exponents(kind, alpha, gamma, beta),
-                                  weights is not None, sigma is not None))
+            **fused_launch_config(pred.shape[2], pred.shape[3], encoding, kind,
+                                  fixed_exponents(kind, alpha, gamma, beta), weights is not None, sigma is not None))
     return map_losses, positives, grad
 
 
