@@ -284,6 +284,7 @@ def test_not_differentiable_wrt_keypoints():
         (dict(sigma=torch.ones(4)), ValueError, r"sigma: expected shape \(5,\)"),
         (dict(weights=torch.ones(2, 4)), ValueError, r"weights: expected shape \(2, 5\)"),
         (dict(backend="gpu"), ValueError, "backend: expected one of"),
+        (dict(fused_gradient="yes"), TypeError, "fused_gradient: expected a bool, got str"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, message):
