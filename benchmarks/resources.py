@@ -85,6 +85,8 @@ BUDGETS = {
     "render._render_backward_kernel": (255, "rare path (coordinate/sigma gradients) with an N^2 instance loop; gate: no spills"),
     "loss._loss_forward_kernel": (255, "issue 13 redesigns the tiles; until then the gate is: no spills"),
     "loss._loss_backward_kernel": (255, "issue 13 redesigns the tiles; until then the gate is: no spills"),
+    "loss._loss_fused_forward_kernel": (255, "opt-in gradient-in-forward (loss and gradient of a tile); gate: no spills"),
+    "loss._loss_rescale_kernel": (64, "elementwise in-place rescale: full occupancy"),
     "decode._decode_kernel": (168, "one program per map, bandwidth-bound: 3 programs per SM suffice"),
     "decode._soft_argmax_kernel": (128, "one program per map, needs >= 4 programs per SM to hide latency"),
     "decode._soft_argmax_backward_kernel": (64, "elementwise: full occupancy"),

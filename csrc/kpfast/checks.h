@@ -186,9 +186,11 @@ inline void check_render_forward(const Tensor& keypoints, const OptionalTensor& 
                   dtype_name(dtype));
 }
 
-inline void check_loss_inputs(const Tensor& pred, const Tensor& keypoints, const Tensor& weights,
-                              const Tensor& sigma) {
-  check_render_inputs(keypoints, weights, sigma);
+// The loss inputs, in the argument convention of check_keypoint_inputs (weights and sigma
+// optional), float32 keypoints, and pred (B, K, H, W) float32/float16/bfloat16 with any strides.
+inline void check_loss_inputs(const Tensor& pred, const Tensor& keypoints, const OptionalTensor& weights,
+                              const OptionalTensor& sigma, double sigma_value) {
+  check_keypoint_inputs(keypoints, weights, sigma, sigma_value);
   STD_TORCH_CHECK(keypoints.scalar_type() == ScalarType::Float, "heatmap_loss: keypoints must be float32, got ",
                   dtype_name(keypoints.scalar_type()));
   STD_TORCH_CHECK(pred.dim() == 4 && pred.size(0) == keypoints.size(0) && pred.size(1) == keypoints.size(2),

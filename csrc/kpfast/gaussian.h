@@ -141,4 +141,17 @@ KPF_HOST_DEVICE T gaussian_value(const GaussianWindow<T>& g, int row, int col) {
   return exp(-(dx * dx + dy * dy) * g.inv_two_sigma_sq);
 }
 
+// One separable factor of a keypoint's Gaussian: exp(-(i - centre)^2 c) for a row or column index
+// i in the window's [lo, hi], else 0. Kernels that tabulate the factors once per map (the fused
+// loss) take the target of pixel (row, col) as
+//   separable_factor(row, g.cy, g.y0, g.y1, c) * separable_factor(col, g.cx, g.x0, g.x1, c),
+// which equals gaussian_value up to the rounding of one product of two exponentials (an ulp or
+// two) and is zero outside the window and for an invalid keypoint (then call with lo > hi).
+template <typename T>
+KPF_HOST_DEVICE T separable_factor(int index, T centre, int lo, int hi, T inv_two_sigma_sq) {
+  if (index < lo || index > hi) return T(0);
+  const T d = T(index) - centre;
+  return exp(-d * d * inv_two_sigma_sq);
+}
+
 }  // namespace kpfast

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "kpfast/gaussian.h"
 
@@ -29,6 +30,21 @@ KPF_HOST_DEVICE float pow_nonneg(float x, float g) {
   return g == 0.0f ? 1.0f : 0.0f;
 }
 
+
+// log(1 + e) for e in [0, 1] as 2 atanh(f), given f = e / (2 + e) in [0, 1/3]: a short odd series
+// with no cancellation for tiny e (the CPU VectorMath::log1p_unit is the same series). The CUDA
+// kernels' math policy calls it with an approximate division, instead of libm's long log1pf.
+KPF_HOST_DEVICE float log1p_atanh_series(float f) {
+  const float f2 = f * f;
+  float series = 1.0f / 13.0f;
+  series = series * f2 + 1.0f / 11.0f;
+  series = series * f2 + 1.0f / 9.0f;
+  series = series * f2 + 1.0f / 7.0f;
+  series = series * f2 + 1.0f / 5.0f;
+  series = series * f2 + 1.0f / 3.0f;
+  series = series * f2 + 1.0f;
+  return 2.0f * f * series;
+}
 
 // The elementary functions of the formulas, as a policy. The CUDA kernels use libm
 // (PreciseMath); the CPU kernels use branch-free polynomials GCC can vectorise (cpu/loss.cpp).
@@ -58,11 +74,22 @@ struct LogitParts {
   float p, q, softplus_pos, softplus_neg;
 };
 
+// 1 / u for u in [1, 3]: Math::reciprocal_unit when the policy has one (the CUDA kernels' single
+// approximate reciprocal instruction), else the exact division.
+template <typename Math>
+KPF_HOST_DEVICE auto reciprocal_unit(float u, int) -> decltype(Math::reciprocal_unit(u)) {
+  return Math::reciprocal_unit(u);
+}
+template <typename Math>
+KPF_HOST_DEVICE float reciprocal_unit(float u, long) {
+  return 1.0f / u;
+}
+
 template <typename Math>
 KPF_HOST_DEVICE LogitParts logit_parts(float z) {
   const float e = Math::exp_nonpositive(-fabsf(z));  // in [0, 1]
   const float log_term = Math::log1p_unit(e);
-  const float inv = 1.0f / (1.0f + e);
+  const float inv = reciprocal_unit<Math>(1.0f + e, 0);
   const float big = inv, small = e * inv;
   LogitParts r;
   r.p = Math::select(z >= 0.0f, big, small);
@@ -72,9 +99,45 @@ KPF_HOST_DEVICE LogitParts logit_parts(float z) {
   return r;
 }
 
+// The exponent policy, a compile-time choice made at launch (every backend uses the same one):
+// FIXED means the exponents are the published defaults, focal gamma = 2 and cornernet alpha = 2,
+// beta = 4, whose powers are a few multiplications; otherwise the general (runtime) powers run.
+// mse raises nothing to a power: it always takes FIXED, so it is compiled once.
+inline bool fixed_exponents(LossKind kind, const LossParams& P) {
+  if (kind == LossKind::FOCAL) return P.gamma == 2.0f;
+  if (kind == LossKind::CORNERNET) return P.alpha == 2.0f && P.beta == 4.0f;
+  return true;
+}
+
+// Calls fn(kind tag, fixed tag) with the loss kind and the exponent policy as compile-time
+// constants (std::integral_constant<LossKind, ...>, std::bool_constant<...>).
+template <typename Fn>
+void dispatch_loss(LossKind kind, const LossParams& P, Fn&& fn) {
+  const bool fixed = fixed_exponents(kind, P);
+  switch (kind) {
+    case LossKind::MSE: fn(std::integral_constant<LossKind, LossKind::MSE>{}, std::true_type{}); break;
+    case LossKind::FOCAL:
+      if (fixed) {
+        fn(std::integral_constant<LossKind, LossKind::FOCAL>{}, std::true_type{});
+      } else {
+        fn(std::integral_constant<LossKind, LossKind::FOCAL>{}, std::false_type{});
+      }
+      break;
+    case LossKind::CORNERNET:
+      if (fixed) {
+        fn(std::integral_constant<LossKind, LossKind::CORNERNET>{}, std::true_type{});
+      } else {
+        fn(std::integral_constant<LossKind, LossKind::CORNERNET>{}, std::false_type{});
+      }
+      break;
+  }
+}
+
 // The unweighted loss of one pixel or (GRADIENT) its derivative w.r.t. the prediction x.
 // Branch-free apart from compile-time choices, so that a CPU loop over pixels vectorises.
-template <LossKind KIND, bool GRADIENT, typename Math = PreciseMath>
+// FIXED: the exponents are gamma = 2 (focal) or alpha = 2, beta = 4 (cornernet), whatever P holds
+// (see fixed_exponents); the powers are then plain products.
+template <LossKind KIND, bool GRADIENT, typename Math = PreciseMath, bool FIXED = false>
 KPF_HOST_DEVICE float pixel_loss(float x, float t, bool positive, const LossParams& P) {
   if (KIND == LossKind::MSE) {
     const float d = x - t;
@@ -87,25 +150,43 @@ KPF_HOST_DEVICE float pixel_loss(float x, float t, bool positive, const LossPara
   float value;
   if (KIND == LossKind::FOCAL) {
     const float alpha_t = P.alpha * t + (1.0f - P.alpha) * (1.0f - t);
-    const float d = fabsf(diff);
     const float bce = t * s.softplus_neg + (1.0f - t) * s.softplus_pos;  // BCEWithLogits(z, t)
-    const float modulation = Math::pow(d, P.gamma);
-    if (GRADIENT) {
-      // d|t - p|^gamma / dz = gamma |t - p|^(gamma - 1) sign(p - t) p q, taken as 0 where p == t.
-      const float d_modulation_any = P.gamma * Math::pow(d, P.gamma - 1.0f) * sign_of<Math>(diff) * pq;
-      const float d_modulation = Math::select(d > 0.0f, d_modulation_any, 0.0f);
-      value = alpha_t * (d_modulation * bce + modulation * diff);
+    if (FIXED) {
+      // |t - p|^2 = diff^2 and d diff^2 / dz = 2 diff p q: no absolute value, no sign, no select.
+      const float modulation = diff * diff;
+      if (GRADIENT) {
+        value = alpha_t * (2.0f * diff * pq * bce + modulation * diff);
+      } else {
+        value = alpha_t * modulation * bce;
+      }
     } else {
-      value = alpha_t * modulation * bce;
+      const float d = fabsf(diff);
+      const float modulation = Math::pow(d, P.gamma);
+      if (GRADIENT) {
+        // d|t - p|^gamma / dz = gamma |t - p|^(gamma - 1) sign(p - t) p q, taken as 0 where p == t.
+        const float d_modulation_any = P.gamma * Math::pow(d, P.gamma - 1.0f) * sign_of<Math>(diff) * pq;
+        const float d_modulation = Math::select(d > 0.0f, d_modulation_any, 0.0f);
+        value = alpha_t * (d_modulation * bce + modulation * diff);
+      } else {
+        value = alpha_t * modulation * bce;
+      }
     }
   } else {  // CORNERNET: both terms, then a select (no data-dependent branch)
-    const float qa = Math::pow(s.q, P.alpha);
-    const float neg = Math::pow(max_of<Math>(1.0f - t, 0.0f), P.beta) * Math::pow(s.p, P.alpha);
+    float qa, neg;
+    if (FIXED) {
+      const float u = 1.0f - t, u2 = u * u;  // (1 - t)^4 needs no clamp: an even power
+      qa = s.q * s.q;
+      neg = (u2 * u2) * (s.p * s.p);
+    } else {
+      qa = Math::pow(s.q, P.alpha);
+      neg = Math::pow(max_of<Math>(1.0f - t, 0.0f), P.beta) * Math::pow(s.p, P.alpha);
+    }
+    const float alpha = FIXED ? 2.0f : P.alpha;
     if (GRADIENT) {
       // (1 - p)^alpha (-log p):                  d/dz = -q^alpha (alpha p softplus(-z) + q)
       // (1 - t)^beta p^alpha (-log(1 - p)):      d/dz = (1 - t)^beta p^alpha (alpha q softplus(z) + p)
-      const float positive_value = -qa * (P.alpha * s.p * s.softplus_neg + s.q);
-      const float negative_value = neg * (P.alpha * s.q * s.softplus_pos + s.p);
+      const float positive_value = -qa * (alpha * s.p * s.softplus_neg + s.q);
+      const float negative_value = neg * (alpha * s.q * s.softplus_pos + s.p);
       value = Math::select(positive, positive_value, negative_value);
     } else {
       const float positive_value = qa * s.softplus_neg;

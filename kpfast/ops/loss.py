@@ -7,9 +7,8 @@ import torch
 from kpfast import _extension, backends
 from kpfast import reference as _reference
 from kpfast.ops import _loss_autograd
-from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, LOSS_KINDS,
-                                check_choice, check_same_device, check_tensor, loss_options, normalise_keypoints,
-                                normalise_sigma)
+from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, LOSS_KINDS, check_choice, check_same_device, check_tensor,
+                                keypoint_arguments, loss_options, sigma_argument)
 
 KINDS = LOSS_KINDS
 
@@ -53,7 +52,7 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
                  encoding: str = "udp", kind: str = "focal", alpha: float | None = None, gamma: float = 2.0,
                  beta: float = 4.0, keypoint_weight: float = 15.0, background_weight: float = 1.0,
                  threshold: float = 0.1, l1_weight: float | None = None, reduction: str = "mean",
-                 backend: str | None = None) -> torch.Tensor:
+                 backend: str | None = None, fused_gradient: bool = False) -> torch.Tensor:
     """Weighted heatmap loss of ``pred`` against Gaussian targets rendered from ``keypoints`` on the fly.
 
     No (B, K, H, W) target, weight or intermediate tensor is allocated; the backward pass writes
@@ -86,6 +85,12 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
             normalisation) ``mean`` and ``sum`` both divide the batch total by the total number of
             positives (by 1 when there are none) and ``none`` divides each map by its own positives.
         backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"`` or ``"triton"`` (None: the current default).
+        fused_gradient: opt-in (experimental) gradient-in-forward: the forward also writes the gradient
+            w.r.t. ``pred`` for the upstream ``loss.backward()`` gives, and the first backward only
+            rescales it where the upstream differs (checked on the device). Used with the ``triton``
+            backend for mse and focal in eager mode when ``pred`` requires a gradient; every other
+            call (and torch.compile) takes the separate backward kernel. It pays when the upstream
+            is the plain one (no AMP loss scale): see kpfast/ops/_loss_autograd.py.
 
     Returns:
         A float32 scalar (``mean``/``sum``; 0 for an empty batch) or ``(B, K)`` float32 losses (``none``).
@@ -98,7 +103,9 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
     check_tensor("keypoints", keypoints, dims=(3, 4))
     if weights is not None:
         check_tensor("weights", weights, dims=(keypoints.dim() - 1,))
-    keypoints4, weights3, _ = normalise_keypoints(keypoints.detach(), None if weights is None else weights.detach())
+    # One launch per call: absent weights stay None, a float sigma stays a float and a (K,) sigma
+    # an expanded view (kpfast.ops._checks.keypoint_arguments / sigma_argument).
+    keypoints4, weights3, _ = keypoint_arguments(keypoints.detach(), None if weights is None else weights.detach())
     check_same_device("pred", pred, keypoints=keypoints4)
     batch, _, num_keypoints = keypoints4.shape[:3]
     if tuple(pred.shape[:2]) != (batch, num_keypoints):
@@ -107,10 +114,25 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
     height, width = pred.shape[-2:]
     if isinstance(sigma, torch.Tensor):
         sigma = sigma.detach()
-    keypoints4, weights3 = keypoints4.float().contiguous(), weights3.float().contiguous()
-    sigma2 = normalise_sigma(sigma, batch, num_keypoints, torch.float32, pred.device)
+    # The loss kernels compute in float32 (no-ops for float32 inputs).
+    keypoints4 = keypoints4.float()
+    if weights3 is not None:
+        weights3 = weights3.float()
+    sigma2, sigma_value = sigma_argument(sigma, batch, num_keypoints, torch.float32, pred.device)
     implementation = LOSS.select(backend, pred.device)
-    map_losses, positives = implementation(pred, keypoints4, weights3, sigma2, encoding, config["kind"],
+    if not isinstance(fused_gradient, bool):
+        raise TypeError(f"fused_gradient: expected a bool, got {type(fused_gradient).__name__}")
+    if (fused_gradient and implementation is _triton and config["kind"] != "cornernet" and pred.requires_grad
+            and torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+        _load_triton()
+        expected = _loss_autograd.expected_upstream(config["reduction"], batch * num_keypoints, height * width)
+        map_losses, positives = _loss_autograd.FusedGradientLoss.apply(
+            pred, keypoints4, weights3, sigma2, sigma_value, encoding, config["kind"], config["alpha"],
+            config["gamma"], config["beta"], config["keypoint_weight"], config["background_weight"],
+            config["threshold"], config["l1_weight"], expected)
+        return _reference.reduce_map_losses(map_losses, positives, config["kind"], config["reduction"],
+                                            height * width)
+    map_losses, positives = implementation(pred, keypoints4, weights3, sigma2, sigma_value, encoding, config["kind"],
                                            config["alpha"], config["gamma"], config["beta"], config["keypoint_weight"],
                                            config["background_weight"], config["threshold"], config["l1_weight"])
     return _reference.reduce_map_losses(map_losses, positives, config["kind"], config["reduction"], height * width)

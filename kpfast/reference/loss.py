@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kpfast.ops._checks import materialise_sigma, materialise_weights
 from kpfast.reference.render import gaussian_maps
 
 
@@ -26,17 +27,23 @@ def positive_pixels(keypoints: torch.Tensor, valid: torch.Tensor, height: int, w
     return hit.any(dim=1)
 
 
-def heatmap_loss_maps(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor,
-                      encoding: str, kind: str, alpha: float, gamma: float, beta: float, keypoint_weight: float,
-                      background_weight: float, threshold: float,
+def heatmap_loss_maps(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor | None,
+                      sigma: torch.Tensor | None, sigma_value: float, encoding: str, kind: str, alpha: float,
+                      gamma: float, beta: float, keypoint_weight: float, background_weight: float, threshold: float,
                       l1_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-map weighted loss sums ``(B, K)`` float32 and cornernet positive counts ``(B, K)`` float32.
 
-    pred (B, K, H, W) any float dtype (math in float32); keypoints (B, N, K, 2), weights (B, N, K),
-    sigma (B, K) as normalised by kpfast.ops. Differentiable w.r.t. ``pred`` only.
+    pred (B, K, H, W) any float dtype (math in float32); keypoints (B, N, K, 2), weights (B, N, K) or
+    None (every weight 1), sigma a (B, K) tensor (any strides) or None with ``sigma_value`` for every
+    map: the kernels' argument convention (kpfast.ops._checks.keypoint_arguments / sigma_argument).
+    Differentiable w.r.t. ``pred`` only.
     """
     height, width = pred.shape[-2:]
-    keypoints, weights, sigma = keypoints.detach().float(), weights.detach().float(), sigma.detach().float()
+    keypoints = keypoints.detach().float()
+    batch, num_keypoints = keypoints.shape[0], keypoints.shape[2]
+    weights = materialise_weights(None if weights is None else weights.detach().float(), keypoints)
+    sigma = materialise_sigma(None if sigma is None else sigma.detach().float(), sigma_value, batch, num_keypoints,
+                              torch.float32, keypoints.device)
     maps, valid = gaussian_maps(keypoints, weights, sigma, height, width, encoding)
     batch, _, num_keypoints = valid.shape
     if maps.shape[1] > 0:
@@ -94,7 +101,9 @@ def reduce_map_losses(map_losses: torch.Tensor, positives: torch.Tensor, kind: s
 
 def heatmap_loss(pred, keypoints, weights, sigma, encoding, kind, alpha, gamma, beta, keypoint_weight,
                  background_weight, threshold, l1_weight, reduction) -> torch.Tensor:
-    """The whole reference loss: render, elementwise formula, reduction (eager baseline)."""
-    map_losses, positives = heatmap_loss_maps(pred, keypoints, weights, sigma, encoding, kind, alpha, gamma, beta,
-                                              keypoint_weight, background_weight, threshold, l1_weight)
+    """The whole reference loss: render, elementwise formula, reduction (eager baseline).
+
+    keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K) tensors (the materialised arguments)."""
+    map_losses, positives = heatmap_loss_maps(pred, keypoints, weights, sigma, 1.0, encoding, kind, alpha, gamma,
+                                              beta, keypoint_weight, background_weight, threshold, l1_weight)
     return reduce_map_losses(map_losses, positives, kind, reduction, pred.shape[-2] * pred.shape[-1])

@@ -92,25 +92,49 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                                       dict(size=size, encoding=encoding, N=instances, dtype=dtype),
                                       _sig(names, types, c), c))
                     for kind in ("mse", "focal", "cornernet"):
-                        # contiguous pred: stride_w == 1, which the launcher specialises too
-                        c = dict(loss.launch_config(height, width, encoding, kind), stride_w=1, **n)
-                        warps = c.pop("num_warps", 4)
-                        block = c["BLOCK_H"] * c["BLOCK_W"]
-                        scalars = ["alpha", "gamma", "beta", "keypoint_weight", "background_weight", "threshold",
-                                   "l1_weight"]
-                        tail = ["N", "K", "height", "width", "stride_b", "stride_k", "stride_h", "stride_w"] + scalars
-                        tail_types = ["i32"] * 8 + ["fp32"] * 7
-                        names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
-                                 "positives_ptr"] + tail
-                        types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"] + tail_types
-                        label = dict(size=size, encoding=encoding, kind=kind, N=instances, dtype=dtype)
-                        specs.append(Spec("loss._loss_forward_kernel", label, _sig(names, types, c), c, warps,
-                                          elements_per_loop=block))
-                        names = ["upstream_ptr", "pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr",
-                                 "grad_ptr"] + tail
-                        types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}"] + tail_types
-                        specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
-                                          elements_per_loop=block))
+                        # the compiled-product default exponents and the general powers (mse has none)
+                        for fixed in ((True,) if kind == "mse" else (True, False)):
+                            # contiguous pred: stride_w == 1, which the launcher specialises too
+                            c = dict(loss.launch_config(height, width, encoding, kind, fixed), stride_w=1, **n)
+                            warps = c.pop("num_warps", 4)
+                            block = c["BLOCK_H"] * c["BLOCK_W"]
+                            scalars = ["sigma_value", "alpha", "gamma", "beta", "keypoint_weight", "background_weight",
+                                       "threshold", "l1_weight"]
+                            tail = ["N", "K", "height", "width", "stride_b", "stride_k", "stride_h", "stride_w",
+                                    "sigma_stride_b", "sigma_stride_k"] + scalars
+                            tail_types = ["i32"] * 10 + ["fp32"] * 8
+                            names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
+                                     "positives_ptr"] + tail
+                            types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"] + tail_types
+                            label = dict(size=size, encoding=encoding, kind=kind, N=instances, dtype=dtype,
+                                         exponents="fixed" if fixed else "general")
+                            specs.append(Spec("loss._loss_forward_kernel", label, _sig(names, types, c), c, warps,
+                                              elements_per_loop=block))
+                            upstream_tail = tail[:10] + ["upstream_stride_b", "upstream_stride_k"] + tail[10:]
+                            names = ["upstream_ptr", "pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr",
+                                     "grad_ptr"] + upstream_tail
+                            types = (["*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 12
+                                     + ["fp32"] * 8)
+                            specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
+                                              elements_per_loop=block))
+                            if kind == "cornernet":
+                                continue
+                            # the gradient-in-forward opt-in (mse, focal): loss and gradient in one pass
+                            c = dict(loss.fused_launch_config(height, width, encoding, kind, fixed), stride_w=1, **n)
+                            warps = c.pop("num_warps", 4)
+                            names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
+                                     "positives_ptr", "grad_ptr"] + tail[:11] + ["expected_upstream"] + tail[11:]
+                            types = ([f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", f"*{dtype}"]
+                                     + ["i32"] * 10 + ["fp32"] * 9)
+                            specs.append(Spec("loss._loss_fused_forward_kernel", label, _sig(names, types, c), c,
+                                              warps, elements_per_loop=c["BLOCK_H"] * c["BLOCK_W"]))
+                    if (height, width) == sizes[0] and encoding == "msra" and instances == "one":
+                        c = dict(BLOCK=loss.RESCALE_BLOCK)  # one per dtype: no size, encoding or N in it
+                        names = ["grad_ptr", "upstream_ptr", "upstream_stride_b", "upstream_stride_k", "K",
+                                 "map_size", "expected_upstream"]
+                        types = [f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32", "fp32"]
+                        specs.append(Spec("loss._loss_rescale_kernel", dict(dtype=dtype), _sig(names, types, c), c,
+                                          4, elements_per_loop=loss.RESCALE_BLOCK))
         for dtype in DTYPES:
             for method in decode.METHODS:
                 for blur_kernel in ((11, 3, 31) if method in ("dark", "udp") else (11,)):

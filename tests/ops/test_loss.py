@@ -4,10 +4,13 @@ argument errors, opcheck, torch.compile and the no-temporaries memory claim.
 Half-precision predictions (values, gradients, dtypes): tests/ops/test_common.py (LossCase)."""
 
 import functools
+import importlib
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import kpfast
 from kpfast.ops import heatmap_loss, render_heatmaps
@@ -281,6 +284,7 @@ def test_not_differentiable_wrt_keypoints():
         (dict(sigma=torch.ones(4)), ValueError, r"sigma: expected shape \(5,\)"),
         (dict(weights=torch.ones(2, 4)), ValueError, r"weights: expected shape \(2, 5\)"),
         (dict(backend="gpu"), ValueError, "backend: expected one of"),
+        (dict(fused_gradient="yes"), TypeError, "fused_gradient: expected a bool, got str"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, message):
@@ -306,6 +310,123 @@ def test_bad_pred_is_named():
 
 
 
+class _RecordOps(TorchDispatchMode):
+    """Every tensor op that reaches the dispatcher, with the element counts of its tensor arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        sizes = [a.numel() for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        self.calls.append((str(func), sizes))
+        return func(*args, **kwargs)
+
+
+# Views (no data moved) and the Python reduction of the per-map sums (kpfast.reference.reduce_map_losses).
+_VIEW_OPS = {"aten.detach.default", "aten.unsqueeze.default", "aten.expand.default"}
+_REDUCTION_OPS = {"aten.sum.default", "aten.div.Tensor", "aten.clamp.default"}
+# What a materialised argument would show: a fill, a cast or a copy.
+_MATERIALISING = ("full", "ones", "zeros", "fill", "copy", "clone", "_to_copy", "empty", "contiguous")
+
+
+@pytest.mark.parametrize("kind", ["focal", "cornernet"])
+@pytest.mark.parametrize("sigma_form", ["float", "per_keypoint"])
+def test_one_launch_arguments(kernel_backend, kind, sigma_form):
+    """A call with no weights and a float or (K,) sigma runs the kpfast op and the reduction only:
+    no torch.ones for the weights, no torch.full / copy for the sigma (a (K,) sigma is expanded)."""
+    backend, device = kernel_backend
+    batch, num_keypoints = 2, 5
+    keypoints = torch.rand(batch, num_keypoints, 2, generator=torch.Generator().manual_seed(4)).to(device) * 8
+    sigma = 1.8 if sigma_form == "float" else torch.linspace(1.2, 2.4, num_keypoints, device=device)
+    pred = make_pred(kind, batch, num_keypoints, device).requires_grad_(True)
+    forward_name = "kpfast_triton.heatmap_loss.default" if backend == "triton" else "kpfast.heatmap_loss.default"
+    heatmap_loss(pred, keypoints, sigma=sigma, kind=kind, backend=backend)  # first use loads the backend
+    with _RecordOps() as recorded:
+        loss = heatmap_loss(pred, keypoints, sigma=sigma, kind=kind, backend=backend)
+    names = [name for name, _ in recorded.calls]
+    assert names.count(forward_name) == 1, names
+    assert not [n for n in names if any(word in n for word in _MATERIALISING)], names
+    for name, sizes in recorded.calls:
+        if name == forward_name or name in _VIEW_OPS or name in _REDUCTION_OPS:
+            continue
+        # The one exception: the value check of a user's sigma (finite, > 0), which reads CPU tensors
+        # only (never a GPU tensor: no host sync) and touches nothing larger than that (K,) tensor.
+        assert device.type == "cpu" and sigma_form == "per_keypoint" and max(sizes, default=0) <= num_keypoints, \
+            (name, sizes, names)
+    expected = heatmap_loss(pred.detach(), keypoints, sigma=sigma, kind=kind, backend="torch")
+    assert_close_rel(loss.detach(), expected, LOSS_RTOL, "loss")
+    # Backward: one kernel writes the one map-sized buffer; every other op sees (B, K) or less.
+    with _RecordOps() as recorded:
+        loss.backward()
+    backward_name = ("kpfast_triton.heatmap_loss_backward.default" if backend == "triton"
+                     else "kpfast._heatmap_loss_backward.default")
+    names = [name for name, _ in recorded.calls]
+    assert names.count(backward_name) == 1, names
+    for name, sizes in recorded.calls:
+        if name not in (backward_name, "aten.detach.default"):
+            assert max(sizes, default=0) <= batch * num_keypoints, (name, sizes)
+
+
+def test_fixed_exponent_policy():
+    """The Triton launcher picks the compiled-product exponents exactly where csrc/kpfast/loss.h does."""
+    pytest.importorskip("triton")
+    from kpfast.triton.loss import fixed_exponents
+
+    assert fixed_exponents("focal", 0.25, 2.0, 4.0) and not fixed_exponents("focal", 0.25, 2.5, 4.0)
+    assert fixed_exponents("cornernet", 2.0, 2.0, 4.0)
+    assert not fixed_exponents("cornernet", 3.0, 2.0, 4.0) and not fixed_exponents("cornernet", 2.0, 2.0, 5.0)
+    assert fixed_exponents("mse", 0.0, 7.0, 9.0)
+
+
+@pytest.mark.parametrize("kind, exponents", [
+    ("focal", dict(gamma=2.0)),                 # fixed: gamma^2 as products
+    ("focal", dict(gamma=1.5)),                 # general, libm powers on the CPU
+    ("focal", dict(gamma=2.5)),
+    ("focal", dict(gamma=3.0)),                 # general, small-integer powers
+    ("cornernet", dict(alpha=2.0, beta=4.0)),   # fixed
+    ("cornernet", dict(alpha=3.0, beta=5.0)),   # general (libm)
+    ("cornernet", dict(alpha=2.0, beta=3.0)),   # general (small integers), alpha alone is not enough
+])
+def test_exponent_paths_match_reference(kernel_backend, kind, exponents):
+    """Each exponent path (the fixed products and the general powers) against the reference, on
+    maps with ignored keypoints, several instances and a strided per-keypoint sigma."""
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device, seed=21)
+    batch, num_keypoints = keypoints.shape[0], keypoints.shape[-2]
+    pred = make_pred(kind, batch, num_keypoints, device, seed=8)
+    probe = torch.rand(batch, num_keypoints, generator=torch.Generator().manual_seed(6)).to(device)
+    sigma = torch.linspace(1.1, 2.3, num_keypoints, device=device)
+    kwargs = dict(kind=kind, sigma=sigma, reduction="none", l1_weight=0.05, **exponents)
+    ref_loss, ref_grad = loss_and_grad("torch", pred, keypoints, weights, probe, **kwargs)
+    loss, grad = loss_and_grad(backend, pred, keypoints, weights, probe, **kwargs)
+    assert (ref_loss > 0).sum() >= 4
+    assert_close_rel(loss, ref_loss, LOSS_RTOL, f"{kind} {exponents} loss")
+    assert_close_rel(grad, ref_grad, GRAD_RTOL, f"{kind} {exponents} gradient")
+
+
+# The next float32 above 2 and 4 (the kernels take the exponents as float32).
+_ABOVE_2, _ABOVE_4 = 2.0 + 2.0**-22, 4.0 + 2.0**-21
+
+
+@pytest.mark.parametrize("kind, fixed, nearby", [
+    ("focal", dict(gamma=2.0), dict(gamma=_ABOVE_2)),
+    ("cornernet", dict(alpha=2.0, beta=4.0), dict(alpha=_ABOVE_2, beta=_ABOVE_4)),
+])
+def test_fixed_exponents_continue_the_general_path(kernel_backend, kind, fixed, nearby):
+    """The fixed products at the default exponents agree with the general powers one float32 ulp
+    away (which take the general path): the two paths compute the same function."""
+    backend, device = kernel_backend
+    keypoints, weights = keypoints_with_edge_cases(device=device, seed=23)
+    pred = make_pred(kind, *keypoints.shape[:2], device, seed=9)
+    kwargs = dict(kind=kind, reduction="none", probe=torch.ones((), device=device))
+    fixed_loss, fixed_grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs, **fixed)
+    general_loss, general_grad = loss_and_grad(backend, pred, keypoints, weights, **kwargs, **nearby)
+    assert_close_rel(fixed_loss, general_loss, LOSS_RTOL, "loss")
+    assert_close_rel(fixed_grad, general_grad, GRAD_RTOL, "gradient")
+
+
 def _ops(backend):
     namespace = torch.ops.kpfast_triton if backend == "triton" else torch.ops.kpfast
     backward = namespace.heatmap_loss_backward if backend == "triton" else namespace._heatmap_loss_backward
@@ -313,16 +434,122 @@ def _ops(backend):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_opcheck(kernel_backend, kind):
+@pytest.mark.parametrize("arguments", ["tensors", "absent", "strided_sigma"])
+def test_opcheck(kernel_backend, kind, arguments):
+    """The ops in the one-launch argument convention: (B, K) sigma and weights; sigma None (one
+    sigma_value) and weights None; a (K,) sigma expanded to (B, K) (stride_b 0) and a transposed one."""
     backend, device = kernel_backend
     forward, backward = _ops(backend)
     keypoints, weights = keypoints_with_edge_cases(instances=2, device=device)
-    sigma = torch.full((2, 5), 1.5, device=device)
     pred = make_pred(kind, 2, 5, device).requires_grad_(True)
     config = ("udp", kind, 0.25 if kind == "focal" else 2.0, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1)
-    torch.library.opcheck(forward, (pred, keypoints, weights, sigma) + config)
     upstream = torch.rand(2, 5, device=device)
-    torch.library.opcheck(backward, (upstream, pred.detach(), keypoints, weights, sigma) + config)
+    if arguments == "tensors":
+        sigmas, weights_arg = [torch.full((2, 5), 1.5, device=device)], weights
+    elif arguments == "absent":
+        sigmas, weights_arg = [None], None
+    else:
+        per_keypoint = torch.linspace(0.9, 2.1, 5, device=device).expand(2, 5)
+        transposed = torch.linspace(0.9, 2.1, 10, device=device).reshape(5, 2).t()
+        assert per_keypoint.stride() == (0, 1) and not transposed.is_contiguous()
+        sigmas, weights_arg = [per_keypoint, transposed], weights
+    for sigma in sigmas:
+        arguments_ = (keypoints, weights_arg, sigma, 1.5) + config
+        torch.library.opcheck(forward, (pred,) + arguments_)
+        torch.library.opcheck(backward, (upstream, pred.detach()) + arguments_)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_reads_strided_upstream(kernel_backend, kind):
+    """The backward op reads the (B, K) upstream gradient with any strides (the expanded scalar of a
+    mean or sum, a transposed tensor) in place and gives the gradient of its contiguous copy."""
+    backend, device = kernel_backend
+    _, backward = _ops(backend)
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device)
+    pred = make_pred(kind, 2, 5, device)
+    config = ("udp", kind, 0.25 if kind == "focal" else 2.0, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1)
+    arguments = (pred, keypoints, weights, None, 1.6) + config
+    transposed = torch.rand(5, 2, generator=torch.Generator().manual_seed(3)).to(device).t()
+    for upstream in (torch.full((), 0.37, device=device).expand(2, 5), transposed):
+        assert not upstream.is_contiguous()
+        got = backward(upstream, *arguments)
+        expected = backward(upstream.contiguous(), *arguments)
+        assert torch.count_nonzero(expected) > 0
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("batch, num_keypoints, height, width", [(2, 5, H, W), (256, 17, 96, 72), (3, 1, 1, 1)])
+def test_expected_upstream_is_what_autograd_gives(reduction, batch, num_keypoints, height, width):
+    """The gradient-in-forward opt-in compares the upstream on the device with the value it assumed:
+    that value must be, bit for bit, the one autograd computes through the reduction (also past
+    2^24 pixels, where the pixel count is not a float32)."""
+    from kpfast.ops._loss_autograd import expected_upstream
+    from kpfast.reference import reduce_map_losses
+
+    map_losses = torch.rand(batch, num_keypoints, requires_grad=True)
+    loss = reduce_map_losses(map_losses, torch.zeros(batch, num_keypoints), "focal", reduction, height * width)
+    (upstream,) = torch.autograd.grad(loss.sum() if reduction == "none" else loss, map_losses)
+    expected = expected_upstream(reduction, batch * num_keypoints, height * width)
+    assert bool((upstream == torch.tensor(expected, dtype=torch.float32)).all()), (upstream.flatten()[0], expected)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", ["mse", "focal"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_fused_gradient_matches_the_separate_backward(kind, reduction):
+    """fused_gradient=True (Triton): the same loss and gradient as the separate backward kernel
+    for the assumed upstream, a scaled one (AMP-like), a per-map one with zeros (OHKM), and a
+    second backward through the same graph (retain_graph recomputes: no doubly scaled buffer)."""
+    reason = kpfast.backends.unavailable_reason("triton", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if reason is not None:
+        pytest.skip(reason)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device, seed=31)
+    batch, num_keypoints = keypoints.shape[0], keypoints.shape[-2]
+    pred = make_pred(kind, batch, num_keypoints, device, seed=12)
+    per_map = torch.rand(batch, num_keypoints, generator=torch.Generator().manual_seed(2)).to(device)
+    per_map[0, :2] = 0.0  # maps dropped by OHKM
+    objectives = {
+        "plain": lambda loss: loss.sum() if reduction == "none" else loss,
+        "scaled": lambda loss: 3.7 * (loss.sum() if reduction == "none" else loss),
+        "per_map": lambda loss: (loss * per_map).sum() if reduction == "none" else loss * 0.5,
+    }
+    for name, objective in objectives.items():
+        grads = {}
+        for fused in (False, True):
+            x = pred.detach().clone().requires_grad_(True)
+            loss = heatmap_loss(x, keypoints, weights, kind=kind, reduction=reduction, backend="triton",
+                                fused_gradient=fused)
+            value = objective(loss)
+            first = torch.autograd.grad(value, x, retain_graph=True)[0]
+            second = torch.autograd.grad(value, x)[0]
+            grads[fused] = (loss.detach(), first, second)
+        (ref_loss, ref_first, ref_second), (got_loss, got_first, got_second) = grads[False], grads[True]
+        torch.testing.assert_close(got_loss, ref_loss, rtol=0, atol=0)
+        assert_close_rel(got_first, ref_first, 1e-6, f"{name}: first backward")
+        assert_close_rel(got_second, ref_second, 1e-6, f"{name}: second backward (retain_graph)")
+        assert torch.count_nonzero(ref_first) > 0
+
+
+@pytest.mark.triton
+def test_fused_gradient_ops_opcheck():
+    reason = kpfast.backends.unavailable_reason("triton", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if reason is not None:
+        pytest.skip(reason)
+    importlib.import_module("kpfast.triton.loss")  # defines the kpfast_triton ops
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keypoints, weights = keypoints_with_edge_cases(instances=2, device=device)
+    pred = make_pred("focal", 2, 5, device)
+    config = ("udp", "focal", 0.25, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1)
+    torch.library.opcheck(torch.ops.kpfast_triton.heatmap_loss_fused,
+                          (pred, keypoints, weights, None, 1.6) + config + (0.5,))
+    grad = make_pred("focal", 2, 5, device, seed=5)
+    upstream = torch.tensor([[0.5, 0.0, 1.0, 0.5, 2.0], [0.5, 0.5, 0.5, 0.5, 0.5]], device=device)
+    expected = grad * (upstream / 0.5)[..., None, None]
+    torch.ops.kpfast_triton.heatmap_loss_rescale_(grad, upstream, 0.5)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.kpfast_triton.heatmap_loss_rescale_, (grad, upstream, 0.5))
 
 
 def test_torch_compile_fullgraph(kernel_backend):

@@ -137,9 +137,9 @@ def test_every_launch_runs_under_its_inputs_device(monkeypatch):
     calls = [
         lambda: render.render_heatmaps(keypoints, weights, sigma, 1.0, 10, 12, "udp", torch.float32),
         lambda: render.render_heatmaps_backward(maps, keypoints, weights, sigma, 1.0, "udp"),
-        lambda: loss.heatmap_loss(maps, keypoints, weights, sigma, "udp", "focal", 0.25, 2.0, 4.0, 15.0, 1.0, 0.1,
+        lambda: loss.heatmap_loss(maps, keypoints, weights, sigma, 1.0, "udp", "focal", 0.25, 2.0, 4.0, 15.0, 1.0, 0.1,
                                   0.1),
-        lambda: loss.heatmap_loss_backward(torch.ones(2, 3, device=device), maps, keypoints, weights, sigma, "udp",
+        lambda: loss.heatmap_loss_backward(torch.ones(2, 3, device=device), maps, keypoints, weights, sigma, 1.0, "udp",
                                            "focal", 0.25, 2.0, 4.0, 15.0, 1.0, 0.1, 0.1),
         lambda: decode.decode_heatmaps(maps, "dark", 11, 3),
         lambda: decode.soft_argmax(maps, 1.0),
