@@ -90,7 +90,8 @@ BUDGETS = {
     "decode._decode_kernel": (168, "one program per map, bandwidth-bound: 3 programs per SM suffice"),
     "decode._soft_argmax_kernel": (128, "one program per map, needs >= 4 programs per SM to hide latency"),
     "decode._soft_argmax_backward_kernel": (64, "elementwise: full occupancy"),
-    "decode._find_peaks_kernel": (255, "issue 13 redesigns it; until then the gate is: no spills"),
+    "decode._find_peaks_kernel": (128, "one program per map walking 1024-pixel tiles (issue 13's redesign takes "
+                                       "<= 127): <= 128 keeps >= 4 programs (16 warps) per SM"),
     # CUDA kernels (256-thread blocks): <= 64 registers keeps 4 blocks (32 warps, half occupancy) per SM;
     # full occupancy (64 warps) needs <= 32.
     "cuda": (64, "256-thread blocks: <= 64 registers keeps 4 blocks (32 warps) per SM"),

@@ -40,6 +40,12 @@ from concurrent.futures import ProcessPoolExecutor
 SIZES = ((64, 48), (96, 72), (17, 13), (128, 96))
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 THREADS_PER_WARP = 32
+# DARK/UDP blur kernel sizes compiled, by map dtype: every size for float32 (ptxas's register
+# choices jump between sizes: spills came at 9-15, 25-31, and 17-25 at 17x13), the default, the
+# smallest tap table and the largest for the others (the dtype changes only the map loads).
+BLURS = dict(fp32=(11,) + tuple(k for k in range(1, 32, 2) if k != 11), bf16=(11, 3, 31), fp16=(11, 3, 31))
+# ... and in the --quick gate: the default and the largest (the largest patch window).
+QUICK_BLURS = (11, 31)
 
 
 @dataclasses.dataclass
@@ -50,6 +56,7 @@ class Spec:
     constexprs: dict       # argument name -> value
     num_warps: int = 4
     elements_per_loop: int | None = None  # map pixels one iteration of the hot loop handles
+    options: dict = dataclasses.field(default_factory=dict)  # further launch options (maxnreg)
 
     @property
     def name(self) -> str:
@@ -137,16 +144,17 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                                           4, elements_per_loop=loss.RESCALE_BLOCK))
         for dtype in DTYPES:
             for method in decode.METHODS:
-                for blur_kernel in ((11, 3, 31) if method in ("dark", "udp") else (11,)):
+                for blur_kernel in (BLURS[dtype] if method in ("dark", "udp") else (11,)):
                     c = decode.decode_config(height, width, method, blur_kernel, 3)
                     warps = c.pop("num_warps")
+                    options = dict(maxnreg=c.pop("maxnreg"))
                     names = ["maps_ptr", "coords_ptr", "scores_ptr", "height", "width"]
                     types = [f"*{dtype}", "*fp32", "*fp32", "i32", "i32"]
                     label = dict(size=size, method=method, dtype=dtype)
                     if method in ("dark", "udp"):
                         label["blur_kernel"] = blur_kernel
                     specs.append(Spec("decode._decode_kernel", label, _sig(names, types, c), c, warps,
-                                      elements_per_loop=c["BLOCK"]))
+                                      elements_per_loop=c["BLOCK"], options=options))
             c = decode.soft_argmax_config(height * width)
             warps = c.pop("num_warps")
             names = ["maps_ptr", "coords_ptr", "scores_ptr", "lse_ptr", "width", "size", "beta"]
@@ -461,7 +469,7 @@ def compile_one(spec: Spec, arch: int) -> dict:
             raise ValueError(f"signature misses {sorted(missing)}")
         source = triton.compiler.ASTSource(fn=fn, signature=spec.signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, THREADS_PER_WARP),
-                                  options=dict(num_warps=spec.num_warps))
+                                  options=dict(spec.options, num_warps=spec.num_warps))
     except Exception as error:  # noqa: BLE001 - the record carries the compiler's message
         record.update(ok=False, error=f"{type(error).__name__}: {str(error)[-1500:]}")
         return record
@@ -509,7 +517,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the records here (default: stdout)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--sizes", default=None, help="comma-separated HxW list (default: DESIGN.md's and more)")
-    parser.add_argument("--quick", action="store_true", help="one specialisation per kernel, kind, method")
+    parser.add_argument("--quick", action="store_true",
+                        help="one specialisation per kernel, kind, method (and blur size in QUICK_BLURS)")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="only this prediction/map dtype")
     parser.add_argument("--kernel", default=None, help="only kernels whose name contains this")
     args = parser.parse_args(argv)
@@ -522,7 +531,10 @@ def main(argv=None) -> int:
     if args.quick:  # one specialisation per kernel, loss kind and decode method: the unit-test set
         seen, quick = set(), []
         for spec in specs:
-            key = (spec.kernel, spec.label.get("kind"), spec.label.get("method"))
+            blur = spec.label.get("blur_kernel")
+            if blur is not None and blur not in QUICK_BLURS:
+                continue
+            key = (spec.kernel, spec.label.get("kind"), spec.label.get("method"), blur)
             if key not in seen:
                 seen.add(key)
                 quick.append(spec)

@@ -122,7 +122,7 @@ def _blurred_maximum(base, height, width, KSIZE: tl.constexpr, KPAD: tl.constexp
 
 @triton.jit
 def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.constexpr,
-                   KSIZE: tl.constexpr, KPAD: tl.constexpr, ROWS_PAD: tl.constexpr, WINDOW: tl.constexpr,
+                   KSIZE: tl.constexpr, KPAD: tl.constexpr, ROWS: tl.constexpr, WINDOW: tl.constexpr,
                    WPAD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
     map_id = tl.program_id(0).to(tl.int64)
     size = height * width
@@ -174,27 +174,34 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         oy = tl.sum(tl.sum(w * d[:, None].to(tl.float32), axis=1), axis=0) / total
     if METHOD == 2 or METHOD == 3:
         radius = KSIZE // 2
-        # Horizontal pass: rows y-2-R .. y+2+R, five columns (clamped) around x.
-        r = tl.arange(0, ROWS_PAD)
+        # The 5x5 patch around the argmax, separably: horizontal pass over rows y-2-R .. y+2+R,
+        # five columns (clamped) around x, then the vertical pass. The 5 + 2R source rows are taken
+        # ROWS at a time, each chunk's vertical contribution added to the patch, so that at most a
+        # (ROWS, 8, KPAD) tile of map values is live (decode_config sizes it; the whole window at
+        # blur 29-31 took 228 registers, or spilled). One chunk (blur <= 11) adds its sum to
+        # zero: the same result as the single pass.
         c = tl.arange(0, 8)
         j = tl.arange(0, KPAD)
-        src_row = y - 2 - radius + r
+        i = tl.arange(0, 8)
         col_c = tl.minimum(tl.maximum(x - 2 + c, 0), width - 1)
         src_col = col_c[None, :, None] + j[None, None, :] - radius
+        col_mask = (c[None, :, None] < 5) & (j[None, None, :] < KSIZE) & (src_col >= 0) & (src_col < width)
         g = _taps(j, KSIZE, KPAD)
-        mask = ((r[:, None, None] < 5 + 2 * radius) & (src_row[:, None, None] >= 0)
-                & (src_row[:, None, None] < height) & (c[None, :, None] < 5) & (j[None, None, :] < KSIZE)
-                & (src_col >= 0) & (src_col < width))
-        values = tl.load(base + src_row[:, None, None] * width + src_col, mask=mask, other=0.0).to(tl.float32)
-        horizontal = tl.sum(values * g[None, None, :], axis=2)  # (ROWS_PAD, 8)
-        # Vertical pass: patch row i sits at clamp(y - 2 + i); its taps start at horizontal row
-        # clamp(y - 2 + i) - y + 2.
-        i = tl.arange(0, 8)
+        # Patch row i sits at clamp(y - 2 + i); its taps start at window row clamp(y - 2 + i) - y + 2.
         first = tl.minimum(tl.maximum(y - 2 + i, 0), height - 1) - y + 2
-        tap = r[None, :] - first[:, None]
-        vmask = (i[:, None] < 5) & (tap >= 0) & (tap < KSIZE)
-        vweights = tl.where(vmask, _taps(tap, KSIZE, KPAD), 0.0)  # (8, ROWS_PAD)
-        patch = tl.sum(vweights[:, :, None] * horizontal[None, :, :], axis=1)  # (8, 8): [i, c]
+        patch = tl.zeros((8, 8), dtype=tl.float32)  # [i, c]
+        for r0 in range(0, 5 + 2 * radius, ROWS):
+            r = r0 + tl.arange(0, ROWS)
+            src_row = y - 2 - radius + r
+            row_ok = (r < 5 + 2 * radius) & (src_row >= 0) & (src_row < height)
+            mask = row_ok[:, None, None] & col_mask
+            values = tl.load(base + src_row[:, None, None] * width + src_col, mask=mask,
+                             other=0.0).to(tl.float32)
+            horizontal = tl.sum(values * g[None, None, :], axis=2)  # (ROWS, 8)
+            tap = r[None, :] - first[:, None]
+            vmask = (i[:, None] < 5) & (tap >= 0) & (tap < KSIZE)
+            vweights = tl.where(vmask, _taps(tap, KSIZE, KPAD), 0.0)  # (8, ROWS)
+            patch += tl.sum(vweights[:, :, None] * horizontal[None, :, :], axis=1)
         ii = i[:, None]
         cc = c[None, :]
         di = ii - 2
@@ -255,16 +262,30 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
     tl.store(scores_ptr + map_id, best)
 
 
+# A register ceiling (PTX .maxnreg) for ptxas, at the kernel's budget (benchmarks/resources.py): left to
+# itself, ptxas chose 48-80 registers for the DARK/UDP kernels and spilled 12-40 bytes around the
+# patch's f64 tap and cross-warp reductions (blur 9-15, sm_80 and sm_90); with the ceiling it takes
+# what it needs under it, unspilled. Launch option only: the interpreter ignores it.
+DECODE_MAX_REGISTERS = 168
+# Map values of the DARK/UDP patch's horizontal pass live at once: (ROWS, 8, KPAD) per chunk
+# of source rows. 2048 (8 per thread at 8 warps) is the whole window up to blur 11 (the default);
+# 4096 left blur 29-31 at 139-142 registers (128x96), 2048 at 103-108 (sm_80 / sm_90).
+PATCH_TILE = 2048
+
+
 def decode_config(height: int, width: int, method: str, blur_kernel: int, window: int) -> dict:
     """The constexprs (and launch options) of the decode kernel for an H x W map."""
     radius = blur_kernel // 2
-    return dict(METHOD=METHODS[method], KSIZE=blur_kernel, KPAD=triton.next_power_of_2(blur_kernel),
-                ROWS_PAD=triton.next_power_of_2(5 + 2 * radius), WINDOW=window, WPAD=triton.next_power_of_2(window),
+    kpad = triton.next_power_of_2(blur_kernel)
+    return dict(METHOD=METHODS[method], KSIZE=blur_kernel, KPAD=kpad,
+                ROWS=min(triton.next_power_of_2(5 + 2 * radius), PATCH_TILE // (8 * kpad)),
+                WINDOW=window, WPAD=triton.next_power_of_2(window),
                 BLOCK=min(2048, triton.next_power_of_2(max(height * width, 1))),
                 # 8 warps: at 4 the DARK/UDP patch (16x8x16 values) spills 12 bytes per thread on sm_90.
                 # BLOCK_W 64: the rare whole-map blur (a (BLOCK_W, KPAD) tile per tap row) at 128 made
-                # the 96x72 DARK kernel spill 16 bytes on sm_90.
-                BLOCK_W=min(64, triton.next_power_of_2(max(width, 1))), num_warps=8)
+                # the 96x72 DARK kernel spill 16 bytes on sm_90; and 64 on narrow maps too: a 16-wide
+                # tile (17x13) took 143-168 registers on sm_90 at blur 17-25, 64 wide 108-122.
+                BLOCK_W=64, num_warps=8, maxnreg=DECODE_MAX_REGISTERS)
 
 
 @torch.library.custom_op("kpfast_triton::decode_heatmaps", mutates_args=())

@@ -63,6 +63,20 @@ def test_no_kernel_spills_or_exceeds_its_register_budget(aot_records):
     assert resources.violations(records) == []
 
 
+def test_gate_compiles_the_largest_blur_and_the_full_set_every_blur(aot_records):
+    """The DARK/UDP patch window grows with the blur: at blur 31 it took 228 registers (over the
+    168 budget) or spilled, where blur 11 fitted. The quick gate compiles blur 31 of both methods
+    on both architectures (budget and spills: the test above); the full set every odd size."""
+    from kpfast.triton import aot
+
+    gated = {(r["method"], r["blur_kernel"], r["arch"]) for r in aot_records[1]
+             if r["kernel"] == "decode._decode_kernel" and "blur_kernel" in r}
+    assert {(m, 31, a) for m in ("dark", "udp") for a in (80, 90)} <= gated
+    full = {(s.label["method"], s.label["blur_kernel"]) for s in aot.specialisations(((17, 13),))
+            if s.kernel == "decode._decode_kernel" and s.label["dtype"] == "fp32" and "blur_kernel" in s.label}
+    assert full == {(m, k) for m in ("dark", "udp") for k in range(1, 32, 2)}
+
+
 def test_every_triton_kernel_has_a_budget():
     from kpfast.triton import aot
 
