@@ -201,35 +201,6 @@ def normalise_keypoints(keypoints, weights):
     return keypoints.to(compute).contiguous(), weights.to(compute).contiguous(), has_instances
 
 
-def normalise_sigma(sigma, batch: int, num_keypoints: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A float, (K,) or (B, K) sigma -> a contiguous (B, K) tensor (keeping autograd history).
-
-    Tensor values (finite, > 0) are checked on CPU tensors only: on a GPU the check would
-    synchronise the host every call (and break CUDA-graph capture). A non-positive or non-finite
-    sigma in a CUDA tensor is the caller's error, not detected: its maps come out NaN or zero.
-    """
-    if isinstance(sigma, torch.Tensor):
-        if sigma.dim() == 0:
-            sigma = sigma.reshape(1, 1)
-        check_tensor("sigma", sigma, dims=(1, 2))
-        if sigma.device != device:
-            raise ValueError(f"sigma: expected a tensor on {device} (the device of keypoints), got {sigma.device}")
-        if sigma.dim() == 1 and sigma.shape[0] != num_keypoints and not (sigma.shape[0] == 1):
-            raise ValueError(f"sigma: expected shape ({num_keypoints},) (one per keypoint), got {tuple(sigma.shape)}")
-        if sigma.dim() == 2 and tuple(sigma.shape) not in ((batch, num_keypoints), (1, 1)):
-            raise ValueError(f"sigma: expected shape ({batch}, {num_keypoints}) (per sample and keypoint), got {tuple(sigma.shape)}")
-        if sigma.device.type == "cpu" and not compiling() and sigma.numel() > 0:
-            bad = ~(torch.isfinite(sigma) & (sigma > 0))
-            if bool(bad.any()):
-                raise ValueError(f"sigma: expected finite values > 0, got {sigma[bad].flatten()[0].item()!r}")
-        return sigma.to(dtype).expand(batch, num_keypoints).contiguous()
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-        raise TypeError(f"sigma: expected a float or a tensor of shape (K,) or (B, K), got {_type_name(sigma)}")
-    if not (float(sigma) > 0 and float(sigma) < float("inf")):
-        raise ValueError(f"sigma: expected a finite value > 0, got {sigma!r}")
-    return torch.full((batch, num_keypoints), float(sigma), dtype=dtype, device=device)
-
-
 # ---- arguments as the kernels take them: one launch per op call --------------------------------
 # The compiled and Triton kernels take absent weights as None (every weight 1) and sigma as either
 # a (B, K) view with any strides (a (K,) sigma expanded, not copied) or None plus one float, so a
@@ -258,7 +229,8 @@ def sigma_argument(sigma, batch: int, num_keypoints: int, dtype: torch.dtype,
     """A float, (K,) or (B, K) sigma -> ``(tensor, value)`` as the kernels take it.
 
     A tensor sigma becomes a ``(B, K)`` view of ``dtype`` (expanded, not copied; autograd history
-    kept) and value 1.0; a float becomes ``(None, float(sigma))``. Checked as :func:`normalise_sigma`.
+    kept) and value 1.0; a float becomes ``(None, float(sigma))``. Values are checked on CPU tensors only (a GPU read would sync the host); a bad
+    sigma in a CUDA tensor is the caller's error: its maps come out NaN or zero.
     """
     if isinstance(sigma, torch.Tensor):
         if sigma.dim() == 0:
