@@ -21,6 +21,12 @@ file unless recomputed, so the table regenerates without the before build) and
   memory frame (``LOCAL``, spills and local arrays alike: both mean per-thread DRAM traffic);
 * smem: shared memory per block in bytes (Triton: the launcher's dynamic shared memory);
 * sass: static SASS instructions of the kernel;
+* div64: 64-bit integer divisions / remainders anywhere in the kernel (``I2F.U64.RP`` / ``.S64``
+  expansions, kpfast.triton.aot.int64_divisions); ``--check`` fails on any;
+* vec: the widest global access of map elements in the hot loop, in bytes (16: 16-byte vectors;
+  the element size: scalar accesses). Triton kernels are compiled with the integer arguments'
+  divisibility the JIT launcher gives them at that size (kpfast.triton.aot.launcher_ints): at
+  64x48 every size and stride is a multiple of 16, so the launcher lets Triton vectorise;
 * el/it: map elements one thread handles per iteration of the hot loop (the loop that moves the
   map, chosen by ``kpfast.triton.aot.sass_summary``; "kernel" when no loop does: a straight-line
   tile). Triton: the program's tile (``BLOCK``, ``BLOCK_H * BLOCK_W``) over its threads. CUDA:
@@ -150,7 +156,8 @@ def model(record: dict, machine: dict = H100) -> dict:
     Every field is None with a ``note`` saying why when it cannot be derived."""
     m = machine
     out = dict(elements_per_thread=None, sass_per_element=None, bytes_per_element=None, warps=None,
-               issue_bound=None, latency_bound=None, model_fraction=None, note=record.get("note"))
+               issue_bound=None, latency_bound=None, model_fraction=None, note=record.get("note"),
+               map_width=record.get("loop_map_width") or None, int64_divisions=record.get("int64_divisions"))
     direction, size = record.get("map_access"), record.get("element_bytes")
     if record.get("ok") is False:
         return dict(out, note="does not compile")
@@ -325,6 +332,9 @@ def violations(records: list[dict]) -> list[str]:
             continue
         if r.get("spill", 0) > 0:
             problems.append(f"{r['name']}: spills ({r['spill']} bytes per thread)")
+        if r.get("int64_divisions"):
+            problems.append(f"{r['name']}: {r['int64_divisions']} 64-bit integer division(s) (expected 0: index "
+                            "arithmetic in 32 bits, or a division hoisted out of the kernel)")
         budget = budget_for(r["kernel"], r.get("name", ""))
         if r["regs"] > budget:
             problems.append(f"{r['name']}: {r['regs']} registers > budget {budget}")
@@ -342,8 +352,9 @@ def _family(r: dict) -> str:
 
 
 # Family aggregates: the worst specialisation (costs: max; warps and fractions: min).
-_WORST = dict(regs=max, spill=max, shared=max, sass=max, elements_per_thread=min, sass_per_element=max,
-              bytes_per_element=max, warps=min, issue_bound=min, latency_bound=min, model_fraction=min)
+_WORST = dict(regs=max, spill=max, shared=max, sass=max, int64_divisions=max, map_width=min, elements_per_thread=min,
+              sass_per_element=max, bytes_per_element=max, warps=min, issue_bound=min, latency_bound=min,
+              model_fraction=min)
 
 
 def summarise(records: list[dict]) -> dict:
@@ -358,6 +369,10 @@ def summarise(records: list[dict]) -> dict:
         for key, worst in _WORST.items():
             values = [f[key] for f in figures if f.get(key) is not None]
             row[key] = worst(values) if values else None
+        # figures an older analysis did not record (a before side kept from resources.json)
+        row["unrecorded"] = [key for key, source in (("int64_divisions", "int64_divisions"),
+                                                     ("map_width", "loop_map_width"))
+                             if figures and not any(source in r for r in ok)]
         row["assumed"] = any(f.get("threads_assumed") for f in figures)
         row["whole_kernel"] = any((f.get("loop_pick") or "").startswith("whole") for f in figures)
         notes = sorted({f["note"] for f in figures if f.get("note") and f.get("model_fraction") is None})
@@ -372,6 +387,8 @@ def _show(row, key):
     if row["failed"] and row.get(key) is None:
         return "FAIL"
     value = row.get(key)
+    if key in row.get("unrecorded", ()):
+        return "n/r"
     if value is None and key == "latency_bound" and row.get("model_fraction") is not None:
         text = "n/a"  # store-only: a warp never waits for its stores
     elif value is None:
@@ -392,8 +409,8 @@ def _cell(before, after, key):
     return a if b == a else f"{b} -> {a}"
 
 
-COLUMNS = (("regs", "regs"), ("spill", "spill"), ("shared", "smem"), ("sass", "sass"),
-           ("elements_per_thread", "el/it"), ("sass_per_element", "loop/elem"), ("bytes_per_element", "B/elem"),
+COLUMNS = (("regs", "regs"), ("spill", "spill"), ("shared", "smem"), ("sass", "sass"), ("int64_divisions", "div64"),
+           ("map_width", "vec"), ("elements_per_thread", "el/it"), ("sass_per_element", "loop/elem"), ("bytes_per_element", "B/elem"),
            ("warps", "warps/SM"), ("issue_bound", "issue"), ("latency_bound", "latency"),
            ("model_fraction", "model"))
 
@@ -435,7 +452,12 @@ def markdown(book: dict) -> str:
              "64x48`, one per kernel, kind and method; `python benchmarks/resources.py --check` compiles every "
              "variant at 64x48 and 96x72 for sm_80 and sm_90 and fails on a spill or budget overrun); CUDA: the sm_90 "
              "SASS of a CUDA-built `kpfast/_C.so`. `*`: 256 threads per block assumed (the kernel declares no "
-             "`__launch_bounds__`). el/it `kernel`: no loop moves the map, the whole kernel is the tile.", ""]
+             "`__launch_bounds__`). el/it `kernel`: no loop moves the map, the whole kernel is the tile. "
+             "div64: 64-bit integer divisions in the kernel (`--check` fails on any); vec: the widest access of "
+             "map elements in the hot loop, bytes (16 = 16-byte vectors; CUDA loss rows ending in `false, T>` (TABLES "
+             "false) are the fallback for a map whose separable tables exceed 47 KB of shared memory (about 40 "
+             "instances at 256x192): per pixel, scalar); `n/r`: not "
+             "recorded by that side's analysis.", ""]
     header = "| kernel | " + " | ".join(title for _, title in COLUMNS) + " | note |"
     for part in ("triton", "cuda"):
         before = summarise([_with_spill(r) for r in book.get("before", {}).get(part, [])])

@@ -10,6 +10,7 @@ import contextlib
 
 import torch
 import triton
+import triton.language as tl
 
 
 def tile_shape(height: int, width: int, max_elements: int = 4096) -> tuple[int, int]:
@@ -27,3 +28,26 @@ def device_guard(tensor: torch.Tensor):
     if tensor.device.type == "cuda":
         return torch.cuda.device(tensor.device)
     return contextlib.nullcontext()
+
+
+def row_alignment(width: int, element_size: int, *strides: int) -> int:
+    """ROW_ALIGN of the 2-D tile kernels: the largest power of two, up to one 16-byte vector of
+    elements, that divides ``width`` and every stride (in elements).
+
+    Triton's launcher tells the compiler only which integers are multiples of 16, so a 96x72 map
+    (72 = 8 * 9) would get scalar loads and stores although every fp32 row starts on a 16-byte
+    boundary; the kernels rebuild width and strides as multiples of ROW_ALIGN (see ``aligned``)."""
+    align = max(1, 16 // max(element_size, 1))
+    for value in (width, *strides):
+        while align > 1 and value % align:
+            align //= 2
+    return align
+
+
+@triton.jit
+def aligned(value, ALIGN: tl.constexpr):
+    """``value``, which the launcher checked is a multiple of ALIGN, rebuilt so that Triton's
+    alignment analysis knows it too (a division and a product by a constant, once per program)."""
+    if ALIGN > 1:
+        value = (value // ALIGN) * ALIGN
+    return value

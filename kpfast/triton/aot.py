@@ -57,6 +57,7 @@ class Spec:
     num_warps: int = 4
     elements_per_loop: int | None = None  # map pixels one iteration of the hot loop handles
     options: dict = dataclasses.field(default_factory=dict)  # further launch options (maxnreg)
+    ints: dict = dataclasses.field(default_factory=dict)  # integer arguments' values, as the launcher sees them
 
     @property
     def name(self) -> str:
@@ -71,17 +72,36 @@ def _sig(names, types, constexprs):
     return signature
 
 
+# Keypoints per instance in the launcher values below: COCO's 17.
+LAUNCH_KEYPOINTS = 17
+
+
+def launcher_ints(height: int, width: int, keypoints: int = LAUNCH_KEYPOINTS) -> dict:
+    """Integer arguments as Triton's JIT launcher sees them for a contiguous (B, K, H, W) batch.
+
+    The launcher specialises on them (an int divisible by 16 is marked ``tt.divisibility=16``, an
+    int equal to 1 becomes a constant), and that decides whether loads and stores can be 16-byte
+    vectors: an AOT compile without these attributes would show scalar accesses the real launch
+    does not make. Strides of a (B, K) upstream gradient or sigma are those of a contiguous one."""
+    size = height * width
+    return dict(height=height, width=width, size=size, map_size=size, K=keypoints, stride_b=keypoints * size,
+                stride_k=size, stride_h=width, sigma_stride_b=keypoints, sigma_stride_k=1,
+                upstream_stride_b=keypoints, upstream_stride_k=1)
+
+
 def specialisations(sizes=SIZES) -> list[Spec]:
     from kpfast.triton import decode, loss, render
 
     specs = []
     for height, width in sizes:
+        first_of_size = len(specs)
         size = f"{height}x{width}"
         for encoding in ("msra", "udp", "dark"):
             for instances in ("one", "many"):  # N == 1 is specialised by Triton's launcher
                 n = {"N": 1} if instances == "one" else {}
                 for dtype in DTYPES:
-                    c = dict(render.forward_config(height, width, encoding), **n)
+                    size_of = ELEMENT_BYTES[dtype]
+                    c = dict(render.forward_config(height, width, encoding, element_size=size_of), **n)
                     names = ["keypoints_ptr", "weights_ptr", "sigma_ptr", "out_ptr", "weights_out_ptr", "N", "K",
                              "height", "width", "sigma_stride_b", "sigma_stride_k", "sigma_value"]
                     types = ["*fp32", "*fp32", "*fp32", f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32", "i32", "i32",
@@ -89,7 +109,7 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                     specs.append(Spec("render._render_forward_kernel",
                                       dict(size=size, encoding=encoding, N=instances, dtype=dtype),
                                       _sig(names, types, c), c))
-                    c = dict(render.backward_config(height, width, encoding), **n)
+                    c = dict(render.backward_config(height, width, encoding, element_size=size_of), **n)
                     names = ["grad_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "grad_keypoints_ptr",
                              "grad_sigma_ptr", "N", "K", "height", "width", "sigma_stride_b", "sigma_stride_k",
                              "sigma_value"]
@@ -102,7 +122,8 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                         # the compiled-product default exponents and the general powers (mse has none)
                         for fixed in ((True,) if kind == "mse" else (True, False)):
                             # contiguous pred: stride_w == 1, which the launcher specialises too
-                            c = dict(loss.launch_config(height, width, encoding, kind, fixed), stride_w=1, **n)
+                            c = dict(loss.launch_config(height, width, encoding, kind, fixed, element_size=size_of),
+                                     stride_w=1, **n)
                             warps = c.pop("num_warps", 4)
                             block = c["BLOCK_H"] * c["BLOCK_W"]
                             scalars = ["sigma_value", "alpha", "gamma", "beta", "keypoint_weight", "background_weight",
@@ -127,7 +148,8 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                             if kind == "cornernet":
                                 continue
                             # the gradient-in-forward opt-in (mse, focal): loss and gradient in one pass
-                            c = dict(loss.fused_launch_config(height, width, encoding, kind, fixed), stride_w=1, **n)
+                            c = dict(loss.fused_launch_config(height, width, encoding, kind, fixed,
+                                                              element_size=size_of), stride_w=1, **n)
                             warps = c.pop("num_warps", 4)
                             names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
                                      "positives_ptr", "grad_ptr"] + tail[:11] + ["expected_upstream"] + tail[11:]
@@ -176,6 +198,8 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                 types = [f"*{dtype}", "*fp32", "*fp32", "*i8", "i32", "i32", "i32", "fp32", "i32"]
                 specs.append(Spec("decode._find_peaks_kernel", dict(size=size, max_peaks=max_peaks, dtype=dtype),
                                   _sig(names, types, c), c, warps))
+        for spec in specs[first_of_size:]:
+            spec.ints = launcher_ints(height, width)
     return specs
 
 
@@ -315,6 +339,17 @@ def _loops(instructions: list[tuple[int, str]]) -> list[tuple[int, int]]:
     return sorted(ends.items())
 
 
+# A 64-bit integer division or remainder: ptxas expands it (inline or as a called subroutine of the
+# kernel, which the listing includes) around a reciprocal estimate of the 64-bit divisor. 32-bit
+# divisions use I2F.U32.RP / I2F.RP instead.
+_INT64_DIVISION = re.compile(r"\bI2F\.[US]64\.RP\b")
+
+
+def int64_divisions(sass: str) -> int:
+    """64-bit integer divisions / remainders in one kernel's SASS (each expansion counted once)."""
+    return len(_INT64_DIVISION.findall(sass))
+
+
 def _map_width(width: int, element_bytes: int | None) -> bool:
     """Can an access of ``width`` bytes move map elements of ``element_bytes``? One element, or a
     vector of them (8 or 16 bytes); a 4-byte access of a 2-byte map is taken for a float (keypoint,
@@ -381,7 +416,10 @@ def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None 
             candidates = [l for l in candidates if 2 * moved(info[l]) >= map_bytes]
         exact = [l for l in candidates if map_bytes and moved(info[l]) == map_bytes]
         if exact:
-            pick, how = max(exact, key=lambda l: info[l]["sass"]), "loop moving the expected map bytes"
+            # widest first: the map scan moves its tile in vectors, a per-keypoint patch loop (DARK's
+            # blur rows) can move as many bytes per thread in scalar loads of cached pixels
+            pick = max(exact, key=lambda l: (info[l]["width"], info[l]["sass"]))
+            how = "loop moving the expected map bytes"
         elif candidates and choice == "window":
             note = "its loops walk each keypoint's window (per instance pair), not the map: no per-element figure"
         elif candidates:
@@ -405,12 +443,13 @@ def sass_summary(sass: str, direction: str | None = None, map_bytes: int | None 
     chosen = info.get(pick) if how else None
     summary = dict(sass=len(instructions), loops=len(loops), loop_sass=None, loop_global_bytes=None,
                    loop_load_bytes=None, loop_store_bytes=None, loop_map_load_bytes=None,
-                   loop_map_store_bytes=None, loop_nested=None, loop_pick=how, loop_range=None, loop_note=note)
+                   loop_map_store_bytes=None, loop_map_width=None, loop_nested=None, loop_pick=how, loop_range=None,
+                   loop_note=note, int64_divisions=int64_divisions(sass))
     if chosen:
         summary.update(loop_sass=chosen["sass"], loop_global_bytes=chosen["load"] + chosen["store"],
                        loop_load_bytes=chosen["load"], loop_store_bytes=chosen["store"],
                        loop_map_load_bytes=chosen["map_load"], loop_map_store_bytes=chosen["map_store"],
-                       loop_nested=chosen["nested"],
+                       loop_map_width=chosen["width"], loop_nested=chosen["nested"],
                        loop_range=None if pick is None else f"{pick[0]:#x}-{pick[1]:#x}")
     return summary
 
@@ -451,6 +490,22 @@ def ptxas_spills(ptx: str, workdir: str) -> dict:
     return dict(spill_stores=int(spills.group(1)), spill_loads=int(spills.group(2)))
 
 
+def specialised_signature(spec: Spec) -> tuple[dict, dict]:
+    """(signature, constexprs) with the integer arguments the launcher turns into the constant 1."""
+    signature, constexprs = dict(spec.signature), dict(spec.constexprs)
+    for name, value in spec.ints.items():
+        if signature.get(name) == "i32" and value == 1:
+            signature[name], constexprs[name] = "constexpr", 1
+    return signature, constexprs
+
+
+def divisible_arguments(spec: Spec) -> list[str]:
+    """Arguments the launcher marks divisible by 16: every pointer (the torch caching allocator's
+    blocks are 16-byte aligned, and the launcher checks), and the integers that are."""
+    return [name for name, kind in spec.signature.items()
+            if kind.startswith("*") or (kind == "i32" and spec.ints.get(name, 1) % 16 == 0)]
+
+
 def compile_one(spec: Spec, arch: int) -> dict:
     """Compile ``spec`` for sm_<arch> and measure it; never raises (errors land in the record)."""
     import triton
@@ -460,14 +515,13 @@ def compile_one(spec: Spec, arch: int) -> dict:
     fn = getattr(__import__(f"kpfast.triton.{module}", fromlist=[function]), function)
     record = dict(kernel=spec.kernel, name=spec.name, arch=arch, num_warps=spec.num_warps, **spec.label)
     try:
-        constexprs = {(fn.arg_names.index(k),): v for k, v in spec.constexprs.items()}
-        # Pointers from the torch caching allocator are 16-byte aligned; the launcher says so too.
-        attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k, v in spec.signature.items()
-                 if v.startswith("*")}
-        missing = set(fn.arg_names) - set(spec.signature)
+        signature, constexpr_values = specialised_signature(spec)
+        constexprs = {(fn.arg_names.index(k),): v for k, v in constexpr_values.items()}
+        attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in divisible_arguments(spec)}
+        missing = set(fn.arg_names) - set(signature)
         if missing:
             raise ValueError(f"signature misses {sorted(missing)}")
-        source = triton.compiler.ASTSource(fn=fn, signature=spec.signature, constexprs=constexprs, attrs=attrs)
+        source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, THREADS_PER_WARP),
                                   options=dict(spec.options, num_warps=spec.num_warps))
     except Exception as error:  # noqa: BLE001 - the record carries the compiler's message

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kpfast.triton._common import device_guard, tile_shape
+from kpfast.triton._common import aligned, device_guard, row_alignment, tile_shape
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, gaussian_window
 
 KINDS = {"mse": 0, "focal": 1, "cornernet": 2}
@@ -160,11 +160,21 @@ def _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, heig
 
 
 @triton.jit
+def _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN: tl.constexpr):
+    """width and pred's strides as multiples of ROW_ALIGN (launch_config: 16-byte loads and stores
+    when every map row starts 16-byte aligned, e.g. at 96x72, which the launcher cannot tell)."""
+    return (aligned(width, ROW_ALIGN), aligned(stride_b, ROW_ALIGN), aligned(stride_k, ROW_ALIGN),
+            aligned(stride_h, ROW_ALIGN))
+
+
+@triton.jit
 def _loss_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, map_losses_ptr, positives_ptr, N, K, height,
                          width, stride_b, stride_k, stride_h, stride_w, sigma_stride_b, sigma_stride_k, sigma_value,
                          alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
                          ENCODING: tl.constexpr, KIND: tl.constexpr, FIXED: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
-                         HAS_SIGMA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                         HAS_SIGMA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+                         ROW_ALIGN: tl.constexpr):
+    width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
     map_id = tl.program_id(0).to(tl.int64)
     b = map_id // K
     k = map_id % K
@@ -197,7 +207,8 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
                           upstream_stride_k, sigma_value, alpha, gamma, beta, keypoint_weight, background_weight,
                           threshold, l1_weight, ENCODING: tl.constexpr, KIND: tl.constexpr, FIXED: tl.constexpr,
                           HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr, BLOCK_H: tl.constexpr,
-                          BLOCK_W: tl.constexpr):
+                          BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
+    width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
     map_id = tl.program_id(0).to(tl.int64)
     b = map_id // K
     k = map_id % K
@@ -232,9 +243,10 @@ def _loss_fused_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, 
                                sigma_stride_k, sigma_value, expected_upstream, alpha, gamma, beta, keypoint_weight,
                                background_weight, threshold, l1_weight, ENCODING: tl.constexpr, KIND: tl.constexpr,
                                FIXED: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr,
-                               BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                               BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
     """The forward that also writes the gradient for the upstream ``expected_upstream`` (the
     gradient-in-forward opt-in, kpfast/ops/_loss_autograd.py): one read of pred, one write of grad."""
+    width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
     map_id = tl.program_id(0).to(tl.int64)
     b = map_id // K
     k = map_id % K
@@ -303,8 +315,9 @@ def fixed_exponents(kind: str, alpha: float, gamma: float, beta: float) -> bool:
 
 
 def launch_config(height: int, width: int, encoding: str, kind: str, fixed: bool = True, has_weights: bool = True,
-                  has_sigma: bool = True) -> dict:
-    """The constexprs (and launch options) of the forward and backward kernels for an H x W map."""
+                  has_sigma: bool = True, element_size: int = 4, strides: tuple | None = None) -> dict:
+    """The constexprs (and launch options) of the forward and backward kernels for an H x W map of
+    ``element_size``-byte predictions with ``strides`` (None: contiguous)."""
     # Tile size and warps per loss kind, the largest that compile without register spills on sm_80
     # and sm_90 for every encoding, dtype, instance and exponent variant (python -m kpfast.triton.aot;
     # table in benchmarks/results/RESOURCES.md). 4096-pixel tiles at 4 warps spilled up to 9 KB per
@@ -316,8 +329,13 @@ def launch_config(height: int, width: int, encoding: str, kind: str, fixed: bool
         # 72 registers and spilled 4 bytes on sm_90; 8 warps (2 pixels per thread) take 52, no spill.
         num_warps = 8
     block_h, block_w = tile_shape(height, width, max_elements=max_elements)
+    if strides is None:
+        row_align = row_alignment(width, element_size)
+    else:  # the gradient is contiguous, so width counts too; a strided row has no vectors
+        row_align = row_alignment(width, element_size, *strides[:3]) if strides[3] == 1 else 1
     return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], FIXED=bool(fixed), HAS_WEIGHTS=bool(has_weights),
-                HAS_SIGMA=bool(has_sigma), BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps)
+                HAS_SIGMA=bool(has_sigma), BLOCK_H=block_h, BLOCK_W=block_w, ROW_ALIGN=row_align,
+                num_warps=num_warps)
 
 
 # kind -> (pixels per tile, warps per program)
@@ -326,7 +344,7 @@ TILE_BY_KIND = {"mse": (2048, 8), "focal": (1024, 8), "cornernet": (512, 4)}
 
 def _launch_args(pred, weights, sigma, encoding, kind, alpha, gamma, beta):
     return launch_config(pred.shape[2], pred.shape[3], encoding, kind, fixed_exponents(kind, alpha, gamma, beta),
-                         weights is not None, sigma is not None)
+                         weights is not None, sigma is not None, pred.element_size(), pred.stride())
 
 
 def _optional_arguments(keypoints, weights, sigma):
@@ -401,14 +419,16 @@ def heatmap_loss_fused(pred: torch.Tensor, keypoints: torch.Tensor, weights: tor
             pred.shape[2], pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, sigma_value,
             expected_upstream, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
             **fused_launch_config(pred.shape[2], pred.shape[3], encoding, kind,
-                                  fixed_exponents(kind, alpha, gamma, beta), weights is not None, sigma is not None))
+                                  fixed_exponents(kind, alpha, gamma, beta), weights is not None, sigma is not None,
+                                  pred.element_size(), pred.stride()))
     return map_losses, positives, grad
 
 
 def fused_launch_config(height: int, width: int, encoding: str, kind: str, fixed: bool = True,
-                        has_weights: bool = True, has_sigma: bool = True) -> dict:
+                        has_weights: bool = True, has_sigma: bool = True, element_size: int = 4,
+                        strides: tuple | None = None) -> dict:
     """The fused forward holds the loss and the gradient of a tile: the backward's tiles, halved."""
-    config = launch_config(height, width, encoding, kind, fixed, has_weights, has_sigma)
+    config = launch_config(height, width, encoding, kind, fixed, has_weights, has_sigma, element_size, strides)
     max_elements, _ = TILE_BY_KIND[kind]
     config["BLOCK_H"], config["BLOCK_W"] = tile_shape(height, width, max_elements=max(max_elements // 2, 1))
     return config

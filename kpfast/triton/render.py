@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kpfast.triton._common import device_guard, tile_shape
+from kpfast.triton._common import aligned, device_guard, row_alignment, tile_shape
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, load_sigma, load_weight
 
 
@@ -24,7 +24,8 @@ from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, load_sigma, load_we
 def _render_forward_kernel(keypoints_ptr, weights_ptr, sigma_ptr, out_ptr, weights_out_ptr, N, K, height, width,
                            sigma_stride_b, sigma_stride_k, sigma_value, HAS_WEIGHTS: tl.constexpr,
                            HAS_SIGMA: tl.constexpr, ENCODING: tl.constexpr, BLOCK_H: tl.constexpr,
-                           BLOCK_W: tl.constexpr):
+                           BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
+    width = aligned(width, ROW_ALIGN)  # vector stores when rows start 16-byte aligned (_common.row_alignment)
     map_id = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
     b = map_id // K
@@ -53,7 +54,8 @@ def _render_forward_kernel(keypoints_ptr, weights_ptr, sigma_ptr, out_ptr, weigh
 def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, grad_keypoints_ptr, grad_sigma_ptr, N, K,
                             height, width, sigma_stride_b, sigma_stride_k, sigma_value, HAS_WEIGHTS: tl.constexpr,
                             HAS_SIGMA: tl.constexpr, ENCODING: tl.constexpr, BLOCK_H: tl.constexpr,
-                            BLOCK_W: tl.constexpr):
+                            BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
+    width = aligned(width, ROW_ALIGN)
     map_id = tl.program_id(0).to(tl.int64)
     b = map_id // K
     k = map_id % K
@@ -101,16 +103,19 @@ def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, gra
     tl.store(grad_sigma_ptr + map_id, grad_sigma)
 
 
-def forward_config(height: int, width: int, encoding: str, has_weights: bool = True, has_sigma: bool = False) -> dict:
-    """The constexprs (and launch options) of the forward kernel for an H x W map; the defaults of
-    has_weights / has_sigma are the training call (visibility weights, a float sigma)."""
+def forward_config(height: int, width: int, encoding: str, has_weights: bool = True, has_sigma: bool = False,
+                   element_size: int = 4) -> dict:
+    """The constexprs (and launch options) of the forward kernel for an H x W map of
+    ``element_size``-byte elements; the defaults of has_weights / has_sigma are the training call
+    (visibility weights, a float sigma)."""
     block_h, block_w = tile_shape(height, width)
     return dict(HAS_WEIGHTS=has_weights, HAS_SIGMA=has_sigma, ENCODING=ENCODINGS[encoding], BLOCK_H=block_h,
-                BLOCK_W=block_w)
+                BLOCK_W=block_w, ROW_ALIGN=row_alignment(width, element_size))
 
 
-def backward_config(height: int, width: int, encoding: str, has_weights: bool = True, has_sigma: bool = False) -> dict:
-    return forward_config(height, width, encoding, has_weights, has_sigma)
+def backward_config(height: int, width: int, encoding: str, has_weights: bool = True, has_sigma: bool = False,
+                    element_size: int = 4) -> dict:
+    return forward_config(height, width, encoding, has_weights, has_sigma, element_size)
 
 
 def _optional_arguments(keypoints, weights, sigma):
@@ -132,7 +137,7 @@ def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None, sigma
     weights_out = torch.empty((batch, instances, num_keypoints), dtype=keypoints.dtype, device=keypoints.device)
     if batch * num_keypoints == 0:
         return heatmaps, weights_out
-    config = forward_config(height, width, encoding, weights is not None, sigma is not None)
+    config = forward_config(height, width, encoding, weights is not None, sigma is not None, heatmaps.element_size())
     grid = (batch * num_keypoints, max(1, triton.cdiv(height, config["BLOCK_H"])))
     weights_arg, sigma_arg, stride_b, stride_k = _optional_arguments(keypoints, weights, sigma)
     with device_guard(keypoints):
@@ -158,5 +163,6 @@ def render_heatmaps_backward(grad_heatmaps: torch.Tensor, keypoints: torch.Tenso
         _render_backward_kernel[(batch * num_keypoints,)](
             grad_heatmaps.contiguous(), keypoints, weights_arg, sigma_arg, grad_keypoints, grad_sigma, instances,
             num_keypoints, height, width, stride_b, stride_k, float(sigma_value),
-            **backward_config(height, width, encoding, weights is not None, sigma is not None))
+            **backward_config(height, width, encoding, weights is not None, sigma is not None,
+                              grad_heatmaps.element_size()))
     return grad_keypoints, grad_sigma

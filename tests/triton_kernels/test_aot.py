@@ -315,3 +315,17 @@ def test_check_gate_fails_on_a_spill(tmp_path):
         argv = ["--check", "--no-triton", "--so", str(tmp_path / "missing.so"), "--out", str(tmp_path)]
         assert resources.main(argv) == code
         assert (tmp_path / "RESOURCES.md").read_text().startswith("# Static resources")
+
+
+def test_int64_divisions_are_counted_and_fail_the_gate():
+    from kpfast.triton import aot
+
+    listing = "\n".join(f"        /*{i * 16:04x}*/                   {op} ;" for i, op in enumerate(
+        ["I2F.U32.RP R4, R2", "I2F.U64.RP R4, R2", "MUFU.RCP R4, R4", "I2F.S64.RP R6, R2", "EXIT"]))
+    assert aot.int64_divisions(listing) == 2
+    assert aot.sass_summary(listing)["int64_divisions"] == 2
+    resources = _resources()
+    record = dict(kernel="cuda.soft_argmax_kernel", name="soft_argmax_kernel<float, float>", regs=32, spill=0)
+    assert resources.violations([dict(record, int64_divisions=0)]) == []
+    problem = resources.violations([dict(record, int64_divisions=2)])
+    assert len(problem) == 1 and "64-bit integer division" in problem[0]
