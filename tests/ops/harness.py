@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from kpfast import backends
 
@@ -350,3 +352,23 @@ OP_CASES = [
     SoftArgmaxCase(),
     FindPeaksCase(),
 ]
+
+
+class RecordOps(TorchDispatchMode):
+    """Every tensor op that reaches the dispatcher below autograd, with its tensor arguments: the
+    one-launch-per-call tests (issue 13) check that a call runs its kernel op and views only, never
+    a fill, cast or copy of an argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        self.calls.append((func, tensors))
+        return func(*args, **kwargs)
+
+    @property
+    def names(self) -> list[str]:
+        return [str(func) for func, _ in self.calls]

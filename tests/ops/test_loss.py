@@ -9,13 +9,11 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 import kpfast
 from kpfast.ops import heatmap_loss, render_heatmaps
 
-from .harness import TOLERANCE, edge_case_keypoints, predictions, sigma_forms
+from .harness import TOLERANCE, RecordOps, edge_case_keypoints, predictions, sigma_forms
 
 KINDS = ("mse", "focal", "cornernet")
 ENCODINGS = ("msra", "udp", "dark")
@@ -310,18 +308,8 @@ def test_bad_pred_is_named():
 
 
 
-class _RecordOps(TorchDispatchMode):
-    """Every tensor op that reaches the dispatcher, with the element counts of its tensor arguments."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        sizes = [a.numel() for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
-        self.calls.append((str(func), sizes))
-        return func(*args, **kwargs)
+def _named_sizes(recorded):
+    return [(str(func), [t.numel() for t in tensors]) for func, tensors in recorded.calls]
 
 
 # Views (no data moved) and the Python reduction of the per-map sums (kpfast.reference.reduce_map_losses).
@@ -343,12 +331,12 @@ def test_one_launch_arguments(kernel_backend, kind, sigma_form):
     pred = make_pred(kind, batch, num_keypoints, device).requires_grad_(True)
     forward_name = "kpfast_triton.heatmap_loss.default" if backend == "triton" else "kpfast.heatmap_loss.default"
     heatmap_loss(pred, keypoints, sigma=sigma, kind=kind, backend=backend)  # first use loads the backend
-    with _RecordOps() as recorded:
+    with RecordOps() as recorded:
         loss = heatmap_loss(pred, keypoints, sigma=sigma, kind=kind, backend=backend)
-    names = [name for name, _ in recorded.calls]
+    names = recorded.names
     assert names.count(forward_name) == 1, names
     assert not [n for n in names if any(word in n for word in _MATERIALISING)], names
-    for name, sizes in recorded.calls:
+    for name, sizes in _named_sizes(recorded):
         if name == forward_name or name in _VIEW_OPS or name in _REDUCTION_OPS:
             continue
         # The one exception: the value check of a user's sigma (finite, > 0), which reads CPU tensors
@@ -358,13 +346,13 @@ def test_one_launch_arguments(kernel_backend, kind, sigma_form):
     expected = heatmap_loss(pred.detach(), keypoints, sigma=sigma, kind=kind, backend="torch")
     assert_close_rel(loss.detach(), expected, LOSS_RTOL, "loss")
     # Backward: one kernel writes the one map-sized buffer; every other op sees (B, K) or less.
-    with _RecordOps() as recorded:
+    with RecordOps() as recorded:
         loss.backward()
     backward_name = ("kpfast_triton.heatmap_loss_backward.default" if backend == "triton"
                      else "kpfast._heatmap_loss_backward.default")
-    names = [name for name, _ in recorded.calls]
+    names = recorded.names
     assert names.count(backward_name) == 1, names
-    for name, sizes in recorded.calls:
+    for name, sizes in _named_sizes(recorded):
         if name not in (backward_name, "aten.detach.default"):
             assert max(sizes, default=0) <= batch * num_keypoints, (name, sizes)
 

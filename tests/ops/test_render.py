@@ -6,11 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from kpfast.ops import adaptive_sigma, render_heatmaps
 
-from .harness import H, TOLERANCE, W, edge_case_keypoints, kernel_backends_and_torch, sigma_forms
+from .harness import H, TOLERANCE, W, RecordOps, edge_case_keypoints, kernel_backends_and_torch, sigma_forms
 
 ENCODINGS = ("msra", "udp", "dark")
 
@@ -289,20 +288,6 @@ def test_optional_and_strided_arguments_match_materialised_ones(kernel_backend, 
         torch.testing.assert_close(got_grads[1], expected_grads[1], rtol=0, atol=0)
 
 
-class _RecordOps(TorchDispatchMode):
-    """Every tensor op that reaches the dispatcher below autograd: (op, tensor arguments)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-        self.calls.append((func, tensors))
-        return func(*args, **kwargs)
-
-
 _VIEW_OPS = {torch.ops.aten.unsqueeze.default, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.default,
              torch.ops.aten.expand.default, torch.ops.aten.view.default, torch.ops.aten.alias.default}
 # The value check of a tensor sigma on CPU (finite and > 0, kpfast/ops/_checks.py; skipped on GPU,
@@ -327,7 +312,7 @@ def test_one_launch_per_call(kernel_backend, form):
               "per_keypoint_sigma_grad": dict(sigma=torch.full((17,), 2.0, device=device, requires_grad=True)),
               }[form]
     render_heatmaps(keypoints, size=(8, 6), backend=backend, **kwargs)  # first use loads the backend's ops
-    with _RecordOps() as recorded:
+    with RecordOps() as recorded:
         heatmaps, _ = render_heatmaps(keypoints, size=(8, 6), backend=backend, **kwargs)
     kernel = torch.ops.kpfast_triton.render_heatmaps.default if backend == "triton" else \
         torch.ops.kpfast.render_heatmaps.default
