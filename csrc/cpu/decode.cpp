@@ -3,6 +3,7 @@
 // torch::stable::parallel_for; each map is read once into L1 (a 64x48 float map is 12 KiB) and every
 // later access (refinement stencils, the second pass of the argmax) hits the cache.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -336,15 +337,16 @@ void soft_argmax_cpu_kernel(const scalar_t* heatmaps, acc_t* coords, acc_t* scor
 }
 
 template <typename scalar_t, typename acc_t>
-void soft_argmax_backward_cpu_kernel(const acc_t* grad_coords, const scalar_t* heatmaps, const acc_t* coords,
-                                     const acc_t* log_normaliser, scalar_t* grad, int64_t maps, int height, int width,
-                                     acc_t beta) {
+void soft_argmax_backward_cpu_kernel(const acc_t* grad_coords, std::array<int64_t, 3> grad_strides, int64_t K,
+                                     const scalar_t* heatmaps, const acc_t* coords, const acc_t* log_normaliser,
+                                     scalar_t* grad, int64_t maps, int height, int width, acc_t beta) {
   const int64_t map_size = int64_t(height) * width;
   torch::stable::parallel_for(0, maps, grain_for(map_size), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row_grad(width);
     for (int64_t map = begin; map < end; ++map) {
       // d x / d h_ij = beta p_ij (j - x), d y / d h_ij = beta p_ij (i - y).
-      const acc_t gx = grad_coords[2 * map], gy = grad_coords[2 * map + 1];
+      const acc_t* upstream = grad_coords + (map / K) * grad_strides[0] + (map % K) * grad_strides[1];
+      const acc_t gx = upstream[0], gy = upstream[grad_strides[2]];
       const acc_t x = coords[2 * map], y = coords[2 * map + 1], lse = log_normaliser[map];
       const scalar_t* m = heatmaps + map * map_size;
       scalar_t* out = grad + map * map_size;
@@ -470,7 +472,8 @@ Tensor soft_argmax_backward_cpu(Tensor grad_coords, Tensor heatmaps, Tensor coor
   check_soft_argmax_backward_inputs(grad_coords, heatmaps, coords, log_normaliser);
   const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
   const ScalarType compute = heatmaps.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  const Tensor g = to_contiguous(grad_coords, compute);
+  // grad_coords read with its strides (an expanded upstream is not copied); another dtype is cast.
+  const Tensor g = grad_coords.scalar_type() == compute ? grad_coords : to_contiguous(grad_coords, compute);
   const Tensor c = to_contiguous(coords, compute);
   const Tensor l = to_contiguous(log_normaliser, compute);
   Tensor grad = new_empty(heatmaps, {B, K, heatmaps.size(2), heatmaps.size(3)}, heatmaps.scalar_type());
@@ -478,7 +481,7 @@ Tensor soft_argmax_backward_cpu(Tensor grad_coords, Tensor heatmaps, Tensor coor
   KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(heatmaps.scalar_type(), "soft_argmax_backward_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     soft_argmax_backward_cpu_kernel<scalar_t, acc_t>(
-        g.const_data_ptr<acc_t>(), heatmaps.const_data_ptr<scalar_t>(), c.const_data_ptr<acc_t>(),
+        g.const_data_ptr<acc_t>(), {g.stride(0), g.stride(1), g.stride(2)}, K, heatmaps.const_data_ptr<scalar_t>(), c.const_data_ptr<acc_t>(),
         l.const_data_ptr<acc_t>(), grad.mutable_data_ptr<scalar_t>(), B * K, static_cast<int>(heatmaps.size(2)),
         static_cast<int>(heatmaps.size(3)), static_cast<acc_t>(beta));
   });

@@ -536,12 +536,28 @@ struct BackwardMap {
   }
 };
 
+// The (B, K, 2) upstream gradient of the coordinates, read with its strides: the usual upstream of
+// coords.sum() or .mean() is an expanded scalar (strides 0), which a contiguous copy would turn
+// into a second launch per call. One 32-bit division per block finds (b, k).
+template <typename acc_t>
+struct CoordinateGrad {
+  const acc_t* data;
+  int64_t stride_b, stride_k, stride_xy;
+  int K;
+  __device__ __forceinline__ const acc_t* at(int map) const {
+    const int b = map / K, k = map - b * K;
+    return data + b * stride_b + k * stride_k;
+  }
+  __device__ __forceinline__ acc_t x(int map) const { return at(map)[0]; }
+  __device__ __forceinline__ acc_t y(int map) const { return at(map)[stride_xy]; }
+};
+
 // Grid (maps, tiles): block (map, tile) handles kBackwardTile vectors of the map (scalars when
 // `vectorise` is false: the gradient and the map are not equally aligned, or the map is
 // narrower than a vector), tile 0 also the scalar head and tail.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kBackwardThreads) soft_argmax_backward_kernel(
-    const acc_t* __restrict__ grad_coords, const scalar_t* __restrict__ heatmaps, const acc_t* __restrict__ coords,
+    CoordinateGrad<acc_t> grad_coords, const scalar_t* __restrict__ heatmaps, const acc_t* __restrict__ coords,
     const acc_t* __restrict__ log_normaliser, scalar_t* __restrict__ grad, int height, int width, acc_t beta,
     bool vectorise) {
   constexpr int V = kVec<scalar_t>;
@@ -549,7 +565,7 @@ __global__ void __launch_bounds__(kBackwardThreads) soft_argmax_backward_kernel(
   const int size = height * width;
   const scalar_t* m = heatmaps + map * size;
   scalar_t* out = grad + map * size;
-  const acc_t gx = grad_coords[2 * map], gy = grad_coords[2 * map + 1];  // once per block
+  const acc_t gx = grad_coords.x(blockIdx.x), gy = grad_coords.y(blockIdx.x);  // once per block
   const BackwardMap<acc_t> bm{gx, gy, -(gx * coords[2 * map] + gy * coords[2 * map + 1]), beta, log_normaliser[map]};
   const MapSplit s = split_map(m, size, vectorise && width >= V);
   const int units = s.head == size ? size : s.vectors;  // what the tiles cover: scalars or vectors
@@ -832,7 +848,8 @@ Tensor soft_argmax_backward_cuda(Tensor grad_coords, Tensor heatmaps, Tensor coo
   check_soft_argmax_backward_inputs(grad_coords, heatmaps, coords, log_normaliser);  // shapes and one device
   const CudaDeviceGuard guard(heatmaps);
   const ScalarType compute = heatmaps.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  const Tensor g = to_contiguous(grad_coords, compute);
+  // grad_coords in place with its strides (an expanded upstream is not copied); another dtype is cast.
+  const Tensor g = grad_coords.scalar_type() == compute ? grad_coords : to_contiguous(grad_coords, compute);
   const Tensor c = to_contiguous(coords, compute);
   const Tensor l = to_contiguous(log_normaliser, compute);
   Tensor grad = new_empty(heatmaps, {heatmaps.size(0), heatmaps.size(1), heatmaps.size(2), heatmaps.size(3)},
@@ -854,8 +871,10 @@ Tensor soft_argmax_backward_cuda(Tensor grad_coords, Tensor heatmaps, Tensor coo
     const int64_t units = vectorise && width >= V ? (size + V - 1) / V : size;
     const int64_t tiles = std::min<int64_t>((units + kBackwardTile - 1) / kBackwardTile, 65535);  // tiles loop past
     const dim3 grid(grid_for(maps, 1), static_cast<unsigned>(tiles));
+    const CoordinateGrad<acc_t> upstream{g.const_data_ptr<acc_t>(), g.stride(0), g.stride(1), g.stride(2),
+                                         static_cast<int>(heatmaps.size(1))};
     soft_argmax_backward_kernel<scalar_t, acc_t><<<grid, kBackwardThreads, 0, stream>>>(
-        g.const_data_ptr<acc_t>(), in, c.const_data_ptr<acc_t>(), l.const_data_ptr<acc_t>(), out, height, width,
+        upstream, in, c.const_data_ptr<acc_t>(), l.const_data_ptr<acc_t>(), out, height, width,
         static_cast<acc_t>(beta), vectorise);
   });
   check_launch("soft_argmax_backward_cuda");

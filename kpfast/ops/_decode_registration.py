@@ -60,7 +60,9 @@ def register(namespace: str, backward_name: str) -> None:
     def backward(ctx, grad_coords, grad_scores, grad_log_normaliser):
         # scores (the map maximum) and the log-normaliser are outputs without a gradient.
         heatmaps, coords, log_normaliser = ctx.saved_tensors
-        grad = soft_argmax_backward_op(grad_coords.contiguous(), heatmaps, coords, log_normaliser, ctx.beta)
+        # grad_coords as autograd gives it: the kernels read its strides (an expanded upstream of
+        # coords.sum() is not copied: one launch per backward call).
+        grad = soft_argmax_backward_op(grad_coords, heatmaps, coords, log_normaliser, ctx.beta)
         return grad, None
 
     torch.library.register_autograd(f"{namespace}::soft_argmax", backward, setup_context=setup_context)

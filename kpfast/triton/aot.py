@@ -82,11 +82,13 @@ def launcher_ints(height: int, width: int, keypoints: int = LAUNCH_KEYPOINTS) ->
     The launcher specialises on them (an int divisible by 16 is marked ``tt.divisibility=16``, an
     int equal to 1 becomes a constant), and that decides whether loads and stores can be 16-byte
     vectors: an AOT compile without these attributes would show scalar accesses the real launch
-    does not make. Strides of a (B, K) upstream gradient or sigma are those of a contiguous one."""
+    does not make. Strides of a (B, K) upstream gradient or sigma, and of soft-argmax's (B, K, 2)
+    coordinate gradient, are those of a contiguous one."""
     size = height * width
     return dict(height=height, width=width, size=size, map_size=size, K=keypoints, stride_b=keypoints * size,
                 stride_k=size, stride_h=width, sigma_stride_b=keypoints, sigma_stride_k=1,
-                upstream_stride_b=keypoints, upstream_stride_k=1)
+                upstream_stride_b=keypoints, upstream_stride_k=1, grad_stride_b=2 * keypoints, grad_stride_k=2,
+                grad_stride_xy=1)
 
 
 def specialisations(sizes=SIZES) -> list[Spec]:
@@ -185,8 +187,9 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                               warps, elements_per_loop=c["BLOCK"]))
             c = decode.soft_argmax_backward_config(height * width)
             warps = c.pop("num_warps")
-            names = ["grad_coords_ptr", "maps_ptr", "coords_ptr", "lse_ptr", "grad_ptr", "width", "size", "beta"]
-            types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", f"*{dtype}", "i32", "i32", "fp32"]
+            names = ["grad_coords_ptr", "maps_ptr", "coords_ptr", "lse_ptr", "grad_ptr", "K", "grad_stride_b",
+                     "grad_stride_k", "grad_stride_xy", "width", "size", "beta"]
+            types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 6 + ["fp32"]
             specs.append(Spec("decode._soft_argmax_backward_kernel", dict(size=size, dtype=dtype),
                               _sig(names, types, c), c, warps))
             # min_distance is a runtime argument (issue 13): one specialisation per selection-list size.

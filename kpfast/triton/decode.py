@@ -339,12 +339,16 @@ def _soft_argmax_kernel(maps_ptr, coords_ptr, scores_ptr, lse_ptr, width, size, 
 
 
 @triton.jit
-def _soft_argmax_backward_kernel(grad_coords_ptr, maps_ptr, coords_ptr, lse_ptr, grad_ptr, width, size, beta,
-                                 BLOCK: tl.constexpr):
-    map_id = tl.program_id(0).to(tl.int64)
+def _soft_argmax_backward_kernel(grad_coords_ptr, maps_ptr, coords_ptr, lse_ptr, grad_ptr, K, grad_stride_b,
+                                 grad_stride_k, grad_stride_xy, width, size, beta, BLOCK: tl.constexpr):
+    # grad_coords is read with its strides: the expanded upstream of coords.sum() is not copied.
+    pid = tl.program_id(0)
+    b = pid // K  # 32-bit: once per program
+    upstream = grad_coords_ptr + b.to(tl.int64) * grad_stride_b + (pid - b * K).to(tl.int64) * grad_stride_k
+    map_id = pid.to(tl.int64)
     chunk = tl.program_id(1)
-    gx = tl.load(grad_coords_ptr + 2 * map_id)
-    gy = tl.load(grad_coords_ptr + 2 * map_id + 1)
+    gx = tl.load(upstream)
+    gy = tl.load(upstream + grad_stride_xy)
     x = tl.load(coords_ptr + 2 * map_id)
     y = tl.load(coords_ptr + 2 * map_id + 1)
     lse = tl.load(lse_ptr + map_id)
@@ -394,9 +398,10 @@ def soft_argmax_backward(grad_coords: torch.Tensor, heatmaps: torch.Tensor, coor
         return grad
     config = soft_argmax_backward_config(size)
     with device_guard(heatmaps):
+        upstream = grad_coords.float()  # a no-op for float32: any strides are read in place
         _soft_argmax_backward_kernel[(batch * num_keypoints, triton.cdiv(size, config["BLOCK"]))](
-            grad_coords.float().contiguous(), heatmaps, coords.float().contiguous(),
-            log_normaliser.float().contiguous(), grad, width, size, beta, **config)
+            upstream, heatmaps, coords.float().contiguous(), log_normaliser.float().contiguous(), grad, num_keypoints,
+            *upstream.stride(), width, size, beta, **config)
     return grad
 
 

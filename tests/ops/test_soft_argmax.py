@@ -7,7 +7,7 @@ import torch
 
 from kpfast.ops import soft_argmax
 
-from .harness import gaussian_maps, special_maps
+from .harness import RecordOps, gaussian_maps, special_maps
 
 H, W = 11, 13
 
@@ -37,6 +37,34 @@ def test_backend_matches_reference(kernel_backend, beta):
     # p = exp(beta h - lse) carries the float32 rounding of beta h: tolerance grows with beta.
     torch.testing.assert_close(out[2], ref[2], rtol=1e-4, atol=1e-5 * max(1.0, beta))
     assert out[2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("upstream", ["expanded", "transposed"])
+def test_backward_reads_the_upstream_with_its_strides(kernel_backend, upstream):
+    """Issue 13: coords.sum()'s upstream is an expanded scalar (strides 0) and a user's may be any
+    view; the backward op reads either in place (no copy, one launch) and matches the reference."""
+    backend, device = kernel_backend
+    maps = _maps(device)
+    batch, num_keypoints = maps.shape[:2]
+    if upstream == "expanded":
+        grad_coords = torch.tensor(0.5, device=device).expand(batch, num_keypoints, 2)
+    else:
+        grad_coords = torch.randn(num_keypoints, batch, 2, generator=torch.Generator().manual_seed(2)).to(
+            device).transpose(0, 1)
+    assert not grad_coords.is_contiguous()
+    grads = {}
+    for name in ("torch", backend):
+        leaf = maps.clone().requires_grad_(True)
+        coords, _ = soft_argmax(leaf, beta=2.0, backend=name)
+        with RecordOps() as recorded:
+            (grads[name],) = torch.autograd.grad(coords, leaf, grad_coords)
+    torch.testing.assert_close(grads[backend], grads["torch"], rtol=1e-4, atol=1e-5)
+    kernel = "kpfast_triton.soft_argmax_backward.default" if backend == "triton" else \
+        "kpfast._soft_argmax_backward.default"
+    names = recorded.names
+    assert names.count(kernel) == 1, names
+    copies = [n for n in names if any(word in n for word in ("copy", "clone", "contiguous", "empty_like"))]
+    assert not copies, names
 
 
 def test_definition_on_hand_made_maps():
