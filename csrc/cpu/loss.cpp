@@ -187,10 +187,11 @@ std::tuple<Tensor, Tensor> heatmap_loss_cpu(Tensor pred, Tensor keypoints, Optio
                                             std::string kind, double alpha, double gamma, double beta,
                                             double keypoint_weight, double background_weight, double threshold,
                                             double l1_weight) {
-  check_loss_inputs(pred, keypoints, weights, sigma, sigma_value);
-  const Encoding enc = encoding_from_string(encoding);
-  const LossKind loss_kind = loss_kind_from_string(kind);
-  const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
+  const LossCall call = loss_call(pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta,
+                                  keypoint_weight, background_weight, threshold, l1_weight);
+  const Encoding enc = call.encoding;
+  const LossKind loss_kind = call.kind;
+  const LossParams& P = call.params;
   const auto G = geometry(pred, keypoints);
   // Every map's two values are written by the kernel, so no zero fill (but an empty map has
   // no pixel to visit: then the sums are zeros).
@@ -212,14 +213,13 @@ Tensor heatmap_loss_backward_cpu(Tensor grad_map_losses, Tensor pred, Tensor key
                                  OptionalTensor sigma, double sigma_value, std::string encoding, std::string kind,
                                  double alpha, double gamma, double beta, double keypoint_weight,
                                  double background_weight, double threshold, double l1_weight) {
-  check_loss_inputs(pred, keypoints, weights, sigma, sigma_value);
-  const Encoding enc = encoding_from_string(encoding);
-  const LossKind loss_kind = loss_kind_from_string(kind);
-  const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
+  const LossCall call = loss_call(pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta,
+                                  keypoint_weight, background_weight, threshold, l1_weight);
+  const Encoding enc = call.encoding;
+  const LossKind loss_kind = call.kind;
+  const LossParams& P = call.params;
   const auto G = geometry(pred, keypoints);
-  STD_TORCH_CHECK(has_shape(grad_map_losses, {G.B, G.K}), "grad_map_losses must have shape (", G.B, ", ", G.K,
-                  "), got ", shape_of(grad_map_losses));
-  check_same_device(grad_map_losses, "grad_map_losses", pred, "pred");
+  check_loss_upstream(grad_map_losses, pred);
   // (B, K) floats: the upstream gradient is often an expanded scalar (stride 0).
   const Tensor upstream = to_contiguous(grad_map_losses, ScalarType::Float);
   Tensor grad = new_empty(pred, {pred.size(0), pred.size(1), pred.size(2), pred.size(3)}, pred.scalar_type());

@@ -55,11 +55,10 @@ void render_forward_cpu_kernel(const scalar_t* keypoints, const scalar_t* weight
 }
 
 template <typename scalar_t, typename grad_t>
-void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, const scalar_t* weights,
+void render_backward_cpu_kernel(StridedMaps<grad_t> grad, const scalar_t* keypoints, const scalar_t* weights,
                                 MapSigma<scalar_t> sigma, scalar_t* grad_keypoints, scalar_t* grad_sigma, int64_t B,
                                 int64_t N, int64_t K, int height, int width, Encoding encoding) {
   using acc_t = double;  // float sums over a map accumulate in double on CPU
-  const int64_t map_size = int64_t(height) * width;
   torch::stable::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
     std::vector<GaussianWindow<scalar_t>> windows(N);
     std::vector<acc_t> gx(N), gy(N);
@@ -81,7 +80,7 @@ void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, c
         }
       }
       acc_t gs = acc_t(0);
-      const grad_t* g_map = grad + map * map_size;
+      const grad_t* g_map = grad.map(b, k);
       for (int r = r0; r <= r1; ++r) {
         for (int c = c0; c <= c1; ++c) {
           // The map is the max over instances; the gradient goes to the first maximal one.
@@ -96,7 +95,7 @@ void render_backward_cpu_kernel(const grad_t* grad, const scalar_t* keypoints, c
           }
           if (best < 0) continue;
           const auto& g = windows[best];
-          const acc_t upstream = static_cast<acc_t>(g_map[int64_t(r) * width + c]) * best_value;
+          const acc_t upstream = static_cast<acc_t>(grad.at(g_map, r, c)) * best_value;
           const acc_t dx = acc_t(c) - g.cx, dy = acc_t(r) - g.cy;
           const acc_t two_c = acc_t(2) * g.inv_two_sigma_sq;  // 1 / sigma^2
           gx[best] += upstream * dx * two_c;
@@ -149,7 +148,7 @@ std::tuple<Tensor, Tensor> render_heatmaps_backward_cpu(Tensor grad_heatmaps, Te
   STD_TORCH_CHECK(grad_heatmaps.dim() == 4 && grad_heatmaps.size(0) == B && grad_heatmaps.size(1) == K,
                   "grad_heatmaps must have shape (", B, ", ", K, ", H, W), got ", shape_of(grad_heatmaps));
   check_same_device(grad_heatmaps, "grad_heatmaps", keypoints, "keypoints");
-  const Tensor grad = torch::stable::contiguous(grad_heatmaps);
+  const Tensor& grad = grad_heatmaps;  // read with its strides (an expanded upstream is not copied)
   // Every element is written by the kernel (0 for ignored keypoints), so no zero fill.
   Tensor grad_keypoints = new_empty(keypoints, {B, N, K, 2}, keypoints.scalar_type());
   // grad_sigma is (B, K) contiguous whatever sigma's form (None, an expanded (K,) view, strided).
@@ -159,7 +158,7 @@ std::tuple<Tensor, Tensor> render_heatmaps_backward_cpu(Tensor grad_heatmaps, Te
     using compute_t = scalar_t;
     KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(grad.scalar_type(), "render_backward_cpu_grad", [&] {
       render_backward_cpu_kernel<compute_t, scalar_t>(
-          grad.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<compute_t>(), weights_data<compute_t>(weights),
+          strided_maps<scalar_t>(grad), keypoints.const_data_ptr<compute_t>(), weights_data<compute_t>(weights),
           map_sigma<compute_t>(sigma, sigma_value),
           grad_keypoints.mutable_data_ptr<compute_t>(), grad_sigma.mutable_data_ptr<compute_t>(), B, N, K,
           static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)), enc);

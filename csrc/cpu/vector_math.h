@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kpfast/host_device.h"
+
 namespace kpfast {
 
 // The hot loops are compiled twice on x86-64 GCC, for AVX2+FMA (8 floats a step) and for the
@@ -53,18 +55,7 @@ struct VectorMath {
     return select(x < -87.0f, 0.0f, poly * scale);
   }
   // log(1 + e) for e in [0, 1] as 2 atanh(f), f = e / (2 + e) in [0, 1/3]: no cancellation for tiny e.
-  static inline float log1p_unit(float e) {
-    const float f = e / (2.0f + e);
-    const float f2 = f * f;
-    float series = 1.0f / 13.0f;
-    series = series * f2 + 1.0f / 11.0f;
-    series = series * f2 + 1.0f / 9.0f;
-    series = series * f2 + 1.0f / 7.0f;
-    series = series * f2 + 1.0f / 5.0f;
-    series = series * f2 + 1.0f / 3.0f;
-    series = series * f2 + 1.0f;
-    return 2.0f * f * series;
-  }
+  static inline float log1p_unit(float e) { return log1p_atanh_series(e / (2.0f + e)); }
   // x^g for x >= 0 and g in {0, 1, 2, 3, 4} only (callers check the exponent first).
   static inline float pow(float x, float g) {
     const float x2 = x * x, x3 = x2 * x, x4 = x2 * x2;

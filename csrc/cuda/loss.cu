@@ -415,10 +415,11 @@ std::tuple<Tensor, Tensor> heatmap_loss_cuda(Tensor pred, Tensor keypoints, Opti
                                              std::string kind, double alpha, double gamma, double beta,
                                              double keypoint_weight, double background_weight, double threshold,
                                              double l1_weight) {
-  check_loss_inputs(pred, keypoints, weights, sigma, sigma_value);
-  const Encoding enc = encoding_from_string(encoding);
-  const LossKind loss_kind = loss_kind_from_string(kind);
-  const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
+  const LossCall call = loss_call(pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta,
+                                  keypoint_weight, background_weight, threshold, l1_weight);
+  const Encoding enc = call.encoding;
+  const LossKind loss_kind = call.kind;
+  const LossParams& P = call.params;
   const CudaDeviceGuard guard(pred);
   const int64_t B = pred.size(0), K = pred.size(1);
   if (pred.numel() == 0) {  // the kernel does not run: the sums are zeros
@@ -439,13 +440,12 @@ Tensor heatmap_loss_backward_cuda(Tensor grad_map_losses, Tensor pred, Tensor ke
                                   OptionalTensor sigma, double sigma_value, std::string encoding, std::string kind,
                                   double alpha, double gamma, double beta, double keypoint_weight,
                                   double background_weight, double threshold, double l1_weight) {
-  check_loss_inputs(pred, keypoints, weights, sigma, sigma_value);
-  const Encoding enc = encoding_from_string(encoding);
-  const LossKind loss_kind = loss_kind_from_string(kind);
-  const LossParams P = make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight);
-  STD_TORCH_CHECK(has_shape(grad_map_losses, {pred.size(0), pred.size(1)}), "grad_map_losses must have shape (",
-                  pred.size(0), ", ", pred.size(1), "), got ", shape_of(grad_map_losses));
-  check_same_device(grad_map_losses, "grad_map_losses", pred, "pred");
+  const LossCall call = loss_call(pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta,
+                                  keypoint_weight, background_weight, threshold, l1_weight);
+  const Encoding enc = call.encoding;
+  const LossKind loss_kind = call.kind;
+  const LossParams& P = call.params;
+  check_loss_upstream(grad_map_losses, pred);
   const CudaDeviceGuard guard(pred);
   // float32 (B, K) with any strides (the usual expanded scalar is read in place); another dtype is
   // converted first.

@@ -202,7 +202,7 @@ __global__ void __launch_bounds__(kThreads, forward_min_blocks<scalar_t, VEC>())
 
 template <typename scalar_t, typename grad_t>
 __global__ void __launch_bounds__(kThreads)
-    render_backward_kernel(const grad_t* __restrict__ grad, const scalar_t* __restrict__ keypoints,
+    render_backward_kernel(StridedMaps<grad_t> grad, const scalar_t* __restrict__ keypoints,
                            const scalar_t* __restrict__ weights, MapSigma<scalar_t> sigma,
                            scalar_t* __restrict__ grad_keypoints, scalar_t* __restrict__ grad_sigma, int N, int K,
                            int height, int width, Encoding encoding) {
@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads)
   const int b = map / K, k = map % K;
   const scalar_t s = sigma.at(b, k);
   const scalar_t inv_two_sigma_sq = scalar_t(1) / (scalar_t(2) * s * s);
-  const grad_t* g_map = grad + int64_t(map) * height * width;
+  const grad_t* g_map = grad.map(b, k);  // any strides: an expanded upstream is read in place
   const bool moves_with_keypoint = encoding != Encoding::MSRA;
   const int shared_n = min(N, kMaxSharedInstances);
   for (int n = threadIdx.x; n < shared_n; n += kThreads) {
@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kThreads)
           owns = n < target ? !(other >= v) : !(other > v);
         }
         if (owns) {
-          const acc_t upstream = static_cast<acc_t>(g_map[row * width + col]) * v;
+          const acc_t upstream = static_cast<acc_t>(grad.at(g_map, row, col)) * v;
           const acc_t dx = acc_t(col) - gt.cx, dy = acc_t(row) - gt.cy;
           sx += upstream * dx;
           sy += upstream * dy;
@@ -384,7 +384,7 @@ std::tuple<Tensor, Tensor> render_heatmaps_backward_cuda(Tensor grad_heatmaps, T
   STD_TORCH_CHECK(grad_heatmaps.size(2) * grad_heatmaps.size(3) < (int64_t(1) << 31),
                   "_render_heatmaps_backward: H * W must be < 2^31, got ", shape_of(grad_heatmaps));
   const CudaDeviceGuard guard(keypoints);
-  const Tensor grad = torch::stable::contiguous(grad_heatmaps);
+  const Tensor& grad = grad_heatmaps;  // read with its strides (StridedMaps): no copy, one launch
   const int64_t maps = B * K;
   const bool empty_maps = grad.size(2) * grad.size(3) == 0;
   const ScalarType compute = keypoints.scalar_type();
@@ -401,7 +401,7 @@ std::tuple<Tensor, Tensor> render_heatmaps_backward_cuda(Tensor grad_heatmaps, T
     using compute_t = scalar_t;
     KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(grad.scalar_type(), "render_backward_cuda_grad", [&] {
       render_backward_kernel<compute_t, scalar_t><<<blocks, kThreads, 0, stream>>>(
-          grad.const_data_ptr<scalar_t>(), keypoints.const_data_ptr<compute_t>(), weights_data<compute_t>(weights),
+          strided_maps<scalar_t>(grad), keypoints.const_data_ptr<compute_t>(), weights_data<compute_t>(weights),
           map_sigma<compute_t>(sigma, sigma_value), grad_keypoints.mutable_data_ptr<compute_t>(),
           grad_sigma.mutable_data_ptr<compute_t>(), static_cast<int>(N), static_cast<int>(K),
           static_cast<int>(grad.size(2)), static_cast<int>(grad.size(3)), enc);

@@ -170,6 +170,12 @@ const T* weights_data(const OptionalTensor& weights) {
   return weights.has_value() ? weights->const_data_ptr<T>() : nullptr;
 }
 
+// A 4-D tensor as StridedMaps (gaussian.h): its data and strides, no copy.
+template <typename T>
+StridedMaps<T> strided_maps(const Tensor& maps) {
+  return StridedMaps<T>{maps.const_data_ptr<T>(), maps.stride(0), maps.stride(1), maps.stride(2), maps.stride(3)};
+}
+
 inline void check_size(int64_t height, int64_t width) {
   STD_TORCH_CHECK(height >= 0 && width >= 0, "height and width must be >= 0, got ", height, "x", width);
 }
@@ -200,6 +206,30 @@ inline void check_loss_inputs(const Tensor& pred, const Tensor& keypoints, const
   STD_TORCH_CHECK(t == ScalarType::Float || t == ScalarType::Half || t == ScalarType::BFloat16,
                   "pred must be float32, float16 or bfloat16, got ", dtype_name(t));
   check_same_device(pred, "pred", keypoints, "keypoints");
+}
+
+// What every loss entry point (CPU and CUDA, forward and backward) starts with: the inputs
+// checked, the strings parsed, the scalars packed for the kernels.
+struct LossCall {
+  Encoding encoding;
+  LossKind kind;
+  LossParams params;
+};
+
+inline LossCall loss_call(const Tensor& pred, const Tensor& keypoints, const OptionalTensor& weights,
+                          const OptionalTensor& sigma, double sigma_value, const std::string& encoding,
+                          const std::string& kind, double alpha, double gamma, double beta, double keypoint_weight,
+                          double background_weight, double threshold, double l1_weight) {
+  check_loss_inputs(pred, keypoints, weights, sigma, sigma_value);
+  return LossCall{encoding_from_string(encoding), loss_kind_from_string(kind),
+                  make_loss_params(alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight)};
+}
+
+// The backward's upstream gradient of the per-map sums: (B, K) on pred's device, any strides.
+inline void check_loss_upstream(const Tensor& grad_map_losses, const Tensor& pred) {
+  STD_TORCH_CHECK(has_shape(grad_map_losses, {pred.size(0), pred.size(1)}), "grad_map_losses must have shape (",
+                  pred.size(0), ", ", pred.size(1), "), got ", shape_of(grad_map_losses));
+  check_same_device(grad_map_losses, "grad_map_losses", pred, "pred");
 }
 
 inline void check_heatmaps(const Tensor& heatmaps, bool allow_double) {

@@ -6,11 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define KPF_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define KPF_HOST_DEVICE inline
-#endif
+#include "kpfast/host_device.h"
 
 namespace kpfast {
 
@@ -26,6 +22,19 @@ struct MapSigma {
   int64_t stride_b, stride_k;
   T value;
   KPF_HOST_DEVICE T at(int64_t b, int64_t k) const { return data ? data[b * stride_b + k * stride_k] : value; }
+};
+
+// A (B, K, H, W) tensor read in place with its strides: render's upstream gradient, which autograd
+// hands over expanded (heatmaps.sum(): every stride 0) or as any view. A contiguous copy would cost
+// a map-sized pass and a second launch per backward call.
+template <typename T>
+struct StridedMaps {
+  const T* data;
+  int64_t stride_b, stride_k, stride_h, stride_w;
+  KPF_HOST_DEVICE const T* map(int64_t b, int64_t k) const { return data + b * stride_b + k * stride_k; }
+  KPF_HOST_DEVICE T at(const T* map_start, int row, int col) const {
+    return map_start[row * stride_h + col * stride_w];
+  }
 };
 
 // Keypoint weights (B, N, K), contiguous, or null when the caller passed none: every weight is 1.

@@ -30,22 +30,6 @@ KPF_HOST_DEVICE float pow_nonneg(float x, float g) {
   return g == 0.0f ? 1.0f : 0.0f;
 }
 
-
-// log(1 + e) for e in [0, 1] as 2 atanh(f), given f = e / (2 + e) in [0, 1/3]: a short odd series
-// with no cancellation for tiny e (the CPU VectorMath::log1p_unit is the same series). The CUDA
-// kernels' math policy calls it with an approximate division, instead of libm's long log1pf.
-KPF_HOST_DEVICE float log1p_atanh_series(float f) {
-  const float f2 = f * f;
-  float series = 1.0f / 13.0f;
-  series = series * f2 + 1.0f / 11.0f;
-  series = series * f2 + 1.0f / 9.0f;
-  series = series * f2 + 1.0f / 7.0f;
-  series = series * f2 + 1.0f / 5.0f;
-  series = series * f2 + 1.0f / 3.0f;
-  series = series * f2 + 1.0f;
-  return 2.0f * f * series;
-}
-
 // The elementary functions of the formulas, as a policy. The CUDA kernels use libm
 // (PreciseMath); the CPU kernels use branch-free polynomials GCC can vectorise (cpu/loss.cpp).
 // Every data-dependent choice goes through Math::select (a bit blend on the CPU: GCC will not
@@ -109,27 +93,25 @@ inline bool fixed_exponents(LossKind kind, const LossParams& P) {
   return true;
 }
 
+// fn(kind tag, fixed tag) for a kind with exponents: the fixed or the general powers.
+template <LossKind KIND, typename Fn>
+void dispatch_exponents(bool fixed, Fn&& fn) {
+  if (fixed) {
+    fn(std::integral_constant<LossKind, KIND>{}, std::true_type{});
+  } else {
+    fn(std::integral_constant<LossKind, KIND>{}, std::false_type{});
+  }
+}
+
 // Calls fn(kind tag, fixed tag) with the loss kind and the exponent policy as compile-time
 // constants (std::integral_constant<LossKind, ...>, std::bool_constant<...>).
 template <typename Fn>
 void dispatch_loss(LossKind kind, const LossParams& P, Fn&& fn) {
   const bool fixed = fixed_exponents(kind, P);
   switch (kind) {
-    case LossKind::MSE: fn(std::integral_constant<LossKind, LossKind::MSE>{}, std::true_type{}); break;
-    case LossKind::FOCAL:
-      if (fixed) {
-        fn(std::integral_constant<LossKind, LossKind::FOCAL>{}, std::true_type{});
-      } else {
-        fn(std::integral_constant<LossKind, LossKind::FOCAL>{}, std::false_type{});
-      }
-      break;
-    case LossKind::CORNERNET:
-      if (fixed) {
-        fn(std::integral_constant<LossKind, LossKind::CORNERNET>{}, std::true_type{});
-      } else {
-        fn(std::integral_constant<LossKind, LossKind::CORNERNET>{}, std::false_type{});
-      }
-      break;
+    case LossKind::MSE: fn(std::integral_constant<LossKind, LossKind::MSE>{}, std::true_type{}); break;  // no powers
+    case LossKind::FOCAL: dispatch_exponents<LossKind::FOCAL>(fixed, fn); break;
+    case LossKind::CORNERNET: dispatch_exponents<LossKind::CORNERNET>(fixed, fn); break;
   }
 }
 

@@ -329,6 +329,40 @@ def test_one_launch_per_call(kernel_backend, form):
         assert kwargs["sigma"].grad.shape == (num_keypoints,) and kwargs["sigma"].grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("upstream", ["expanded", "transposed"])
+def test_backward_reads_the_upstream_with_its_strides(kernel_backend, upstream):
+    """Issue 13: heatmaps.sum()'s upstream is expanded (strides 0) and a user's may be any view;
+    the backward op reads it in place (no map-sized copy, one launch) and matches the reference."""
+    backend, device = kernel_backend
+    keypoints = (torch.rand(3, 2, 4, 2, generator=torch.Generator().manual_seed(5)) * 7).to(device)
+    size = (9, 7)
+    if upstream == "expanded":
+        grad_maps = torch.tensor(0.5, device=device).expand(3, 4, *size)
+    else:
+        grad_maps = torch.randn(3, 4, size[1], size[0], generator=torch.Generator().manual_seed(6)).to(
+            device).transpose(2, 3)
+    assert not grad_maps.is_contiguous()
+    grads = {}
+    for name in ("torch", backend):
+        leaf = keypoints.clone().requires_grad_(True)
+        sigma = torch.full((4,), 1.7, device=device, requires_grad=True)
+        heatmaps, _ = render_heatmaps(leaf, size=size, sigma=sigma, encoding="udp", backend=name)
+        with RecordOps() as recorded:
+            grads[name] = torch.autograd.grad(heatmaps, (leaf, sigma), grad_maps)
+    for got, expected in zip(grads[backend], grads["torch"]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert grads[backend][0].abs().sum() > 0 and grads[backend][1].abs().sum() > 0
+    kernel = "kpfast_triton.render_heatmaps_backward.default" if backend == "triton" else \
+        "kpfast._render_heatmaps_backward.default"
+    names = recorded.names
+    assert names.count(kernel) == 1, names
+    for func, tensors in recorded.calls:  # nothing map-sized besides the kernel's own input
+        if str(func) != kernel:
+            assert all(t.numel() < grad_maps.numel() or t.data_ptr() == grad_maps.data_ptr() for t in tensors), \
+                (str(func), names)
+    assert not [n for n in names if any(word in n for word in ("copy", "clone", "contiguous"))], names
+
+
 def test_torch_compile_fullgraph(kernel_backend):
     backend, device = kernel_backend
     keypoints, weights = edge_case_keypoints(device=device)
