@@ -106,8 +106,10 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: i
     Returns:
         ``coords (B, K, 2)`` float32 ``(x, y)`` in heatmap pixels (pixel ``(i, j)`` at ``x=j, y=i``),
         ``-1`` where the map maximum is <= 0; ``scores (B, K)`` float32, the map maximum.
-        Not differentiable (the outputs never require grad). Maps must be finite: NaN pixels
-        give backend-dependent results (not checked, to keep the op free of a device sync).
+        Not differentiable (the outputs never require grad). Non-finite pixels, the same on
+        every backend: NaN is skipped (never the maximum; an all-NaN map gives ``-1`` and score
+        NaN); ``+inf``/``-inf`` are ordinary values (``+inf`` can be the maximum, score ``+inf``);
+        a non-finite value in the refinement patch leaves the integer argmax.
 
     Deviations from the published code, where it fails: ``dark``/``udp`` coordinates are clipped
     to the map's area ``[-0.5, W-0.5] x [-0.5, H-0.5]`` (a near-singular Hessian, e.g. on noise-only maps, makes the step

@@ -75,11 +75,17 @@ def blur_heatmaps(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 def heatmap_maximum(maps: torch.Tensor):
-    """(x, y, score, index) of the first maximum in row-major order of each (N, H, W) map."""
+    """(x, y, score, index) of the first maximum in row-major order of each (N, H, W) map.
+
+    NaN pixels are skipped (DESIGN.md; torch.argmax would take the first NaN as the maximum);
+    +inf / -inf are ordinary values; a map of NaN only has score NaN (and index 0)."""
     width = maps.shape[-1]
     flat = maps.reshape(maps.shape[0], -1)
-    index = flat.argmax(dim=1)  # documented: the first maximal value on ties
-    score = flat.gather(1, index[:, None])[:, 0]
+    nan = torch.isnan(flat)
+    numbers = torch.where(nan, -math.inf, flat)
+    index = numbers.argmax(dim=1)  # documented: the first maximal value on ties
+    score = numbers.gather(1, index[:, None])[:, 0]
+    score = torch.where(nan.all(dim=1), math.nan, score) if flat.shape[1] else score
     return (index % width), (index // width), score, index
 
 
@@ -103,9 +109,12 @@ def _quarter_offset(maps, x, y):
     height, width = maps.shape[-2:]
     at = _sampler(maps, x, y)
     inside = (x > 1) & (x < width - 1) & (y > 1) & (y < height - 1)
-    ox = 0.25 * torch.sign(at(0, 1) - at(0, -1))
-    oy = 0.25 * torch.sign(at(1, 0) - at(-1, 0))
-    return torch.where(inside, ox, 0.0), torch.where(inside, oy, 0.0)
+    taps = [at(0, 0), at(0, 1), at(0, -1), at(1, 0), at(-1, 0)]
+    # DESIGN.md: a non-finite value among them leaves the integer argmax
+    keep = inside & torch.stack([torch.isfinite(t) for t in taps]).all(dim=0)
+    ox = 0.25 * torch.sign(taps[1] - taps[2])
+    oy = 0.25 * torch.sign(taps[3] - taps[4])
+    return torch.where(keep, ox, 0.0), torch.where(keep, oy, 0.0)
 
 
 def _dark_offset(maps, x, y, blur_kernel):
@@ -159,16 +168,18 @@ def _local_mean(maps, x, y, window):
     """Centroid of the window x window neighbourhood (clipped to the map) weighted by max(h, 0)."""
     height, width = maps.shape[-2:]
     radius = window // 2
-    padded = F.pad(maps.clamp_min(0.0), (radius, radius, radius, radius))  # outside: weight 0
+    padded = F.pad(maps, (radius, radius, radius, radius))  # outside: 0, weight 0
     offsets = torch.arange(-radius, radius + 1, device=maps.device)
     rows = (y[:, None] + radius + offsets)  # (N, window) in padded coordinates
     cols = (x[:, None] + radius + offsets)
     n = torch.arange(maps.shape[0], device=maps.device)[:, None, None]
-    patch = padded[n, rows[:, :, None], cols[:, None, :]]  # (N, window, window)
+    values = padded[n, rows[:, :, None], cols[:, None, :]]  # (N, window, window)
+    finite = torch.isfinite(values).all(dim=(1, 2))  # DESIGN.md: else the integer argmax stays
+    patch = torch.where(finite[:, None, None], values.clamp_min(0.0), 0.0)
     total = patch.sum(dim=(1, 2))
     mean_x = (patch.sum(dim=1) * offsets).sum(dim=1) / total
     mean_y = (patch.sum(dim=2) * offsets).sum(dim=1) / total
-    return mean_x, mean_y
+    return torch.where(finite, mean_x, 0.0), torch.where(finite, mean_y, 0.0)
 
 
 REFINED_METHODS = ("dark", "udp")  # the Taylor-step methods whose offset is unbounded

@@ -157,21 +157,25 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         left = tl.load(at - 1, mask=inside, other=0.0).to(tl.float32)
         down = tl.load(at + width, mask=inside, other=0.0).to(tl.float32)
         up = tl.load(at - width, mask=inside, other=0.0).to(tl.float32)
+        # DESIGN.md: a non-finite value among the five leaves the integer argmax (as decode.h)
+        keep = inside & _finite(best) & _finite(right) & _finite(left) & _finite(down) & _finite(up)
         sx = tl.where(right > left, 1.0, tl.where(right < left, -1.0, 0.0))
         sy = tl.where(down > up, 1.0, tl.where(down < up, -1.0, 0.0))
-        ox = tl.where(inside, 0.25 * sx, 0.0)
-        oy = tl.where(inside, 0.25 * sy, 0.0)
+        ox = tl.where(keep, 0.25 * sx, 0.0)
+        oy = tl.where(keep, 0.25 * sy, 0.0)
     if METHOD == 4:  # local_mean
         d = tl.arange(0, WPAD) - WINDOW // 2
         rows = y + d
         cols = x + d
         mask = ((d[:, None] <= WINDOW // 2) & (d[None, :] <= WINDOW // 2) & (rows[:, None] >= 0)
                 & (rows[:, None] < height) & (cols[None, :] >= 0) & (cols[None, :] < width))
-        w = tl.load(base + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        w = tl.maximum(w, 0.0)
+        v = tl.load(base + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        # DESIGN.md: a non-finite value in the window leaves the integer argmax (as decode.h)
+        bad = tl.sum(tl.sum(tl.where(_finite(v), 0.0, 1.0), axis=1), axis=0)
+        w = tl.where(_finite(v) & (v > 0.0), v, 0.0)
         total = tl.sum(tl.sum(w, axis=1), axis=0)
-        ox = tl.sum(tl.sum(w * d[None, :].to(tl.float32), axis=1), axis=0) / total
-        oy = tl.sum(tl.sum(w * d[:, None].to(tl.float32), axis=1), axis=0) / total
+        ox = tl.where(bad == 0.0, tl.sum(tl.sum(w * d[None, :].to(tl.float32), axis=1), axis=0) / total, 0.0)
+        oy = tl.where(bad == 0.0, tl.sum(tl.sum(w * d[:, None].to(tl.float32), axis=1), axis=0) / total, 0.0)
     if METHOD == 2 or METHOD == 3:
         radius = KSIZE // 2
         # The 5x5 patch around the argmax, separably: horizontal pass over rows y-2-R .. y+2+R,
@@ -533,7 +537,15 @@ def find_peaks_config(height: int, width: int, max_peaks: int) -> dict:
     which is a runtime argument (one compiled kernel for every distance)."""
     wanted = max(1, min(max_peaks, height * width))
     return dict(BLOCK=min(1024, triton.next_power_of_2(max(height * width, 1))),
-                LIST=next((n for n in PEAK_LISTS if wanted <= n), PEAK_LISTS[-1]), FILL=128, num_warps=4)
+                LIST=next((n for n in PEAK_LISTS if wanted <= n), PEAK_LISTS[-1]), FILL=128, num_warps=4,
+                maxnreg=FIND_PEAKS_MAX_REGISTERS)
+
+
+# The register ceiling of find_peaks, at its budget (benchmarks/resources.py), for the same reason
+# as DECODE_MAX_REGISTERS: without it ptxas took 56-80 registers and spilled 20-52 bytes (64x48
+# fp32 on sm_80, 96x72 bf16 on sm_90, once the AOT compile specialised the integers as the launcher
+# does); under it, 77-121 registers, unspilled.
+FIND_PEAKS_MAX_REGISTERS = 128
 
 
 @torch.library.custom_op("kpfast_triton::find_peaks", mutates_args=())

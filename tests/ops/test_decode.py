@@ -4,6 +4,8 @@ edge cases, argument errors, opcheck and torch.compile; flip_merge.
 Half precision and non-contiguous maps: tests/ops/test_common.py (DecodeCase)."""
 
 import numpy as np
+import math
+
 import pytest
 import torch
 
@@ -11,7 +13,8 @@ import kpfast
 from kpfast.ops import decode_heatmaps, flip_merge, render_heatmaps
 from kpfast.reference import decode as reference
 
-from .harness import H, W, backend_params, decode_test_maps, gaussian_maps, kernel_backends_and_torch, special_maps
+from .harness import (H, W, backend_params, decode_test_maps, gaussian_maps, kernel_backends_and_torch,
+                      non_finite_maps, special_maps)
 from .published import published_decode
 
 METHODS = ("argmax", "quarter", "dark", "udp", "local_mean")
@@ -108,6 +111,21 @@ def test_edge_case_semantics(kernel_backend):
     quarter = decoded["quarter"][0][0].cpu()
     assert quarter[5].tolist() == coords[5].tolist()
     assert quarter[7].tolist() == [coords[7, 0].item() - 0.25, coords[7, 1].item() - 0.25]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_pixels_decode_as_the_reference(kernel_backend, method):
+    """DESIGN.md, the same on every backend: NaN is never the maximum, +inf / -inf are ordinary
+    values, a non-finite value in the refinement patch leaves the integer argmax; an all-NaN map
+    gives -1 and score NaN."""
+    backend, device = kernel_backend
+    maps = torch.cat([non_finite_maps(device=device), torch.full((1, 1, H, W), float("nan"), device=device)], dim=1)
+    coords, scores = decode_heatmaps(maps, method, backend=backend)
+    expected_coords, expected_scores = decode_heatmaps(maps.cpu(), method, backend="torch")
+    torch.testing.assert_close(scores.cpu(), expected_scores, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(coords.cpu(), expected_coords, rtol=0, atol=1e-4, equal_nan=True)
+    assert math.isnan(expected_scores[0, -1]) and expected_coords[0, -1].tolist() == [-1.0, -1.0]
+    assert expected_scores[0, 2] == math.inf and not torch.isnan(expected_coords).any()
 
 
 def test_published_rules_on_hand_made_maps():
