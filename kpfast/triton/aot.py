@@ -65,6 +65,11 @@ class Spec:
         return f"{self.kernel}[{','.join(parts)}]"
 
 
+def _launch_options(config: dict) -> dict:
+    """Pop the launch options that are not constexprs (the register ceiling) out of a launcher's config."""
+    return {key: config.pop(key) for key in ("maxnreg",) if key in config}
+
+
 def _sig(names, types, constexprs):
     signature = dict(zip(names, types))
     for name in constexprs:
@@ -82,13 +87,14 @@ def launcher_ints(height: int, width: int, keypoints: int = LAUNCH_KEYPOINTS) ->
     The launcher specialises on them (an int divisible by 16 is marked ``tt.divisibility=16``, an
     int equal to 1 becomes a constant), and that decides whether loads and stores can be 16-byte
     vectors: an AOT compile without these attributes would show scalar accesses the real launch
-    does not make. Strides of a (B, K) upstream gradient or sigma, and of soft-argmax's (B, K, 2)
-    coordinate gradient, are those of a contiguous one."""
+    does not make. Strides of a (B, K) upstream gradient or sigma, of soft-argmax's (B, K, 2)
+    coordinate gradient and of render's (B, K, H, W) map gradient are those of a contiguous one."""
     size = height * width
     return dict(height=height, width=width, size=size, map_size=size, K=keypoints, stride_b=keypoints * size,
                 stride_k=size, stride_h=width, sigma_stride_b=keypoints, sigma_stride_k=1,
                 upstream_stride_b=keypoints, upstream_stride_k=1, grad_stride_b=2 * keypoints, grad_stride_k=2,
-                grad_stride_xy=1)
+                grad_stride_xy=1, grad_maps_stride_b=keypoints * size, grad_maps_stride_k=size,
+                grad_maps_stride_h=width, grad_maps_stride_w=1)
 
 
 def specialisations(sizes=SIZES) -> list[Spec]:
@@ -112,14 +118,15 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                                       dict(size=size, encoding=encoding, N=instances, dtype=dtype),
                                       _sig(names, types, c), c))
                     c = dict(render.backward_config(height, width, encoding, element_size=size_of), **n)
+                    options = _launch_options(c)
                     names = ["grad_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "grad_keypoints_ptr",
-                             "grad_sigma_ptr", "N", "K", "height", "width", "sigma_stride_b", "sigma_stride_k",
+                             "grad_sigma_ptr", "N", "K", "height", "width", "grad_maps_stride_b", "grad_maps_stride_k",
+                             "grad_maps_stride_h", "grad_maps_stride_w", "sigma_stride_b", "sigma_stride_k",
                              "sigma_value"]
-                    types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "i32", "i32", "i32", "i32",
-                             "i32", "i32", "fp32"]
+                    types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"] + ["i32"] * 10 + ["fp32"]
                     specs.append(Spec("render._render_backward_kernel",
                                       dict(size=size, encoding=encoding, N=instances, dtype=dtype),
-                                      _sig(names, types, c), c))
+                                      _sig(names, types, c), c, options=options))
                     for kind in ("mse", "focal", "cornernet"):
                         # the compiled-product default exponents and the general powers (mse has none)
                         for fixed in ((True,) if kind == "mse" else (True, False)):
@@ -127,6 +134,7 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                             c = dict(loss.launch_config(height, width, encoding, kind, fixed, element_size=size_of),
                                      stride_w=1, **n)
                             warps = c.pop("num_warps", 4)
+                            options = _launch_options(c)
                             block = c["BLOCK_H"] * c["BLOCK_W"]
                             scalars = ["sigma_value", "alpha", "gamma", "beta", "keypoint_weight", "background_weight",
                                        "threshold", "l1_weight"]
@@ -139,26 +147,27 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                             label = dict(size=size, encoding=encoding, kind=kind, N=instances, dtype=dtype,
                                          exponents="fixed" if fixed else "general")
                             specs.append(Spec("loss._loss_forward_kernel", label, _sig(names, types, c), c, warps,
-                                              elements_per_loop=block))
+                                              elements_per_loop=block, options=options))
                             upstream_tail = tail[:10] + ["upstream_stride_b", "upstream_stride_k"] + tail[10:]
                             names = ["upstream_ptr", "pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr",
                                      "grad_ptr"] + upstream_tail
                             types = (["*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 12
                                      + ["fp32"] * 8)
                             specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
-                                              elements_per_loop=block))
+                                              elements_per_loop=block, options=options))
                             if kind == "cornernet":
                                 continue
                             # the gradient-in-forward opt-in (mse, focal): loss and gradient in one pass
                             c = dict(loss.fused_launch_config(height, width, encoding, kind, fixed,
                                                               element_size=size_of), stride_w=1, **n)
                             warps = c.pop("num_warps", 4)
+                            options = _launch_options(c)
                             names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
                                      "positives_ptr", "grad_ptr"] + tail[:11] + ["expected_upstream"] + tail[11:]
                             types = ([f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", f"*{dtype}"]
                                      + ["i32"] * 10 + ["fp32"] * 9)
                             specs.append(Spec("loss._loss_fused_forward_kernel", label, _sig(names, types, c), c,
-                                              warps, elements_per_loop=c["BLOCK_H"] * c["BLOCK_W"]))
+                                              warps, elements_per_loop=c["BLOCK_H"] * c["BLOCK_W"], options=options))
                     if (height, width) == sizes[0] and encoding == "msra" and instances == "one":
                         c = dict(BLOCK=loss.RESCALE_BLOCK)  # one per dtype: no size, encoding or N in it
                         names = ["grad_ptr", "upstream_ptr", "upstream_stride_b", "upstream_stride_k", "K",
@@ -171,7 +180,7 @@ def specialisations(sizes=SIZES) -> list[Spec]:
                 for blur_kernel in (BLURS[dtype] if method in ("dark", "udp") else (11,)):
                     c = decode.decode_config(height, width, method, blur_kernel, 3)
                     warps = c.pop("num_warps")
-                    options = dict(maxnreg=c.pop("maxnreg"))
+                    options = _launch_options(c)
                     names = ["maps_ptr", "coords_ptr", "scores_ptr", "height", "width"]
                     types = [f"*{dtype}", "*fp32", "*fp32", "i32", "i32"]
                     label = dict(size=size, method=method, dtype=dtype)
@@ -196,11 +205,12 @@ def specialisations(sizes=SIZES) -> list[Spec]:
             for max_peaks in (20, 200):
                 c = decode.find_peaks_config(height, width, max_peaks)
                 warps = c.pop("num_warps")
+                options = _launch_options(c)
                 names = ["maps_ptr", "coords_ptr", "scores_ptr", "valid_ptr", "height", "width", "min_distance",
                          "threshold", "max_peaks"]
                 types = [f"*{dtype}", "*fp32", "*fp32", "*i8", "i32", "i32", "i32", "fp32", "i32"]
                 specs.append(Spec("decode._find_peaks_kernel", dict(size=size, max_peaks=max_peaks, dtype=dtype),
-                                  _sig(names, types, c), c, warps))
+                                  _sig(names, types, c), c, warps, options=options))
         for spec in specs[first_of_size:]:
             spec.ints = launcher_ints(height, width)
     return specs

@@ -333,9 +333,19 @@ def launch_config(height: int, width: int, encoding: str, kind: str, fixed: bool
         row_align = row_alignment(width, element_size)
     else:  # the gradient is contiguous, so width counts too; a strided row has no vectors
         row_align = row_alignment(width, element_size, *strides[:3]) if strides[3] == 1 else 1
-    return dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], FIXED=bool(fixed), HAS_WEIGHTS=bool(has_weights),
-                HAS_SIGMA=bool(has_sigma), BLOCK_H=block_h, BLOCK_W=block_w, ROW_ALIGN=row_align,
-                num_warps=num_warps)
+    config = dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], FIXED=bool(fixed), HAS_WEIGHTS=bool(has_weights),
+                  HAS_SIGMA=bool(has_sigma), BLOCK_H=block_h, BLOCK_W=block_w, ROW_ALIGN=row_align,
+                  num_warps=num_warps)
+    if kind in MAX_REGISTERS_BY_KIND:
+        config["maxnreg"] = MAX_REGISTERS_BY_KIND[kind]
+    return config
+
+
+# A register ceiling (launch option maxnreg) where ptxas, left to itself, spilled: the mse forward
+# (udp, several instances, 16-bit pred, 96x72 on sm_80: 64 registers and 12 bytes spilled); under
+# 128 every mse variant takes 48-116, unspilled. Not for focal / cornernet, which do not spill and
+# under a ceiling take more registers (59-96 instead of 39-64), so fewer warps per SM.
+MAX_REGISTERS_BY_KIND = {"mse": 128}
 
 
 # kind -> (pixels per tile, warps per program)
