@@ -126,10 +126,10 @@ AUTO_TABLE: dict[tuple[str, str], AutoChoice] = {
     ("decode_heatmaps", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. The CUDA kernel gives each map a "
                                             "128-thread block with four 16-byte loads in flight per thread (about "
                                             "7.7 SASS instructions per fp32 element, one wave at B=64); the Triton "
-                                            "program needs about 21 per element and a Python launch"),
+                                            "program needs about 18 per element and a Python launch"),
     ("soft_argmax", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. The CUDA forward is an online "
                                         "softmax by chunks of 16-byte loads (one exp per element, about 17 SASS "
-                                        "instructions per element) against about 52 for the Triton program; "
+                                        "instructions per element) against about 45 for the Triton program; "
                                         "both backwards are elementwise, CUDA's with 16-byte accesses"),
     ("find_peaks", "cuda"): AutoChoice(("cuda", "triton"), f"{_NO_GPU_RUN}. The CUDA kernel stages a map of up to "
                                        "7680 pixels in shared memory with 16-byte loads and tests windows there; "
