@@ -410,9 +410,9 @@ def _cell(before, after, key):
 
 
 COLUMNS = (("regs", "regs"), ("spill", "spill"), ("shared", "smem"), ("sass", "sass"), ("int64_divisions", "div64"),
-           ("map_width", "vec"), ("elements_per_thread", "el/it"), ("sass_per_element", "loop/elem"), ("bytes_per_element", "B/elem"),
-           ("warps", "warps/SM"), ("issue_bound", "issue"), ("latency_bound", "latency"),
-           ("model_fraction", "model"))
+           ("map_width", "vec"), ("elements_per_thread", "el/it"), ("sass_per_element", "loop/elem"),
+           ("bytes_per_element", "B/elem"), ("warps", "warps/SM"), ("issue_bound", "issue"),
+           ("latency_bound", "latency"), ("model_fraction", "model"))
 
 # The after side at merge time: the merged tree's AOT JSON and CUDA build (the before side stays).
 REGENERATE = ("env -u TRITON_INTERPRET python -m kpfast.triton.aot --quick --arch 90 --sizes 64x48 --json "

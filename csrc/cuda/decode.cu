@@ -570,27 +570,25 @@ __global__ void __launch_bounds__(kBackwardThreads) soft_argmax_backward_kernel(
   const MapSplit s = split_map(m, size, vectorise && width >= V);
   const int units = s.head == size ? size : s.vectors;  // what the tiles cover: scalars or vectors
   const int tiles = (units + kBackwardTile - 1) / kBackwardTile;
+  // One element on its own: the whole map on the scalar path, the head and tail on the vector one.
+  const auto scalar_grad = [&](int p) {
+    const int row = p / width, col = p - row * width;
+    const acc_t g = bm.gx * acc_t(col) + bm.gy * acc_t(row) + bm.c0;
+    out[p] = static_cast<scalar_t>(bm.grad(static_cast<acc_t>(m[p]), g));
+  };
   if (s.head == size) {
     for (int tile = blockIdx.y; tile < tiles; tile += gridDim.y) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int p = tile * kBackwardTile + u * kBackwardThreads + threadIdx.x;
-        if (p < size) {
-          const int row = p / width, col = p - row * width;
-          const acc_t g = bm.gx * acc_t(col) + bm.gy * acc_t(row) + bm.c0;
-          out[p] = static_cast<scalar_t>(bm.grad(static_cast<acc_t>(m[p]), g));
-        }
+        if (p < size) scalar_grad(p);
       }
     }
     return;
   }
   if (blockIdx.y == 0) {  // the scalar head and tail (fewer than 2 V elements)
     const int p = threadIdx.x < s.head ? threadIdx.x : s.tail + threadIdx.x - s.head;
-    if (p < size) {
-      const int row = p / width, col = p - row * width;
-      const acc_t g = bm.gx * acc_t(col) + bm.gy * acc_t(row) + bm.c0;
-      out[p] = static_cast<scalar_t>(bm.grad(static_cast<acc_t>(m[p]), g));
-    }
+    if (p < size) scalar_grad(p);
   }
   const acc_t wrap_delta = bm.gy - bm.gx * acc_t(width);  // g at (row + 1, col - width) minus g at (row, col)
   const int step = kBackwardThreads * V, step_rows = step / width, step_cols = step - step_rows * width;
