@@ -168,6 +168,34 @@ def _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN: tl.constex
 
 
 @triton.jit
+def _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b, sigma_stride_k,
+               sigma_value, ENCODING: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr):
+    """(map_id, b, k, sigma, m) of this program's map; m is the map weight (0: the map is ignored)."""
+    map_id = tl.program_id(0).to(tl.int64)
+    b = map_id // K
+    k = map_id % K
+    sigma = _map_sigma(sigma_ptr, b, k, sigma_stride_b, sigma_stride_k, sigma_value, HAS_SIGMA)
+    m = _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING, HAS_WEIGHTS)
+    return map_id, b, k, sigma, m
+
+
+@triton.jit
+def _row_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, row0, col_idx, cols, height, width, stride_b, stride_k,
+              stride_h, stride_w, threshold, keypoint_weight, background_weight, ENCODING: tl.constexpr,
+              HAS_WEIGHTS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """The tile of rows row0 .. row0 + BLOCK_H shared by the forward, backward and fused kernels:
+    (row_idx, mask, target, positive, pixel weight, pred offsets), the target rendered on the fly."""
+    row_idx = row0 + tl.arange(0, BLOCK_H)
+    rows = row_idx.to(tl.float32)
+    mask = (row_idx[:, None] < height) & (col_idx[None, :] < width)
+    target, positive = _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, height, width,
+                                    ENCODING, HAS_WEIGHTS, BLOCK_H, BLOCK_W)
+    w = tl.where(target > threshold, keypoint_weight, background_weight)
+    offsets = b * stride_b + k * stride_k + row_idx[:, None].to(tl.int64) * stride_h + col_idx[None, :] * stride_w
+    return row_idx, mask, target, positive, w, offsets
+
+
+@triton.jit
 def _loss_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, map_losses_ptr, positives_ptr, N, K, height,
                          width, stride_b, stride_k, stride_h, stride_w, sigma_stride_b, sigma_stride_k, sigma_value,
                          alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
@@ -175,25 +203,18 @@ def _loss_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, map_lo
                          HAS_SIGMA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
                          ROW_ALIGN: tl.constexpr):
     width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
-    map_id = tl.program_id(0).to(tl.int64)
-    b = map_id // K
-    k = map_id % K
-    sigma = _map_sigma(sigma_ptr, b, k, sigma_stride_b, sigma_stride_k, sigma_value, HAS_SIGMA)
-    m = _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING, HAS_WEIGHTS)
+    map_id, b, k, sigma, m = _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b,
+                                        sigma_stride_k, sigma_value, ENCODING, HAS_WEIGHTS, HAS_SIGMA)
     col_idx = tl.arange(0, BLOCK_W)
     cols = col_idx.to(tl.float32)
     total = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
     count = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
     for row0 in range(0, height, BLOCK_H):
-        row_idx = row0 + tl.arange(0, BLOCK_H)
-        rows = row_idx.to(tl.float32)
-        mask = (row_idx[:, None] < height) & (col_idx[None, :] < width)
-        target, positive = _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, height, width,
-                                        ENCODING, HAS_WEIGHTS, BLOCK_H, BLOCK_W)
-        offsets = b * stride_b + k * stride_k + row_idx[:, None].to(tl.int64) * stride_h + col_idx[None, :] * stride_w
+        row_idx, mask, target, positive, w, offsets = _row_tile(
+            keypoints_ptr, weights_ptr, sigma, b, k, N, K, row0, col_idx, cols, height, width, stride_b, stride_k,
+            stride_h, stride_w, threshold, keypoint_weight, background_weight, ENCODING, HAS_WEIGHTS, BLOCK_H, BLOCK_W)
         x = tl.load(pred_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         loss = _pixel_loss(x, target, positive > 0.0, alpha, gamma, beta, l1_weight, KIND, False, FIXED)
-        w = tl.where(target > threshold, keypoint_weight, background_weight)
         # An ignored map contributes exactly 0, whatever pred holds.
         total += tl.where(mask, tl.where(m > 0.0, w * loss, 0.0), 0.0)
         count += tl.where(mask, positive, 0.0)
@@ -209,11 +230,8 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
                           HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
     width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
-    map_id = tl.program_id(0).to(tl.int64)
-    b = map_id // K
-    k = map_id % K
-    sigma = _map_sigma(sigma_ptr, b, k, sigma_stride_b, sigma_stride_k, sigma_value, HAS_SIGMA)
-    m = _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING, HAS_WEIGHTS)
+    map_id, b, k, sigma, m = _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b,
+                                        sigma_stride_k, sigma_value, ENCODING, HAS_WEIGHTS, HAS_SIGMA)
     upstream = tl.load(upstream_ptr + b * upstream_stride_b + k * upstream_stride_k)
     scale = upstream * m
     # An ignored map, or a map OHKM dropped, gets exact zeros without reading pred. (A 2-D mask:
@@ -222,15 +240,11 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
     col_idx = tl.arange(0, BLOCK_W)
     cols = col_idx.to(tl.float32)
     for row0 in range(0, height, BLOCK_H):
-        row_idx = row0 + tl.arange(0, BLOCK_H)
-        rows = row_idx.to(tl.float32)
-        mask = (row_idx[:, None] < height) & (col_idx[None, :] < width)
-        target, positive = _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, height, width,
-                                        ENCODING, HAS_WEIGHTS, BLOCK_H, BLOCK_W)
-        offsets = b * stride_b + k * stride_k + row_idx[:, None].to(tl.int64) * stride_h + col_idx[None, :] * stride_w
+        row_idx, mask, target, positive, w, offsets = _row_tile(
+            keypoints_ptr, weights_ptr, sigma, b, k, N, K, row0, col_idx, cols, height, width, stride_b, stride_k,
+            stride_h, stride_w, threshold, keypoint_weight, background_weight, ENCODING, HAS_WEIGHTS, BLOCK_H, BLOCK_W)
         x = tl.load(pred_ptr + offsets, mask=mask & (skip == 0), other=0.0).to(tl.float32)
         grad = _pixel_loss(x, target, positive > 0.0, alpha, gamma, beta, l1_weight, KIND, True, FIXED)
-        w = tl.where(target > threshold, keypoint_weight, background_weight)
         grad = tl.where(skip, 0.0, scale * (w * grad))
         out = map_id * height * width + row_idx[:, None] * width + col_idx[None, :]
         # (.to(float32) first: the interpreter may widen the math to float64, whose bf16 cast it gets wrong.)
@@ -247,27 +261,20 @@ def _loss_fused_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, 
     """The forward that also writes the gradient for the upstream ``expected_upstream`` (the
     gradient-in-forward opt-in, kpfast/ops/_loss_autograd.py): one read of pred, one write of grad."""
     width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
-    map_id = tl.program_id(0).to(tl.int64)
-    b = map_id // K
-    k = map_id % K
-    sigma = _map_sigma(sigma_ptr, b, k, sigma_stride_b, sigma_stride_k, sigma_value, HAS_SIGMA)
-    m = _map_weight(keypoints_ptr, weights_ptr, sigma, b, k, N, K, height, width, ENCODING, HAS_WEIGHTS)
+    map_id, b, k, sigma, m = _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b,
+                                        sigma_stride_k, sigma_value, ENCODING, HAS_WEIGHTS, HAS_SIGMA)
     scale = expected_upstream * m
     col_idx = tl.arange(0, BLOCK_W)
     cols = col_idx.to(tl.float32)
     total = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
     count = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.float32)
     for row0 in range(0, height, BLOCK_H):
-        row_idx = row0 + tl.arange(0, BLOCK_H)
-        rows = row_idx.to(tl.float32)
-        mask = (row_idx[:, None] < height) & (col_idx[None, :] < width)
-        target, positive = _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, height, width,
-                                        ENCODING, HAS_WEIGHTS, BLOCK_H, BLOCK_W)
-        offsets = b * stride_b + k * stride_k + row_idx[:, None].to(tl.int64) * stride_h + col_idx[None, :] * stride_w
+        row_idx, mask, target, positive, w, offsets = _row_tile(
+            keypoints_ptr, weights_ptr, sigma, b, k, N, K, row0, col_idx, cols, height, width, stride_b, stride_k,
+            stride_h, stride_w, threshold, keypoint_weight, background_weight, ENCODING, HAS_WEIGHTS, BLOCK_H, BLOCK_W)
         x = tl.load(pred_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         loss = _pixel_loss(x, target, positive > 0.0, alpha, gamma, beta, l1_weight, KIND, False, FIXED)
         grad = _pixel_loss(x, target, positive > 0.0, alpha, gamma, beta, l1_weight, KIND, True, FIXED)
-        w = tl.where(target > threshold, keypoint_weight, background_weight)
         # An ignored map contributes exactly 0 and gets a zero gradient, whatever pred holds.
         total += tl.where(mask, tl.where(m > 0.0, w * loss, 0.0), 0.0)
         count += tl.where(mask, positive, 0.0)
