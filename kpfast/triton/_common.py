@@ -44,6 +44,14 @@ def row_alignment(width: int, element_size: int, *strides: int) -> int:
     return align
 
 
+def strided_row_alignment(width: int, element_size: int, strides: tuple | None) -> int:
+    """ROW_ALIGN for a (B, K, H, W) tensor the kernel reads with its ``strides`` (None: contiguous)
+    and a contiguous gradient of the same width: a row that is not contiguous has no vectors."""
+    if strides is None:
+        return row_alignment(width, element_size)
+    return row_alignment(width, element_size, *strides[:3]) if strides[3] == 1 else 1
+
+
 @triton.jit
 def aligned(value, ALIGN: tl.constexpr):
     """``value``, which the launcher checked is a multiple of ALIGN, rebuilt so that Triton's
@@ -51,3 +59,10 @@ def aligned(value, ALIGN: tl.constexpr):
     if ALIGN > 1:
         value = (value // ALIGN) * ALIGN
     return value
+
+
+@triton.jit
+def aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN: tl.constexpr):
+    """width and a (B, K, H, W) tensor's strides as multiples of ROW_ALIGN (see ``aligned``)."""
+    return (aligned(width, ROW_ALIGN), aligned(stride_b, ROW_ALIGN), aligned(stride_k, ROW_ALIGN),
+            aligned(stride_h, ROW_ALIGN))

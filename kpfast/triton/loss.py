@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kpfast.triton._common import aligned, device_guard, row_alignment, tile_shape
+from kpfast.triton._common import aligned_geometry, device_guard, strided_row_alignment, tile_shape
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, gaussian_window
 
 KINDS = {"mse": 0, "focal": 1, "cornernet": 2}
@@ -160,14 +160,6 @@ def _target_tile(keypoints_ptr, weights_ptr, sigma, b, k, N, K, rows, cols, heig
 
 
 @triton.jit
-def _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN: tl.constexpr):
-    """width and pred's strides as multiples of ROW_ALIGN (launch_config: 16-byte loads and stores
-    when every map row starts 16-byte aligned, e.g. at 96x72, which the launcher cannot tell)."""
-    return (aligned(width, ROW_ALIGN), aligned(stride_b, ROW_ALIGN), aligned(stride_k, ROW_ALIGN),
-            aligned(stride_h, ROW_ALIGN))
-
-
-@triton.jit
 def _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b, sigma_stride_k,
                sigma_value, ENCODING: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr):
     """(map_id, b, k, sigma, m) of this program's map; m is the map weight (0: the map is ignored)."""
@@ -202,7 +194,7 @@ def _loss_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, map_lo
                          ENCODING: tl.constexpr, KIND: tl.constexpr, FIXED: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
                          HAS_SIGMA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
                          ROW_ALIGN: tl.constexpr):
-    width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
+    width, stride_b, stride_k, stride_h = aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
     map_id, b, k, sigma, m = _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b,
                                         sigma_stride_k, sigma_value, ENCODING, HAS_WEIGHTS, HAS_SIGMA)
     col_idx = tl.arange(0, BLOCK_W)
@@ -229,7 +221,7 @@ def _loss_backward_kernel(upstream_ptr, pred_ptr, keypoints_ptr, weights_ptr, si
                           threshold, l1_weight, ENCODING: tl.constexpr, KIND: tl.constexpr, FIXED: tl.constexpr,
                           HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr, BLOCK_H: tl.constexpr,
                           BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
-    width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
+    width, stride_b, stride_k, stride_h = aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
     map_id, b, k, sigma, m = _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b,
                                         sigma_stride_k, sigma_value, ENCODING, HAS_WEIGHTS, HAS_SIGMA)
     upstream = tl.load(upstream_ptr + b * upstream_stride_b + k * upstream_stride_k)
@@ -260,7 +252,7 @@ def _loss_fused_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, 
                                BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
     """The forward that also writes the gradient for the upstream ``expected_upstream`` (the
     gradient-in-forward opt-in, kpfast/ops/_loss_autograd.py): one read of pred, one write of grad."""
-    width, stride_b, stride_k, stride_h = _aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
+    width, stride_b, stride_k, stride_h = aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
     map_id, b, k, sigma, m = _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b,
                                         sigma_stride_k, sigma_value, ENCODING, HAS_WEIGHTS, HAS_SIGMA)
     scale = expected_upstream * m
@@ -336,10 +328,7 @@ def launch_config(height: int, width: int, encoding: str, kind: str, fixed: bool
         # 72 registers and spilled 4 bytes on sm_90; 8 warps (2 pixels per thread) take 52, no spill.
         num_warps = 8
     block_h, block_w = tile_shape(height, width, max_elements=max_elements)
-    if strides is None:
-        row_align = row_alignment(width, element_size)
-    else:  # the gradient is contiguous, so width counts too; a strided row has no vectors
-        row_align = row_alignment(width, element_size, *strides[:3]) if strides[3] == 1 else 1
+    row_align = strided_row_alignment(width, element_size, strides)  # pred's, and the gradient's width
     config = dict(ENCODING=ENCODINGS[encoding], KIND=KINDS[kind], FIXED=bool(fixed), HAS_WEIGHTS=bool(has_weights),
                   HAS_SIGMA=bool(has_sigma), BLOCK_H=block_h, BLOCK_W=block_w, ROW_ALIGN=row_align,
                   num_warps=num_warps)

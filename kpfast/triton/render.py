@@ -16,7 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kpfast.triton._common import aligned, device_guard, row_alignment, tile_shape
+from kpfast.triton._common import (aligned, aligned_geometry, device_guard, row_alignment, strided_row_alignment,
+                                   tile_shape)
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, load_sigma, load_weight
 
 
@@ -57,10 +58,8 @@ def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, gra
                             HAS_SIGMA: tl.constexpr, ENCODING: tl.constexpr, BLOCK_H: tl.constexpr,
                             BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
     # The upstream gradient is read with its strides (heatmaps.sum()'s is expanded: not copied).
-    width = aligned(width, ROW_ALIGN)
-    grad_maps_stride_b = aligned(grad_maps_stride_b, ROW_ALIGN)
-    grad_maps_stride_k = aligned(grad_maps_stride_k, ROW_ALIGN)
-    grad_maps_stride_h = aligned(grad_maps_stride_h, ROW_ALIGN)
+    width, grad_maps_stride_b, grad_maps_stride_k, grad_maps_stride_h = aligned_geometry(
+        width, grad_maps_stride_b, grad_maps_stride_k, grad_maps_stride_h, ROW_ALIGN)
     map_id = tl.program_id(0).to(tl.int64)
     b = map_id // K
     k = map_id % K
@@ -126,8 +125,7 @@ def backward_config(height: int, width: int, encoding: str, has_weights: bool = 
     spilled 16-24 bytes at 96x72 on sm_80; under 255, 77-255 registers, unspilled (an instance
     loop nested in the pixel tile: the rare coordinate / sigma gradient path)."""
     config = forward_config(height, width, encoding, has_weights, has_sigma, element_size)
-    if strides is not None:
-        config["ROW_ALIGN"] = row_alignment(width, element_size, *strides[:3]) if strides[3] == 1 else 1
+    config["ROW_ALIGN"] = strided_row_alignment(width, element_size, strides)
     config["maxnreg"] = 255
     return config
 
