@@ -473,7 +473,7 @@ Tensor soft_argmax_backward_cpu(Tensor grad_coords, Tensor heatmaps, Tensor coor
   const int64_t B = heatmaps.size(0), K = heatmaps.size(1);
   const ScalarType compute = heatmaps.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
   // grad_coords read with its strides (an expanded upstream is not copied); another dtype is cast.
-  const Tensor g = grad_coords.scalar_type() == compute ? grad_coords : to_contiguous(grad_coords, compute);
+  const Tensor g = as_dtype(grad_coords, compute);
   const Tensor c = to_contiguous(coords, compute);
   const Tensor l = to_contiguous(log_normaliser, compute);
   Tensor grad = new_empty(heatmaps, {B, K, heatmaps.size(2), heatmaps.size(3)}, heatmaps.scalar_type());
@@ -481,9 +481,9 @@ Tensor soft_argmax_backward_cpu(Tensor grad_coords, Tensor heatmaps, Tensor coor
   KPF_DISPATCH_HEATMAP_TYPES_AND_DOUBLE(heatmaps.scalar_type(), "soft_argmax_backward_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     soft_argmax_backward_cpu_kernel<scalar_t, acc_t>(
-        g.const_data_ptr<acc_t>(), {g.stride(0), g.stride(1), g.stride(2)}, K, heatmaps.const_data_ptr<scalar_t>(), c.const_data_ptr<acc_t>(),
-        l.const_data_ptr<acc_t>(), grad.mutable_data_ptr<scalar_t>(), B * K, static_cast<int>(heatmaps.size(2)),
-        static_cast<int>(heatmaps.size(3)), static_cast<acc_t>(beta));
+        g.const_data_ptr<acc_t>(), {g.stride(0), g.stride(1), g.stride(2)}, K, heatmaps.const_data_ptr<scalar_t>(),
+        c.const_data_ptr<acc_t>(), l.const_data_ptr<acc_t>(), grad.mutable_data_ptr<scalar_t>(), B * K,
+        static_cast<int>(heatmaps.size(2)), static_cast<int>(heatmaps.size(3)), static_cast<acc_t>(beta));
   });
   return grad;
 }

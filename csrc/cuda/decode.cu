@@ -847,7 +847,7 @@ Tensor soft_argmax_backward_cuda(Tensor grad_coords, Tensor heatmaps, Tensor coo
   const CudaDeviceGuard guard(heatmaps);
   const ScalarType compute = heatmaps.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
   // grad_coords in place with its strides (an expanded upstream is not copied); another dtype is cast.
-  const Tensor g = grad_coords.scalar_type() == compute ? grad_coords : to_contiguous(grad_coords, compute);
+  const Tensor g = as_dtype(grad_coords, compute);
   const Tensor c = to_contiguous(coords, compute);
   const Tensor l = to_contiguous(log_normaliser, compute);
   Tensor grad = new_empty(heatmaps, {heatmaps.size(0), heatmaps.size(1), heatmaps.size(2), heatmaps.size(3)},

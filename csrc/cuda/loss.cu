@@ -449,9 +449,7 @@ Tensor heatmap_loss_backward_cuda(Tensor grad_map_losses, Tensor pred, Tensor ke
   const CudaDeviceGuard guard(pred);
   // float32 (B, K) with any strides (the usual expanded scalar is read in place); another dtype is
   // converted first.
-  const Tensor upstream = grad_map_losses.scalar_type() == ScalarType::Float
-                              ? grad_map_losses
-                              : torch::stable::to(grad_map_losses, ScalarType::Float);
+  const Tensor upstream = as_dtype(grad_map_losses, ScalarType::Float);
   Tensor grad = new_empty(pred, {pred.size(0), pred.size(1), pred.size(2), pred.size(3)}, pred.scalar_type());
   if (grad.numel() == 0) return grad;
   const MapValues upstream_values{upstream.const_data_ptr<float>(), upstream.stride(0), upstream.stride(1)};

@@ -74,6 +74,12 @@ inline Tensor to_contiguous(const Tensor& t, ScalarType dtype) {
   return torch::stable::contiguous(t.scalar_type() == dtype ? t : torch::stable::to(t, dtype));
 }
 
+// t itself, with its strides, when it already has dtype (an expanded upstream gradient is not
+// copied); else cast. For the kernels that read their input with its strides.
+inline Tensor as_dtype(const Tensor& t, ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : torch::stable::to(t, dtype);
+}
+
 inline void check_same_device(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name) {
   STD_TORCH_CHECK(a.device() == b.device(), a_name, " and ", b_name, " must be on one device, got ",
                   a.device().type() == b.device().type() ? "different indices" : "different device types");
