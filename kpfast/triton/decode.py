@@ -109,11 +109,14 @@ def _blurred_maximum(base, height, width, KSIZE: tl.constexpr, KPAD: tl.constexp
             src_cols = out_cols[:, None] + taps[None, :] - radius
             acc = tl.zeros((BLOCK_W,), dtype=tl.float32)
             for d in range(0, KSIZE):
-                src_row = row + d - radius
+                # The source row as a tile (not a scalar): a mask built from a scalar comparison
+                # (a Python bool where the loop index is a Python int, as in the interpreter) is
+                # not a boolean tile, which Triton 3.9's interpreter rejects in tl.load.
+                src_rows = src_cols * 0 + (row + d - radius)
                 g_row = tl.sum(tl.where(taps == d, g_cols, 0.0), axis=0)
-                mask = ((taps[None, :] < KSIZE) & (src_cols >= 0) & (src_cols < width) & (src_row >= 0)
-                        & (src_row < height))
-                values = tl.load(base + src_row * width + src_cols, mask=mask, other=0.0).to(tl.float32)
+                mask = ((taps[None, :] < KSIZE) & (src_cols >= 0) & (src_cols < width) & (src_rows >= 0)
+                        & (src_rows < height))
+                values = tl.load(base + src_rows * width + src_cols, mask=mask, other=0.0).to(tl.float32)
                 acc += g_row * tl.sum(values * g_cols[None, :], axis=1)
             acc = tl.where(out_cols < width, acc, float("-inf"))
             best = tl.maximum(best, tl.max(acc, axis=0))
