@@ -1,4 +1,5 @@
-"""Helpers shared by every Triton launcher: tile shapes and the device guard.
+"""Helpers shared by every Triton launcher: tile shapes, the launch (device guard and compile
+options) and the row alignment.
 
 One copy of each, so the render, loss and decode launchers (and the AOT gate in
 kpfast/triton/aot.py, which enumerates the same specialisations) cannot drift apart.
@@ -28,6 +29,25 @@ def device_guard(tensor: torch.Tensor):
     if tensor.device.type == "cuda":
         return torch.cuda.device(tensor.device)
     return contextlib.nullcontext()
+
+
+# Floating-point contraction (a * b + c as one FMA) in every kpfast Triton kernel, decided here and
+# passed at each launch (docs/extension.md, "Compile options"): Triton's own default is on up to
+# 3.9 and becomes off in 3.10, which would change the kernels' rounding silently. On: the kernels'
+# tolerances against the reference were set with it, and the CUDA kernels contract too (nvcc's
+# default --fmad=true).
+FP_FUSION = True
+
+
+def compile_options() -> dict:
+    """The launch options every kpfast Triton kernel is compiled with (also by the AOT gate)."""
+    return dict(enable_fp_fusion=FP_FUSION)
+
+
+def launch(kernel, grid, *args, **config) -> None:
+    """``kernel[grid](*args, **config)`` on the first argument's GPU, with :func:`compile_options`."""
+    with device_guard(args[0]):
+        kernel[grid](*args, **config, **compile_options())
 
 
 def row_alignment(width: int, element_size: int, *strides: int) -> int:

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kpfast.triton._common import device_guard
+from kpfast.triton._common import launch
 
 METHODS = {"argmax": 0, "quarter": 1, "dark": 2, "udp": 3, "local_mean": 4}
 # Read inside @triton.jit, so they must be tl.constexpr instances: Triton's compiler rejects plain
@@ -303,9 +303,8 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str, blur_kernel: int, windo
     scores = torch.empty((batch, num_keypoints), dtype=torch.float32, device=heatmaps.device)
     if batch * num_keypoints == 0:
         return coords, scores
-    with device_guard(heatmaps):
-        _decode_kernel[(batch * num_keypoints,)](heatmaps, coords, scores, height, width,
-                                                 **decode_config(height, width, method, blur_kernel, window))
+    launch(_decode_kernel, (batch * num_keypoints,), heatmaps, coords, scores, height, width,
+           **decode_config(height, width, method, blur_kernel, window))
     return coords, scores
 
 
@@ -387,9 +386,8 @@ def soft_argmax(heatmaps: torch.Tensor, beta: float) -> tuple[torch.Tensor, torc
     if batch * num_keypoints == 0:
         return coords, scores, lse
     size = height * width
-    with device_guard(heatmaps):
-        _soft_argmax_kernel[(batch * num_keypoints,)](heatmaps, coords, scores, lse, width, size, beta,
-                                                      **soft_argmax_config(size))
+    launch(_soft_argmax_kernel, (batch * num_keypoints,), heatmaps, coords, scores, lse, width, size, beta,
+           **soft_argmax_config(size))
     return coords, scores, lse
 
 
@@ -404,11 +402,10 @@ def soft_argmax_backward(grad_coords: torch.Tensor, heatmaps: torch.Tensor, coor
     if size == 0:
         return grad
     config = soft_argmax_backward_config(size)
-    with device_guard(heatmaps):
-        upstream = grad_coords.float()  # a no-op for float32: any strides are read in place
-        _soft_argmax_backward_kernel[(batch * num_keypoints, triton.cdiv(size, config["BLOCK"]))](
-            upstream, heatmaps, coords.float().contiguous(), log_normaliser.float().contiguous(), grad, num_keypoints,
-            *upstream.stride(), width, size, beta, **config)
+    upstream = grad_coords.float()  # a no-op for float32: any strides are read in place
+    launch(_soft_argmax_backward_kernel, (batch * num_keypoints, triton.cdiv(size, config["BLOCK"])),
+           upstream, heatmaps, coords.float().contiguous(), log_normaliser.float().contiguous(), grad, num_keypoints,
+           *upstream.stride(), width, size, beta, **config)
     return grad
 
 
@@ -563,8 +560,7 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
         return coords, scores, valid
     # min_distance beyond the map size suppresses exactly as the map size does (bounded loops).
     distance = min(min_distance, max(height, width))
-    with device_guard(heatmaps):
-        _find_peaks_kernel[(batch * num_keypoints,)](
-            heatmaps, coords, scores, valid.view(torch.int8), height, width, distance, float(threshold), max_peaks,
-            **find_peaks_config(height, width, max_peaks))
+    launch(_find_peaks_kernel, (batch * num_keypoints,),
+           heatmaps, coords, scores, valid.view(torch.int8), height, width, distance, float(threshold), max_peaks,
+           **find_peaks_config(height, width, max_peaks))
     return coords, scores, valid

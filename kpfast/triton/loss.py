@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kpfast.triton._common import aligned_geometry, device_guard, strided_row_alignment, tile_shape
+from kpfast.triton._common import aligned_geometry, launch, strided_row_alignment, tile_shape
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, gaussian_window
 
 KINDS = {"mse": 0, "focal": 1, "cornernet": 2}
@@ -373,12 +373,11 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
     if batch * num_keypoints == 0:
         return map_losses, positives
     weights_arg, sigma_arg, sigma_stride_b, sigma_stride_k = _optional_arguments(keypoints, weights, sigma)
-    with device_guard(pred):
-        _loss_forward_kernel[(batch * num_keypoints,)](
-            pred, keypoints, weights_arg, sigma_arg, map_losses, positives, instances, num_keypoints, pred.shape[2],
-            pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, sigma_value, alpha, gamma, beta,
-            keypoint_weight, background_weight, threshold, l1_weight,
-            **_launch_args(pred, weights, sigma, encoding, kind, alpha, gamma, beta))
+    launch(_loss_forward_kernel, (batch * num_keypoints,),
+           pred, keypoints, weights_arg, sigma_arg, map_losses, positives, instances, num_keypoints, pred.shape[2],
+           pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, sigma_value, alpha, gamma, beta,
+           keypoint_weight, background_weight, threshold, l1_weight,
+           **_launch_args(pred, weights, sigma, encoding, kind, alpha, gamma, beta))
     return map_losses, positives
 
 
@@ -394,12 +393,11 @@ def heatmap_loss_backward(grad_map_losses: torch.Tensor, pred: torch.Tensor, key
     # (B, K) with any strides: the usual expanded scalar (strides 0) is read in place, not copied.
     upstream = grad_map_losses.to(torch.float32)
     weights_arg, sigma_arg, sigma_stride_b, sigma_stride_k = _optional_arguments(keypoints, weights, sigma)
-    with device_guard(pred):
-        _loss_backward_kernel[(batch * num_keypoints,)](
-            upstream, pred, keypoints, weights_arg, sigma_arg, grad, instances, num_keypoints, pred.shape[2],
-            pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, *upstream.stride(), sigma_value, alpha,
-            gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
-            **_launch_args(pred, weights, sigma, encoding, kind, alpha, gamma, beta))
+    launch(_loss_backward_kernel, (batch * num_keypoints,),
+           upstream, pred, keypoints, weights_arg, sigma_arg, grad, instances, num_keypoints, pred.shape[2],
+           pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, *upstream.stride(), sigma_value, alpha,
+           gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
+           **_launch_args(pred, weights, sigma, encoding, kind, alpha, gamma, beta))
     return grad
 
 
@@ -419,14 +417,13 @@ def heatmap_loss_fused(pred: torch.Tensor, keypoints: torch.Tensor, weights: tor
     if batch * num_keypoints == 0:
         return map_losses, positives, grad
     weights_arg, sigma_arg, sigma_stride_b, sigma_stride_k = _optional_arguments(keypoints, weights, sigma)
-    with device_guard(pred):
-        _loss_fused_forward_kernel[(batch * num_keypoints,)](
-            pred, keypoints, weights_arg, sigma_arg, map_losses, positives, grad, instances, num_keypoints,
-            pred.shape[2], pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, sigma_value,
-            expected_upstream, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
-            **fused_launch_config(pred.shape[2], pred.shape[3], encoding, kind,
-                                  fixed_exponents(kind, alpha, gamma, beta), weights is not None, sigma is not None,
-                                  pred.element_size(), pred.stride()))
+    launch(_loss_fused_forward_kernel, (batch * num_keypoints,),
+           pred, keypoints, weights_arg, sigma_arg, map_losses, positives, grad, instances, num_keypoints,
+           pred.shape[2], pred.shape[3], *pred.stride(), sigma_stride_b, sigma_stride_k, sigma_value,
+           expected_upstream, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
+           **fused_launch_config(pred.shape[2], pred.shape[3], encoding, kind,
+                                 fixed_exponents(kind, alpha, gamma, beta), weights is not None, sigma is not None,
+                                 pred.element_size(), pred.stride()))
     return map_losses, positives, grad
 
 
@@ -448,10 +445,9 @@ def heatmap_loss_rescale_(grad: torch.Tensor, grad_map_losses: torch.Tensor, exp
     if grad.numel() == 0:
         return
     upstream = grad_map_losses.to(torch.float32)
-    with device_guard(grad):
-        _loss_rescale_kernel[(batch * num_keypoints,)](
-            grad, upstream, *upstream.stride(), num_keypoints, grad.shape[2] * grad.shape[3], expected_upstream,
-            BLOCK=RESCALE_BLOCK)
+    launch(_loss_rescale_kernel, (batch * num_keypoints,),
+           grad, upstream, *upstream.stride(), num_keypoints, grad.shape[2] * grad.shape[3], expected_upstream,
+           BLOCK=RESCALE_BLOCK)
 
 
 @heatmap_loss_fused.register_fake

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kpfast.triton._common import (aligned, aligned_geometry, device_guard, row_alignment, strided_row_alignment,
+from kpfast.triton._common import (aligned, aligned_geometry, launch, row_alignment, strided_row_alignment,
                                    tile_shape)
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, load_sigma, load_weight
 
@@ -152,9 +152,8 @@ def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None, sigma
     config = forward_config(height, width, encoding, weights is not None, sigma is not None, heatmaps.element_size())
     grid = (batch * num_keypoints, max(1, triton.cdiv(height, config["BLOCK_H"])))
     weights_arg, sigma_arg, stride_b, stride_k = _optional_arguments(keypoints, weights, sigma)
-    with device_guard(keypoints):
-        _render_forward_kernel[grid](keypoints, weights_arg, sigma_arg, heatmaps, weights_out, instances,
-                                     num_keypoints, height, width, stride_b, stride_k, float(sigma_value), **config)
+    launch(_render_forward_kernel, grid, keypoints, weights_arg, sigma_arg, heatmaps, weights_out, instances,
+           num_keypoints, height, width, stride_b, stride_k, float(sigma_value), **config)
     return heatmaps, weights_out
 
 
@@ -171,10 +170,9 @@ def render_heatmaps_backward(grad_heatmaps: torch.Tensor, keypoints: torch.Tenso
         return grad_keypoints, grad_sigma
     height, width = grad_heatmaps.shape[-2:]
     weights_arg, sigma_arg, stride_b, stride_k = _optional_arguments(keypoints, weights, sigma)
-    with device_guard(keypoints):
-        _render_backward_kernel[(batch * num_keypoints,)](
-            grad_heatmaps, keypoints, weights_arg, sigma_arg, grad_keypoints, grad_sigma, instances,
-            num_keypoints, height, width, *grad_heatmaps.stride(), stride_b, stride_k, float(sigma_value),
-            **backward_config(height, width, encoding, weights is not None, sigma is not None,
-                              grad_heatmaps.element_size(), grad_heatmaps.stride()))
+    launch(_render_backward_kernel, (batch * num_keypoints,),
+           grad_heatmaps, keypoints, weights_arg, sigma_arg, grad_keypoints, grad_sigma, instances,
+           num_keypoints, height, width, *grad_heatmaps.stride(), stride_b, stride_k, float(sigma_value),
+           **backward_config(height, width, encoding, weights is not None, sigma is not None,
+           grad_heatmaps.element_size(), grad_heatmaps.stride()))
     return grad_keypoints, grad_sigma
