@@ -236,6 +236,30 @@ def _tool(name: str) -> str | None:
     return next((path for path in candidates if os.path.exists(path)), None)
 
 
+def ptxas_for(arch: int) -> str:
+    """The ptxas Triton itself assembles sm_<arch> with: it must read the PTX version Triton emits
+    (Triton 3.9 ships a 12.9 ptxas for sm_80 and a 13.x one, ``ptxas-blackwell``, from sm_90 on; the
+    12.9 one rejects the sm_90 PTX with "Unsupported .version"). Honours Triton's TRITON_PTXAS_PATH
+    knobs, as its compiler does."""
+    from triton.backends.nvidia import compiler
+
+    return compiler.get_ptxas(arch).path
+
+
+def missing_tool(arches=(80, 90)) -> str | None:
+    """Why the gate cannot measure kernels here (no cuobjdump, or no ptxas for one of ``arches``), or None."""
+    if _tool("cuobjdump") is None:
+        return "no cuobjdump in triton's wheel or /usr/local/cuda/bin"
+    for arch in arches:
+        try:
+            path = ptxas_for(arch)
+        except Exception as error:  # noqa: BLE001 - Triton's lookup raises when no ptxas is found
+            return f"no ptxas for sm_{arch}: {error}"
+        if not path or not os.path.exists(path):
+            return f"no ptxas for sm_{arch} (Triton names {path!r})"
+    return None
+
+
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
 _BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+|`\(\.L_x_\d+\))")
 _LABEL = re.compile(r"^\s*\.L_x_(\d+):")
@@ -489,14 +513,17 @@ def resource_usage(cubin_path: str, options: list[str] = ()) -> dict:
     return result
 
 
-def ptxas_spills(ptx: str, workdir: str) -> dict:
-    """spill stores/loads (bytes per thread) that ptxas -v reports for the PTX (its own .target)."""
+def ptxas_spills(ptx: str, workdir: str, fp_fusion: bool = True) -> dict:
+    """spill stores/loads (bytes per thread) that ptxas -v reports for the PTX (its own .target),
+    assembled by the ptxas Triton uses for that target, with Triton's FMA flag."""
     arch = re.search(r"^\.target\s+(\S+)", ptx, re.M).group(1).rstrip(",")
     path = os.path.join(workdir, "kernel.ptx")
     with open(path, "w") as handle:
         handle.write(ptx)
-    proc = subprocess.run([_tool("ptxas"), "-v", f"--gpu-name={arch}", path, "-o", os.path.join(workdir, "k.o")],
-                          capture_output=True, text=True)
+    fmad = [] if fp_fusion else ["--fmad=false"]
+    number = int(re.sub(r"\D", "", arch))
+    proc = subprocess.run([ptxas_for(number), "-v", *fmad, f"--gpu-name={arch}", path, "-o",
+                           os.path.join(workdir, "k.o")], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", proc.stderr)
@@ -524,6 +551,8 @@ def compile_one(spec: Spec, arch: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
 
+    from kpfast.triton._common import compile_options
+
     module, function = spec.kernel.split(".")
     fn = getattr(__import__(f"kpfast.triton.{module}", fromlist=[function]), function)
     record = dict(kernel=spec.kernel, name=spec.name, arch=arch, num_warps=spec.num_warps, **spec.label)
@@ -536,7 +565,7 @@ def compile_one(spec: Spec, arch: int) -> dict:
             raise ValueError(f"signature misses {sorted(missing)}")
         source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, THREADS_PER_WARP),
-                                  options=dict(spec.options, num_warps=spec.num_warps))
+                                  options=dict(spec.options, num_warps=spec.num_warps, **compile_options()))
     except Exception as error:  # noqa: BLE001 - the record carries the compiler's message
         record.update(ok=False, error=f"{type(error).__name__}: {str(error)[-1500:]}")
         return record
@@ -555,10 +584,11 @@ def compile_one(spec: Spec, arch: int) -> dict:
         record.update(usage)
         # Triton's shared memory is dynamic (the launcher passes it), invisible to cuobjdump.
         record["shared"] = max(record.get("shared", 0), int(getattr(compiled.metadata, "shared", 0) or 0))
-        record.update(ptxas_spills(compiled.asm["ptx"], workdir))
+        record.update(ptxas_spills(compiled.asm["ptx"], workdir, compile_options()["enable_fp_fusion"]))
         direction, summary = resolve_access(_run([_tool("cuobjdump"), "-sass", cubin]), spec.kernel, expected)
         record.update(summary)
-    record.update(threads=threads, map_access=direction, element_bytes=element_bytes, elements_per_loop=elements)
+    record.update(threads=threads, map_access=direction, element_bytes=element_bytes, elements_per_loop=elements,
+                  enable_fp_fusion=getattr(compiled.metadata, "enable_fp_fusion", None))
     record["loop_sass_per_element"] = (round(record["loop_sass"] * threads / elements, 2)
                                        if elements and record.get("loop_sass") else None)
     record["ok"] = True

@@ -105,9 +105,8 @@ def test_aligned_widths_give_the_reference_values(width):
 
 @pytest.fixture(scope="module")
 def compiled_96x72(tmp_path_factory):
-    for tool in ("ptxas", "cuobjdump"):
-        if aot._tool(tool) is None:
-            pytest.skip(f"no {tool} in triton's wheel or /usr/local/cuda/bin")
+    if aot.missing_tool() is not None:
+        pytest.skip(aot.missing_tool())
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     records = []
     for size in ("96x72", "64x48"):  # --quick keeps the first size only: one run each

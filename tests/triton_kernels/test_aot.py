@@ -30,9 +30,8 @@ def _resources():
 def aot_records(tmp_path_factory):
     from kpfast.triton import aot
 
-    for tool in ("ptxas", "cuobjdump"):
-        if aot._tool(tool) is None:
-            pytest.skip(f"no {tool} in triton's wheel or /usr/local/cuda/bin")
+    if aot.missing_tool() is not None:
+        pytest.skip(aot.missing_tool())
     out = tmp_path_factory.mktemp("aot") / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "kpfast.triton.aot", "--quick", "--arch", "80", "90", "--sizes",
@@ -54,6 +53,14 @@ def test_every_kernel_compiles_for_sm80_and_sm90(aot_records):
     assert len(kernels) == 10
     missing = [(k, a) for k in kernels for a in (80, 90) if (k, a) not in covered]
     assert not missing, f"kernels the gate does not compile: {missing}"
+
+
+def test_the_gate_compiles_with_the_launchers_compile_options(aot_records):
+    """Floating-point contraction as every launch passes it (kpfast/triton/_common.py), not Triton's
+    default of the day (on up to 3.9, off from 3.10)."""
+    from kpfast.triton._common import FP_FUSION
+
+    assert {r["enable_fp_fusion"] for r in aot_records[1] if r["ok"]} == {FP_FUSION}
 
 
 def test_no_kernel_spills_or_exceeds_its_register_budget(aot_records):
