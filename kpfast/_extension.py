@@ -14,6 +14,8 @@ import warnings
 
 import torch
 
+from kpfast.versions import minor
+
 _loaded = False
 _has_cuda_kernels = False
 _unavailable_reason: str | None = None
@@ -38,8 +40,8 @@ def _load() -> None:
         )
         return
     info = build_info()
-    running = _version_tuple(torch.__version__)
-    target = _version_tuple(info.get("target", ""))
+    running = minor(torch.__version__)
+    target = minor(info.get("target", ""))
     if info.get("abi") != "stable" or not target:
         _unavailable_reason = (
             f"the compiled extension does not say which stable ABI it targets (build info {info}): "
@@ -54,12 +56,6 @@ def _load() -> None:
         return
     _loaded = True
     _has_cuda_kernels = info.get("cuda") == "1"
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    """(major, minor) of "2.13.0+cpu" / "2.11"; () when it cannot be read."""
-    parts = version.split("+")[0].split(".")[:2]
-    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else ()
 
 
 def build_info() -> dict[str, str]:

@@ -1,6 +1,7 @@
 """``python -m kpfast.info``: what a user runs first after installing kpfast.
 
-Prints the versions (Python, torch, CUDA, Triton, numpy), how ``kpfast._C`` was built and
+Prints the versions (Python, torch, CUDA, Triton, numpy), a warning when torch or Triton lies
+outside the tested range (kpfast/versions.py), how ``kpfast._C`` was built and
 whether it loaded, each backend's availability (with the reason when it cannot run), then a
 short self-test: every op on every available kernel backend against the ``torch`` reference
 on small inputs (pass/fail per op and backend) and a quick timing per backend. Exits 1 when
@@ -21,6 +22,8 @@ import time
 import traceback
 
 import torch
+
+from kpfast.versions import untested
 
 
 def versions() -> dict:
@@ -103,8 +106,29 @@ def _cases(x: dict) -> dict:
         (coords * x["probe"]).sum().backward()
         return coords.detach(), scores, maps.grad
 
+    def render_backward(encoding):
+        def run(b):
+            keypoints = x["keypoints"].clone().requires_grad_(True)
+            heatmaps, _ = ops.render_heatmaps(keypoints, x["weights"], size=size, sigma=2.0, encoding=encoding,
+                                              backend=b)
+            (heatmaps * x["maps"]).sum().backward()
+            return heatmaps.detach(), keypoints.grad
+
+        return run
+
+    def fused_loss(b):
+        # The Triton gradient-in-forward opt-in (its fused forward and, for an upstream it did not
+        # expect, its rescale kernel); the other backends take the ordinary path.
+        pred = x["maps"].clone().requires_grad_(True)
+        value = ops.heatmap_loss(pred, x["keypoints"], x["weights"], sigma=2.0, kind="focal", reduction="none",
+                                 fused_gradient=True, backend=b)
+        (value * x["probe"][..., 0]).sum().backward()
+        return value.detach(), pred.grad
+
     cases = {f"render_heatmaps[{e}]": render(e) for e in ("msra", "udp", "dark")}
+    cases["render_heatmaps fwd+bwd[udp]"] = render_backward("udp")
     cases.update({f"heatmap_loss fwd+bwd[{k}]": loss(k) for k in ("mse", "focal", "cornernet")})
+    cases["heatmap_loss fwd+bwd[focal, fused gradient]"] = fused_loss
     cases.update({f"decode_heatmaps[{m}]": decode(m) for m in ("argmax", "quarter", "dark", "udp", "local_mean")})
     cases["soft_argmax fwd+bwd"] = soft
     cases["find_peaks"] = lambda b: ops.find_peaks(x["maps"], threshold=0.5, min_distance=2, max_peaks=4, backend=b)
@@ -173,6 +197,8 @@ def _print(report: dict) -> None:
     print("kpfast environment")
     for key, value in report["versions"].items():
         print(f"  {key:8s} {value}")
+    for warning in report["version_warnings"]:
+        print(f"  WARNING: {warning}")
     ext = report["extension"]
     built = ", ".join(f"{k}={v}" for k, v in ext["build"].items())
     print(f"  kpfast._C {'loaded' if ext['loaded'] else 'NOT loaded'}" + (f" ({built})" if built else "")
@@ -203,7 +229,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import kpfast  # noqa: F401  (loads the extension, registers the ops)
 
-    report = dict(versions=versions(), extension=extension(), backends=backend_table())
+    found = versions()
+    report = dict(versions=found, version_warnings=untested(found), extension=extension(),
+                  backends=backend_table())
+    for warning in report["version_warnings"]:
+        print(f"kpfast.info: WARNING: {warning}", file=sys.stderr)
     if not args.no_self_test:
         report["self_test"] = self_test()
     if args.json:

@@ -75,13 +75,36 @@ def test_a_crashing_backend_fails_the_self_test(monkeypatch, capsys):
 
 
 @pytest.mark.triton
-def test_triton_backend_is_self_tested_under_the_interpreter(monkeypatch):
+def test_triton_backend_is_self_tested_under_the_interpreter_with_every_kernel(monkeypatch):
+    """The self-test launches every Triton kernel kpfast has (aot.jit_kernels), so that a user on a
+    new Triton learns in seconds whether each kernel family works."""
     _only(monkeypatch, {"torch", "triton"})
     if backends._device_reason("triton", torch.device("cpu")) is not None:
         pytest.skip("triton cannot run here")
+    from kpfast.triton import _common, aot, decode, loss, render
+
+    launched = set()
+    for module in (decode, loss, render):
+        def spy(kernel, grid, *args, _module=module.__name__.rsplit(".", 1)[-1], **config):
+            launched.add(f"{_module}.{kernel.__name__}")
+            _common.launch(kernel, grid, *args, **config)
+
+        monkeypatch.setattr(module, "launch", spy)
     rows = info.self_test(repeats=1)
     triton_cpu = next(r for r in rows if r["backend"] == "triton" and r["device"] == "cpu")
     assert triton_cpu["results"] and set(triton_cpu["results"].values()) == {"ok"}, triton_cpu["results"]
+    assert launched == set(aot.jit_kernels())
+
+
+def test_a_torch_newer_than_the_newest_tested_is_warned_about(monkeypatch, capsys):
+    _only(monkeypatch, {"torch"})
+    real = info.versions
+    monkeypatch.setattr(info, "versions", lambda: dict(real(), torch="9.9.0", triton="9.8.0"))
+    assert info.main(["--no-self-test"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: torch 9.9.0 is newer than the newest release kpfast was tested with" in captured.out
+    assert "WARNING: triton 9.8.0 is newer" in captured.out
+    assert "torch 9.9.0 is newer" in captured.err
 
 
 def test_module_runs_as_a_script():
