@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import kpfast._require_trainer  # noqa: F401  (first: one line when the trainer's packages are missing)
 import cv2
 import numpy as np
 import torch

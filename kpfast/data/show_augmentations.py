@@ -14,6 +14,7 @@ import argparse
 import math
 from pathlib import Path
 
+import kpfast._require_trainer  # noqa: F401  (first: one line when the trainer's packages are missing)
 import cv2
 import numpy as np
 
