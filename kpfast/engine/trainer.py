@@ -133,9 +133,9 @@ class Trainer:
         self.writer = None
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
-            from torch.utils.tensorboard import SummaryWriter
+            from kpfast.engine.tensorboard_writer import SafeSummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.writer = SafeSummaryWriter(self.run_dir / "tensorboard", self.log)
 
     # ------------------------------------------------------------------ convenience views of the state
     @property
