@@ -13,6 +13,9 @@ stderr and counted in the summary; ``results.json`` is strict JSON (never NaN or
 Overlays are ``<stem>_pose.jpg``, made unique (``<stem>_<n>_pose.jpg``) when two given images
 share a stem.
 
+Images are read in their files' stored pixel frame (an EXIF orientation tag is ignored, as for
+training data, kpfast.data.transforms), and every coordinate written is in that frame.
+
 Outputs are checked before anything is read or written (kpfast.engine.outputs): none may be an
 input (an image, the checkpoint, --boxes, --config) or lie in a training run folder, and an
 existing file is replaced only with --overwrite.
@@ -231,7 +234,8 @@ def main(argv=None) -> int:
                 })
         write_image(out_dir / overlays[order], overlay)
     atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=1, allow_nan=False).encode())
-    print(f"{len(results)} instance(s) on {len(images) - len(skipped)} image(s) -> {out_dir}"
+    print(f"{len(results)} instance(s) on {len(images) - len(skipped)} image(s) -> {out_dir} "
+          "(coordinates in the files' stored pixel frame; EXIF orientation is ignored)"
           + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else "")
           + (f"; {bad_boxes} invalid box(es) skipped" if bad_boxes else ""))
     return 1 if skipped and len(skipped) == len(images) else 0
