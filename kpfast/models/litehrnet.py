@@ -114,7 +114,8 @@ class LiteHRNetConfig:
         # An upper bound on the weights (each block's convolutions at the widest width): about
         # 6x the real count of the published (lite) presets.
         per_block = 9 if self.block_type == "naive" else 1  # naive blocks are full 3x3 convolutions
-        estimate = per_block * blocks * self.num_branches * widest**2 + int(self.stem_channels**2 * self.stem_expand_ratio * 16)
+        stem = int(self.stem_channels**2 * self.stem_expand_ratio * 16)
+        estimate = per_block * blocks * self.num_branches * widest**2 + stem
         if estimate > MAX_WEIGHT_ESTIMATE:
             raise ValueError(f"the model would have up to ~{estimate:.2g} weights (base_width={self.base_width}, "
                              f"num_modules={self.num_modules}, num_blocks={self.num_blocks}); the limit is "

@@ -60,7 +60,8 @@ def test_predict_skips_a_fifo_named_like_an_image(tmp_path):
     good = tmp_path / "good.jpg"
     _jpeg_with_orientation(good)
     env = dict(os.environ, PYTHONPATH=str(WORKTREE))
-    done = subprocess.run([sys.executable, "-m", "kpfast.predict", "--checkpoint", str(checkpoint), str(fifo), str(good),
+    done = subprocess.run([sys.executable, "-m", "kpfast.predict", "--checkpoint", str(checkpoint), str(fifo),
+                           str(good),
                            "--output-dir", str(tmp_path / "out"), "--device", "cpu"],
                           cwd=WORKTREE, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

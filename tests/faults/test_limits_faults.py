@@ -14,18 +14,10 @@ import pytest
 import kpfast
 from kpfast import train as train_cli
 from kpfast.engine.cli import run_cli
+from tests.faults.helpers import one_line_error
 from kpfast.engine.config import ConfigError, load_config
 
 WORKTREE = Path(os.path.abspath(kpfast.__file__)).parents[1]
-
-
-def _one_line(capsys, *needles):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _limited(code: str, limit_bytes: int = 12 << 30, timeout: int = 60):
@@ -54,7 +46,8 @@ def test_yaml_alias_bomb_is_refused_quickly_in_one_line(tmp_path, print_config):
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_alias_bomb())
     assert bomb.stat().st_size < 1000
-    argv = ["--config", str(bomb), "--output_dir", str(tmp_path / "runs")] + (["--print-config"] if print_config else [])
+    argv = ["--config", str(bomb), "--output_dir", str(tmp_path / "runs")]
+    argv += ["--print-config"] if print_config else []
     done = _limited("import sys; from kpfast import train; from kpfast.engine.cli import run_cli; "
                     f"sys.exit(run_cli(train.main, {argv!r}))")
     assert done.returncode == 2, done.stderr[-2000:]
@@ -70,12 +63,15 @@ def test_override_alias_bomb_is_refused():
         load_config(None, ["model.overrides={" + ", ".join(items) + "}"])
 
 
-@pytest.mark.parametrize("text", ["[" * 20000 + "]" * 20000, "a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(200))])
+DEEP_MAPPING = "a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(200))
+
+
+@pytest.mark.parametrize("text", ["[" * 20000 + "]" * 20000, DEEP_MAPPING])
 def test_deeply_nested_yaml_is_one_config_error(tmp_path, text, capsys):
     path = tmp_path / "deep.yaml"
     path.write_text(text)
     assert run_cli(train_cli.main, ["--config", str(path), "--print-config"]) == 2
-    _one_line(capsys, str(path))
+    one_line_error(capsys, str(path))
 
 
 # ------------------------------------------------------------------ config values
@@ -93,14 +89,15 @@ def test_deeply_nested_yaml_is_one_config_error(tmp_path, text, capsys):
 ])
 def test_augmentation_values_are_validated_with_the_key(section, value, needle):
     with pytest.raises(ConfigError, match=rf"data\.augmentation: .*{needle}"):
-        load_config(None, [f"data.augmentation={json.dumps({section: value}).replace('NaN', '.nan').replace('Infinity', '.inf')}"])
+        text = json.dumps({section: value}).replace("NaN", ".nan").replace("Infinity", ".inf")
+        load_config(None, [f"data.augmentation={text}"])
 
 
 def test_nan_rotation_on_the_command_line_fails_before_the_run_folder(tmp_path, capsys):
     out = tmp_path / "runs"
     argv = ["--set", "data.augmentation={rotation: {max_degrees: .nan}}", "--output_dir", str(out)]
     assert run_cli(train_cli.main, argv) == 2
-    _one_line(capsys, "data.augmentation", "rotation.max_degrees")
+    one_line_error(capsys, "data.augmentation", "rotation.max_degrees")
     assert not out.exists()
 
 
@@ -128,7 +125,7 @@ def test_workers_above_what_this_machine_runs_are_refused(monkeypatch, tmp_path,
     monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
     argv = ["--set", "data.num_workers=200", "--output_dir", str(tmp_path / "runs")]
     assert run_cli(train_cli.main, argv) == 2
-    _one_line(capsys, "data.num_workers", "2 CPUs")
+    one_line_error(capsys, "data.num_workers", "2 CPUs")
 
 
 @pytest.mark.parametrize("text", ["1e-3", "1E-3", "5e-4", "+1e+2"])

@@ -15,6 +15,7 @@ from kpfast.data import synthetic
 from kpfast.engine.cli import run_cli
 from kpfast.engine.outputs import OutputGuard, OutputPathError
 from kpfast.engine.rundir import create_run_dir
+from tests.faults.helpers import one_line_error
 from tests.faults.test_cli_faults import _tiny_checkpoint
 
 
@@ -30,14 +31,6 @@ def synthetic_root(tmp_path_factory):
     return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "ds", num_train=4, num_val=2, seed=0)
 
 
-def _one_line_error(capsys, *needles):
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
 def _image(path, value):
     cv2.imwrite(str(path), np.full((40, 30, 3), value, np.uint8))
     return path.read_bytes()
@@ -48,7 +41,7 @@ def test_predict_never_writes_over_an_input_image(checkpoint, tmp_path, capsys):
     before = {a: _image(a, 10), b: _image(b, 200)}
     argv = ["--checkpoint", str(checkpoint), str(a), str(b), "--output-dir", str(tmp_path), "--device", "cpu"]
     assert run_cli(predict_cli.main, argv) == 2
-    _one_line_error(capsys, "a_pose.jpg", "input image", "--output-dir")
+    one_line_error(capsys, "a_pose.jpg", "input image", "--output-dir")
     assert {p: p.read_bytes() for p in before} == before
     assert not (tmp_path / "results.json").exists()
 
@@ -64,7 +57,7 @@ def test_a_second_predict_into_the_same_folder_needs_overwrite(checkpoint, tmp_p
     first = (out / "results.json").read_bytes()
     (out / "results.json").write_text("[]")  # e.g. the user's edits to the first results
     assert run_cli(predict_cli.main, argv) == 2
-    _one_line_error(capsys, "already exists", "--overwrite")
+    one_line_error(capsys, "already exists", "--overwrite")
     assert (out / "results.json").read_text() == "[]"
     assert run_cli(predict_cli.main, argv + ["--overwrite"]) == 0
     assert (out / "results.json").read_bytes() == first
@@ -75,7 +68,7 @@ def test_eval_never_replaces_its_checkpoint(checkpoint, tmp_path, flag, capsys):
     ck = tmp_path / "ck.pt"
     ck.write_bytes(checkpoint.read_bytes())
     assert run_cli(eval_cli.main, ["--checkpoint", str(ck), flag, str(tmp_path / "." / "ck.pt")]) == 2
-    _one_line_error(capsys, flag, "is the checkpoint")
+    one_line_error(capsys, flag, "is the checkpoint")
     assert ck.read_bytes() == checkpoint.read_bytes()
 
 
@@ -87,14 +80,14 @@ def test_eval_never_replaces_the_annotation_file(checkpoint, synthetic_root, tmp
             "--set", "data.synthetic_num_train=4", "--set", "data.synthetic_num_val=2", "--device", "cpu",
             "--workers", "0", flag, str(ann)]
     assert run_cli(eval_cli.main, argv) == 2
-    _one_line_error(capsys, flag, "annotation file")
+    one_line_error(capsys, flag, "annotation file")
     assert ann.read_bytes() == before
 
 
 def test_eval_results_and_metrics_cannot_be_one_file(checkpoint, tmp_path, capsys):
     out = str(tmp_path / "same.json")
     assert run_cli(eval_cli.main, ["--checkpoint", str(checkpoint), "--results", out, "--metrics", out]) == 2
-    _one_line_error(capsys, "--metrics", "also --results")
+    one_line_error(capsys, "--metrics", "also --results")
 
 
 def test_outputs_never_replace_a_file_of_a_run(tmp_path):
@@ -122,7 +115,7 @@ def test_synthetic_cli_never_writes_into_an_existing_coco_root(tmp_path, capsys)
     image = root / "images" / "train2017" / "000000000001.jpg"
     before = {ann: ann.read_bytes(), image: _image(image, 33)}
     assert run_cli(synthetic.main, [str(root), "--images", "2", "--val-images", "1"]) == 2
-    _one_line_error(capsys, str(root), "never deletes")
+    one_line_error(capsys, str(root), "never deletes")
     assert {p: p.read_bytes() for p in before} == before
     assert sorted(p.name for p in root.iterdir()) == ["annotations", "images"]
 

@@ -13,25 +13,7 @@ import pytest
 from kpfast.engine.checkpoint import load_checkpoint
 from kpfast.engine.config import load_config
 from kpfast.engine.trainer import Trainer
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    from kpfast.data import ensure_synthetic_dataset
-
-    return ensure_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "ds", num_train=24, num_val=4, seed=0)
-
-
-@pytest.fixture
-def overrides(synthetic_root, tmp_path):
-    return [
-        "data.dataset=synthetic", f"data.root={synthetic_root}", "data.synthetic_num_train=24",
-        "data.synthetic_num_val=4", "data.input_size=[64, 48]", "data.num_workers=0",
-        "model.overrides={base_width: 8, num_branches: 2, num_modules: [1, 1, 1], stem_channels: 8}",
-        "train.batch_size=16", "train.epochs=3", "train.eval_interval=1", "train.visualize_samples=0",
-        "train.log_interval=1", "train.top_k=2",
-        f"train.output_dir={tmp_path / 'runs'}", "eval.flip_test=false",
-    ]
+from tests.faults.test_trainer_faults import overrides, synthetic_root  # noqa: F401 - shared fixtures
 
 
 def _trainer(overrides, *extra, resume=None, aps=None):

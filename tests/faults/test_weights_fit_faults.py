@@ -9,16 +9,8 @@ from kpfast import eval as eval_cli
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
 from kpfast.engine.cli import run_cli
+from tests.faults.helpers import one_line_error
 from tests.faults.test_cli_faults import _tiny_checkpoint
-
-
-def _one_line(capsys, *needles):
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -45,4 +37,4 @@ def test_weights_that_do_not_fit_the_config_are_one_line(checkpoint, tmp_path, c
         save_checkpoint(state, broken)
         code = run_cli(export_cli.main, ["--checkpoint", str(broken), "--output", str(tmp_path / "m.onnx")])
     assert code == 2
-    _one_line(capsys, "do not fit")
+    one_line_error(capsys, "do not fit")
