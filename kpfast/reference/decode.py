@@ -90,8 +90,16 @@ def blur_heatmaps(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     else:
         blurred = torch.cat([F.conv2d(part[:, None], kernel, padding=kernel_size // 2)[:, 0]
                              for part in maps.split(chunk)])
-    original_max = maps.amax(dim=(1, 2), keepdim=True)
-    return blurred * (original_max / blurred.amax(dim=(1, 2), keepdim=True))
+    # Both maxima skip NaN, as the argmax does (docs/design.md, "Non-finite pixels"): a NaN pixel
+    # away from the peak must not turn the rescaling factor, and so the whole step, into NaN.
+    original_max = _nan_skipping_max(maps)
+    return blurred * (original_max / _nan_skipping_max(blurred))
+
+
+def _nan_skipping_max(maps: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 1) maximum of each (N, H, W) map over its non-NaN values (NaN when it has none)."""
+    numbers = torch.where(torch.isnan(maps), -math.inf, maps).amax(dim=(1, 2), keepdim=True)
+    return torch.where(torch.isnan(maps).all(dim=2, keepdim=True).all(dim=1, keepdim=True), math.nan, numbers)
 
 
 def heatmap_maximum(maps: torch.Tensor):
@@ -253,12 +261,17 @@ def soft_argmax(heatmaps: torch.Tensor, beta: float):
     batch, num_keypoints, height, width = heatmaps.shape
     compute = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
     maps = heatmaps.to(compute).reshape(batch, num_keypoints, height * width)
-    probabilities = torch.softmax(beta * maps, dim=-1).reshape(batch, num_keypoints, height, width)
+    # softmax(beta * (h - max)), as the kernels compute it: beta * h alone overflows to inf for a
+    # finite peak (1e37 with beta 100) and inf - inf gave NaN coordinates. A NaN or +inf pixel
+    # still makes the coordinates NaN (through h - max), as documented.
+    best = maps.detach().amax(dim=-1, keepdim=True) if maps.shape[-1] > 0 else maps.detach()[..., :1]
+    probabilities = torch.softmax(beta * (maps - best), dim=-1).reshape(batch, num_keypoints, height, width)
     cols = torch.arange(width, dtype=compute, device=heatmaps.device)
     rows = torch.arange(height, dtype=compute, device=heatmaps.device)
     x = (probabilities.sum(dim=2) * cols).sum(dim=-1)
     y = (probabilities.sum(dim=3) * rows).sum(dim=-1)
     scores = maps.detach().amax(dim=-1) if maps.shape[-1] > 0 else maps.new_zeros((batch, num_keypoints))
+    scores = torch.where(torch.isposinf(scores), math.nan, scores)  # docs/design.md: +inf -> NaN score
     return torch.stack([x, y], dim=-1), scores
 
 
