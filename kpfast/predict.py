@@ -96,8 +96,15 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
     """Boxes per image position: ``{i: [([x, y, w, h], score), ...]}``."""
     if path is None:
         return {}
-    with open(path) as handle:
-        data = json.load(handle)
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except RecursionError:
+        raise ValueError(f"--boxes {path}: JSON nested too deeply to read") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--boxes {path}: not UTF-8 text") from None
+    except ValueError as exc:  # invalid JSON, or a number of more digits than Python converts
+        raise ValueError(f"--boxes {path}: not readable JSON ({' '.join(str(exc).split())[:160]})") from None
     per_image: dict[int, list] = {i: [] for i in range(len(images))}
     if isinstance(data, dict):
         names = {p.name: i for i, p in enumerate(images)} | {str(p): i for i, p in enumerate(images)}

@@ -26,3 +26,15 @@ def test_image_id_beyond_int64_is_an_annotation_problem():
             "categories": [{"id": 1, "name": "person", "keypoints": ["a"], "skeleton": []}]}
     with pytest.raises(AnnotationError, match=r"'id' must be an integer in \[-2\*\*63"):
         validate_keypoint_annotations(data, "ann.json")
+
+
+@pytest.mark.parametrize("text", ["[" * 200000 + "]" * 200000, '[{"image_id": ' + "9" * 5000 + "}]", "{not json"])
+def test_predict_boxes_that_cannot_be_read_name_the_file(tmp_path, text):
+    from pathlib import Path
+
+    from kpfast.predict import load_boxes
+
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(text)
+    with pytest.raises(ValueError, match=r"--boxes .*boxes\.json"):
+        load_boxes(str(boxes), [Path("a.jpg")])
