@@ -63,6 +63,12 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _id_problem(v) -> str:
+    if _is_int(v):
+        return f"'id' must be an integer in [-2**63, 2**63), got {v}"
+    return f"'id' must be an integer, got {_show(v)}"
+
+
 def _is_id(v) -> bool:
     """An integer id that fits the int64 arrays ids are kept in (and pycocotools' numpy)."""
     return _is_int(v) and -(2**63) <= v < 2**63
@@ -168,8 +174,8 @@ def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
     image_ids = set()
     for index, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not _is_id(img.get("id")):
-            got = _show(img.get("id")) if isinstance(img, dict) else _show(img)
-            problems.add(f"image #{index}: 'id' must be an integer in [-2**63, 2**63), got {got}")
+            problem = _id_problem(img.get("id")) if isinstance(img, dict) else f"'id' must be an integer, got {_show(img)}"
+            problems.add(f"image #{index}: {problem}")
             continue
         iid = img["id"]
         image_ids.add(iid)
@@ -193,16 +199,16 @@ def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
             problems.add(f"annotation #{index}: not an object, got {_show(ann)}")
             continue
         aid = ann.get("id")
-        where = (f"annotation id {aid} (#{index}, image id {_show(ann.get('image_id'))})" if _is_id(aid)
-                 else f"annotation #{index} (image id {_show(ann.get('image_id'))})")
+        where = (f"annotation id {aid} (#{index}, image id {ann.get('image_id')!r})" if _is_id(aid)
+                 else f"annotation #{index} (image id {ann.get('image_id')!r})")
         if "id" not in ann:
             problems.add(f"{where}: missing 'id' (an integer unique in the file)")
         elif not _is_id(aid):
-            problems.add(f"{where}: 'id' must be an integer in [-2**63, 2**63), got {_show(aid)}")
+            problems.add(f"{where}: {_id_problem(aid)}")
         else:
             annotation_ids.append(aid)
         if ann.get("image_id") not in image_ids:
-            problems.add(f"{where}: unknown image_id {_show(ann.get('image_id'))}")
+            problems.add(f"{where}: unknown image_id {ann.get('image_id')!r}")
         if "iscrowd" in ann and not (_is_int(ann["iscrowd"]) and ann["iscrowd"] in (0, 1)):
             problems.add(f"{where}: iscrowd must be 0 or 1, got {_show(ann['iscrowd'])}")
         if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
