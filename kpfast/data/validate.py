@@ -174,7 +174,8 @@ def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
     image_ids = set()
     for index, img in enumerate(data["images"]):
         if not isinstance(img, dict) or not _is_id(img.get("id")):
-            problem = _id_problem(img.get("id")) if isinstance(img, dict) else f"'id' must be an integer, got {_show(img)}"
+            problem = (_id_problem(img.get("id")) if isinstance(img, dict)
+                       else f"'id' must be an integer, got {_show(img)}")
             problems.add(f"image #{index}: {problem}")
             continue
         iid = img["id"]
