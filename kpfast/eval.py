@@ -22,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(parser, flags=("batch_size", "data_root", "device", "ops_backend", "workers"))
     parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto",
                         help="which weights to use: the EMA ones when present (auto), or the raw model")
-    parser.add_argument("--results", default=None, help="write COCO-format predictions JSON here (default: not written)")
-    parser.add_argument("--metrics", default=None, help="write the metrics JSON here (default: not written)")
+    parser.add_argument("--results", default=None, help="write COCO-format predictions JSON here; never an input "
+                        "file or a file in a run folder (default: not written)")
+    parser.add_argument("--metrics", default=None, help="write the metrics JSON here; never an input file or a "
+                        "file in a run folder (default: not written)")
     return parser
 
 
@@ -34,16 +36,25 @@ def main(argv=None) -> int:
     from kpfast.engine import builders
     from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
     from kpfast.engine.evaluation import evaluate_model
+    from kpfast.engine.outputs import OutputGuard
     from kpfast.engine.trainer import configure_cpu_threads, select_device
 
+    guard = OutputGuard()
+    guard.protect(args.checkpoint, "the checkpoint")
+    guard.protect(args.config, "the --config file")
+    _check_outputs(guard, args)  # before the checkpoint is even read: a bad path costs nothing
     state = load_training_checkpoint(args.checkpoint)
     config = resolve_config(args, state["config"])
+    guard.protect(config.data.detections, "the detections file (data.detections)")
     if args.batch_size is not None:  # --batch_size means the evaluation batch here
         config.eval.batch_size = args.batch_size
     device = select_device(config.train.device)
     configure_cpu_threads(config, device)
     model = builders.model_from_checkpoint(state, config, weights=args.weights).to(device).eval()
     data = builders.build_data(config, train=False)
+    guard.protect(data.val.ann_file, "the annotation file")
+    guard.protect_folder(data.val.image_dir, "the image folder")
+    _check_outputs(guard, args)
     results: list = []
     metrics = evaluate_model(model, data.val, config, device, dataset_info=data.info,
                              coco_gt=data.val_coco, results_out=results)
@@ -53,12 +64,19 @@ def main(argv=None) -> int:
         extra = f", PCK@{config.eval.pck_threshold:g} {metrics['PCK']:.4f}, EPE {metrics['EPE']:.2f} px"
     print(f"COCO keypoint AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, AP75 {metrics['AP75']:.4f}, "
           f"APm {metrics['APm']:.4f}, APl {metrics['APl']:.4f}, AR {metrics['AR']:.4f}){extra}")
+    guard.recheck()  # again: the paths may have changed during the evaluation
     if args.results:
         atomic_write_bytes(Path(args.results), json.dumps(results).encode())
     if args.metrics:
         payload = {k: v for k, v in metrics.items() if k != "summary"}
         atomic_write_bytes(Path(args.metrics), json.dumps(payload, indent=2).encode())
     return 0
+
+
+def _check_outputs(guard, args) -> None:
+    for flag, path in (("--results", args.results), ("--metrics", args.metrics)):
+        if path:
+            guard.check(path, flag)
 
 
 if __name__ == "__main__":

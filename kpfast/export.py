@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -29,24 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_output(checkpoint: str | Path, output: str | Path | None) -> Path:
-    """The ONNX file to write; never the checkpoint itself, never a directory.
+    """The ONNX file to write; never the checkpoint itself, never a directory, never a file of a
+    training run (the output rule of kpfast.engine.outputs).
 
-    Both paths are compared resolved (symlinks, ``..``) and, when the output exists, by inode, so
+    Paths are compared resolved (symlinks, ``..``) and, when the output exists, by inode, so
     ``--output ck.pt``, ``--output ./dir/../ck.pt``, a link to the checkpoint, or a checkpoint
     named ``*.onnx`` with the default output are all refused before anything is written.
     """
+    from kpfast.engine.outputs import OutputGuard
+
     checkpoint = Path(checkpoint)
     target = Path(output) if output else checkpoint.with_suffix(".onnx")
-    same = target.resolve() == checkpoint.resolve()
-    if not same and target.exists() and checkpoint.exists():
-        same = os.path.samefile(target, checkpoint)
-    if same:
-        flag = f"--output {output}" if output else "the default output (the checkpoint with .onnx)"
-        raise ValueError(f"{flag} is the checkpoint {checkpoint} itself; exporting would replace it: "
-                         "pass another --output file")
-    if target.is_dir():
-        raise ValueError(f"--output {target} is a directory; pass a file name, e.g. {target / 'model.onnx'}")
-    return target
+    guard = OutputGuard()
+    guard.protect(checkpoint, "the checkpoint")
+    if output:
+        return guard.check(target, "--output")
+    return guard.check(target, "the default output (the checkpoint with .onnx)", advice="pass an --output file")
 
 
 def require_onnx() -> None:

@@ -12,6 +12,13 @@ the image, or larger than ``MAX_BOX_TO_IMAGE`` times the image) are skipped, eac
 stderr and counted in the summary; ``results.json`` is strict JSON (never NaN or Infinity).
 Overlays are ``<stem>_pose.jpg``, made unique (``<stem>_<n>_pose.jpg``) when two given images
 share a stem.
+
+Images are read in their files' stored pixel frame (an EXIF orientation tag is ignored, as for
+training data, kpfast.data.transforms), and every coordinate written is in that frame.
+
+Outputs are checked before anything is read or written (kpfast.engine.outputs): none may be an
+input (an image, the checkpoint, --boxes, --config) or lie in a training run folder, and an
+existing file is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--boxes", default=None, help="JSON of person boxes (see module doc)")
     parser.add_argument("--output-dir", "--output_dir", dest="out", default="predictions", help="where outputs go")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace overlays and results.json left there by an earlier predict (never an "
+                        "input file)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="keypoints drawn above this score")
     parser.add_argument("--box-score-threshold", type=float, default=0.0, help="ignore boxes scoring below this")
     add_config_arguments(parser, flags=("device", "ops_backend"))
@@ -86,8 +96,15 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
     """Boxes per image position: ``{i: [([x, y, w, h], score), ...]}``."""
     if path is None:
         return {}
-    with open(path) as handle:
-        data = json.load(handle)
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except RecursionError:
+        raise ValueError(f"--boxes {path}: JSON nested too deeply to read") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--boxes {path}: not UTF-8 text") from None
+    except ValueError as exc:  # invalid JSON, or a number of more digits than Python converts
+        raise ValueError(f"--boxes {path}: not readable JSON ({' '.join(str(exc).split())[:160]})") from None
     per_image: dict[int, list] = {i: [] for i in range(len(images))}
     if isinstance(data, dict):
         names = {p.name: i for i, p in enumerate(images)} | {str(p): i for i, p in enumerate(images)}
@@ -119,12 +136,32 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
     return per_image
 
 
+def check_outputs(args, images: list[Path], overlays: list[str]) -> None:
+    """Refuse (one line, nothing written) an output that is an input, lies in a run folder, or
+    exists without --overwrite."""
+    from kpfast.engine.outputs import OutputGuard
+
+    guard = OutputGuard(replace_existing=args.overwrite,
+                        replace_hint="; pass --overwrite to replace it, or another --output-dir")
+    guard.protect(args.checkpoint, "the checkpoint")
+    guard.protect(args.boxes, "the --boxes file")
+    guard.protect(args.config, "the --config file")
+    for image in images:
+        guard.protect(image, "the input image")
+    out_dir = Path(args.out)
+    for name in [*overlays, "results.json"]:
+        guard.check(out_dir / name, "--output-dir")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output-dir {out_dir} is a file, not a directory; pass a directory "
                          "(it is created when missing)")
+    images = [Path(p) for p in args.images]
+    overlays = overlay_names(images)
+    check_outputs(args, images, overlays)
     import cv2
     import torch
 
@@ -143,13 +180,11 @@ def main(argv=None) -> int:
     device = select_device(config.train.device)
     model = builders.model_from_checkpoint(state, config).to(device).eval()
     info = builders.info_from_dict(state["dataset_info"])
-    images = [Path(p) for p in args.images]
     boxes = load_boxes(args.boxes, images)
     in_h, in_w = config.data.input_size
     hm_size = builders.heatmap_size(config, model)
     conv = builders.convention(config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overlays = overlay_names(images)
     results, skipped, bad_boxes = [], [], 0
     for order, path in enumerate(images):
         image, reason = read_image_checked(path)  # header checked first: no decompression bomb
@@ -206,7 +241,8 @@ def main(argv=None) -> int:
                 })
         write_image(out_dir / overlays[order], overlay)
     atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=1, allow_nan=False).encode())
-    print(f"{len(results)} instance(s) on {len(images) - len(skipped)} image(s) -> {out_dir}"
+    print(f"{len(results)} instance(s) on {len(images) - len(skipped)} image(s) -> {out_dir} "
+          "(coordinates in the files' stored pixel frame; EXIF orientation is ignored)"
           + (f"; {len(skipped)} unreadable image(s) skipped" if skipped else "")
           + (f"; {bad_boxes} invalid box(es) skipped" if bad_boxes else ""))
     return 1 if skipped and len(skipped) == len(images) else 0

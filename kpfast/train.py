@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     add_config_arguments(parser)
     parser.add_argument("--resume", default=None,
-                        help="last.pt (or its run directory) to continue from (default: a new run)")
+                        help="last.pt (or its run directory) to continue from; any other checkpoint "
+                        "(best.pt, a top-k file, a copied last.pt) starts a new run from its state "
+                        "(default: a new run)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved, validated config as YAML and exit without training")
     return parser
@@ -36,9 +38,14 @@ def main(argv=None) -> int:
     from kpfast.engine.trainer import Trainer, TrainingDiverged, resolve_resume
     from kpfast.engine import distributed as dist_utils
 
-    stored = None
+    stored = plan = None
     if args.resume is not None:
-        stored = load_training_checkpoint(resolve_resume(args.resume))["config"]
+        from kpfast.engine.resume import plan_resume
+
+        resume_path = resolve_resume(args.resume)
+        saved = load_training_checkpoint(resume_path)
+        stored, plan = saved["config"], plan_resume(resume_path, saved)
+        del saved
     # Everything is validated (config values, device, ops backend, resume compatibility) before
     # the Trainer creates the run directory or loads any state.
     config = resolve_config(args, stored)
@@ -51,7 +58,7 @@ def main(argv=None) -> int:
 
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
         return 0
-    if stored is None:
+    if plan is None or not plan.in_place:  # a new run directory will be made
         from kpfast.engine.rundir import check_output_dir
 
         check_output_dir(config.train.output_dir)

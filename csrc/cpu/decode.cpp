@@ -158,9 +158,9 @@ void refine(const float* m, int height, int width, int x, int y, float best, Dec
         scale = best / blurred_maximum(m, height, width, g, k, tmp);
       }
       if (dark) {
-        dark_offset(patch, scale, x, y, height, width, ox, oy);
+        dark_offset_t<double>(patch, scale, x, y, height, width, ox, oy);  // double: see decode.h
       } else {
-        udp_offset(patch, scale, ox, oy);
+        udp_offset_t<double>(patch, scale, ox, oy);
       }
       return;
     }

@@ -103,63 +103,87 @@ KPF_HOST_DEVICE bool patch_is_finite(const float* patch, float scale) {
 }
 
 // The Newton step -H^-1 g, or nothing for a singular Hessian or a non-finite step.
-KPF_HOST_DEVICE void newton_step(float dx, float dy, float dxx, float dxy, float dyy, float* ox, float* oy) {
-  const float det = dxx * dyy - dxy * dxy;
+//
+// The steps are templates on the arithmetic type A. The CPU kernel uses double, as the
+// reference does (kpfast/reference/decode.py): on saturated maps (sigmoid ties at 1.0, e.g. a
+// 2x2 plateau of confident logits) the UDP Hessian + eps I is near singular, and float32
+// rounding of log values of size eps decided the sign of det, moving the point across the map.
+// In double, from the same float32 patch, the step is the reference's to double rounding.
+template <typename A>
+KPF_HOST_DEVICE void newton_step_t(A dx, A dy, A dxx, A dxy, A dyy, float* ox, float* oy) {
+  const A det = dxx * dyy - dxy * dxy;
   *ox = 0.0f;
   *oy = 0.0f;
-  if (det != 0.0f) {
-    const float sx = -(dyy * dx - dxy * dy) / det;
-    const float sy = -(dxx * dy - dxy * dx) / det;
+  if (det != A(0)) {
+    const A sx = -(dyy * dx - dxy * dy) / det;
+    const A sy = -(dxx * dy - dxy * dx) / det;
     if (is_finite_value(sx) && is_finite_value(sy)) {
-      *ox = sx;
-      *oy = sy;
+      *ox = static_cast<float>(sx);
+      *oy = static_cast<float>(sy);
     }
   }
 }
 
+KPF_HOST_DEVICE float log_t(float v) { return logf(v); }
+KPF_HOST_DEVICE double log_t(double v) { return log(v); }
+
 // DARK's Taylor step from the patch; `scale` is s (1 on the fast path). Refined only when
 // 1 < x < W-2 and 1 < y < H-2 (MMPose / DARK's `taylor`).
-KPF_HOST_DEVICE void dark_offset(const float* patch, float scale, int x, int y, int height, int width, float* ox,
-                                 float* oy) {
+template <typename A>
+KPF_HOST_DEVICE void dark_offset_t(const float* patch, float scale, int x, int y, int height, int width, float* ox,
+                                   float* oy) {
   *ox = 0.0f;
   *oy = 0.0f;
   if (!(x > 1 && x < width - 2 && y > 1 && y < height - 2)) return;
   if (!patch_is_finite(patch, scale)) return;
-  float v[25];
+  A v[25];
   for (int i = 0; i < 25; ++i) {
-    const float b = scale * patch[i];
-    v[i] = logf(b > kDarkFloor ? b : kDarkFloor);
+    const A b = A(scale) * A(patch[i]);
+    v[i] = log_t(b > A(1e-10) ? b : A(1e-10));  // kDarkFloor, exact in A as in the reference
   }
-  const float c = v[12];
-  const float dx = 0.5f * (v[13] - v[11]);
-  const float dy = 0.5f * (v[17] - v[7]);
-  const float dxx = 0.25f * (v[14] - 2.0f * c + v[10]);
-  const float dxy = 0.25f * (v[18] - v[8] - v[16] + v[6]);
-  const float dyy = 0.25f * (v[22] - 2.0f * c + v[2]);
-  newton_step(dx, dy, dxx, dxy, dyy, ox, oy);
+  const A c = v[12];
+  const A dx = A(0.5) * (v[13] - v[11]);
+  const A dy = A(0.5) * (v[17] - v[7]);
+  const A dxx = A(0.25) * (v[14] - A(2) * c + v[10]);
+  const A dxy = A(0.25) * (v[18] - v[8] - v[16] + v[6]);
+  const A dyy = A(0.25) * (v[22] - A(2) * c + v[2]);
+  newton_step_t<A>(dx, dy, dxx, dxy, dyy, ox, oy);
 }
 
 // UDP's step (MMPose refine_keypoints_dark_udp): clip to [1e-3, 50], log, edge padding (the
 // patch is at clamped coordinates), Hessian + eps * I. Refined everywhere.
-KPF_HOST_DEVICE void udp_offset(const float* patch, float scale, float* ox, float* oy) {
+template <typename A>
+KPF_HOST_DEVICE void udp_offset_t(const float* patch, float scale, float* ox, float* oy) {
   *ox = 0.0f;
   *oy = 0.0f;
   if (!patch_is_finite(patch, scale)) return;  // the clip would hide a +inf
-  float v[9];
+  A v[9];
   for (int dy = -1; dy <= 1; ++dy) {
     for (int dx = -1; dx <= 1; ++dx) {
-      float b = scale * patch[(2 + dy) * kPatch + 2 + dx];
-      b = b < kUdpLow ? kUdpLow : (b > kUdpHigh ? kUdpHigh : b);
-      v[(1 + dy) * 3 + 1 + dx] = logf(b);
+      A b = A(scale) * A(patch[(2 + dy) * kPatch + 2 + dx]);
+      b = b < A(1e-3) ? A(1e-3) : (b > A(50.0) ? A(50.0) : b);  // kUdpLow, kUdpHigh
+      v[(1 + dy) * 3 + 1 + dx] = log_t(b);
     }
   }
-  const float c = v[4], right = v[5], left = v[3], down = v[7], up = v[1];
-  const float dx = 0.5f * (right - left);
-  const float dy = 0.5f * (down - up);
-  const float dxx = right - 2.0f * c + left + kFloat32Eps;
-  const float dyy = down - 2.0f * c + up + kFloat32Eps;
-  const float dxy = 0.5f * (v[8] - right - down + c + c - left - up + v[0]);
-  newton_step(dx, dy, dxx, dxy, dyy, ox, oy);
+  const A c = v[4], right = v[5], left = v[3], down = v[7], up = v[1];
+  const A dx = A(0.5) * (right - left);
+  const A dy = A(0.5) * (down - up);
+  const A dxx = right - A(2) * c + left + A(kFloat32Eps);
+  const A dyy = down - A(2) * c + up + A(kFloat32Eps);
+  const A dxy = A(0.5) * (v[8] - right - down + c + c - left - up + v[0]);
+  newton_step_t<A>(dx, dy, dxx, dxy, dyy, ox, oy);
+}
+
+// The float32 steps (the CUDA kernel).
+KPF_HOST_DEVICE void newton_step(float dx, float dy, float dxx, float dxy, float dyy, float* ox, float* oy) {
+  newton_step_t<float>(dx, dy, dxx, dxy, dyy, ox, oy);
+}
+KPF_HOST_DEVICE void dark_offset(const float* patch, float scale, int x, int y, int height, int width, float* ox,
+                                 float* oy) {
+  dark_offset_t<float>(patch, scale, x, y, height, width, ox, oy);
+}
+KPF_HOST_DEVICE void udp_offset(const float* patch, float scale, float* ox, float* oy) {
+  udp_offset_t<float>(patch, scale, ox, oy);
 }
 
 // DARK/UDP coordinates clipped to the area the map covers, [-0.5, size - 0.5] (pixel i covers

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -83,9 +84,46 @@ _BOX_KEYS = {
 
 
 def _check_p(p, where):
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+    if not _is_number(p) or not 0.0 <= p <= 1.0:
         raise ValueError(f"augmentation {where}.p must be a probability in [0, 1], got {p!r}")
     return float(p)
+
+
+# Allowed ranges of the box-level numbers (what the jitter in BoxJitter can use meaningfully).
+_NUMBER_RANGES = {
+    ("half_body", "padding"): (0.0, 100.0, "a factor > 0", True),
+    ("rotation", "max_degrees"): (0.0, 180.0, "degrees in [0, 180]", False),
+    ("shift", "factor"): (0.0, 1.0, "a fraction of the box in [0, 1]", False),
+}
+_MAX_SCALE = 100.0
+_MAX_MIN_KEYPOINTS = 10_000
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_number(value, where: str, lo: float, hi: float, what: str, lo_exclusive: bool) -> float:
+    ok = _is_number(value) and (value > lo if lo_exclusive else value >= lo) and value <= hi
+    if not ok:
+        raise ValueError(f"augmentation {where} must be {what}, got {value!r}")
+    return float(value)
+
+
+def _check_box_numbers(out: dict) -> None:
+    """Every box-level number finite and in range: a NaN angle or a string must fail here, while
+    the config is validated, not inside a worker after the run directory exists."""
+    for (section, key), (lo, hi, what, lo_exclusive) in _NUMBER_RANGES.items():
+        _check_number(out[section][key], f"{section}.{key}", lo, hi, what, lo_exclusive)
+    count = out["half_body"]["min_keypoints"]
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= _MAX_MIN_KEYPOINTS:
+        raise ValueError(f"augmentation half_body.min_keypoints must be an int in [0, {_MAX_MIN_KEYPOINTS}], "
+                         f"got {count!r}")
+    scale = out["scale"]["range"]
+    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and all(_is_number(v) for v in scale)
+            and 0 < scale[0] <= scale[1] <= _MAX_SCALE):
+        raise ValueError(f"augmentation scale.range must be [lo, hi] with 0 < lo <= hi <= {_MAX_SCALE:g}, "
+                         f"got {scale!r}")
 
 
 def resolve_augmentation_config(config: Mapping[str, Any] | str | None) -> dict[str, Any]:
@@ -124,9 +162,7 @@ def resolve_augmentation_config(config: Mapping[str, Any] | str | None) -> dict[
         out["albumentations"] = [dict(e) for e in entries]
     for key in _BOX_KEYS:
         _check_p(out[key]["p"], key)
-    lo, hi = out["scale"]["range"]
-    if not 0 < lo <= hi:
-        raise ValueError(f"augmentation scale.range must be 0 < lo <= hi, got {[lo, hi]}")
+    _check_box_numbers(out)
     for entry in out["albumentations"]:
         if not isinstance(entry, Mapping) or "type" not in entry:
             raise ValueError(f"each albumentations entry needs a 'type', got {entry!r}")

@@ -13,6 +13,10 @@ an existing file whose content differs. A stamp ``ROOT/.NAME.complete`` makes a 
 archive already extracted; the archive itself is deleted after extraction unless
 ``--keep-archives``.
 
+Every size and duration is bounded: the server's bytes are read only up to the archive's known
+size (a mirror without Content-Length is stopped there), and a transfer slower than
+``MIN_THROUGHPUT`` over ``STALL_SECONDS`` is given up like a dropped connection.
+
 Checksums: cocodataset.org publishes no checksums. The MD5s below are the ones independent
 projects (e.g. MLCommons' and PaddleDetection's COCO scripts) verify against, and agree with one
 another; the sizes are those files' sizes, which the server's Content-Length must also match.
@@ -149,9 +153,9 @@ def _transfer(url: str, part: Path, archive: Archive, *, progress: bool, timeout
     with urllib.request.urlopen(request, timeout=timeout) as response:
         if offset and response.status != 206:  # the server ignored the Range header: start over
             offset = 0
-        length = response.headers.get("Content-Length")
-        if length is not None and int(length) != archive.size - offset:
-            raise DownloadError(f"{url}: the server sends {int(length) + offset} bytes, expected {archive.size}: "
+        length = _content_length(response, url)
+        if length is not None and length != archive.size - offset:
+            raise DownloadError(f"{url}: the server sends {length + offset} bytes, expected {archive.size}: "
                                 f"the file on the server is not the expected archive (wrong --base-url?)")
         from tqdm import tqdm
 
@@ -159,17 +163,65 @@ def _transfer(url: str, part: Path, archive: Archive, *, progress: bool, timeout
                 total=archive.size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=archive.filename, disable=not progress, leave=True) as bar:
             received = offset
+            watch = _ThroughputWatch(url)
             while True:
-                chunk = response.read(CHUNK)
+                # read1: whatever has arrived (read(CHUNK) would wait for a whole chunk from a
+                # server trickling bytes, and the throughput check would never run).
+                chunk = response.read1(min(CHUNK, archive.size - received + 1))
                 if not chunk:
                     break
                 out.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                if received > archive.size:  # no (or a false) Content-Length: stop at the known size
+                    out.close()
+                    part.unlink()
+                    raise DownloadError(f"{url}: the server sent more than the archive's {archive.size} bytes "
+                                        f"(no Content-Length); {part} was deleted: check --base-url")
+                watch.update(received)
             out.flush()
             os.fsync(out.fileno())
         if received < archive.size:  # a server that closes early without Content-Length
             raise ConnectionError(f"connection closed after {received} bytes")
+
+
+# A transfer slower than MIN_THROUGHPUT bytes per second over a whole STALL_SECONDS window is
+# given up (and retried): a server trickling a byte every 20-30 s never hits the socket timeout.
+MIN_THROUGHPUT = 16 * 1024
+STALL_SECONDS = 120.0
+
+
+class DownloadStalled(ConnectionError):
+    """The server sends too slowly; caught by fetch's retries like a dropped connection."""
+
+
+class _ThroughputWatch:
+    def __init__(self, url: str):
+        self.url = url
+        self.window_start = time.monotonic()
+        self.window_bytes: int | None = None
+
+    def update(self, received: int) -> None:
+        now = time.monotonic()
+        if self.window_bytes is None:
+            self.window_bytes = received
+        if now - self.window_start >= STALL_SECONDS:
+            rate = (received - self.window_bytes) / (now - self.window_start)
+            if rate < MIN_THROUGHPUT:
+                raise DownloadStalled(f"{self.url} sends {rate:.0f} B/s, below {MIN_THROUGHPUT} B/s over "
+                                      f"{STALL_SECONDS:g} s")
+            self.window_start, self.window_bytes = now, received
+
+
+def _content_length(response, url: str) -> int | None:
+    """The Content-Length header as an int, None when absent; anything else names the URL."""
+    text = response.headers.get("Content-Length")
+    if text is None:
+        return None
+    text = text.strip()
+    if not text.isdigit() or len(text) > 18:
+        raise DownloadError(f"{url}: the server sent an invalid Content-Length {text[:40]!r}; check --base-url")
+    return int(text)
 
 
 def _verify(path: Path, archive: Archive, *, on_mismatch: str, error: type[Exception],

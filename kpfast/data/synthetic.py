@@ -12,7 +12,8 @@ or an occluder box), ``v=0`` outside the image (stored as ``0, 0, 0``); ``num_ke
 counts ``v > 0``; ``bbox`` is the tight box and ``area`` the pixel count of the figure's
 silhouette inside the image. Everything is a pure function of ``(seed, split, image index)``.
 
-CLI: ``python -m kpfast.data.synthetic OUT --images N [--val-images M] [--seed S]``.
+CLI: ``python -m kpfast.data.synthetic OUT --images N [--val-images M] [--seed S]`` (OUT must be new
+or empty, or already hold exactly that dataset; nothing else is ever written into).
 """
 
 from __future__ import annotations
@@ -380,7 +381,9 @@ def ensure_synthetic_dataset(root: str | Path | None = None, num_train: int = 20
     return root
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
+    """Writes only a new (or empty) ``OUT``: an existing dataset or any other filled folder is
+    refused in one line and left as it is (:func:`ensure_synthetic_dataset`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      prog="python -m kpfast.data.synthetic")
     parser.add_argument("out", type=Path, help="output directory")
@@ -388,10 +391,15 @@ def main(argv=None) -> None:
     parser.add_argument("--val-images", type=int, default=200, help="number of val images")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    out = generate_synthetic_dataset(args.out, args.images, args.val_images, args.seed)
+    out = ensure_synthetic_dataset(args.out, args.images, args.val_images, args.seed)
     manifest = json.loads((out / "manifest.json").read_text())
-    print(f"wrote {out}: {json.dumps(manifest['stats'])}")
+    print(f"{out}: {json.dumps(manifest['stats'])}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from kpfast.engine.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -1,7 +1,15 @@
-"""Image-level helpers of the top-down pipeline: decoding, affine crop, normalisation."""
+"""Image-level helpers of the top-down pipeline: decoding, affine crop, normalisation.
+
+:func:`read_image_checked` is the one reader of user images (training, evaluation, predict,
+the data tools). Its orientation rule: images are decoded **in the file's stored pixel frame**;
+an EXIF orientation tag is ignored, because COCO annotations (and the sizes in their ``images``
+entries) are in that frame (docs/data.md, "Image orientation").
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import kpfast._require_trainer  # noqa: F401  (first: one line when the trainer's packages are missing)
@@ -15,6 +23,10 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_IMAGE_PIXELS", "decode_
 # Largest image decoded by default (64 Mpx, ~200 MB as BGR): 3x a 4K x 4K photograph, far above
 # COCO's 640 px images, far below what a decompression bomb asks for.
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+# Largest image file read (a 64 Mpx PNG compresses to far less).
+MAX_IMAGE_FILE_BYTES = 512 * 2**20
+# IMREAD_COLOR applies the EXIF orientation; this flag keeps the stored frame (see module doc).
+_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NO_LENGTH = {0x01, 0xD8} | set(range(0xD0, 0xD8))
 
@@ -82,22 +94,46 @@ def image_size_from_header(data: bytes | np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+def _read_regular_file(path) -> tuple[np.ndarray | None, str]:
+    """The bytes of ``path`` when it is a regular file of bounded size: ``(data, "")`` or
+    ``(None, reason)``. Opened non-blocking and checked with fstat, so a FIFO never blocks."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as err:
+        return None, f"cannot read the file ({err.strerror or err})"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None, "not a regular file (a FIFO, device or directory)"
+        if info.st_size > MAX_IMAGE_FILE_BYTES:
+            return None, f"file of {info.st_size / 2**20:.0f} MiB exceeds {MAX_IMAGE_FILE_BYTES / 2**20:.0f} MiB"
+        with os.fdopen(fd, "rb") as handle:
+            fd = None
+            return np.frombuffer(handle.read(MAX_IMAGE_FILE_BYTES + 1), dtype=np.uint8), ""
+    except OSError as err:
+        return None, f"cannot read the file ({err.strerror or err})"
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def read_image_checked(path: str | Path, expected_size: tuple[float, float] | None = None,
                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray | None, str]:
     """Read an image as ``(H, W, 3)`` uint8 **BGR**: ``(image, "")`` or ``(None, reason)``.
 
     Before decoding, the size in the file's header is read and the image refused when it has
     more than ``max_pixels`` pixels, or when it differs from ``expected_size = (width, height)``
-    (the annotation's; either orientation, since decoding applies EXIF rotation), so a small
-    file that expands to gigabytes (a decompression bomb) is never decoded. Formats whose header
+    (the annotation's ``width``, ``height``: the stored frame, since decoding ignores EXIF
+    orientation), so a small file that expands to gigabytes (a decompression bomb) is never
+    decoded. Only regular files are read (a FIFO, device or directory is refused without
+    blocking), at most :data:`MAX_IMAGE_FILE_BYTES`. Formats whose header
     kpfast cannot read (anything but JPEG, PNG, BMP, WebP) are refused for the same reason.
     A JPEG without its end-of-image marker counts as undecodable: OpenCV would return it with
     the missing part filled in grey, i.e. a silently damaged image.
     """
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as err:
-        return None, f"cannot read the file ({err.strerror or err})"
+    data, reason = _read_regular_file(path)
+    if data is None:
+        return None, reason
     if data.size < 4:
         return None, f"file too short ({data.size} bytes)"
     size = image_size_from_header(data)
@@ -111,12 +147,12 @@ def read_image_checked(path: str | Path, expected_size: tuple[float, float] | No
                       f"max_image_pixels = {max_pixels / 1e6:g} Mpx (not decoded)")
     if expected_size is not None:
         ew, eh = (int(round(v)) for v in expected_size)
-        if (width, height) not in ((ew, eh), (eh, ew)):
+        if (width, height) != (ew, eh):
             return None, (f"header size {width}x{height} differs from the annotation's "
                           f"{ew}x{eh} (not decoded)")
     if data[0] == 0xFF and data[1] == 0xD8 and b"\xff\xd9" not in data[-1024:].tobytes():
         return None, "truncated JPEG (no end-of-image marker)"
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(data, _DECODE_FLAGS)
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         return None, "OpenCV cannot decode it"
     return image, ""

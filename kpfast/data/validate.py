@@ -49,6 +49,10 @@ def load_json(path: str | Path, drop_polygons: bool = False) -> Any:
             return load_json(path)
         raise AnnotationError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: "
                               f"{err.msg}") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: JSON nested too deeply to read") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise AnnotationError(f"{path}: unreadable number in the JSON ({' '.join(str(err).split())[:160]})") from None
 
 
 def _is_number(v) -> bool:
@@ -57,6 +61,17 @@ def _is_number(v) -> bool:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _id_problem(v) -> str:
+    if _is_int(v):
+        return f"'id' must be an integer in [-2**63, 2**63), got {v}"
+    return f"'id' must be an integer, got {_show(v)}"
+
+
+def _is_id(v) -> bool:
+    """An integer id that fits the int64 arrays ids are kept in (and pycocotools' numpy)."""
+    return _is_int(v) and -(2**63) <= v < 2**63
 
 
 def _all_finite_numbers(values: list) -> bool:
@@ -158,9 +173,10 @@ def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
 
     image_ids = set()
     for index, img in enumerate(data["images"]):
-        if not isinstance(img, dict) or not _is_int(img.get("id")):
-            got = _show(img.get("id")) if isinstance(img, dict) else _show(img)
-            problems.add(f"image #{index}: 'id' must be an integer, got {got}")
+        if not isinstance(img, dict) or not _is_id(img.get("id")):
+            problem = (_id_problem(img.get("id")) if isinstance(img, dict)
+                       else f"'id' must be an integer, got {_show(img)}")
+            problems.add(f"image #{index}: {problem}")
             continue
         iid = img["id"]
         image_ids.add(iid)
@@ -174,7 +190,7 @@ def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
             if dim in img and not (_is_number(img[dim]) and img[dim] > 0):
                 problems.add(f"image id {iid}: {dim} must be positive, got {img[dim]!r}")
     duplicate_images = _duplicates([img["id"] for img in data["images"]
-                                    if isinstance(img, dict) and _is_int(img.get("id"))])
+                                    if isinstance(img, dict) and _is_id(img.get("id"))])
     if duplicate_images:
         problems.add(f"duplicate image id(s) {_list_ids(duplicate_images)}: each image needs its own id")
 
@@ -184,12 +200,12 @@ def validate_keypoint_annotations(data: Any, source: str = "<annotations>",
             problems.add(f"annotation #{index}: not an object, got {_show(ann)}")
             continue
         aid = ann.get("id")
-        where = (f"annotation id {aid} (#{index}, image id {ann.get('image_id')!r})" if _is_int(aid)
+        where = (f"annotation id {aid} (#{index}, image id {ann.get('image_id')!r})" if _is_id(aid)
                  else f"annotation #{index} (image id {ann.get('image_id')!r})")
         if "id" not in ann:
             problems.add(f"{where}: missing 'id' (an integer unique in the file)")
-        elif not _is_int(aid):
-            problems.add(f"{where}: 'id' must be an integer, got {_show(aid)}")
+        elif not _is_id(aid):
+            problems.add(f"{where}: {_id_problem(aid)}")
         else:
             annotation_ids.append(aid)
         if ann.get("image_id") not in image_ids:

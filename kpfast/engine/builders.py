@@ -47,16 +47,47 @@ def build_model(cfg: ModelConfig) -> torch.nn.Module:
 
 
 def model_from_checkpoint(state: dict, config: Config, weights: str = "auto") -> torch.nn.Module:
-    """Rebuild the network of a checkpoint and load its weights (EMA ones when asked/auto)."""
+    """Rebuild the network of a checkpoint and load its weights (EMA ones when asked/auto).
+
+    Weights that do not fit the config's network (another model, other overrides, a foreign
+    state dict) are one CheckpointError naming what differs, before anything is loaded."""
     model = build_model(config.model)
     ema = state.get("ema")
     if weights == "ema" and ema is None:
         raise ValueError("weights: 'ema' requested but the checkpoint has no EMA weights")
     if weights in ("auto", "ema") and ema is not None:
-        model.load_state_dict(ema["module"])
+        stored, what = (ema.get("module") if isinstance(ema, dict) else None), "EMA weights"
     else:
-        model.load_state_dict(state["model"])
+        stored, what = state.get("model"), "weights"
+    check_weights_fit(model, stored, what, config)
+    model.load_state_dict(stored)
     return model
+
+
+def check_weights_fit(model: torch.nn.Module, stored, what: str, config: Config) -> None:
+    """Raise CheckpointError (one line) unless ``stored`` has exactly ``model``'s tensors and shapes."""
+    from kpfast.engine.checkpoint import CheckpointError
+
+    hint = (f"the checkpoint's {what} do not fit model {config.model.name!r} with overrides "
+            f"{config.model.overrides or {}} (num_keypoints={config.model.num_keypoints}); drop --config/--set "
+            "model.* to use the checkpoint's stored config, or pass the checkpoint these settings trained")
+    if not isinstance(stored, dict) or not all(isinstance(v, torch.Tensor) for v in stored.values()):
+        raise CheckpointError(f"{hint}: they are not a mapping of tensors")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in stored]
+    unexpected = [k for k in stored if k not in expected]
+    shapes = [k for k in expected if k in stored and tuple(stored[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        problems.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(stored[k].shape)} stored, "
+                        f"{tuple(expected[k].shape)} expected)")
+    if problems:
+        raise CheckpointError(f"{hint}: {'; '.join(problems)}")
 
 
 def heatmap_size(config: Config, model: torch.nn.Module | None = None) -> tuple[int, int]:

@@ -29,6 +29,7 @@ __all__ = [
     "load_checkpoint",
     "load_training_checkpoint",
     "capture_rng_state",
+    "check_declared_sizes",
     "restore_rng_state",
 ]
 
@@ -121,6 +122,7 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu", *, require_conf
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"not a kpfast checkpoint: {path} is empty (an interrupted copy?)")
+    check_declared_sizes(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -147,6 +149,33 @@ def load_checkpoint(path: Path | str, map_location: Any = "cpu", *, require_conf
             f"not a kpfast checkpoint: {path} has no 'config'{what}; use last.pt or best.pt of a kpfast run"
         )
     return state
+
+
+def check_declared_sizes(path: Path) -> None:
+    """Refuse, before torch.load allocates anything, a zip checkpoint whose records are compressed
+    or declare more bytes than the file holds.
+
+    torch.save stores records uncompressed, so a checkpoint's tensors can never need more memory
+    than the file's size; a DEFLATE-compressed record is how a 390 KB file asks for 400 MB (or
+    40 MB for 40 GB) when torch.load inflates it. Legacy (non-zip) files read every storage from
+    the file itself, so their sizes are bounded by the file already."""
+    size = path.stat().st_size
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load reports what is wrong with the file
+    compressed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CheckpointError(
+            f"refusing {path}: {len(compressed)} record(s) are compressed (e.g. {compressed[0]}); torch.save "
+            "never compresses, and a compressed record can inflate far beyond the file's size")
+    declared = sum(r.file_size for r in records)
+    if declared > size:
+        raise CheckpointError(f"refusing {path}: its records declare {declared} bytes but the file holds {size}; "
+                              "truncated or crafted")
 
 
 def load_training_checkpoint(path: Path | str, map_location: Any = "cpu") -> dict:

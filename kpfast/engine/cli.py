@@ -129,6 +129,19 @@ def _yaml_str(value: str) -> str:
     return yaml.safe_dump(value, default_style='"').strip()
 
 
+def machine_process_limit() -> int:
+    """The most data-loader workers or CPU threads a config may ask of this machine."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
+def _check_process_counts(config: Config) -> None:
+    limit = machine_process_limit()
+    for key, value in (("data.num_workers", config.data.num_workers), ("train.cpu_threads", config.train.cpu_threads)):
+        if value is not None and value > limit:
+            raise ConfigError(f"{key}: {value} is more than this machine can run ({os.cpu_count()} CPUs; at most "
+                              f"{limit}); use e.g. {min(os.cpu_count() or 1, 8)}")
+
+
 def check_environment(config: Config) -> None:
     """Raise ConfigError now, before anything is written, when this machine cannot run the
     requested device or ops backend (instead of failing at the first training step)."""
@@ -145,6 +158,7 @@ def check_environment(config: Config) -> None:
         index = int(name[5:]) if name.startswith("cuda:") else 0
         if index >= torch.cuda.device_count():
             raise ConfigError(f"train.device: {name!r} but only {torch.cuda.device_count()} GPU(s) are visible")
+    _check_process_counts(config)
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
     try:
         backends.default_backend()  # validates $KPFAST_BACKEND

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -51,6 +52,12 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # here as a literal so that loading a config does not import the ops.
 MAX_BLUR_KERNEL = 31
 SEED_MAX = 2**32 - 1  # numpy.random.seed's range
+# Values that size memory or processes are bounded here, machine-independently; per machine,
+# kpfast.engine.cli.check_environment also bounds workers and threads by the CPU count.
+MAX_KEYPOINTS = 1024
+MAX_WORKERS = 256
+MAX_CPU_THREADS = 1024
+MAX_BATCH_SIZE = 65536
 
 
 class ConfigError(ValueError):
@@ -67,7 +74,7 @@ class ModelConfig:
     """Which network to build (``kpfast.models.build_model``) and how to run it."""
 
     name: str = "litehrnet_18"
-    num_keypoints: int = field(default=17, metadata=_range(1))
+    num_keypoints: int = field(default=17, metadata=_range(1, MAX_KEYPOINTS))
     visibility_head: bool = False
     # Extra keyword arguments for build_model (e.g. narrower widths for a CPU-sized model).
     overrides: dict = field(default_factory=dict)
@@ -101,7 +108,7 @@ class DataConfig:
     # Extra keyword arguments for the dataset constructor (validated there).
     dataset_options: dict = field(default_factory=dict)
     # DataLoader worker processes (the key kpfast.data.build_dataloader reads).
-    num_workers: int = field(default=2, metadata=_range(0))
+    num_workers: int = field(default=2, metadata=_range(0, MAX_WORKERS))
 
 
 @dataclass
@@ -162,7 +169,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = field(default=10, metadata=_range(1))
-    batch_size: int = field(default=32, metadata=_range(1))  # per process
+    batch_size: int = field(default=32, metadata=_range(1, MAX_BATCH_SIZE))  # per process
     seed: int = field(default=0, metadata=_range(0, SEED_MAX))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ops_backend: Literal["auto", "torch", "cpu", "cuda", "triton"] = "auto"
@@ -170,7 +177,7 @@ class TrainConfig:
     # Intra-op threads of each training process on CPU. None: the cores available to this
     # process divided among local processes, minus the data workers (at least 1), because
     # oversubscribed OpenMP threads slow a busy CPU down by an order of magnitude.
-    cpu_threads: Optional[int] = field(default=None, metadata=_range(1))
+    cpu_threads: Optional[int] = field(default=None, metadata=_range(1, MAX_CPU_THREADS))
     ema: bool = False
     ema_decay: float = field(default=0.9998, metadata=_range(0.0, 1.0))
     eval_interval: int = field(default=1, metadata=_range(1))  # epochs
@@ -190,7 +197,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = field(default=64, metadata=_range(1))
+    batch_size: int = field(default=64, metadata=_range(1, MAX_BATCH_SIZE))
     flip_test: bool = True
     decoder: Literal["argmax", "quarter", "dark", "udp", "local_mean"] = "dark"
     # Odd, 1..31 (what decode_heatmaps accepts); checked in _check_section.
@@ -214,6 +221,50 @@ class Config:
 
 
 # --------------------------------------------------------------------------- validation
+
+
+# A config is a few hundred values; these bound what a hostile file (an alias bomb, a deeply
+# nested value) can make loading, validation and error messages do (docs/files.md, "Limits").
+MAX_CONFIG_NODES = 100_000
+MAX_CONFIG_DEPTH = 64
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 120
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 8, 8
+
+
+def _show(value) -> str:
+    """``repr`` bounded in length and depth, for error messages about user values."""
+    return _REPR.repr(value)
+
+
+def check_config_size(data, where: str) -> None:
+    """Raise ConfigError when ``data`` (aliases counted as often as they are used) has more than
+    MAX_CONFIG_NODES values or is nested deeper than MAX_CONFIG_DEPTH; stops counting early."""
+    count = 0
+    stack = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_NODES:
+            raise ConfigError(f"{where}: more than {MAX_CONFIG_NODES} values (YAML aliases expanded); "
+                              "a config needs a few hundred")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+            stack.extend((k, depth + 1) for k in node.keys() if not isinstance(k, (str, int, float, bool)))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _safe_load(text_or_stream, where: str):
+    """yaml.safe_load, then :func:`check_config_size`; deep nesting is one ConfigError."""
+    try:
+        data = yaml.safe_load(text_or_stream)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to parse") from None
+    check_config_size(data, where)
+    return data
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -240,39 +291,44 @@ def _coerce(value, tp, key: str):
                 return _coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {_show(value)} matches none of {tp}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
             hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
             extra = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise ConfigError(f"{key}: expected one of {list(choices)}, got {value!r}{extra}")
+            raise ConfigError(f"{key}: expected one of {list(choices)}, got {_show(value)}{extra}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {_show(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean the number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {_show(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {_show(value)}")
         return value
     if tp is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {_show(value)}")
         return list(value)
     if tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {_show(value)}")
         return copy.deepcopy(value)
     raise ConfigError(f"{key}: unsupported schema type {_type_name(tp)}")
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _check_range(value, meta: dict, key: str) -> None:
@@ -281,18 +337,18 @@ def _check_range(value, meta: dict, key: str) -> None:
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None:
         if meta.get("min_exclusive") and not value > lo:
-            raise ConfigError(f"{key}: must be > {lo}, got {value!r}")
+            raise ConfigError(f"{key}: must be > {lo}, got {_show(value)}")
         if not meta.get("min_exclusive") and not value >= lo:
-            raise ConfigError(f"{key}: must be >= {lo}, got {value!r}")
+            raise ConfigError(f"{key}: must be >= {lo}, got {_show(value)}")
     if hi is not None and not value <= hi:
-        raise ConfigError(f"{key}: must be <= {hi}, got {value!r}")
+        raise ConfigError(f"{key}: must be <= {hi}, got {_show(value)}")
 
 
 def _build(cls, data: Any, prefix: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__} {data!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__} {_show(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -320,7 +376,7 @@ def _check_device(value: str, key: str) -> None:
         return
     if value.startswith("cuda:") and value[5:].isdigit():
         return
-    raise ConfigError(f"{key}: expected {_DEVICE_FORMS}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_DEVICE_FORMS}, got {_show(value)}")
 
 
 def _check_nonempty(value, key: str) -> None:
@@ -335,7 +391,7 @@ def _check_section(section, prefix: str) -> None:
     if isinstance(section, DataConfig):
         size = section.input_size
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-            raise ConfigError(f"{prefix}.input_size: expected [H, W] positive ints, got {size!r}")
+            raise ConfigError(f"{prefix}.input_size: expected [H, W] positive ints, got {_show(size)}")
         if not section.use_gt_boxes and section.detections is None:
             raise ConfigError(f"{prefix}.detections: required when {prefix}.use_gt_boxes is false")
         for name in ("root", "detections", "train_split", "val_split"):
@@ -354,13 +410,13 @@ def _check_section(section, prefix: str) -> None:
         if len(section.betas) != 2 or not all(
             isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in section.betas
         ):
-            raise ConfigError(f"{prefix}.betas: expected two floats in [0, 1), got {section.betas!r}")
+            raise ConfigError(f"{prefix}.betas: expected two floats in [0, 1), got {_show(section.betas)}")
     if isinstance(section, ScheduleConfig):
         ms = section.milestones
         if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in ms) or list(ms) != sorted(
             ms
         ):
-            raise ConfigError(f"{prefix}.milestones: expected increasing positive numbers, got {ms!r}")
+            raise ConfigError(f"{prefix}.milestones: expected increasing positive numbers, got {_show(ms)}")
     if isinstance(section, TrainConfig):
         _check_device(section.device, f"{prefix}.device")
         _check_nonempty(section.output_dir, f"{prefix}.output_dir")
@@ -410,7 +466,7 @@ def _check_model(config: Config) -> None:
             model = build_model(m.name, num_keypoints=m.num_keypoints, visibility_head=m.visibility_head,
                                 **copy.deepcopy(m.overrides))
     except (ValueError, TypeError, KeyError, IndexError, AssertionError, RuntimeError) as exc:
-        raise ConfigError(f"model.overrides: {m.overrides!r} does not build model {m.name!r}: {exc}") from None
+        raise ConfigError(f"model.overrides: {_show(m.overrides)} does not build model {m.name!r}: {exc}") from None
     if hasattr(model, "check_input_size"):
         try:
             model.check_input_size(*config.data.input_size)
@@ -420,6 +476,7 @@ def _check_model(config: Config) -> None:
 
 def config_from_dict(data: dict) -> Config:
     """Validate a plain mapping against the schema and return a :class:`Config`."""
+    check_config_size(data, "config")
     config = _build(Config, data, "")
     _check_config(config)
     return config
@@ -433,15 +490,15 @@ def config_to_dict(config) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"a.b=value"`` into (["a", "b"], yaml-parsed value)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE (e.g. train.epochs=5)")
+        raise ConfigError(f"override {_show(text)}: expected KEY=VALUE (e.g. train.epochs=5)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {text!r}: empty key")
+        raise ConfigError(f"override {_show(text)}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _safe_load(raw, f"override {_show(text)}") if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"override {_show(text)}: value is not valid YAML ({' '.join(str(exc).split())})") from None
     return key.split("."), value
 
 
@@ -473,7 +530,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 if child is None:
                     child = node[part] = {}
                 if not isinstance(child, dict):
-                    raise ConfigError(f"override {text!r}: '{dotted}' is not a mapping")
+                    raise ConfigError(f"override {_show(text)}: '{dotted}' is not a mapping")
                 node = child
     return result
 
@@ -481,7 +538,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def _read_yaml(path: Path) -> dict:
     try:
         with open(path) as handle:
-            data = yaml.safe_load(handle)
+            data = _safe_load(handle, str(path))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     except UnicodeDecodeError:

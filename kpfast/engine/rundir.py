@@ -19,6 +19,8 @@ import secrets
 import time
 from pathlib import Path
 
+from kpfast.engine.resume import write_run_marker
+
 __all__ = ["RunDirError", "check_output_dir", "check_run_name", "create_run_dir", "default_run_name"]
 
 _ATTEMPTS = 100
@@ -84,7 +86,8 @@ def _mkdir_new(run_dir: Path) -> None:
 
 
 def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "run") -> Path:
-    """Create and return a new, empty run directory under ``output_dir``.
+    """Create and return a new run directory under ``output_dir``, empty but for its run-id
+    marker (kpfast.engine.resume.RUN_MARKER).
 
     ``run_name=None`` picks a unique default name from ``prefix``; an explicit name must be a
     single path component and must not exist yet.
@@ -104,6 +107,7 @@ def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "
                 f"train.run_name: {run_dir} already exists; continue it with --resume {run_dir} "
                 "or choose another --set train.run_name=NAME"
             ) from None
+        write_run_marker(run_dir)
         return run_dir
     for _ in range(_ATTEMPTS):
         run_dir = output_dir / default_run_name(prefix)
@@ -111,6 +115,7 @@ def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "
             _mkdir_new(run_dir)
         except FileExistsError:
             continue  # another run took this name in the same second: draw another suffix
+        write_run_marker(run_dir)
         return run_dir
     raise RunDirError(f"train.output_dir: could not create a unique run directory in {output_dir} "
                       f"after {_ATTEMPTS} attempts")

@@ -26,6 +26,7 @@ from kpfast.engine.checkpoint import capture_rng_state, load_checkpoint, restore
 from kpfast.engine.checkpointer import Checkpointer
 from kpfast.engine.config import Config, config_from_dict, config_to_dict, save_config
 from kpfast.engine.ema import ModelEMA
+from kpfast.engine.resume import ResumePlan, plan_resume, read_run_id
 from kpfast.engine.evaluation import Evaluator
 from kpfast.engine.loop import TrainingDiverged, TrainStep, train_one_epoch, validate
 from kpfast.engine.losses import TrainingObjective
@@ -122,17 +123,19 @@ class Trainer:
 
         # Run state and files
         self.state = TrainState()
-        self.run_dir = self._make_run_dir()
+        saved = load_checkpoint(self.resume_path, map_location="cpu") if self.resume_path is not None else None
+        self.resume_plan: ResumePlan | None = plan_resume(self.resume_path, saved) if saved is not None else None
+        self.run_dir, self.run_id = self._make_run_dir(saved)
         self.checkpointer = Checkpointer(self.run_dir, cfg.train.top_k, is_main=self.is_main)
         self.metrics_logger = MetricsLogger(self.run_dir / "metrics.csv") if self.is_main else None
-        if self.resume_path is not None:
-            self._load_resume(self.resume_path)
+        if saved is not None:
+            self._load_resume(saved)
         self.writer = None
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
-            from torch.utils.tensorboard import SummaryWriter
+            from kpfast.engine.tensorboard_writer import SafeSummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.writer = SafeSummaryWriter(self.run_dir / "tensorboard", self.log)
 
     # ------------------------------------------------------------------ convenience views of the state
     @property
@@ -160,14 +163,24 @@ class Trainer:
             self._log(text)
 
     # ------------------------------------------------------------------ run directory
-    def _make_run_dir(self) -> Path:
-        if self.resume_path is not None:
-            return self.resume_path.parent
-        from kpfast.engine.rundir import create_run_dir  # a fresh directory this run owns (rank 0 makes it)
+    def _make_run_dir(self, saved: dict | None) -> tuple[Path, str | None]:
+        """The run folder and its id: the resumed run's own folder (kpfast.engine.resume), else a
+        fresh folder this run owns (rank 0 makes it)."""
+        plan = self.resume_plan
+        if plan is not None and plan.in_place:
+            return plan.run_dir, read_run_id(plan.run_dir)
+        from kpfast.engine.rundir import create_run_dir
 
         train = self.config.train
-        made = create_run_dir(train.output_dir, train.run_name, self.config.model.name) if self.is_main else None
-        return Path(dist_utils.broadcast_object(str(made) if made is not None else None))
+        run_name = train.run_name
+        if saved is not None and run_name is not None and run_name == saved["config"].get("train", {}).get("run_name"):
+            run_name = None  # the old run's name is taken by the old run: a new run gets a default name
+        made = None
+        if self.is_main:
+            made = create_run_dir(train.output_dir, run_name, self.config.model.name)
+            made = (str(made), read_run_id(made))
+        run_dir, run_id = dist_utils.broadcast_object(made)
+        return Path(run_dir), run_id
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_payload(self, rng_states: list[dict] | None = None) -> dict:
@@ -182,6 +195,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_states if rng_states is not None else [capture_rng_state()],
             "world_size": self.dist.world_size,
+            "run_id": self.run_id,
             "dataset_info": self.dataset_info_dict(),
         }
         payload.update(self.state.to_dict())
@@ -196,16 +210,21 @@ class Trainer:
             "sigmas": [float(s) for s in info.sigmas],
         }
 
-    def _load_resume(self, path: Path) -> None:
-        saved = load_checkpoint(path, map_location="cpu")
+    def _load_resume(self, saved: dict) -> None:
+        path, plan = self.resume_path, self.resume_plan
         if saved.get("world_size", 1) != self.dist.world_size:
             raise ValueError(
                 f"resume: checkpoint was written with world_size={saved.get('world_size')} but this run has "
                 f"world_size={self.dist.world_size}; the data order would differ"
             )
         state = TrainState.from_dict(saved)
-        # Refuses hostile top-k names before anything is loaded or deleted.
-        self.checkpointer.reconcile(state)
+        if plan.in_place:
+            # Refuses hostile top-k names before anything is loaded or deleted.
+            self.checkpointer.reconcile(state)
+        else:
+            # The listed top-k files belong to the run resumed from: the new run starts its own list.
+            self.checkpointer.validate_topk(state.topk)
+            state.topk = []
         rng_states = saved["rng"]
         if len(rng_states) != self.dist.world_size:
             raise ValueError(
@@ -228,6 +247,8 @@ class Trainer:
             # metrics.csv may hold rows written after this last.pt (a crash in between).
             self.metrics_logger.write(state.history)
         self.log(f"resumed from {path}: epoch {state.epoch}, batch {state.batch_in_epoch}, step {state.global_step}")
+        if not plan.in_place:
+            self.log(f"new run {self.run_dir} from {path} ({plan.reason}); nothing in {path.parent} is changed")
 
     def save_last(self) -> None:
         """Write last.pt (rank 0). Every rank must call this: RNG states are gathered from all."""
@@ -300,11 +321,14 @@ class Trainer:
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 state.epoch_loss_sums, state.epoch_loss_count = {}, 0
-                if state.epoch % cfg.train.eval_interval == 0 or state.epoch == cfg.train.epochs:
+                evaluated = state.epoch % cfg.train.eval_interval == 0 or state.epoch == cfg.train.epochs
+                if evaluated:
                     final_metrics = self.evaluate()
                     row.update({f"val_{k}": v for k, v in final_metrics.items() if isinstance(v, (int, float))})
-                    self._after_eval(final_metrics)
+                # Before best/top-k are written: their payloads hold this epoch's row too.
                 state.history.append(row)
+                if evaluated:
+                    self._after_eval(final_metrics)
                 self.save_last()  # after best/top-k, before metrics.csv (see kpfast.engine.checkpointer)
                 if self.metrics_logger is not None:
                     self.metrics_logger.write(state.history)

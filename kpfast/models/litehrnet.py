@@ -23,6 +23,14 @@ __all__ = ["LiteHRNetConfig", "LiteHRModule", "IterativeHead", "LiteHRNet"]
 BLOCK_TYPES = ("lite", "naive")
 
 
+# Upper bounds of LiteHRNetConfig's sizes (see LiteHRNetConfig._check_size).
+MAX_CHANNELS = 4096
+MAX_IN_CHANNELS = 64
+MAX_REPEATS = 64
+MAX_EXPAND_RATIO = 64.0
+MAX_WEIGHT_ESTIMATE = 2e9
+
+
 @dataclasses.dataclass(frozen=True)
 class LiteHRNetConfig:
     """Every structural choice of the network.
@@ -85,6 +93,33 @@ class LiteHRNetConfig:
             raise ValueError(f"stem_expand_ratio must be > 0, got {self.stem_expand_ratio!r}")
         if not isinstance(self.in_channels, int) or self.in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got {self.in_channels!r}")
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Bound what the sizes may ask for before any weight is allocated: a typo such as
+        base_width=20000 must be an error, not an out-of-memory kill."""
+        for name in ("num_modules", "num_blocks"):
+            if max(getattr(self, name)) > MAX_REPEATS:
+                raise ValueError(f"{name} entries must be <= {MAX_REPEATS}, got {getattr(self, name)!r}")
+        for name, limit in (("stem_channels", MAX_CHANNELS), ("in_channels", MAX_IN_CHANNELS)):
+            if getattr(self, name) > limit:
+                raise ValueError(f"{name} must be <= {limit}, got {getattr(self, name)!r}")
+        if not self.stem_expand_ratio <= MAX_EXPAND_RATIO:
+            raise ValueError(f"stem_expand_ratio must be <= {MAX_EXPAND_RATIO}, got {self.stem_expand_ratio!r}")
+        widest = self.base_width * 2 ** (self.num_branches - 1)
+        if widest > MAX_CHANNELS:
+            raise ValueError(f"base_width={self.base_width} gives {widest} channels in branch {self.num_branches} "
+                             f"(base_width * 2**(num_branches-1)); the limit is {MAX_CHANNELS}")
+        blocks = sum(m * b for m, b in zip(self.num_modules, self.num_blocks))
+        # An upper bound on the weights (each block's convolutions at the widest width): about
+        # 6x the real count of the published (lite) presets.
+        per_block = 9 if self.block_type == "naive" else 1  # naive blocks are full 3x3 convolutions
+        stem = int(self.stem_channels**2 * self.stem_expand_ratio * 16)
+        estimate = per_block * blocks * self.num_branches * widest**2 + stem
+        if estimate > MAX_WEIGHT_ESTIMATE:
+            raise ValueError(f"the model would have up to ~{estimate:.2g} weights (base_width={self.base_width}, "
+                             f"num_modules={self.num_modules}, num_blocks={self.num_blocks}); the limit is "
+                             f"{MAX_WEIGHT_ESTIMATE:.0g}")
 
     @property
     def stage_branches(self) -> tuple[int, ...]:

@@ -172,6 +172,11 @@ def loss_options(kind: str = "focal", alpha=None, gamma=2.0, beta=4.0, keypoint_
     )
 
 
+# Every sigma must exceed this (docs/ops-arguments-and-precision.md): 2 sigma^2 stays a normal
+# float32, so 1 / (2 sigma^2) is finite on every backend (1e-30 underflowed to 0 and rendered NaN).
+SIGMA_FLOOR = 1e-5
+
+
 def check_sigma_type(sigma) -> None:
     """A float or a tensor (the module form of HeatmapLoss keeps it until the call)."""
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, torch.Tensor)):
@@ -243,14 +248,15 @@ def sigma_argument(sigma, batch: int, num_keypoints: int, dtype: torch.dtype,
         if sigma.dim() == 2 and tuple(sigma.shape) not in ((batch, num_keypoints), (1, 1)):
             raise ValueError(f"sigma: expected shape ({batch}, {num_keypoints}) (per sample and keypoint), got {tuple(sigma.shape)}")
         if sigma.device.type == "cpu" and not compiling() and sigma.numel() > 0:
-            bad = ~(torch.isfinite(sigma) & (sigma > 0))
+            bad = ~(torch.isfinite(sigma) & (sigma > SIGMA_FLOOR))
             if bool(bad.any()):
-                raise ValueError(f"sigma: expected finite values > 0, got {sigma[bad].flatten()[0].item()!r}")
+                raise ValueError(f"sigma: expected finite values > 0, got {sigma[bad].flatten()[0].item()!r} "
+                                 f"(it must exceed {SIGMA_FLOOR:g})")
         return sigma.to(dtype).expand(batch, num_keypoints), 1.0
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
         raise TypeError(f"sigma: expected a float or a tensor of shape (K,) or (B, K), got {_type_name(sigma)}")
-    if not (float(sigma) > 0 and float(sigma) < float("inf")):
-        raise ValueError(f"sigma: expected a finite value > 0, got {sigma!r}")
+    if not (float(sigma) > SIGMA_FLOOR and float(sigma) < float("inf")):
+        raise ValueError(f"sigma: expected a finite value > 0, got {sigma!r} (it must exceed {SIGMA_FLOOR:g})")
     return None, float(sigma)
 
 

@@ -4,7 +4,8 @@ Each function takes the normalised inputs the public ops in kpfast/ops/decode.py
 (heatmaps ``(B, K, H, W)`` contiguous, float32/float16/bfloat16) and states the published
 algorithm over whole batches: the full blurred map is computed here, exactly as MMPose / DARK
 do, so that the kernels (which blur only the few pixels the refinement reads) are tested
-against the literal algorithm.
+against the literal algorithm; the blur runs in chunks of maps so that its memory is bounded
+(:data:`BLUR_CHUNK_BYTES`).
 """
 
 from __future__ import annotations
@@ -64,14 +65,41 @@ def _device_taps(kernel_size: int, device: torch.device) -> torch.Tensor:
     return _TAPS_ON_DEVICE[key]
 
 
+# The 2-D convolution of the blur may unfold each map into H*W*k*k values (im2col on the CPU):
+# maps are blurred in chunks whose unfolded size stays under this many bytes, so that the
+# reference, which is also the fallback when the extension does not load, never needs more
+# memory than that however many maps it decodes (each map is blurred on its own, so chunking
+# does not change any value).
+BLUR_CHUNK_BYTES = 256 * 2**20
+
+
+def blur_chunk_size(height: int, width: int, kernel_size: int, element_size: int) -> int:
+    """How many maps one convolution call blurs (at least 1)."""
+    per_map = max(1, height * width * kernel_size * kernel_size * element_size)
+    return max(1, BLUR_CHUNK_BYTES // per_map)
+
+
 def blur_heatmaps(maps: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """MMPose's ``gaussian_blur``: zero padding, OpenCV's default-sigma Gaussian, then each map
     rescaled so that its maximum equals the original map's maximum. maps: (N, H, W) float32."""
     taps = _device_taps(kernel_size, maps.device).to(maps.dtype)
     kernel = torch.outer(taps, taps)[None, None]
-    blurred = F.conv2d(maps[:, None], kernel, padding=kernel_size // 2)[:, 0]
-    original_max = maps.amax(dim=(1, 2), keepdim=True)
-    return blurred * (original_max / blurred.amax(dim=(1, 2), keepdim=True))
+    chunk = blur_chunk_size(maps.shape[-2], maps.shape[-1], kernel_size, maps.element_size())
+    if maps.shape[0] <= chunk:
+        blurred = F.conv2d(maps[:, None], kernel, padding=kernel_size // 2)[:, 0]
+    else:
+        blurred = torch.cat([F.conv2d(part[:, None], kernel, padding=kernel_size // 2)[:, 0]
+                             for part in maps.split(chunk)])
+    # Both maxima skip NaN, as the argmax does (docs/design.md, "Non-finite pixels"): a NaN pixel
+    # away from the peak must not turn the rescaling factor, and so the whole step, into NaN.
+    original_max = _nan_skipping_max(maps)
+    return blurred * (original_max / _nan_skipping_max(blurred))
+
+
+def _nan_skipping_max(maps: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 1) maximum of each (N, H, W) map over its non-NaN values (NaN when it has none)."""
+    numbers = torch.where(torch.isnan(maps), -math.inf, maps).amax(dim=(1, 2), keepdim=True)
+    return torch.where(torch.isnan(maps).all(dim=2, keepdim=True).all(dim=1, keepdim=True), math.nan, numbers)
 
 
 def heatmap_maximum(maps: torch.Tensor):
@@ -233,12 +261,17 @@ def soft_argmax(heatmaps: torch.Tensor, beta: float):
     batch, num_keypoints, height, width = heatmaps.shape
     compute = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
     maps = heatmaps.to(compute).reshape(batch, num_keypoints, height * width)
-    probabilities = torch.softmax(beta * maps, dim=-1).reshape(batch, num_keypoints, height, width)
+    # softmax(beta * (h - max)), as the kernels compute it: beta * h alone overflows to inf for a
+    # finite peak (1e37 with beta 100) and inf - inf gave NaN coordinates. A NaN or +inf pixel
+    # still makes the coordinates NaN (through h - max), as documented.
+    best = maps.detach().amax(dim=-1, keepdim=True) if maps.shape[-1] > 0 else maps.detach()[..., :1]
+    probabilities = torch.softmax(beta * (maps - best), dim=-1).reshape(batch, num_keypoints, height, width)
     cols = torch.arange(width, dtype=compute, device=heatmaps.device)
     rows = torch.arange(height, dtype=compute, device=heatmaps.device)
     x = (probabilities.sum(dim=2) * cols).sum(dim=-1)
     y = (probabilities.sum(dim=3) * rows).sum(dim=-1)
     scores = maps.detach().amax(dim=-1) if maps.shape[-1] > 0 else maps.new_zeros((batch, num_keypoints))
+    scores = torch.where(torch.isposinf(scores), math.nan, scores)  # docs/design.md: +inf -> NaN score
     return torch.stack([x, y], dim=-1), scores
 
 

@@ -12,8 +12,8 @@ def gaussian_maps(keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch.T
     keypoints (B, N, K, 2), weights (B, N, K), sigma (B, K). The rule (shared with every kernel
     through csrc/kpfast/gaussian.h and kpfast/triton/gaussian.py):
 
-    * a keypoint is ignored (zero map, weight 0) when a coordinate is not finite or its weight
-      is below 0.5;
+    * a keypoint is ignored (zero map, weight 0) when a coordinate or its weight is not finite,
+      its weight is below 0.5, or its sigma is not finite and > 0;
     * ``mu = floor(kp + 0.5)``; the window is the square of radius ``R = floor(3 sigma)`` around
       ``mu``; a window wholly outside the map also ignores the keypoint;
     * ``msra`` evaluates ``exp(-d^2 / 2 sigma^2)`` at ``mu`` (peak exactly 1), ``udp`` at the exact
@@ -21,8 +21,11 @@ def gaussian_maps(keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch.T
     """
     x, y = keypoints.unbind(-1)
     s = sigma.unsqueeze(1)  # (B, 1, K): one sigma for all instances of a keypoint
-    finite = torch.isfinite(x) & torch.isfinite(y)
-    valid = finite & (weights >= 0.5)
+    finite = torch.isfinite(x) & torch.isfinite(y) & torch.isfinite(weights)
+    good_sigma = torch.isfinite(s) & (s > 0)
+    valid = finite & (weights >= 0.5) & good_sigma
+    # An ignored sigma is replaced too (a tensor sigma on a GPU is not checked on the host).
+    s = torch.where(good_sigma, s, torch.ones_like(s))
     # Non-finite coordinates are replaced before any arithmetic, so no NaN reaches a gradient.
     x = torch.where(valid, x, torch.zeros_like(x))
     y = torch.where(valid, y, torch.zeros_like(y))
