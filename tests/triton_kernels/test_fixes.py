@@ -117,11 +117,12 @@ def _inputs(device):
 
 def test_every_launch_runs_under_its_inputs_device(monkeypatch):
     """Each launcher enters the device guard of its inputs' device before launching (on a GPU:
-    torch.cuda.device(x.device), so inputs on cuda:1 never launch on the current cuda:0)."""
+    torch.cuda.device(x.device), so inputs on cuda:1 never launch on the current cuda:0). Every
+    launch goes through kpfast.triton._common.launch, which takes the guard."""
     _need_triton()
     import contextlib
 
-    from kpfast.triton import decode, loss, render
+    from kpfast.triton import _common, decode, loss, render
 
     seen = []
 
@@ -129,8 +130,7 @@ def test_every_launch_runs_under_its_inputs_device(monkeypatch):
         seen.append(tensor.device)
         return contextlib.nullcontext()
 
-    for module in (render, loss, decode):
-        monkeypatch.setattr(module, "device_guard", spy)
+    monkeypatch.setattr(_common, "device_guard", spy)
     device = _device()
     keypoints, weights, sigma, maps = _inputs(device)
     ops = torch.ops.kpfast_triton
