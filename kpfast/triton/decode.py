@@ -337,7 +337,8 @@ def _soft_argmax_kernel(maps_ptr, coords_ptr, scores_ptr, lse_ptr, width, size, 
         sum_x = sum_x * rescale + tl.sum(e * (index % width).to(tl.float32), axis=0)
         sum_y = sum_y * rescale + tl.sum(e * (index // width).to(tl.float32), axis=0)
         running_max = new_max
-    running_max = tl.where(nans > 0, float("nan"), running_max)
+    # DESIGN.md: a NaN or +inf pixel makes the map's coords and score NaN (as the reference and C++).
+    running_max = tl.where((nans > 0) | (running_max == float("inf")), float("nan"), running_max)
     tl.store(coords_ptr + 2 * map_id, tl.where(nans > 0, float("nan"), sum_x / total))
     tl.store(coords_ptr + 2 * map_id + 1, tl.where(nans > 0, float("nan"), sum_y / total))
     tl.store(scores_ptr + map_id, running_max)

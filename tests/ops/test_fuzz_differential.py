@@ -217,11 +217,6 @@ def test_udp_on_a_saturated_plateau_agrees_with_the_reference_at_blur_1():
 
 # ----------------------------------------------------------------------------- soft-argmax
 
-# The Triton kernel's one known deviation, left to the Triton change: a map with a +inf pixel gets
-# score +inf there, not the documented NaN (its coordinates are NaN as documented).
-TRITON_INF_SCORE = "triton"
-
-
 @pytest.mark.parametrize("backend,device,seed", _cases("soft_argmax"))
 def test_soft_argmax_matches_the_reference(backend, device, seed):
     rng = random.Random(seed)
@@ -231,11 +226,7 @@ def test_soft_argmax_matches_the_reference(backend, device, seed):
     actual = soft_argmax(maps.to(device), beta, backend=backend)
     _close(actual[0], expected[0], atol=1e-4, rtol=TOLERANCE["soft_argmax"][torch.float32],
            what=f"soft_argmax coords, beta {beta}, seed {seed}")
-    want = expected[1]
-    if backend == TRITON_INF_SCORE:
-        has_inf = torch.isposinf(maps).flatten(2).any(dim=-1) & ~torch.isnan(maps).flatten(2).any(dim=-1)
-        want = torch.where(has_inf, math.inf, want)
-    _close(actual[1], want, atol=0.0, what=f"soft_argmax scores, seed {seed}")
+    _close(actual[1], expected[1], atol=0.0, what=f"soft_argmax scores, seed {seed}")
 
 
 def test_soft_argmax_reference_follows_the_documented_non_finite_rule():

@@ -25,6 +25,22 @@ def _forward_backward(maps, beta, backend, probe):
     return coords, scores, leaf.grad
 
 
+def test_non_finite_pixels_follow_the_documented_rule(kernel_backend):
+    """design.md: -inf pixels weigh 0; a NaN or +inf pixel makes the map's coords and score NaN,
+    on every backend as in the reference."""
+    backend, device = kernel_backend
+    maps = torch.rand(4, 1, 6, 5, generator=torch.Generator().manual_seed(3))
+    maps[0, 0, 2, 3] = float("inf")
+    maps[1, 0, 1, 1] = float("nan")
+    maps[2, 0, 4, 0] = float("-inf")
+    maps[3, 0, 2, 2] = 1e37
+    expected = soft_argmax(maps, beta=5.0, backend="torch")
+    coords, scores = soft_argmax(maps.to(device), beta=5.0, backend=backend)
+    assert torch.isnan(expected[1][:2]).all() and torch.isnan(expected[0][:2]).all()
+    torch.testing.assert_close(coords.cpu(), expected[0], rtol=0, atol=1e-4, equal_nan=True)
+    torch.testing.assert_close(scores.cpu(), expected[1], rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("beta", [1.0, 0.3, 25.0])
 def test_backend_matches_reference(kernel_backend, beta):
     backend, device = kernel_backend
