@@ -26,6 +26,11 @@ def _resources():
     return module
 
 
+# DESIGN.md's map, an odd one, and the degenerate sides (1x1, one row, one column), which Triton's
+# launcher specialises into constants; --quick adds K = 1 and one instance.
+QUICK_SIZES = "64x48,17x13,1x1,1x7,7x1"
+
+
 @pytest.fixture(scope="module")
 def aot_records(tmp_path_factory):
     from kpfast.triton import aot
@@ -35,8 +40,8 @@ def aot_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot") / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "kpfast.triton.aot", "--quick", "--arch", "80", "90", "--sizes",
-                           "64x48,17x13", "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
+                           QUICK_SIZES, "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
     assert out.exists(), proc.stderr[-3000:]
     return proc.returncode, json.loads(out.read_text())["records"]
 
@@ -53,6 +58,69 @@ def test_every_kernel_compiles_for_sm80_and_sm90(aot_records):
     assert len(kernels) == 10
     missing = [(k, a) for k in kernels for a in (80, 90) if (k, a) not in covered]
     assert not missing, f"kernels the gate does not compile: {missing}"
+
+
+def test_the_gate_compiles_every_kernel_with_each_launcher_constant(aot_records):
+    """A map side, K, the instance count or a stride equal to 1 reaches the kernel as the constant
+    1 (Triton's launcher): every kernel must compile so at 1x1, 1x7 and 7x1, with K = 1 and with one
+    instance, or the first such launch on a GPU fails (a `.to()` on the Python int 1)."""
+    from kpfast.triton import aot
+
+    records = [r for r in aot_records[1] if r["ok"]]
+    for kernel in aot.jit_kernels():
+        mine = [r for r in records if r["kernel"] == kernel]
+        ones = set().union(*(r["constant_ones"] for r in mine))
+        assert "K" in ones, kernel
+        if kernel != "loss._loss_rescale_kernel":  # no map side, compiled once per dtype
+            sizes = {r["size"] for r in mine}
+            assert {"1x1", "1x7", "7x1"} <= sizes, (kernel, sizes)
+            assert {"height", "width", "size"} & ones, (kernel, ones)
+        if any("N" in r for r in mine):
+            assert {r["N"] for r in mine} == {"one", "many"} and "N" in ones, kernel
+    degenerate = {(r["kernel"], r["size"], r["arch"]) for r in records if r.get("size") == "1x1"}
+    assert {(k, "1x1", a) for k in aot.jit_kernels() if k != "loss._loss_rescale_kernel"
+            for a in (80, 90)} <= degenerate
+
+
+def test_launcher_constants_of_a_degenerate_spec_match_tritons_launcher():
+    """1x1 map, K = 1, one instance: every integer the launcher makes the constant 1 is one in the
+    AOT signature (and nothing else), as Triton's own specialisation decides."""
+    native = getattr(triton.runtime.jit, "native_specialize_impl", None)
+    if native is None:
+        pytest.skip(f"Triton {triton.__version__} has no native_specialize_impl to compare with")
+    from triton.backends.compiler import BaseBackend
+
+    from kpfast.triton import aot
+
+    specs = [s for s in aot.specialisations(((1, 1), (1, 7), (7, 1)), (1,)) if s.label.get("N", "one") == "one"]
+    assert {s.kernel for s in specs} == set(aot.jit_kernels())
+    for spec in specs:
+        signature, constexprs = aot.specialised_signature(spec)
+        for name in aot._specialised_ints(spec):
+            kind = native(BaseBackend, spec.ints[name], False, True, True)[0]
+            assert (kind == "constexpr") == (signature[name] == "constexpr"), (spec.name, name)
+            assert signature[name] != "constexpr" or constexprs[name] == 1
+    peaks = next(s for s in specs if s.kernel == "decode._find_peaks_kernel")
+    assert "width" in aot.constant_ones(peaks) or "height" in aot.constant_ones(peaks)
+
+
+def test_quick_set_keeps_every_launcher_constant_pattern_apart():
+    """--quick compiles each kernel once per set of launcher constants (a side of 1, K = 1, one
+    instance), and the final dedup never merges two specs that compile differently."""
+    from kpfast.triton import aot
+
+    specs = aot.specialisations(((64, 48), (17, 13), (1, 1), (1, 7), (7, 1)), (17, 1))
+    quick = aot.quick_set(specs)
+    patterns = {(s.kernel, aot.constant_ones(s)) for s in specs if s.label.get("blur_kernel", 11) in aot.QUICK_BLURS}
+    assert patterns == {(s.kernel, aot.constant_ones(s)) for s in quick}
+    general = {(s.kernel, s.label.get("kind"), s.label.get("method")) for s in specs}
+    assert general == {(s.kernel, s.label.get("kind"), s.label.get("method")) for s in quick}
+    # 64x48 and 96x72 take the same soft-argmax tile; 48 is a multiple of 16, 72 is not
+    pair = [s for s in aot.specialisations(((64, 48), (96, 72))) if s.kernel == "decode._soft_argmax_kernel"
+            and s.label["dtype"] == "fp32"]
+    assert pair[0].constexprs == pair[1].constexprs and pair[0].signature == pair[1].signature
+    assert aot.compile_key(pair[0]) != aot.compile_key(pair[1])
+    assert len({aot.compile_key(s) for s in quick}) == len(quick)
 
 
 def test_the_gate_compiles_with_the_launchers_compile_options(aot_records):
