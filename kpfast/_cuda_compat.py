@@ -98,9 +98,12 @@ _reasons: dict[int, str | None] = {}
 
 
 @torch.compiler.assume_constant_result
-def device_reason(index: int) -> str | None:
-    """Why the cuda backend cannot run on CUDA device ``index`` (None: it can); computed once per
-    device, a constant for torch.compile."""
+def device_reason(index: int | None) -> str | None:
+    """Why the cuda backend cannot run on CUDA device ``index`` (None: the current device; the
+    answer None: it can); computed once per device, a constant for torch.compile (which calls
+    this at trace time, so nothing in it is traced)."""
+    if index is None:
+        index = torch.cuda.current_device()
     if index not in _reasons:
         build = build_facts()
         _reasons[index] = incompatibility(runtime=build["runtime"], arches=build["arches"], **device_facts(index))

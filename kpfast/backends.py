@@ -163,7 +163,7 @@ def _device_reason(backend: str, device: torch.device) -> str | None:
         if device.type != backend:
             return f"{backend}: tensor is on {device.type}"
         if backend == "cuda":  # the build's architectures and runtime against the device and driver
-            return _cuda_compat.device_reason(torch.cuda.current_device() if device.index is None else device.index)
+            return _cuda_compat.device_reason(device.index)
         return None
     # triton
     if not triton_available():

@@ -88,6 +88,19 @@ def test_a_covered_device_is_available_and_the_answer_is_kept(fake_cuda_build, m
     assert backends.unavailable_reason("cuda", torch.device("cuda", 0)) is None
 
 
+def test_the_check_traces_as_a_constant_under_torch_compile(fake_cuda_build):
+    """Op selection runs inside torch.compile(fullgraph=True): the device check (ctypes, CUDA
+    queries) must not be traced; it is called once at trace time and its answer used as a constant."""
+    fake_cuda_build["capability"] = (7, 0)
+
+    def offset(x):
+        reason = backends.unavailable_reason("cuda", torch.device("cuda", 0))
+        return x + (1.0 if reason is None else 2.0)
+
+    compiled = torch.compile(offset, fullgraph=True, backend="eager")
+    assert compiled(torch.zeros(2)).tolist() == [2.0, 2.0]
+
+
 def test_info_prints_driver_runtime_capability_and_arches(fake_cuda_build, monkeypatch, capsys):
     from kpfast import info
 
