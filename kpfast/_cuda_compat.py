@@ -97,7 +97,6 @@ def build_facts() -> dict:
 _reasons: dict[int, str | None] = {}
 
 
-@torch.compiler.assume_constant_result
 def device_reason(index: int | None) -> str | None:
     """Why the cuda backend cannot run on CUDA device ``index`` (None: the current device; the
     answer None: it can); computed once per device, a constant for torch.compile (which calls
@@ -108,3 +107,9 @@ def device_reason(index: int | None) -> str | None:
         build = build_facts()
         _reasons[index] = incompatibility(runtime=build["runtime"], arches=build["arches"], **device_facts(index))
     return _reasons[index]
+
+
+# What torch.compiler.assume_constant_result(device_reason) does (torch 2.11-2.15), without its
+# import of torch._dynamo, which imports triton: `import kpfast` must not (the first Triton call
+# does). tests/test_cuda_compat.py checks that torch.compile(fullgraph=True) honours it.
+device_reason._dynamo_marked_constant = True

@@ -2,6 +2,8 @@
 on CPU with the device facts (compute capability, driver) and the build facts (architectures,
 CUDA runtime) monkeypatched; on a GPU the last test checks the real device."""
 
+import ctypes
+
 import pytest
 import torch
 
@@ -88,10 +90,14 @@ def test_a_covered_device_is_available_and_the_answer_is_kept(fake_cuda_build, m
     assert backends.unavailable_reason("cuda", torch.device("cuda", 0)) is None
 
 
-def test_the_check_traces_as_a_constant_under_torch_compile(fake_cuda_build):
+def test_the_check_traces_as_a_constant_under_torch_compile(fake_cuda_build, monkeypatch):
     """Op selection runs inside torch.compile(fullgraph=True): the device check (ctypes, CUDA
     queries) must not be traced; it is called once at trace time and its answer used as a constant."""
-    fake_cuda_build["capability"] = (7, 0)
+
+    def facts(index):  # a ctypes call, as the real driver query makes: dynamo cannot trace it
+        return dict(capability=(ctypes.c_int(7).value, 0), driver=CUDA_13_0)
+
+    monkeypatch.setattr(_cuda_compat, "device_facts", facts)
 
     def offset(x):
         reason = backends.unavailable_reason("cuda", torch.device("cuda", 0))
