@@ -4,7 +4,10 @@
 specialisation the ops launch for DESIGN.md's workloads (each encoding, loss kind, prediction
 dtype, constexpr block shape from the launchers' own config functions, with and without the
 instance axis) with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``,
-then reads the static resources of each compiled kernel:
+its integer arguments specialised as Triton's launcher does (1 a constant, multiples of 16
+divisible: ``launcher_ints``; ``--quick`` adds the maps of side 1 and K = 1, DEGENERATE_SIZES),
+then reads the static resources of each compiled kernel (``constant_ones``: the arguments
+compiled as the constant 1):
 
 * ``regs``, ``shared``, ``local`` from ``cuobjdump --dump-resource-usage`` of the cubin;
 * ``spill_stores`` / ``spill_loads`` (bytes per thread) from ``ptxas -v`` on the same PTX;
