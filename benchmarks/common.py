@@ -50,12 +50,20 @@ def environment(device: torch.device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    from kpfast import _cuda_compat, _extension
+
+    build = _cuda_compat.build_facts() if _extension.has_cuda_kernels() else dict(arches=None, runtime=None)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     return {
         "device": device_name(device),
         "device_type": device.type,
+        "capability": None if capability is None else f"{capability[0]}.{capability[1]}",
+        "driver": _cuda_compat.version_text(_cuda_compat.driver_version()),  # the driver's CUDA version
         "torch": torch.__version__,
         "triton": triton_version,
-        "cuda": torch.version.cuda,
+        "cuda": torch.version.cuda,  # torch's CUDA
+        "kpfast_cudart": _cuda_compat.version_text(build["runtime"]),  # the runtime kpfast._C links
+        "kpfast_arches": build["arches"],
         "python": platform.python_version(),
     }
 

@@ -5,7 +5,9 @@
 Runs the cases of ``python -m kpfast.info``'s self-test (every op, encoding, loss kind and
 decode method on a 2x5x20x15 batch) once on ``--backend``, then synchronises, so every CUDA
 kernel of kpfast executes under the tool at least once; then the decoding ops on the maps that
-take their other memory paths (decode_paths)."""
+take their other memory paths (decode_paths); then every vectorised path on inputs that break its
+assumptions (layout_cases: a view one element into its storage, a non-contiguous view, an
+expanded upstream gradient), in float32, bfloat16 and float16."""
 
 import argparse
 import sys
@@ -41,6 +43,50 @@ def _decode_cases(maps, backend: str) -> None:
     ops.find_peaks(maps, threshold=0.5, min_distance=2, max_peaks=4, backend=backend)
 
 
+def _in_layout(values: torch.Tensor, layout: str) -> torch.Tensor:
+    """values one element into a fresh storage ("offset": data_ptr off 16 bytes) or as every row of
+    a buffer one element wider ("strided": non-contiguous)."""
+    if layout == "offset":
+        storage = torch.empty(values.numel() + 1, dtype=values.dtype, device=values.device)
+        return storage[1:].view_as(values).copy_(values)
+    buffer = torch.empty(*values.shape[:-1], values.shape[-1] + 1, dtype=values.dtype, device=values.device)
+    return buffer[..., :-1].copy_(values)
+
+
+def layout_cases(device: torch.device, backend: str) -> list[str]:
+    """Run the loss (pred), render backward (grad_heatmaps, also expanded), decode, soft-argmax
+    (with the expanded upstream of coords.sum()) and find_peaks on misaligned and strided inputs;
+    returns the names run."""
+    from kpfast import ops
+
+    generator = torch.Generator().manual_seed(1)
+    keypoints = (torch.rand(2, 2, 3, 2, generator=generator) * torch.tensor([16.0, 12.0])).to(device)
+    weights = torch.ones(2, 2, 3, device=device)
+    names = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        base = torch.rand(2, 3, 12, 16, generator=generator).to(device=device, dtype=dtype)
+        for layout in ("offset", "strided", "expanded"):
+            if layout == "expanded":
+                upstream = torch.ones((), device=device, dtype=dtype).expand(base.shape)
+            else:
+                upstream = _in_layout(base, layout)
+                pred = _in_layout(base, layout).requires_grad_(True)
+                ops.heatmap_loss(pred, keypoints, weights, sigma=1.5, kind="focal", backend=backend).backward()
+                ops.decode_heatmaps(upstream, "dark", backend=backend)
+                ops.decode_heatmaps(upstream, "local_mean", window=5, backend=backend)
+                ops.find_peaks(upstream, threshold=0.5, min_distance=1, max_peaks=4, backend=backend)
+                maps = _in_layout(base, layout).requires_grad_(True)
+                ops.soft_argmax(maps, beta=2.0, backend=backend)[0].sum().backward()
+            leaf = keypoints.clone().requires_grad_(True)
+            heatmaps, _ = ops.render_heatmaps(leaf, weights, size=(12, 16), sigma=1.5, encoding="udp", dtype=dtype,
+                                              backend=backend)
+            torch.autograd.grad(heatmaps, leaf, grad_outputs=upstream)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            names.append(f"{layout} {dtype}")
+    return names
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", default="cuda", choices=["cuda", "triton"])
@@ -63,6 +109,8 @@ def main(argv=None) -> int:
         _decode_cases(maps, args.backend)
         torch.cuda.synchronize()
         print("ran decode paths", name)
+    for name in layout_cases(device, args.backend):
+        print("ran layout", name)
     return 0
 
 

@@ -15,6 +15,10 @@
 
 #include <string>
 
+#ifdef KPFAST_WITH_CUDA
+#include <cuda_runtime_api.h>  // CUDART_VERSION
+#endif
+
 #include "kpfast/checks.h"
 
 extern "C" {
@@ -39,7 +43,8 @@ std::string build_info() {
   std::string info = "abi=stable;target=" + std::to_string((target >> 56) & 0xff) + "." +
                      std::to_string((target >> 48) & 0xff) + ";torch=" + TORCH_VERSION;
 #ifdef KPFAST_WITH_CUDA
-  info += ";cuda=1;arches=" KPF_STRINGIFY(KPFAST_CUDA_ARCHES);
+  // cudart: the CUDA runtime linked in (statically), which the device's driver must support.
+  info += ";cuda=1;arches=" KPF_STRINGIFY(KPFAST_CUDA_ARCHES) ";cudart=" + std::to_string(CUDART_VERSION);
 #else
   info += ";cuda=0;arches=";
 #endif

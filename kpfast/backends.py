@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kpfast import _extension
+from kpfast import _cuda_compat, _extension
 
 BACKENDS = ("torch", "cpu", "cuda", "triton")
 ENV_VAR = "KPFAST_BACKEND"
@@ -162,6 +162,8 @@ def _device_reason(backend: str, device: torch.device) -> str | None:
             return "cuda: the extension was built without CUDA"
         if device.type != backend:
             return f"{backend}: tensor is on {device.type}"
+        if backend == "cuda":  # the build's architectures and runtime against the device and driver
+            return _cuda_compat.device_reason(device.index)
         return None
     # triton
     if not triton_available():

@@ -50,6 +50,37 @@ def extension() -> dict:
     return report
 
 
+def cuda_compatibility() -> dict:
+    """Can the GPUs here run this build's CUDA kernels: the driver's CUDA version, the runtime and
+    architectures kpfast._C was built with, and each device's compute capability with the cuda
+    backend's reason (None: it runs; kpfast/_cuda_compat.py)."""
+    from kpfast import _cuda_compat, _extension
+
+    build = _cuda_compat.build_facts() if _extension.has_cuda_kernels() else dict(arches=None, runtime=None)
+    devices = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            capability = _cuda_compat.device_facts(index)["capability"]
+            reason = (_cuda_compat.device_reason(index) if _extension.has_cuda_kernels()
+                      else "cuda: the extension was built without CUDA")
+            devices.append(dict(index=index, name=torch.cuda.get_device_name(index),
+                                capability=f"{capability[0]}.{capability[1]}", reason=reason))
+    return dict(driver=_cuda_compat.version_text(_cuda_compat.driver_version()),
+                runtime=_cuda_compat.version_text(build["runtime"]), arches=build["arches"], devices=devices)
+
+
+def print_cuda_compatibility(report: dict) -> None:
+    print("CUDA (kpfast._C's kernels on this machine's GPUs)")
+    print(f"  driver   {'CUDA ' + report['driver'] if report['driver'] else 'none found'}")
+    print(f"  runtime  {'CUDA ' + report['runtime'] if report['runtime'] else 'not in this build'}")
+    print(f"  arches   {report['arches'] or 'none (built without CUDA)'}")
+    for device in report["devices"]:
+        verdict = "runs the cuda backend" if device["reason"] is None else device["reason"]
+        print(f"  cuda:{device['index']}   {device['name']}, compute {device['capability']}: {verdict}")
+    if not report["devices"]:
+        print("  no GPU")
+
+
 def _devices() -> list[torch.device]:
     return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
@@ -203,6 +234,8 @@ def _print(report: dict) -> None:
     built = ", ".join(f"{k}={v}" for k, v in ext["build"].items())
     print(f"  kpfast._C {'loaded' if ext['loaded'] else 'NOT loaded'}" + (f" ({built})" if built else "")
           + (f": {ext['reason']}" if ext["reason"] else ""))
+    if "cuda_compatibility" in report:
+        print_cuda_compatibility(report["cuda_compatibility"])
     print("backends")
     for name, devices in report["backends"].items():
         for device, reason in devices.items():
@@ -231,7 +264,7 @@ def main(argv=None) -> int:
 
     found = versions()
     report = dict(versions=found, version_warnings=untested(found), extension=extension(),
-                  backends=backend_table())
+                  backends=backend_table(), cuda_compatibility=cuda_compatibility())
     for warning in report["version_warnings"]:
         print(f"kpfast.info: WARNING: {warning}", file=sys.stderr)
     if not args.no_self_test:

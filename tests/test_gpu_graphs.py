@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA grap
 CASES = sorted(info._cases(info._inputs(torch.device("cpu"))))
 
 
-@pytest.fixture(params=["cuda", "triton"])
+@pytest.fixture(params=["cuda", pytest.param("triton", marks=pytest.mark.triton)])
 def gpu_backend(request):
     reason = backends._device_reason(request.param, torch.device("cuda"))
     if reason is not None:

@@ -25,13 +25,22 @@ def test_suite_runs_end_to_end_without_a_gpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["install", "info", "gpu-tests", "resources", "memcheck", "racecheck", "benchmarks"]
+    gpu_steps = ["gpu-tests", "triton-tests", "train-step", "train-epoch", "memcheck-cuda", "memcheck-triton",
+                 "racecheck-cuda", "racecheck-triton", "benchmarks"]
+    assert list(steps) == ["install", "smoke"] + gpu_steps + ["resources"]
     assert steps["install"]["status"] == "skipped" and steps["install"]["reason"] == "--no-install"
-    assert steps["info"]["status"] == "passed"
+    # the smoke step runs on CPU too: kpfast.info, and its tests on the CPU backends (GPU ones skip)
+    assert steps["smoke"]["status"] == "passed", (out / "smoke.log").read_text()[-3000:]
+    smoke_log = (out / "smoke.log").read_text()
+    assert "sanitizer cases (cuda backend, no tool)" in smoke_log and "skipped: no GPU" in smoke_log
+    assert " passed" in smoke_log and "failed" not in smoke_log
     report = json.loads((out / "info.json").read_text())
     assert report["versions"]["torch"] == torch.__version__
-    for step in ("gpu-tests", "memcheck", "racecheck", "benchmarks"):
+    assert set(report["cuda_compatibility"]) == {"driver", "runtime", "arches", "devices"}
+    for step in gpu_steps:
         assert steps[step]["status"] == "skipped" and "no GPU" in steps[step]["reason"], steps[step]
+    assert summary["environment"]["torch"] == torch.__version__ and "driver" in summary["environment"]
+    assert (Path(os.environ.get("TRITON_CACHE_DIR", out / "triton-cache"))).is_dir()
     assert summary["ok"] and (out / "summary.md").read_text().startswith("# gpu_suite: OK")
 
 
@@ -40,3 +49,20 @@ def test_sanitizer_driver_refuses_to_run_without_a_gpu():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sanitizer_cases.py")], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "no GPU" in proc.stderr
+
+
+def test_sanitizer_layout_cases_run_on_the_cpu_backend():
+    """The misaligned / strided / expanded cases the sanitizers run, here on the cpu kernels (a GPU
+    run takes them through cuda and triton): every op and dtype runs."""
+    from kpfast import _extension
+
+    if not _extension.is_loaded():
+        pytest.skip(_extension.unavailable_reason())
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import sanitizer_cases
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    names = sanitizer_cases.layout_cases(torch.device("cpu"), "cpu")
+    assert names == [f"{layout} {dtype}" for dtype in (torch.float32, torch.bfloat16, torch.float16)
+                     for layout in ("offset", "strided", "expanded")]

@@ -48,6 +48,9 @@ inline void check_launch(const char* kernel) {
   STD_TORCH_CHECK(error == cudaSuccess, kernel, ": CUDA launch failed: ", cudaGetErrorString(error));
 }
 
+// CUDA's limit on grid dimensions y and z (x: 2**31 - 1, grid_for's default).
+constexpr int64_t kMaxGridYZ = 65535;
+
 // Blocks of `per_block` items covering `items`, as a grid dimension (checked, never truncated).
 inline unsigned grid_for(int64_t items, int64_t per_block, int64_t limit = (int64_t(1) << 31) - 1) {
   const int64_t blocks = (items + per_block - 1) / per_block;

@@ -867,7 +867,8 @@ Tensor soft_argmax_backward_cuda(Tensor grad_coords, Tensor heatmaps, Tensor coo
     // then the same); otherwise every element is a scalar.
     const bool vectorise = reinterpret_cast<uintptr_t>(in) % 16 == reinterpret_cast<uintptr_t>(out) % 16;
     const int64_t units = vectorise && width >= V ? (size + V - 1) / V : size;
-    const int64_t tiles = std::min<int64_t>((units + kBackwardTile - 1) / kBackwardTile, 65535);  // tiles loop past
+    // the tiles loop past grid y's limit
+    const int64_t tiles = std::min<int64_t>((units + kBackwardTile - 1) / kBackwardTile, kMaxGridYZ);
     const dim3 grid(grid_for(maps, 1), static_cast<unsigned>(tiles));
     const CoordinateGrad<acc_t> upstream{g.const_data_ptr<acc_t>(), g.stride(0), g.stride(1), g.stride(2),
                                          static_cast<int>(heatmaps.size(1))};

@@ -319,8 +319,10 @@ void launch_render_forward(const Tensor& keypoints, const OptionalTensor& weight
   } else {
     out_t* out = heatmaps.mutable_data_ptr<out_t>();
     const ForwardPlan p = plan_forward(N, height, width, sizeof(out_t), sizeof(compute_t), out);
-    const dim3 grid(grid_for(B * K, 1), static_cast<unsigned>((height + p.tile_rows - 1) / p.tile_rows),
-                    static_cast<unsigned>((width + p.tile_cols - 1) / p.tile_cols));
+    // Row and column tiles on grid y and z, whose limit is 65535 (within it for every map side
+    // kpfast accepts, <= 32768, but checked: a launch past it fails with an opaque error).
+    const dim3 grid(grid_for(B * K, 1), grid_for(height, p.tile_rows, kMaxGridYZ),
+                    grid_for(width, p.tile_cols, kMaxGridYZ));
     constexpr int kVec = 16 / sizeof(out_t);
     const auto launch = [&](auto vec) {
       render_forward_kernel<compute_t, out_t, decltype(vec)::value><<<grid, kThreads, p.shared_bytes, stream>>>(

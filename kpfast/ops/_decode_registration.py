@@ -17,16 +17,17 @@ def _fake_decode(heatmaps, method, blur_kernel, window):
             heatmaps.new_empty((batch, num_keypoints), dtype=torch.float32))
 
 
-def _compute_dtype(heatmaps):
-    return torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+def _fake_soft_argmax(float64_maps_in_float64: bool):
+    """The fake soft-argmax of a namespace whose kernels compute float64 maps in float64 (the C++
+    ops) or always in float32 (the Triton op): its outputs' dtype, as the real kernel gives it."""
+    def fake(heatmaps, beta):
+        batch, num_keypoints = heatmaps.shape[:2]
+        dtype = torch.float64 if float64_maps_in_float64 and heatmaps.dtype == torch.float64 else torch.float32
+        return (heatmaps.new_empty((batch, num_keypoints, 2), dtype=dtype),
+                heatmaps.new_empty((batch, num_keypoints), dtype=dtype),
+                heatmaps.new_empty((batch, num_keypoints), dtype=dtype))
 
-
-def _fake_soft_argmax(heatmaps, beta):
-    batch, num_keypoints = heatmaps.shape[:2]
-    dtype = _compute_dtype(heatmaps)
-    return (heatmaps.new_empty((batch, num_keypoints, 2), dtype=dtype),
-            heatmaps.new_empty((batch, num_keypoints), dtype=dtype),
-            heatmaps.new_empty((batch, num_keypoints), dtype=dtype))
+    return fake
 
 
 def _fake_soft_argmax_backward(grad_coords, heatmaps, coords, log_normaliser, beta):
@@ -40,13 +41,15 @@ def _fake_find_peaks(heatmaps, threshold, min_distance, max_peaks):
             heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.bool))
 
 
-def register(namespace: str, backward_name: str) -> None:
+def register(namespace: str, backward_name: str, float64_maps_in_float64: bool = True) -> None:
     """Fake kernels of ``<namespace>``'s decoding ops and soft-argmax's autograd through the
     backward op ``<namespace>::<backward_name>`` (the registration scheme of every op file: a
-    namespace and the name of its backward op, e.g. ``("kpfast", "_soft_argmax_backward")``)."""
+    namespace and the name of its backward op, e.g. ``("kpfast", "_soft_argmax_backward")``).
+    ``float64_maps_in_float64``: whether the soft-argmax kernel returns float64 for float64 maps
+    (the C++ kernels) or float32 always (the Triton kernel)."""
     soft_argmax_backward_op = getattr(getattr(torch.ops, namespace), backward_name)
     torch.library.register_fake(f"{namespace}::decode_heatmaps")(_fake_decode)
-    torch.library.register_fake(f"{namespace}::soft_argmax")(_fake_soft_argmax)
+    torch.library.register_fake(f"{namespace}::soft_argmax")(_fake_soft_argmax(float64_maps_in_float64))
     torch.library.register_fake(f"{namespace}::{backward_name}")(_fake_soft_argmax_backward)
     torch.library.register_fake(f"{namespace}::find_peaks")(_fake_find_peaks)
 

@@ -31,7 +31,7 @@ def _load_triton() -> None:
     if not _triton_loaded:
         import kpfast.triton.decode  # noqa: F401  (defines the kpfast_triton ops)
 
-        _decode_registration.register("kpfast_triton", "soft_argmax_backward")
+        _decode_registration.register("kpfast_triton", "soft_argmax_backward", float64_maps_in_float64=False)
         _triton_loaded = True
 
 

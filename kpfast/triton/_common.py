@@ -44,8 +44,23 @@ def compile_options() -> dict:
     return dict(enable_fp_fusion=FP_FUSION)
 
 
+# CUDA's grid limits: 2**31 - 1 blocks along x, 65535 along y and z. Every launcher puts its
+# unbounded axis (maps, or maps x chunks) on x.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(grid: tuple) -> tuple:
+    """``grid``, after checking every axis against MAX_GRID (a launch past a limit fails on the GPU
+    with an opaque "invalid argument", or not at all under the interpreter)."""
+    if len(grid) > len(MAX_GRID) or any(not 1 <= n <= limit for n, limit in zip(grid, MAX_GRID)):
+        raise ValueError(f"kpfast: Triton grid {tuple(grid)} outside CUDA's limits 1..{MAX_GRID} per axis")
+    return grid
+
+
 def launch(kernel, grid, *args, **config) -> None:
-    """``kernel[grid](*args, **config)`` on the first argument's GPU, with :func:`compile_options`."""
+    """``kernel[grid](*args, **config)`` on the first argument's GPU, with :func:`compile_options`,
+    the grid checked against CUDA's limits."""
+    check_grid(grid)
     with device_guard(args[0]):
         kernel[grid](*args, **config, **compile_options())
 

@@ -4,7 +4,10 @@
 specialisation the ops launch for DESIGN.md's workloads (each encoding, loss kind, prediction
 dtype, constexpr block shape from the launchers' own config functions, with and without the
 instance axis) with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``,
-then reads the static resources of each compiled kernel:
+its integer arguments specialised as Triton's launcher does (1 a constant, multiples of 16
+divisible: ``launcher_ints``; ``--quick`` adds the maps of side 1 and K = 1, DEGENERATE_SIZES),
+then reads the static resources of each compiled kernel (``constant_ones``: the arguments
+compiled as the constant 1):
 
 * ``regs``, ``shared``, ``local`` from ``cuobjdump --dump-resource-usage`` of the cubin;
 * ``spill_stores`` / ``spill_loads`` (bytes per thread) from ``ptxas -v`` on the same PTX;
@@ -77,142 +80,164 @@ def _sig(names, types, constexprs):
     return signature
 
 
-# Keypoints per instance in the launcher values below: COCO's 17.
+# Keypoints per instance in the launcher values below: COCO's 17; instances per image of the
+# "many" specialisations (any count but 1 compiles the same kernel: only 1 is a constant).
 LAUNCH_KEYPOINTS = 17
+LAUNCH_INSTANCES = 2
+# Maps with a side of 1 (and the 1x1 map): Triton's launcher turns every integer argument equal to 1
+# (height, width, the map size, a stride) into a compile-time constant, which a kernel must accept
+# (no `.to()` on it: it is a Python int in the compiled kernel). The --quick gate compiles them, with
+# K = 1 besides K = 17 (DEGENERATE_KEYPOINTS), so that a real launch never meets an uncompiled form.
+DEGENERATE_SIZES = ((1, 1), (1, 7), (7, 1))
+DEGENERATE_KEYPOINTS = 1
 
 
-def launcher_ints(height: int, width: int, keypoints: int = LAUNCH_KEYPOINTS) -> dict:
-    """Integer arguments as Triton's JIT launcher sees them for a contiguous (B, K, H, W) batch.
+def launcher_ints(height: int, width: int, keypoints: int = LAUNCH_KEYPOINTS,
+                  instances: int = LAUNCH_INSTANCES) -> dict:
+    """Integer arguments as Triton's JIT launcher sees them for a contiguous (B, N, K) keypoint and
+    (B, K, H, W) map batch.
 
     The launcher specialises on them (an int divisible by 16 is marked ``tt.divisibility=16``, an
     int equal to 1 becomes a constant), and that decides whether loads and stores can be 16-byte
-    vectors: an AOT compile without these attributes would show scalar accesses the real launch
-    does not make. Strides of a (B, K) upstream gradient or sigma, of soft-argmax's (B, K, 2)
-    coordinate gradient and of render's (B, K, H, W) map gradient are those of a contiguous one."""
+    vectors and whether the kernel compiles at all: an AOT compile without these attributes would
+    show scalar accesses the real launch does not make, and miss a kernel that rejects a constant
+    side. Strides of a (B, K) upstream gradient or sigma, of soft-argmax's (B, K, 2) coordinate
+    gradient and of render's (B, K, H, W) map gradient are those of a contiguous one."""
     size = height * width
-    return dict(height=height, width=width, size=size, map_size=size, K=keypoints, stride_b=keypoints * size,
-                stride_k=size, stride_h=width, sigma_stride_b=keypoints, sigma_stride_k=1,
-                upstream_stride_b=keypoints, upstream_stride_k=1, grad_stride_b=2 * keypoints, grad_stride_k=2,
-                grad_stride_xy=1, grad_maps_stride_b=keypoints * size, grad_maps_stride_k=size,
+    from kpfast.triton.decode import soft_argmax_backward_config
+
+    chunks = -(-size // soft_argmax_backward_config(size)["BLOCK"])
+    return dict(height=height, width=width, size=size, map_size=size, chunks=chunks, N=instances, K=keypoints,
+                stride_b=keypoints * size, stride_k=size, stride_h=width, stride_w=1, sigma_stride_b=keypoints,
+                sigma_stride_k=1, upstream_stride_b=keypoints, upstream_stride_k=1, grad_stride_b=2 * keypoints,
+                grad_stride_k=2, grad_stride_xy=1, grad_maps_stride_b=keypoints * size, grad_maps_stride_k=size,
                 grad_maps_stride_h=width, grad_maps_stride_w=1)
 
 
-def specialisations(sizes=SIZES) -> list[Spec]:
+def specialisations(sizes=SIZES, keypoints=(LAUNCH_KEYPOINTS,)) -> list[Spec]:
+    """Every specialisation for each (height, width) of ``sizes`` and each keypoint count of
+    ``keypoints`` (labelled ``K`` when it is not LAUNCH_KEYPOINTS)."""
+    specs = []
+    for count in keypoints:
+        for height, width in sizes:
+            specs += _size_specialisations(height, width, count, first_size=(height, width) == sizes[0])
+    return specs
+
+
+def _size_specialisations(height: int, width: int, keypoints: int, first_size: bool) -> list[Spec]:
     from kpfast.triton import decode, loss, render
 
     specs = []
-    for height, width in sizes:
-        first_of_size = len(specs)
-        size = f"{height}x{width}"
-        for encoding in ("msra", "udp", "dark"):
-            for instances in ("one", "many"):  # N == 1 is specialised by Triton's launcher
-                n = {"N": 1} if instances == "one" else {}
-                for dtype in DTYPES:
-                    size_of = ELEMENT_BYTES[dtype]
-                    c = dict(render.forward_config(height, width, encoding, element_size=size_of), **n)
-                    names = ["keypoints_ptr", "weights_ptr", "sigma_ptr", "out_ptr", "weights_out_ptr", "N", "K",
-                             "height", "width", "sigma_stride_b", "sigma_stride_k", "sigma_value"]
-                    types = ["*fp32", "*fp32", "*fp32", f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32", "i32", "i32",
-                             "fp32"]
-                    specs.append(Spec("render._render_forward_kernel",
-                                      dict(size=size, encoding=encoding, N=instances, dtype=dtype),
-                                      _sig(names, types, c), c))
-                    c = dict(render.backward_config(height, width, encoding, element_size=size_of), **n)
-                    options = _launch_options(c)
-                    names = ["grad_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "grad_keypoints_ptr",
-                             "grad_sigma_ptr", "N", "K", "height", "width", "grad_maps_stride_b", "grad_maps_stride_k",
-                             "grad_maps_stride_h", "grad_maps_stride_w", "sigma_stride_b", "sigma_stride_k",
-                             "sigma_value"]
-                    types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"] + ["i32"] * 10 + ["fp32"]
-                    specs.append(Spec("render._render_backward_kernel",
-                                      dict(size=size, encoding=encoding, N=instances, dtype=dtype),
-                                      _sig(names, types, c), c, options=options))
-                    for kind in ("mse", "focal", "cornernet"):
-                        # the compiled-product default exponents and the general powers (mse has none)
-                        for fixed in ((True,) if kind == "mse" else (True, False)):
-                            # contiguous pred: stride_w == 1, which the launcher specialises too
-                            c = dict(loss.launch_config(height, width, encoding, kind, fixed, element_size=size_of),
-                                     stride_w=1, **n)
-                            warps = c.pop("num_warps", 4)
-                            options = _launch_options(c)
-                            block = c["BLOCK_H"] * c["BLOCK_W"]
-                            scalars = ["sigma_value", "alpha", "gamma", "beta", "keypoint_weight", "background_weight",
-                                       "threshold", "l1_weight"]
-                            tail = ["N", "K", "height", "width", "stride_b", "stride_k", "stride_h", "stride_w",
-                                    "sigma_stride_b", "sigma_stride_k"] + scalars
-                            tail_types = ["i32"] * 10 + ["fp32"] * 8
-                            names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
-                                     "positives_ptr"] + tail
-                            types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"] + tail_types
-                            label = dict(size=size, encoding=encoding, kind=kind, N=instances, dtype=dtype,
-                                         exponents="fixed" if fixed else "general")
-                            specs.append(Spec("loss._loss_forward_kernel", label, _sig(names, types, c), c, warps,
-                                              elements_per_loop=block, options=options))
-                            upstream_tail = tail[:10] + ["upstream_stride_b", "upstream_stride_k"] + tail[10:]
-                            names = ["upstream_ptr", "pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr",
-                                     "grad_ptr"] + upstream_tail
-                            types = (["*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 12
-                                     + ["fp32"] * 8)
-                            specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
-                                              elements_per_loop=block, options=options))
-                            if kind == "cornernet":
-                                continue
-                            # the gradient-in-forward opt-in (mse, focal): loss and gradient in one pass
-                            c = dict(loss.fused_launch_config(height, width, encoding, kind, fixed,
-                                                              element_size=size_of), stride_w=1, **n)
-                            warps = c.pop("num_warps", 4)
-                            options = _launch_options(c)
-                            names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
-                                     "positives_ptr", "grad_ptr"] + tail[:11] + ["expected_upstream"] + tail[11:]
-                            types = ([f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", f"*{dtype}"]
-                                     + ["i32"] * 10 + ["fp32"] * 9)
-                            specs.append(Spec("loss._loss_fused_forward_kernel", label, _sig(names, types, c), c,
-                                              warps, elements_per_loop=c["BLOCK_H"] * c["BLOCK_W"], options=options))
-                    if (height, width) == sizes[0] and encoding == "msra" and instances == "one":
-                        c = dict(BLOCK=loss.RESCALE_BLOCK)  # one per dtype: no size, encoding or N in it
-                        names = ["grad_ptr", "upstream_ptr", "upstream_stride_b", "upstream_stride_k", "K",
-                                 "map_size", "expected_upstream"]
-                        types = [f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32", "fp32"]
-                        specs.append(Spec("loss._loss_rescale_kernel", dict(dtype=dtype), _sig(names, types, c), c,
-                                          4, elements_per_loop=loss.RESCALE_BLOCK))
-        for dtype in DTYPES:
-            for method in decode.METHODS:
-                for blur_kernel in (BLURS[dtype] if method in ("dark", "udp") else (11,)):
-                    c = decode.decode_config(height, width, method, blur_kernel, 3)
-                    warps = c.pop("num_warps")
-                    options = _launch_options(c)
-                    names = ["maps_ptr", "coords_ptr", "scores_ptr", "height", "width"]
-                    types = [f"*{dtype}", "*fp32", "*fp32", "i32", "i32"]
-                    label = dict(size=size, method=method, dtype=dtype)
-                    if method in ("dark", "udp"):
-                        label["blur_kernel"] = blur_kernel
-                    specs.append(Spec("decode._decode_kernel", label, _sig(names, types, c), c, warps,
-                                      elements_per_loop=c["BLOCK"], options=options))
-            c = decode.soft_argmax_config(height * width)
-            warps = c.pop("num_warps")
-            names = ["maps_ptr", "coords_ptr", "scores_ptr", "lse_ptr", "width", "size", "beta"]
-            types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "i32", "i32", "fp32"]
-            specs.append(Spec("decode._soft_argmax_kernel", dict(size=size, dtype=dtype), _sig(names, types, c), c,
-                              warps, elements_per_loop=c["BLOCK"]))
-            c = decode.soft_argmax_backward_config(height * width)
-            warps = c.pop("num_warps")
-            names = ["grad_coords_ptr", "maps_ptr", "coords_ptr", "lse_ptr", "grad_ptr", "K", "grad_stride_b",
-                     "grad_stride_k", "grad_stride_xy", "width", "size", "beta"]
-            types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 6 + ["fp32"]
-            specs.append(Spec("decode._soft_argmax_backward_kernel", dict(size=size, dtype=dtype),
-                              _sig(names, types, c), c, warps))
-            # min_distance is a runtime argument (issue 13): one specialisation per selection-list size.
-            for max_peaks in (20, 200):
-                c = decode.find_peaks_config(height, width, max_peaks)
+    size = f"{height}x{width}"
+    for encoding in ("msra", "udp", "dark"):
+        for instances in ("one", "many"):  # N == 1 is specialised by Triton's launcher (launcher_ints)
+            for dtype in DTYPES:
+                size_of = ELEMENT_BYTES[dtype]
+                c = render.forward_config(height, width, encoding, element_size=size_of)
+                names = ["keypoints_ptr", "weights_ptr", "sigma_ptr", "out_ptr", "weights_out_ptr", "N", "K",
+                         "height", "width", "sigma_stride_b", "sigma_stride_k", "sigma_value"]
+                types = ["*fp32", "*fp32", "*fp32", f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32", "i32", "i32",
+                         "fp32"]
+                specs.append(Spec("render._render_forward_kernel",
+                                  dict(size=size, encoding=encoding, N=instances, dtype=dtype),
+                                  _sig(names, types, c), c))
+                c = render.backward_config(height, width, encoding, element_size=size_of)
+                options = _launch_options(c)
+                names = ["grad_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "grad_keypoints_ptr",
+                         "grad_sigma_ptr", "N", "K", "height", "width", "grad_maps_stride_b", "grad_maps_stride_k",
+                         "grad_maps_stride_h", "grad_maps_stride_w", "sigma_stride_b", "sigma_stride_k",
+                         "sigma_value"]
+                types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"] + ["i32"] * 10 + ["fp32"]
+                specs.append(Spec("render._render_backward_kernel",
+                                  dict(size=size, encoding=encoding, N=instances, dtype=dtype),
+                                  _sig(names, types, c), c, options=options))
+                for kind in ("mse", "focal", "cornernet"):
+                    # the compiled-product default exponents and the general powers (mse has none)
+                    for fixed in ((True,) if kind == "mse" else (True, False)):
+                        c = loss.launch_config(height, width, encoding, kind, fixed, element_size=size_of)
+                        warps = c.pop("num_warps", 4)
+                        options = _launch_options(c)
+                        block = c["BLOCK_H"] * c["BLOCK_W"]
+                        scalars = ["sigma_value", "alpha", "gamma", "beta", "keypoint_weight", "background_weight",
+                                   "threshold", "l1_weight"]
+                        tail = ["N", "K", "height", "width", "stride_b", "stride_k", "stride_h", "stride_w",
+                                "sigma_stride_b", "sigma_stride_k"] + scalars
+                        tail_types = ["i32"] * 10 + ["fp32"] * 8
+                        names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
+                                 "positives_ptr"] + tail
+                        types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"] + tail_types
+                        label = dict(size=size, encoding=encoding, kind=kind, N=instances, dtype=dtype,
+                                     exponents="fixed" if fixed else "general")
+                        specs.append(Spec("loss._loss_forward_kernel", label, _sig(names, types, c), c, warps,
+                                          elements_per_loop=block, options=options))
+                        upstream_tail = tail[:10] + ["upstream_stride_b", "upstream_stride_k"] + tail[10:]
+                        names = ["upstream_ptr", "pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr",
+                                 "grad_ptr"] + upstream_tail
+                        types = (["*fp32", f"*{dtype}", "*fp32", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 12
+                                 + ["fp32"] * 8)
+                        specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
+                                          elements_per_loop=block, options=options))
+                        if kind == "cornernet":
+                            continue
+                        # the gradient-in-forward opt-in (mse, focal): loss and gradient in one pass
+                        c = loss.fused_launch_config(height, width, encoding, kind, fixed,
+                                                     element_size=size_of)
+                        warps = c.pop("num_warps", 4)
+                        options = _launch_options(c)
+                        names = ["pred_ptr", "keypoints_ptr", "weights_ptr", "sigma_ptr", "map_losses_ptr",
+                                 "positives_ptr", "grad_ptr"] + tail[:11] + ["expected_upstream"] + tail[11:]
+                        types = ([f"*{dtype}", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32", f"*{dtype}"]
+                                 + ["i32"] * 10 + ["fp32"] * 9)
+                        specs.append(Spec("loss._loss_fused_forward_kernel", label, _sig(names, types, c), c,
+                                          warps, elements_per_loop=c["BLOCK_H"] * c["BLOCK_W"], options=options))
+                if first_size and encoding == "msra" and instances == "one":
+                    c = dict(BLOCK=loss.RESCALE_BLOCK)  # one per dtype: no size, encoding or N in it
+                    names = ["grad_ptr", "upstream_ptr", "upstream_stride_b", "upstream_stride_k", "K",
+                             "map_size", "expected_upstream"]
+                    types = [f"*{dtype}", "*fp32", "i32", "i32", "i32", "i32", "fp32"]
+                    specs.append(Spec("loss._loss_rescale_kernel", dict(dtype=dtype), _sig(names, types, c), c,
+                                      4, elements_per_loop=loss.RESCALE_BLOCK))
+    for dtype in DTYPES:
+        for method in decode.METHODS:
+            for blur_kernel in (BLURS[dtype] if method in ("dark", "udp") else (11,)):
+                c = decode.decode_config(height, width, method, blur_kernel, 3)
                 warps = c.pop("num_warps")
                 options = _launch_options(c)
-                names = ["maps_ptr", "coords_ptr", "scores_ptr", "valid_ptr", "height", "width", "min_distance",
-                         "threshold", "max_peaks"]
-                types = [f"*{dtype}", "*fp32", "*fp32", "*i8", "i32", "i32", "i32", "fp32", "i32"]
-                specs.append(Spec("decode._find_peaks_kernel", dict(size=size, max_peaks=max_peaks, dtype=dtype),
-                                  _sig(names, types, c), c, warps, options=options))
-        for spec in specs[first_of_size:]:
-            spec.ints = launcher_ints(height, width)
+                names = ["maps_ptr", "coords_ptr", "scores_ptr", "height", "width"]
+                types = [f"*{dtype}", "*fp32", "*fp32", "i32", "i32"]
+                label = dict(size=size, method=method, dtype=dtype)
+                if method in ("dark", "udp"):
+                    label["blur_kernel"] = blur_kernel
+                specs.append(Spec("decode._decode_kernel", label, _sig(names, types, c), c, warps,
+                                  elements_per_loop=c["BLOCK"], options=options))
+        c = decode.soft_argmax_config(height * width)
+        warps = c.pop("num_warps")
+        names = ["maps_ptr", "coords_ptr", "scores_ptr", "lse_ptr", "width", "size", "beta"]
+        types = [f"*{dtype}", "*fp32", "*fp32", "*fp32", "i32", "i32", "fp32"]
+        specs.append(Spec("decode._soft_argmax_kernel", dict(size=size, dtype=dtype), _sig(names, types, c), c,
+                          warps, elements_per_loop=c["BLOCK"]))
+        c = decode.soft_argmax_backward_config(height * width)
+        warps = c.pop("num_warps")
+        names = ["grad_coords_ptr", "maps_ptr", "coords_ptr", "lse_ptr", "grad_ptr", "K", "grad_stride_b",
+                 "grad_stride_k", "grad_stride_xy", "width", "size", "chunks", "beta"]
+        types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 7 + ["fp32"]
+        specs.append(Spec("decode._soft_argmax_backward_kernel", dict(size=size, dtype=dtype),
+                          _sig(names, types, c), c, warps))
+        # min_distance is a runtime argument (issue 13): one specialisation per selection-list size.
+        for max_peaks in (20, 200):
+            c = decode.find_peaks_config(height, width, max_peaks)
+            warps = c.pop("num_warps")
+            options = _launch_options(c)
+            names = ["maps_ptr", "coords_ptr", "scores_ptr", "valid_ptr", "height", "width", "min_distance",
+                     "threshold", "max_peaks"]
+            types = [f"*{dtype}", "*fp32", "*fp32", "*i8", "i32", "i32", "i32", "fp32", "i32"]
+            specs.append(Spec("decode._find_peaks_kernel", dict(size=size, max_peaks=max_peaks, dtype=dtype),
+                              _sig(names, types, c), c, warps, options=options))
+    for spec in specs:
+        instances = 1 if spec.label.get("N") == "one" else LAUNCH_INSTANCES
+        spec.ints = launcher_ints(height, width, keypoints, instances)
+        if keypoints != LAUNCH_KEYPOINTS:
+            spec.label["K"] = keypoints
     return specs
 
 
@@ -530,11 +555,24 @@ def ptxas_spills(ptx: str, workdir: str, fp_fusion: bool = True) -> dict:
     return dict(spill_stores=int(spills.group(1)), spill_loads=int(spills.group(2)))
 
 
+def _kernel_function(spec: Spec):
+    module, function = spec.kernel.split(".")
+    return getattr(__import__(f"kpfast.triton.{module}", fromlist=[function]), function)
+
+
+def _specialised_ints(spec: Spec) -> dict:
+    """The integer arguments the launcher specialises on: all but the kernel's ``do_not_specialize``."""
+    fixed = {param.name for param in getattr(_kernel_function(spec), "params", ())
+             if getattr(param, "do_not_specialize", False)}
+    return {name: value for name, value in spec.ints.items()
+            if spec.signature.get(name) == "i32" and name not in fixed}
+
+
 def specialised_signature(spec: Spec) -> tuple[dict, dict]:
     """(signature, constexprs) with the integer arguments the launcher turns into the constant 1."""
     signature, constexprs = dict(spec.signature), dict(spec.constexprs)
-    for name, value in spec.ints.items():
-        if signature.get(name) == "i32" and value == 1:
+    for name, value in _specialised_ints(spec).items():
+        if value == 1:
             signature[name], constexprs[name] = "constexpr", 1
     return signature, constexprs
 
@@ -542,8 +580,24 @@ def specialised_signature(spec: Spec) -> tuple[dict, dict]:
 def divisible_arguments(spec: Spec) -> list[str]:
     """Arguments the launcher marks divisible by 16: every pointer (the torch caching allocator's
     blocks are 16-byte aligned, and the launcher checks), and the integers that are."""
+    ints = _specialised_ints(spec)
     return [name for name, kind in spec.signature.items()
-            if kind.startswith("*") or (kind == "i32" and spec.ints.get(name, 1) % 16 == 0)]
+            if kind.startswith("*") or (name in ints and ints[name] % 16 == 0)]
+
+
+def compile_key(spec: Spec) -> tuple:
+    """What decides the compiled kernel: two specs with the same key compile the same code (sizes
+    with the same block shapes, integer constants and divisibility), two with different keys never
+    share a record."""
+    signature, constexprs = specialised_signature(spec)
+    return (spec.kernel, json.dumps(signature, sort_keys=True), json.dumps(constexprs, sort_keys=True),
+            tuple(divisible_arguments(spec)), json.dumps(spec.options, sort_keys=True), spec.num_warps)
+
+
+def constant_ones(spec: Spec) -> tuple[str, ...]:
+    """The integer arguments the launcher turns into the constant 1 for this spec (a degenerate
+    side, one instance, K = 1, a unit stride)."""
+    return tuple(sorted(name for name, value in _specialised_ints(spec).items() if value == 1))
 
 
 def compile_one(spec: Spec, arch: int) -> dict:
@@ -553,9 +607,9 @@ def compile_one(spec: Spec, arch: int) -> dict:
 
     from kpfast.triton._common import compile_options
 
-    module, function = spec.kernel.split(".")
-    fn = getattr(__import__(f"kpfast.triton.{module}", fromlist=[function]), function)
-    record = dict(kernel=spec.kernel, name=spec.name, arch=arch, num_warps=spec.num_warps, **spec.label)
+    fn = _kernel_function(spec)
+    record = dict(kernel=spec.kernel, name=spec.name, arch=arch, num_warps=spec.num_warps, **spec.label,
+                  constant_ones=list(constant_ones(spec)))
     try:
         signature, constexpr_values = specialised_signature(spec)
         constexprs = {(fn.arg_names.index(k),): v for k, v in constexpr_values.items()}
@@ -604,6 +658,25 @@ def _block_elements(constexprs: dict) -> int | None:
     return None
 
 
+def quick_set(specs: list[Spec]) -> list[Spec]:
+    """The unit-test set: the first spec of each kernel, loss kind, decode method and blur size in
+    QUICK_BLURS (register budgets and spills), and of each kernel, decode method, blur size and set
+    of launcher constants equal to 1 (one instance, K = 1, each degenerate side: compiled as the
+    launcher would, never merged into the general case; the loss kinds differ in pixel arithmetic
+    only, which no constant reaches)."""
+    seen, quick = set(), []
+    for spec in specs:
+        blur = spec.label.get("blur_kernel")
+        if blur is not None and blur not in QUICK_BLURS:
+            continue
+        general = (spec.kernel, spec.label.get("kind"), spec.label.get("method"), blur)
+        constants = (spec.kernel, spec.label.get("method"), blur, constant_ones(spec))
+        if general not in seen or constants not in seen:
+            seen.update((general, constants))
+            quick.append(spec)
+    return quick
+
+
 def _compile_star(args):
     return compile_one(*args)
 
@@ -615,29 +688,30 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--sizes", default=None, help="comma-separated HxW list (default: DESIGN.md's and more)")
     parser.add_argument("--quick", action="store_true",
-                        help="one specialisation per kernel, kind, method (and blur size in QUICK_BLURS)")
+                        help="one specialisation per kernel, kind, method, blur size in QUICK_BLURS and set of "
+                             "integer arguments equal to 1 (default sizes: DESIGN.md's and DEGENERATE_SIZES)")
+    parser.add_argument("--keypoints", type=int, nargs="+", default=None,
+                        help=f"keypoint counts K (default: {LAUNCH_KEYPOINTS}; --quick: {LAUNCH_KEYPOINTS} and "
+                             f"{DEGENERATE_KEYPOINTS})")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="only this prediction/map dtype")
     parser.add_argument("--kernel", default=None, help="only kernels whose name contains this")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("kpfast.triton.aot: unset TRITON_INTERPRET (the interpreter compiles nothing)", file=sys.stderr)
         return 2
-    sizes = SIZES if args.sizes is None else tuple(tuple(int(v) for v in s.split("x")) for s in args.sizes.split(","))
-    specs = [s for s in specialisations(sizes) if (args.kernel is None or args.kernel in s.kernel)
+    if args.sizes is None:
+        sizes = SIZES + DEGENERATE_SIZES if args.quick else SIZES
+    else:
+        sizes = tuple(tuple(int(v) for v in s.split("x")) for s in args.sizes.split(","))
+    keypoints = args.keypoints or ((LAUNCH_KEYPOINTS, DEGENERATE_KEYPOINTS) if args.quick else (LAUNCH_KEYPOINTS,))
+    specs = [s for s in specialisations(sizes, keypoints) if (args.kernel is None or args.kernel in s.kernel)
              and (args.dtype is None or s.label.get("dtype") == args.dtype)]
-    if args.quick:  # one specialisation per kernel, loss kind and decode method: the unit-test set
-        seen, quick = set(), []
-        for spec in specs:
-            blur = spec.label.get("blur_kernel")
-            if blur is not None and blur not in QUICK_BLURS:
-                continue
-            key = (spec.kernel, spec.label.get("kind"), spec.label.get("method"), blur)
-            if key not in seen:
-                seen.add(key)
-                quick.append(spec)
-        specs = quick
-    specs = list({(s.kernel, json.dumps(s.constexprs, sort_keys=True), json.dumps(s.signature, sort_keys=True)): s
-                  for s in specs}.values())  # sizes with the same block shapes compile the same kernel
+    if args.quick:
+        specs = quick_set(specs)
+    unique = {}
+    for spec in specs:  # the first spec of each compiled kernel names its record
+        unique.setdefault(compile_key(spec), spec)
+    specs = list(unique.values())
     work = [(spec, arch) for arch in args.arch for spec in specs]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:

@@ -126,7 +126,7 @@ def _blurred_maximum(base, height, width, KSIZE: tl.constexpr, KPAD: tl.constexp
 @triton.jit
 def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.constexpr,
                    KSIZE: tl.constexpr, KPAD: tl.constexpr, ROWS: tl.constexpr, WINDOW: tl.constexpr,
-                   WPAD: tl.constexpr, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
+                   WROWS: tl.constexpr, WCOLS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
     map_id = tl.program_id(0).to(tl.int64)
     size = height * width
     base = maps_ptr + map_id * size
@@ -167,18 +167,31 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         ox = tl.where(keep, 0.25 * sx, 0.0)
         oy = tl.where(keep, 0.25 * sy, 0.0)
     if METHOD == 4:  # local_mean
-        d = tl.arange(0, WPAD) - WINDOW // 2
-        rows = y + d
-        cols = x + d
-        mask = ((d[:, None] <= WINDOW // 2) & (d[None, :] <= WINDOW // 2) & (rows[:, None] >= 0)
-                & (rows[:, None] < height) & (cols[None, :] >= 0) & (cols[None, :] < width))
-        v = tl.load(base + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        # DESIGN.md: a non-finite value in the window leaves the integer argmax (as decode.h)
-        bad = tl.sum(tl.sum(tl.where(_finite(v), 0.0, 1.0), axis=1), axis=0)
-        w = tl.where(_finite(v) & (v > 0.0), v, 0.0)
-        total = tl.sum(tl.sum(w, axis=1), axis=0)
-        ox = tl.where(bad == 0.0, tl.sum(tl.sum(w * d[None, :].to(tl.float32), axis=1), axis=0) / total, 0.0)
-        oy = tl.where(bad == 0.0, tl.sum(tl.sum(w * d[:, None].to(tl.float32), axis=1), axis=0) / total, 0.0)
+        # The window in (WROWS, WCOLS) tiles (decode_config: at most WINDOW_TILE pixels each): a
+        # window may be as wide as 2 max(H, W) - 1, far past one tile's register budget and
+        # Triton's limit on a tensor's elements.
+        half = WINDOW // 2
+        bad = 0.0
+        total = 0.0
+        sum_x = 0.0
+        sum_y = 0.0
+        for r0 in range(0, WINDOW, WROWS):
+            dr = r0 + tl.arange(0, WROWS) - half
+            rows = y + dr
+            row_ok = (dr <= half) & (rows >= 0) & (rows < height)
+            for c0 in range(0, WINDOW, WCOLS):
+                dc = c0 + tl.arange(0, WCOLS) - half
+                cols = x + dc
+                mask = row_ok[:, None] & ((dc <= half) & (cols >= 0) & (cols < width))[None, :]
+                v = tl.load(base + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                # DESIGN.md: a non-finite value in the window leaves the integer argmax (as decode.h)
+                bad += tl.sum(tl.sum(tl.where(_finite(v), 0.0, 1.0), axis=1), axis=0)
+                w = tl.where(_finite(v) & (v > 0.0), v, 0.0)
+                total += tl.sum(tl.sum(w, axis=1), axis=0)
+                sum_x += tl.sum(tl.sum(w * dc[None, :].to(tl.float32), axis=1), axis=0)
+                sum_y += tl.sum(tl.sum(w * dr[:, None].to(tl.float32), axis=1), axis=0)
+        ox = tl.where(bad == 0.0, sum_x / total, 0.0)
+        oy = tl.where(bad == 0.0, sum_y / total, 0.0)
     if METHOD == 2 or METHOD == 3:
         radius = KSIZE // 2
         # The 5x5 patch around the argmax, separably: horizontal pass over rows y-2-R .. y+2+R,
@@ -260,8 +273,9 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
     if METHOD == 2 or METHOD == 3:
         # kpfast.reference.decode.clip_to_map: a near-singular Hessian makes the Newton step
         # arbitrarily long; the point is clipped to the map's area [-0.5, W-0.5] x [-0.5, H-0.5].
-        px = tl.minimum(tl.maximum(px, -0.5), width.to(tl.float32) - 0.5)
-        py = tl.minimum(tl.maximum(py, -0.5), height.to(tl.float32) - 0.5)
+        # tl.cast, not .to(): a side of 1 reaches the kernel as the constant 1, a Python int.
+        px = tl.minimum(tl.maximum(px, -0.5), tl.cast(width, tl.float32) - 0.5)
+        py = tl.minimum(tl.maximum(py, -0.5), tl.cast(height, tl.float32) - 0.5)
     out_x = tl.where(positive, px, -1.0)
     out_y = tl.where(positive, py, -1.0)
     tl.store(coords_ptr + 2 * map_id, out_x)
@@ -280,13 +294,24 @@ DECODE_MAX_REGISTERS = 168
 PATCH_TILE = 2048
 
 
+# local_mean's window tile, in pixels: the default window (3) is one 4x4 tile; a whole-map window
+# (up to 2 * 32768 - 1 wide, kpfast.ops._checks.whole_map_window) is walked in tiles of this size.
+WINDOW_TILE = 1024
+
+
+def window_tile(window: int) -> dict:
+    """WROWS x WCOLS, powers of two covering at most WINDOW_TILE pixels (the whole window when it fits)."""
+    cols = min(triton.next_power_of_2(window), WINDOW_TILE)
+    return dict(WROWS=min(triton.next_power_of_2(window), WINDOW_TILE // cols), WCOLS=cols)
+
+
 def decode_config(height: int, width: int, method: str, blur_kernel: int, window: int) -> dict:
     """The constexprs (and launch options) of the decode kernel for an H x W map."""
     radius = blur_kernel // 2
     kpad = triton.next_power_of_2(blur_kernel)
     return dict(METHOD=METHODS[method], KSIZE=blur_kernel, KPAD=kpad,
                 ROWS=min(triton.next_power_of_2(5 + 2 * radius), PATCH_TILE // (8 * kpad)),
-                WINDOW=window, WPAD=triton.next_power_of_2(window),
+                WINDOW=window, **window_tile(window),
                 BLOCK=min(2048, triton.next_power_of_2(max(height * width, 1))),
                 # 8 warps: at 4 the DARK/UDP patch (16x8x16 values) spills 12 bytes per thread on sm_90.
                 # BLOCK_W 64: the rare whole-map blur (a (BLOCK_W, KPAD) tile per tap row) at 128 made
@@ -347,13 +372,16 @@ def _soft_argmax_kernel(maps_ptr, coords_ptr, scores_ptr, lse_ptr, width, size, 
 
 @triton.jit
 def _soft_argmax_backward_kernel(grad_coords_ptr, maps_ptr, coords_ptr, lse_ptr, grad_ptr, K, grad_stride_b,
-                                 grad_stride_k, grad_stride_xy, width, size, beta, BLOCK: tl.constexpr):
+                                 grad_stride_k, grad_stride_xy, width, size, chunks, beta, BLOCK: tl.constexpr):
+    # One program per (map, chunk of BLOCK pixels), flattened on grid axis 0: a second axis for the
+    # chunks would pass CUDA's 65535 limit on large maps (soft_argmax_backward_grid).
     # grad_coords is read with its strides: the expanded upstream of coords.sum() is not copied.
-    pid = tl.program_id(0)
-    b = pid // K  # 32-bit: once per program
+    program = tl.program_id(0)
+    pid = program // chunks  # the map; 32-bit divisions, once per program
+    chunk = program - pid * chunks
+    b = pid // K
     upstream = grad_coords_ptr + b.to(tl.int64) * grad_stride_b + (pid - b * K).to(tl.int64) * grad_stride_k
     map_id = pid.to(tl.int64)
-    chunk = tl.program_id(1)
     gx = tl.load(upstream)
     gy = tl.load(upstream + grad_stride_xy)
     x = tl.load(coords_ptr + 2 * map_id)
@@ -375,6 +403,13 @@ def soft_argmax_config(size: int) -> dict:
 
 def soft_argmax_backward_config(size: int) -> dict:
     return dict(BLOCK=min(1024, triton.next_power_of_2(max(size, 1))), num_warps=4)
+
+
+def soft_argmax_backward_grid(maps: int, size: int, block: int) -> tuple[tuple[int], int]:
+    """(grid, chunks): one program per (map, chunk of ``block`` pixels), all on axis 0, whose limit
+    (2**31 - 1) holds for every output kpfast accepts (at most 2**31 - 1 elements, block >= 1)."""
+    chunks = triton.cdiv(size, block)
+    return (maps * chunks,), chunks
 
 
 @torch.library.custom_op("kpfast_triton::soft_argmax", mutates_args=())
@@ -403,10 +438,11 @@ def soft_argmax_backward(grad_coords: torch.Tensor, heatmaps: torch.Tensor, coor
     if size == 0:
         return grad
     config = soft_argmax_backward_config(size)
+    grid, chunks = soft_argmax_backward_grid(batch * num_keypoints, size, config["BLOCK"])
     upstream = grad_coords.float()  # a no-op for float32: any strides are read in place
-    launch(_soft_argmax_backward_kernel, (batch * num_keypoints, triton.cdiv(size, config["BLOCK"])),
+    launch(_soft_argmax_backward_kernel, grid,
            upstream, heatmaps, coords.float().contiguous(), log_normaliser.float().contiguous(), grad, num_keypoints,
-           *upstream.stride(), width, size, beta, **config)
+           *upstream.stride(), width, size, chunks, beta, **config)
     return grad
 
 
@@ -429,9 +465,10 @@ def _window_test(alive, v, base, index, rows, cols, height, width, dy_sign, dy_c
         if tl.max(row_alive.to(tl.int32), axis=0) > 0:
             row_index = index + dy * width
             for dx in range(dx0, dx1 + 1):
-                # 0 <= c < width in one unsigned compare (a negative c wraps past width)
+                # 0 <= c < width in one unsigned compare (a negative c wraps past width); tl.cast,
+                # not .to(): a width of 1 reaches the kernel as the constant 1, a Python int.
                 c = (cols + dx).to(tl.uint32, bitcast=True)
-                ok = row_alive & (c < width.to(tl.uint32, bitcast=True))
+                ok = row_alive & (c < tl.cast(width, tl.uint32, bitcast=True))
                 q = tl.load(base + (row_index + dx), mask=ok, other=float("-inf")).to(tl.float32)
                 if STRICT:
                     alive = alive & ~(q >= v)

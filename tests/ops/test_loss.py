@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import kpfast
 from kpfast.ops import heatmap_loss, render_heatmaps
 
-from .harness import TOLERANCE, RecordOps, edge_case_keypoints, predictions, sigma_forms
+from .harness import TOLERANCE, RecordOps, assert_close_across_kernels, edge_case_keypoints, predictions, sigma_forms
 
 KINDS = ("mse", "focal", "cornernet")
 ENCODINGS = ("msra", "udp", "dark")
@@ -463,7 +463,8 @@ def test_backward_reads_strided_upstream(kernel_backend, kind):
         got = backward(upstream, *arguments)
         expected = backward(upstream.contiguous(), *arguments)
         assert torch.count_nonzero(expected) > 0
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        # a unit stride is a compile-time constant of the contiguous copy's kernel: another kernel
+        assert_close_across_kernels(got, expected, "gradient")
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -514,7 +515,7 @@ def test_fused_gradient_matches_the_separate_backward(kind, reduction):
             second = torch.autograd.grad(value, x)[0]
             grads[fused] = (loss.detach(), first, second)
         (ref_loss, ref_first, ref_second), (got_loss, got_first, got_second) = grads[False], grads[True]
-        torch.testing.assert_close(got_loss, ref_loss, rtol=0, atol=0)
+        assert_close_across_kernels(got_loss, ref_loss, f"{name}: loss (fused vs separate forward kernel)")
         assert_close_rel(got_first, ref_first, 1e-6, f"{name}: first backward")
         assert_close_rel(got_second, ref_second, 1e-6, f"{name}: second backward (retain_graph)")
         assert torch.count_nonzero(ref_first) > 0

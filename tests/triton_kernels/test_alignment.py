@@ -17,9 +17,10 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from kpfast import backends  # noqa: E402
 from kpfast.triton import aot  # noqa: E402
 from kpfast.triton._common import row_alignment  # noqa: E402
+
+from .helpers import interpreter_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,19 +72,12 @@ def test_aot_specialises_integers_as_the_launcher_does():
     assert "width" not in divisible and "stride_k" in divisible  # 72 is not a multiple of 16; 96 * 72 is
 
 
-def _interpreter_device():
-    reason = backends._device_reason("triton", torch.device("cpu"))
-    if reason is not None and not torch.cuda.is_available():
-        pytest.skip(reason)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @pytest.mark.triton
 @pytest.mark.parametrize("width", [72, 14, 13])  # ROW_ALIGN 4, 2 and 1 in float32
 def test_aligned_widths_give_the_reference_values(width):
     """The kernels rebuild width and strides from ROW_ALIGN: the values must be the reference's
     at every alignment (render forward, loss forward and backward)."""
-    device = _interpreter_device()
+    device = interpreter_device()
     from kpfast.ops import heatmap_loss, render_heatmaps
 
     torch.manual_seed(width)
@@ -112,7 +106,8 @@ def compiled_96x72(tmp_path_factory):
     for size in ("96x72", "64x48"):  # --quick keeps the first size only: one run each
         out = tmp_path_factory.mktemp("aot") / f"aot_{size}.json"
         proc = subprocess.run([sys.executable, "-m", "kpfast.triton.aot", "--quick", "--arch", "90", "--sizes", size,
-                               "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+                               "--keypoints", "17", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=1200)
         assert out.exists(), proc.stderr[-3000:]
         records += json.loads(out.read_text())["records"]
     assert all(r["ok"] for r in records), [r["name"] for r in records if not r["ok"]]

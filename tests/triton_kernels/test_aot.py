@@ -26,6 +26,11 @@ def _resources():
     return module
 
 
+# DESIGN.md's map, an odd one, and the degenerate sides (1x1, one row, one column), which Triton's
+# launcher specialises into constants; --quick adds K = 1 and one instance.
+QUICK_SIZES = "64x48,17x13,1x1,1x7,7x1"
+
+
 @pytest.fixture(scope="module")
 def aot_records(tmp_path_factory):
     from kpfast.triton import aot
@@ -35,8 +40,8 @@ def aot_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot") / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "kpfast.triton.aot", "--quick", "--arch", "80", "90", "--sizes",
-                           "64x48,17x13", "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
+                           QUICK_SIZES, "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
     assert out.exists(), proc.stderr[-3000:]
     return proc.returncode, json.loads(out.read_text())["records"]
 
@@ -53,6 +58,65 @@ def test_every_kernel_compiles_for_sm80_and_sm90(aot_records):
     assert len(kernels) == 10
     missing = [(k, a) for k in kernels for a in (80, 90) if (k, a) not in covered]
     assert not missing, f"kernels the gate does not compile: {missing}"
+
+
+def test_the_gate_compiles_every_kernel_with_each_launcher_constant(aot_records):
+    """A map side, K, the instance count or a stride equal to 1 reaches the kernel as the constant
+    1 (Triton's launcher): every kernel must compile with each set of such constants its
+    specialisations at 1x1, 1x7, 7x1, K = 1 and one instance give, or the first such launch on a
+    GPU fails (a `.to()` on the Python int 1)."""
+    from kpfast.triton import aot
+
+    sizes = tuple(tuple(int(v) for v in size.split("x")) for size in QUICK_SIZES.split(","))
+    expected = {(s.kernel, aot.constant_ones(s)) for s in aot.specialisations(sizes, (17, 1))}
+    for arch in (80, 90):
+        compiled = {(r["kernel"], tuple(r["constant_ones"])) for r in aot_records[1] if r["ok"] and r["arch"] == arch}
+        assert expected <= compiled, sorted(expected - compiled)
+    ones = {name for _, constants in expected for name in constants}
+    assert {"height", "width", "size", "K", "N", "stride_w"} <= ones
+    degenerate = {(r["kernel"], r["arch"]) for r in aot_records[1] if r["ok"] and r.get("size") == "1x1"}
+    assert {(k, a) for k in aot.jit_kernels() if k != "loss._loss_rescale_kernel" for a in (80, 90)} <= degenerate
+
+
+def test_launcher_constants_of_a_degenerate_spec_match_tritons_launcher():
+    """1x1 map, K = 1, one instance: every integer the launcher makes the constant 1 is one in the
+    AOT signature (and nothing else), as Triton's own specialisation decides."""
+    native = getattr(triton.runtime.jit, "native_specialize_impl", None)
+    if native is None:
+        pytest.skip(f"Triton {triton.__version__} has no native_specialize_impl to compare with")
+    from triton.backends.compiler import BaseBackend
+
+    from kpfast.triton import aot
+
+    specs = [s for s in aot.specialisations(((1, 1), (1, 7), (7, 1)), (1,)) if s.label.get("N", "one") == "one"]
+    assert {s.kernel for s in specs} == set(aot.jit_kernels())
+    for spec in specs:
+        signature, constexprs = aot.specialised_signature(spec)
+        for name in aot._specialised_ints(spec):
+            kind = native(BaseBackend, spec.ints[name], False, True, True)[0]
+            assert (kind == "constexpr") == (signature[name] == "constexpr"), (spec.name, name)
+            assert signature[name] != "constexpr" or constexprs[name] == 1
+    peaks = next(s for s in specs if s.kernel == "decode._find_peaks_kernel")
+    assert "width" in aot.constant_ones(peaks) or "height" in aot.constant_ones(peaks)
+
+
+def test_quick_set_keeps_every_launcher_constant_pattern_apart():
+    """--quick compiles each kernel once per set of launcher constants (a side of 1, K = 1, one
+    instance), and the final dedup never merges two specs that compile differently."""
+    from kpfast.triton import aot
+
+    specs = aot.specialisations(((64, 48), (17, 13), (1, 1), (1, 7), (7, 1)), (17, 1))
+    quick = aot.quick_set(specs)
+    patterns = {(s.kernel, aot.constant_ones(s)) for s in specs if s.label.get("blur_kernel", 11) in aot.QUICK_BLURS}
+    assert patterns == {(s.kernel, aot.constant_ones(s)) for s in quick}
+    general = {(s.kernel, s.label.get("kind"), s.label.get("method")) for s in specs}
+    assert general == {(s.kernel, s.label.get("kind"), s.label.get("method")) for s in quick}
+    # 64x48 and 96x72 take the same soft-argmax tile; 48 is a multiple of 16, 72 is not
+    pair = [s for s in aot.specialisations(((64, 48), (96, 72))) if s.kernel == "decode._soft_argmax_kernel"
+            and s.label["dtype"] == "fp32"]
+    assert pair[0].constexprs == pair[1].constexprs and pair[0].signature == pair[1].signature
+    assert aot.compile_key(pair[0]) != aot.compile_key(pair[1])
+    assert len({aot.compile_key(s) for s in quick}) == len(quick)
 
 
 def test_the_gate_compiles_with_the_launchers_compile_options(aot_records):
@@ -306,7 +370,13 @@ def test_cuda_kernels_of_the_built_extension_have_hot_loop_figures():
 
 
 def test_triton_kernels_have_hot_loop_figures(aot_records):
-    figures = [_figures(r) for r in aot_records[1] if r["ok"]]
+    """At every size but the degenerate ones (a 1x1, 1x7 or 7x1 map has no per-element loop to
+    measure: the compiler unrolls or drops it)."""
+    from kpfast.triton import aot
+
+    degenerate = {f"{h}x{w}" for h, w in aot.DEGENERATE_SIZES}
+    figures = [_figures(r) for r in aot_records[1] if r["ok"] and r.get("size") not in degenerate]
+    assert figures
     for f in figures:
         assert f["model_fraction"] is not None, f"{f['name']}: {f['note']}"
         assert 0 < f["model_fraction"] <= 1 and f["sass_per_element"] > 0 and f["bytes_per_element"] > 0
