@@ -348,9 +348,9 @@ __global__ void __launch_bounds__(kMapThreads, 9) decode_kernel(const scalar_t* 
       if (need) scale = best / blurred_maximum(m, height, width, taps, k, red_score);
       if (threadIdx.x == 0) {
         if (dark) {
-          dark_offset(patch, scale, x, y, height, width, &ox, &oy);
+          dark_offset_t<double>(patch, scale, x, y, height, width, &ox, &oy);  // double: see decode.h
         } else {
-          udp_offset(patch, scale, &ox, &oy);
+          udp_offset_t<double>(patch, scale, &ox, &oy);
         }
       }
     }

@@ -104,7 +104,7 @@ KPF_HOST_DEVICE bool patch_is_finite(const float* patch, float scale) {
 
 // The Newton step -H^-1 g, or nothing for a singular Hessian or a non-finite step.
 //
-// The steps are templates on the arithmetic type A. The CPU kernel uses double, as the
+// The steps are templates on the arithmetic type A. The CPU and CUDA kernels use double, as the
 // reference does (kpfast/reference/decode.py): on saturated maps (sigmoid ties at 1.0, e.g. a
 // 2x2 plateau of confident logits) the UDP Hessian + eps I is near singular, and float32
 // rounding of log values of size eps decided the sign of det, moving the point across the map.
@@ -174,23 +174,11 @@ KPF_HOST_DEVICE void udp_offset_t(const float* patch, float scale, float* ox, fl
   newton_step_t<A>(dx, dy, dxx, dxy, dyy, ox, oy);
 }
 
-// The float32 steps (the CUDA kernel).
-KPF_HOST_DEVICE void newton_step(float dx, float dy, float dxx, float dxy, float dyy, float* ox, float* oy) {
-  newton_step_t<float>(dx, dy, dxx, dxy, dyy, ox, oy);
-}
-KPF_HOST_DEVICE void dark_offset(const float* patch, float scale, int x, int y, int height, int width, float* ox,
-                                 float* oy) {
-  dark_offset_t<float>(patch, scale, x, y, height, width, ox, oy);
-}
-KPF_HOST_DEVICE void udp_offset(const float* patch, float scale, float* ox, float* oy) {
-  udp_offset_t<float>(patch, scale, ox, oy);
-}
-
 // DARK/UDP coordinates clipped to the area the map covers, [-0.5, size - 0.5] (pixel i covers
 // [i - 0.5, i + 0.5]): a near-singular Hessian makes the Newton step arbitrarily long, and a
 // keypoint outside its heatmap is never a better answer than its border (kpfast/reference/
 // decode.py clip_to_map). `integer` + `offset` is the refined coordinate along an axis of `size`
-// pixels; the offset is finite (newton_step returns 0 otherwise).
+// pixels; the offset is finite (newton_step_t returns 0 otherwise).
 KPF_HOST_DEVICE float clip_to_map(int integer, float offset, int size) {
   const float v = static_cast<float>(integer) + offset;
   const float lo = -0.5f, hi = static_cast<float>(size) - 0.5f;
