@@ -1,7 +1,7 @@
 """Shared benchmark machinery: device description, copy bandwidth, GPU timing, result files.
 
 Every benchmark compares, in one run, the kpfast backends with the torch reference in eager
-mode and under torch.compile (DESIGN.md, Performance contract). pytest-benchmark measures
+mode and under torch.compile (docs/design.md, Performance). pytest-benchmark measures
 wall-clock; on CUDA, GPU time is measured beside it with CUDA events (median of >= 100
 repetitions), and the copy bandwidth of the device is measured in the same run so that each
 figure can be stated as a share of it. Results are merged into one JSON file per device under

@@ -125,10 +125,11 @@ def _tool(name: str) -> str | None:
 H100 = dict(
     name="H100 SXM",
     sms=132,                # NVIDIA H100 Tensor Core GPU datasheet / architecture whitepaper (SXM5: 132 SMs)
-    clock_hz=1.755e9,       # sustained SM clock assumed by issue 13 (the SXM5's max boost is 1.98 GHz; 1.755
+    clock_hz=1.755e9,       # sustained SM clock assumed by the kernel redesign (the SXM5's max boost is 1.98 GHz; 1.755
                             # GHz is H100 PCIe's boost): a conservative clock for a memory-bound kernel
     hbm_bytes_per_s=3.35e12,  # H100 SXM5 datasheet: HBM3, 3.35 TB/s
-    latency_s=700e-9,       # loaded DRAM latency, ~600-800 ns (issue 13's range; the middle is used)
+    latency_s=700e-9,       # loaded DRAM latency, ~600-800 ns (the range the kernel redesign assumed; the middle
+                            # is used)
     issue_per_clock=4,      # Hopper whitepaper: 4 SM sub-partitions, one warp instruction issued each per clock
     lanes=32,
     # occupancy rules, CUDA C++ Programming Guide "Technical Specifications per Compute Capability"

@@ -1,4 +1,4 @@
-"""COCO-scale data (issue 14 part 5): dataset construction time and memory, worker memory.
+"""COCO-scale data: dataset construction time and memory, worker memory.
 
 A COCO train2017-sized keypoint annotation file is generated once (cached under the system temp
 dir): 118,287 images, 262,465 person annotations of which 149,813 have keypoints, with polygon

@@ -5,7 +5,7 @@ The step is: forward, focal heatmap loss from keypoints, backward, AdamW step. W
 ``ops=torch`` the loss renders its (B, K, H, W) target with the reference renderer and runs the
 elementwise loss through autograd, as a pure-PyTorch trainer does; with ``ops=auto`` kpfast's
 fused op reads the predictions once and writes the gradient once. On CUDA the step runs under
-bf16 autocast at B=64, 256x192 (DESIGN.md); on CPU at B=8 so that the run stays short.
+bf16 autocast at B=64, 256x192 (docs/design.md); on CPU at B=8 so that the run stays short.
 """
 
 import time

@@ -54,7 +54,7 @@ std::string build_info() {
 STABLE_TORCH_LIBRARY(kpfast, m) {
   m.def("build_info() -> str");
 
-  // Op 1: Gaussian heatmap rendering (DESIGN.md). Inputs as the Python layer passes them, so that
+  // Op 1: Gaussian heatmap rendering (docs/design.md). Inputs as the Python layer passes them, so that
   // a call is one kernel launch (csrc/kpfast/checks.h check_keypoint_inputs): keypoints
   // (B, N, K, 2) contiguous float32/float64; weights (B, N, K) contiguous of that dtype, or None
   // (every weight 1); sigma a (B, K) tensor of that dtype with any strides (a (K,) sigma expanded),
@@ -66,7 +66,7 @@ STABLE_TORCH_LIBRARY(kpfast, m) {
   m.def("_render_heatmaps_backward(Tensor grad_heatmaps, Tensor keypoints, Tensor? weights, Tensor? sigma, "
         "float sigma_value, str encoding) -> (Tensor grad_keypoints, Tensor grad_sigma)");
 
-  // Op 2: fused weighted heatmap loss, target rendered on the fly (DESIGN.md). pred (B, K, H, W)
+  // Op 2: fused weighted heatmap loss, target rendered on the fly (docs/design.md). pred (B, K, H, W)
   // float32/bf16/fp16 with any strides; keypoints, weights, sigma, sigma_value float32, passed as
   // for render_heatmaps (optional weights and sigma). Returns per-map weighted loss sums (B, K) and
   // cornernet positive counts (B, K), both float32; the reduction is applied in Python
@@ -78,7 +78,7 @@ STABLE_TORCH_LIBRARY(kpfast, m) {
   m.def("_heatmap_loss_backward(Tensor grad_map_losses, Tensor pred, Tensor keypoints, Tensor? weights, "
         "Tensor? sigma, float sigma_value, str encoding, str kind, float alpha, float gamma, float beta, "
         "float keypoint_weight, float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
-  // Op 3: heatmap decoding (DESIGN.md). heatmaps (B, K, H, W) contiguous float32/float16/bfloat16;
+  // Op 3: heatmap decoding (docs/design.md). heatmaps (B, K, H, W) contiguous float32/float16/bfloat16;
   // method one of argmax, quarter, dark, udp, local_mean; coords (B, K, 2) and scores (B, K) float32.
   m.def("decode_heatmaps(Tensor heatmaps, str method, int blur_kernel, int window) -> (Tensor coords, Tensor scores)");
   // Soft-argmax: coords (B, K, 2), scores (B, K) = the map maximum, and the per-map log-normaliser

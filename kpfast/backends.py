@@ -1,6 +1,6 @@
 """The backend registry: which implementation of an op runs, and why another cannot.
 
-Every op has four backends (DESIGN.md): ``torch`` (the pure-PyTorch reference), ``cpu`` and
+Every op has four backends (docs/design.md): ``torch`` (the pure-PyTorch reference), ``cpu`` and
 ``cuda`` (the compiled extension) and ``triton``. The choice, strongest first:
 
 1. the op's ``backend=`` argument;

@@ -1,6 +1,6 @@
 """The compiled extension kpfast._C: how it is built (stable ABI, no unstable torch symbol), how
-it registers its ops, and the C++ kernels' rule for non-finite heatmap values (DESIGN.md,
-"Non-finite values in heatmaps"), on CPU and, where there is a GPU, on CUDA."""
+it registers its ops, and the C++ kernels' rule for non-finite heatmap values (docs/design.md,
+"Non-finite pixels"), on CPU and, where there is a GPU, on CUDA."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every GPU op is capturable in a CUDA graph (DESIGN.md): no host sync, no data-dependent
+"""Every GPU op is capturable in a CUDA graph (docs/design.md): no host sync, no data-dependent
 allocation, one fixed set of launches. Captured once, replayed on new data written into the
 static inputs, and compared with the eager call on that data. Skipped without a GPU."""
 

@@ -329,7 +329,7 @@ void soft_argmax_cpu_kernel(const scalar_t* heatmaps, acc_t* coords, acc_t* scor
       }
       coords[2 * map] = static_cast<acc_t>(sum_x / total);
       coords[2 * map + 1] = static_cast<acc_t>(sum_y / total);
-      // DESIGN.md: a NaN or +inf pixel makes the map's coords (already, through exp) and score NaN.
+      // docs/design.md: a NaN or +inf pixel makes the map's coords (already, through exp) and score NaN.
       scores[map] = best == std::numeric_limits<acc_t>::infinity() ? std::numeric_limits<acc_t>::quiet_NaN() : best;
       log_normaliser[map] = beta * best + static_cast<acc_t>(std::log(total));
     }

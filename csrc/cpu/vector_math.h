@@ -65,7 +65,7 @@ struct VectorMath {
 
 // Monotonic integer keys of floats: signed comparisons of keys order floats as < does, and an
 // integer max vectorises where a float select would not (that needs -fno-trapping-math). NaN is
-// placed by the caller's rule (DESIGN.md, "Non-finite values in heatmaps"):
+// placed by the caller's rule (docs/design.md, "Non-finite pixels"):
 // argmax_key puts every NaN below -inf (NaN is never the maximum); nan_max_key above +inf (one
 // NaN makes the maximum NaN, as soft-argmax wants).
 inline int32_t order_key(float v) {

@@ -408,7 +408,7 @@ __device__ __forceinline__ SoftState<acc_t> soft_merge(SoftState<acc_t> a, SoftS
   return {m, a.s * fa + b.s * fb, a.sx * fa + b.sx * fb, a.sy * fa + b.sy * fb};
 }
 
-// One scalar pixel (head, tail, or every pixel of a map narrower than a vector). DESIGN.md:
+// One scalar pixel (head, tail, or every pixel of a map narrower than a vector). docs/design.md:
 // -inf weighs 0; NaN or +inf flags the map (its result is NaN) and stays out of the state.
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ void soft_scalar(const scalar_t* m, int p, int width, acc_t scale, SoftState<acc_t>& st,

@@ -1,4 +1,4 @@
-// Heatmap decoding rules shared by the CPU and CUDA kernels (Op 3 of DESIGN.md). The PyTorch
+// Heatmap decoding rules shared by the CPU and CUDA kernels (Op 3 of docs/design.md). The PyTorch
 // statement of the same rules is kpfast/reference/decode.py; the Triton one kpfast/triton/decode.py.
 //
 // The kernels never blur a whole map. The refinements read the blurred map at a few pixels
@@ -94,7 +94,7 @@ KPF_HOST_DEVICE bool udp_needs_scale(const float* patch, float original_max) {
   return false;
 }
 
-// DESIGN.md: when the refinement patch holds a non-finite value (or the rescaling factor is not
+// docs/design.md: when the refinement patch holds a non-finite value (or the rescaling factor is not
 // finite: a +inf maximum), the coordinates stay the integer argmax.
 KPF_HOST_DEVICE bool patch_is_finite(const float* patch, float scale) {
   bool finite = is_finite_value(scale);

@@ -1,4 +1,4 @@
-// The per-pixel formulas of the fused heatmap loss (DESIGN.md, Op 2), host+device, shared by
+// The per-pixel formulas of the fused heatmap loss (docs/design.md, Op 2), host+device, shared by
 // the CPU and CUDA kernels; kpfast/reference/loss.py is the PyTorch statement of the same
 // formulas and kpfast/triton/loss.py the Triton one. Math is float32 throughout.
 #pragma once

@@ -1,6 +1,6 @@
 """kpfast's public ops: fused heatmap rendering, loss and decoding on four backends.
 
-See DESIGN.md for the contract. Every op takes ``backend=`` (``"auto"``, ``"torch"``, ``"cpu"``,
+See docs/design.md for the contract. Every op takes ``backend=`` (``"auto"``, ``"torch"``, ``"cpu"``,
 ``"cuda"``, ``"triton"``); :func:`kpfast.use_backend` and ``KPFAST_BACKEND`` set the default.
 """
 

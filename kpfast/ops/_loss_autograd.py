@@ -7,7 +7,7 @@ Why a separate backward kernel, and when the gradient-in-forward design would pa
 ---------------------------------------------------------------------------------
 Traffic per pixel (b = bytes of one prediction): the roofline of forward + backward is
 read pred + write grad = 2b. The separate backward moves read pred (forward) + read pred +
-write grad (backward) = 3b = 1.5x the roofline, so DESIGN.md's "within 1.5x" would need both
+write grad (backward) = 3b = 1.5x the roofline, so docs/design.md's "within 1.5x" would need both
 kernels at 100% of copy bandwidth. They are not memory-bound anyway: the static SASS of the CUDA
 hot loops (csrc/cuda/loss.cu, sm_90, fixed exponents) is ~49 (forward) and ~65 (backward)
 instructions per pixel for focal float32, ~45 / ~60 for bfloat16. At H100's issue rate

@@ -1,4 +1,4 @@
-"""Op 3: heatmap decoding (DESIGN.md) on the four backends: argmax-based decoders with the
+"""Op 3: heatmap decoding (docs/design.md) on the four backends: argmax-based decoders with the
 published sub-pixel refinements, soft-argmax with a fused backward, peak extraction, and the
 flip-test merge."""
 

@@ -1,4 +1,4 @@
-"""Op 2: the fused weighted heatmap loss that renders its target on the fly (DESIGN.md)."""
+"""Op 2: the fused weighted heatmap loss that renders its target on the fly (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Op 1: Gaussian heatmap rendering (DESIGN.md), on the four backends."""
+"""Op 1: Gaussian heatmap rendering (docs/design.md), on the four backends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reference heatmap decoding (DESIGN.md, Op 3), in plain PyTorch.
+"""Reference heatmap decoding (docs/design.md, Op 3), in plain PyTorch.
 
 Each function takes the normalised inputs the public ops in kpfast/ops/decode.py prepare
 (heatmaps ``(B, K, H, W)`` contiguous, float32/float16/bfloat16) and states the published
@@ -105,7 +105,7 @@ def _nan_skipping_max(maps: torch.Tensor) -> torch.Tensor:
 def heatmap_maximum(maps: torch.Tensor):
     """(x, y, score, index) of the first maximum in row-major order of each (N, H, W) map.
 
-    NaN pixels are skipped (DESIGN.md; torch.argmax would take the first NaN as the maximum);
+    NaN pixels are skipped (docs/design.md; torch.argmax would take the first NaN as the maximum);
     +inf / -inf are ordinary values; a map of NaN only has score NaN (and index 0)."""
     width = maps.shape[-1]
     flat = maps.reshape(maps.shape[0], -1)
@@ -138,7 +138,7 @@ def _quarter_offset(maps, x, y):
     at = _sampler(maps, x, y)
     inside = (x > 1) & (x < width - 1) & (y > 1) & (y < height - 1)
     taps = [at(0, 0), at(0, 1), at(0, -1), at(1, 0), at(-1, 0)]
-    # DESIGN.md: a non-finite value among them leaves the integer argmax
+    # docs/design.md: a non-finite value among them leaves the integer argmax
     keep = inside & torch.stack([torch.isfinite(t) for t in taps]).all(dim=0)
     ox = 0.25 * torch.sign(taps[1] - taps[2])
     oy = 0.25 * torch.sign(taps[3] - taps[4])
@@ -202,7 +202,7 @@ def _local_mean(maps, x, y, window):
     cols = (x[:, None] + radius + offsets)
     n = torch.arange(maps.shape[0], device=maps.device)[:, None, None]
     values = padded[n, rows[:, :, None], cols[:, None, :]]  # (N, window, window)
-    finite = torch.isfinite(values).all(dim=(1, 2))  # DESIGN.md: else the integer argmax stays
+    finite = torch.isfinite(values).all(dim=(1, 2))  # docs/design.md: else the integer argmax stays
     patch = torch.where(finite[:, None, None], values.clamp_min(0.0), 0.0)
     total = patch.sum(dim=(1, 2))
     mean_x = (patch.sum(dim=1) * offsets).sum(dim=1) / total
@@ -291,7 +291,7 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
                 heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.bool))
     maps = heatmaps.float().reshape(batch * num_keypoints, 1, height, width)
     d = min_distance
-    # NaN pixels are skipped (DESIGN.md): never peaks (NaN > threshold is false) and never
+    # NaN pixels are skipped (docs/design.md): never peaks (NaN > threshold is false) and never
     # suppress a neighbour (max_pool2d would propagate them into the window maximum).
     numbers = torch.where(torch.isnan(maps), -math.inf, maps)
     window_max = F.max_pool2d(numbers, 2 * d + 1, stride=1, padding=d) if d > 0 else maps
@@ -309,7 +309,7 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float, min_distance: int, max_
     count = min(max_peaks, height * width)
     scores = order.values[:, :count]
     index = order.indices[:, :count]
-    valid = scores > -math.inf  # every peak is > threshold >= -inf; +inf peaks are valid (DESIGN.md)
+    valid = scores > -math.inf  # every peak is > threshold >= -inf; +inf peaks are valid (docs/design.md)
     coords = torch.stack([(index % width).float(), (index // width).float()], dim=-1)
     coords = torch.where(valid[..., None], coords, -1.0)
     scores = torch.where(valid, scores, 0.0)

@@ -1,4 +1,4 @@
-"""Reference fused heatmap loss (DESIGN.md, Op 2), in plain PyTorch.
+"""Reference fused heatmap loss (docs/design.md, Op 2), in plain PyTorch.
 
 Renders the target with the reference renderer, builds the pixel weights, applies the
 elementwise formula and sums each map; autograd gives the gradient. Every kernel backend

@@ -1,4 +1,4 @@
-"""Reference Gaussian heatmap rendering (DESIGN.md, Op 1), in plain PyTorch."""
+"""Reference Gaussian heatmap rendering (docs/design.md, Op 1), in plain PyTorch."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Ahead-of-time compile gate for every Triton kernel, with no GPU and no interpreter.
 
 ``python -m kpfast.triton.aot --arch 80 90 --json out.json`` compiles every kernel in every
-specialisation the ops launch for DESIGN.md's workloads (each encoding, loss kind, prediction
+specialisation the ops launch for docs/design.md's workloads (each encoding, loss kind, prediction
 dtype, constexpr block shape from the launchers' own config functions, with and without the
 instance axis) with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``,
 its integer arguments specialised as Triton's launcher does (1 a constant, multiples of 16
@@ -39,7 +39,7 @@ import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
-# The heatmap sizes of DESIGN.md's workloads, plus an odd small map and an HRNet-sized one.
+# The heatmap sizes of docs/design.md's workloads, plus an odd small map and an HRNet-sized one.
 SIZES = ((64, 48), (96, 72), (17, 13), (128, 96))
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 THREADS_PER_WARP = 32
@@ -223,7 +223,8 @@ def _size_specialisations(height: int, width: int, keypoints: int, first_size: b
         types = ["*fp32", f"*{dtype}", "*fp32", "*fp32", f"*{dtype}"] + ["i32"] * 7 + ["fp32"]
         specs.append(Spec("decode._soft_argmax_backward_kernel", dict(size=size, dtype=dtype),
                           _sig(names, types, c), c, warps))
-        # min_distance is a runtime argument (issue 13): one specialisation per selection-list size.
+        # min_distance is a runtime argument (no recompile per distance): one specialisation per
+        # selection-list size.
         for max_peaks in (20, 200):
             c = decode.find_peaks_config(height, width, max_peaks)
             warps = c.pop("num_warps")

@@ -137,7 +137,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
     for start in range(0, size, BLOCK):
         index = start + offsets
         values = tl.load(base + index, mask=index < size, other=float("nan")).to(tl.float32)
-        # NaN pixels are skipped (DESIGN.md), explicitly: tl.max's own NaN handling differs
+        # NaN pixels are skipped (docs/design.md), explicitly: tl.max's own NaN handling differs
         # between the interpreter (propagates) and GPUs (ignores).
         is_number = values == values
         values = tl.where(is_number, values, float("-inf"))
@@ -160,7 +160,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         left = tl.load(at - 1, mask=inside, other=0.0).to(tl.float32)
         down = tl.load(at + width, mask=inside, other=0.0).to(tl.float32)
         up = tl.load(at - width, mask=inside, other=0.0).to(tl.float32)
-        # DESIGN.md: a non-finite value among the five leaves the integer argmax (as decode.h)
+        # docs/design.md: a non-finite value among the five leaves the integer argmax (as decode.h)
         keep = inside & _finite(best) & _finite(right) & _finite(left) & _finite(down) & _finite(up)
         sx = tl.where(right > left, 1.0, tl.where(right < left, -1.0, 0.0))
         sy = tl.where(down > up, 1.0, tl.where(down < up, -1.0, 0.0))
@@ -184,7 +184,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
                 cols = x + dc
                 mask = row_ok[:, None] & ((dc <= half) & (cols >= 0) & (cols < width))[None, :]
                 v = tl.load(base + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-                # DESIGN.md: a non-finite value in the window leaves the integer argmax (as decode.h)
+                # docs/design.md: a non-finite value in the window leaves the integer argmax (as decode.h)
                 bad += tl.sum(tl.sum(tl.where(_finite(v), 0.0, 1.0), axis=1), axis=0)
                 w = tl.where(_finite(v) & (v > 0.0), v, 0.0)
                 total += tl.sum(tl.sum(w, axis=1), axis=0)
@@ -362,7 +362,7 @@ def _soft_argmax_kernel(maps_ptr, coords_ptr, scores_ptr, lse_ptr, width, size, 
         sum_x = sum_x * rescale + tl.sum(e * (index % width).to(tl.float32), axis=0)
         sum_y = sum_y * rescale + tl.sum(e * (index // width).to(tl.float32), axis=0)
         running_max = new_max
-    # DESIGN.md: a NaN or +inf pixel makes the map's coords and score NaN (as the reference and C++).
+    # docs/design.md: a NaN or +inf pixel makes the map's coords and score NaN (as the reference and C++).
     running_max = tl.where((nans > 0) | (running_max == float("inf")), float("nan"), running_max)
     tl.store(coords_ptr + 2 * map_id, tl.where(nans > 0, float("nan"), sum_x / total))
     tl.store(coords_ptr + 2 * map_id + 1, tl.where(nans > 0, float("nan"), sum_y / total))
@@ -455,7 +455,7 @@ def _window_test(alive, v, base, index, rows, cols, height, width, dy_sign, dy_c
     is >= v (STRICT: it comes earlier in row-major order) or > v (it comes later)).
 
     Pixels outside the map pass (the window is clipped to the map), and so do NaN pixels (skipped,
-    DESIGN.md: `NaN >= v` is false), as in the reference and the C++ kernels. Only
+    docs/design.md: `NaN >= v` is false), as in the reference and the C++ kernels. Only
     alive pixels load (the others cannot come back), and a row of taps no pixel of the tile still
     needs is skipped: on heatmaps most tiles have no pixel above the threshold at all."""
     for k in range(1, dy_count + 1):

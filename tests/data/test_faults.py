@@ -134,7 +134,7 @@ def _set_category_keypoints(d, value):
     (lambda d: d["images"][2].update(id=d["images"][0]["id"]), r"duplicate image id\(s\) 785"),
 ])
 def test_bad_annotation_fields_are_one_line_naming_entry_field_and_value(coco_copy, corrupt, message):
-    """Issue 15 items 6 and 10: each problem is one line naming the entry, the field, expected and got."""
+    """Each problem is one line naming the entry, the field, expected and got (docs/data.md)."""
     data = _ann(coco_copy)
     corrupt(data)
     _write(coco_copy, data)

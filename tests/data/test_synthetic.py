@@ -111,7 +111,8 @@ def test_ensure_reuses_the_exact_cache_and_generates_a_missing_one(tmp_path, mon
 
 @pytest.mark.parametrize("content", ["other_size", "incomplete", "foreign_manifest", "foreign_files", "file"])
 def test_ensure_never_deletes_what_it_did_not_create(tmp_path, content):
-    """Issue 15 item 1: a data root that is not exactly the requested dataset is refused, untouched."""
+    """A data root that is not exactly the requested dataset is refused, untouched: the generator
+    never deletes what it did not create (docs/data.md)."""
     root = tmp_path / "root"
     if content == "file":
         root.write_text("precious")

@@ -1,4 +1,5 @@
-"""Fault probes of the export and predict CLIs (issue 15 items 4, 7, 10, 11), kept as regressions.
+"""Fault probes of the export and predict CLIs (what they write, refuse and report: docs/files.md),
+kept as regressions.
 
 Each probe runs the entry point the way a user does (``run_cli(main, argv)`` or a subprocess) on a
 tiny, untrained checkpoint: what matters here is what is written, refused and reported, not AP.
@@ -57,7 +58,7 @@ def _run_module(module, *args):
                           capture_output=True, text=True, timeout=300)
 
 
-# ------------------------------------------------------------------ export (items 4, 10)
+# ------------------------------------------------------------------ export
 
 @pytest.mark.parametrize("how", ["same_path", "dotdot_path", "symlink", "onnx_named_checkpoint"])
 def test_export_refuses_to_overwrite_the_checkpoint(checkpoint, tmp_path, how, capsys):
@@ -112,7 +113,7 @@ def test_export_writes_atomically_next_to_the_checkpoint(checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.onnx", "ck.pt"]  # no temporary left
 
 
-# ------------------------------------------------------------------ predict (items 7, 10, 11)
+# ------------------------------------------------------------------ predict
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
@@ -140,7 +141,7 @@ BAD_BOXES = [[10, 10, 0, 50], [10, 10, -20, 50], [float("nan"), 10, 30, 40], [10
 
 
 def test_predict_skips_invalid_boxes_counts_them_and_writes_strict_json(checkpoint, images, tmp_path, capsys):
-    """Issue 15 item 7: zero/negative/NaN/huge/outside boxes never give NaN output nor crash OpenCV."""
+    """Zero/negative/NaN/huge/outside boxes never give NaN output nor crash OpenCV."""
     good = [20, 15, 60, 90, 0.9]
     boxes = tmp_path / "boxes.json"
     # Python's json writes NaN/Infinity (as a detector's careless dump would); the loader reads them.
@@ -195,7 +196,7 @@ def test_predict_output_dir_that_is_a_file_is_one_line(checkpoint, images, tmp_p
 
 
 def test_predict_overlays_of_images_with_the_same_stem_do_not_overwrite(checkpoint, images, tmp_path):
-    """Issue 15 item 11: a/img.jpg and b/img.jpg get one overlay each."""
+    """a/img.jpg and b/img.jpg get one overlay each: neither overwrites the other's."""
     out = tmp_path / "o"
     assert run_cli(predict_cli.main, ["--checkpoint", str(checkpoint), *map(str, images),
                                       "--output-dir", str(out)]) == 0

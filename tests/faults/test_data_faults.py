@@ -1,4 +1,5 @@
-"""Fault probes of the data pipeline (issue 15 items 1, 5, 6, 10), kept as regression tests.
+"""Fault probes of the data pipeline (what it reads, refuses and never touches: docs/data.md),
+kept as regression tests.
 
 A small synthetic dataset is generated per test module; each probe damages a copy the way a
 careless user, a broken dataset or a hostile file would, and checks what is refused, skipped,
@@ -57,7 +58,7 @@ def _first_image(root: Path) -> tuple[dict, Path]:
 
 
 def test_decompression_bomb_is_never_decoded_skipped_and_counted(dataset_copy, monkeypatch, caplog):
-    """Issue 15 item 5: a 32000x32000 PNG listed as a small image is refused from its header."""
+    """A 32000x32000 PNG listed as a small image is refused from its header, never decoded."""
     image, path = _first_image(dataset_copy)
     path.write_bytes(_png_header_only(32000, 32000))
     decoded = []
@@ -119,7 +120,7 @@ def test_header_reader_refuses_unknown_or_broken_headers():
 
 
 def test_duplicate_annotation_ids_are_rejected_before_evaluation(dataset_copy):
-    """Issue 15 item 6: pycocotools would keep one annotation per id and report a wrong AP."""
+    """Duplicate ids are refused: pycocotools would keep one annotation per id and report a wrong AP."""
     data = json.loads((dataset_copy / ANN).read_text())
     dup = data["annotations"][0]["id"]
     data["annotations"][1]["id"] = dup
@@ -129,7 +130,7 @@ def test_duplicate_annotation_ids_are_rejected_before_evaluation(dataset_copy):
 
 
 def test_train_cli_refuses_a_data_root_that_is_another_dataset(tmp_path):
-    """Issue 15 item 1: --data_root holding another synthetic size (or anything else) is untouched."""
+    """--data_root holding another synthetic size (or anything else) is refused and left untouched."""
     root = generate_synthetic_dataset(tmp_path / "mine", num_train=3, num_val=2, seed=0)
     (root / "notes.txt").write_text("keep me")
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}

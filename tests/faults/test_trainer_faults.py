@@ -1,4 +1,5 @@
-"""Trainer under hostile checkpoints and crashes (issue 15 items 2 and 11)."""
+"""Trainer under hostile checkpoints and crashes: resume deletes only the trainer's own files and
+continues exactly where last.pt left off (docs/engine.md, docs/files.md)."""
 
 import csv
 

@@ -48,9 +48,10 @@ def test_torch_macs_within_tolerance_of_paper(name, size):
 
 @pytest.mark.parametrize("name, size", ROWS)
 def test_params_within_tolerance_of_paper(name, size):
-    """Issue 5's criterion: within 5% of the paper's figure. The paper prints parameters rounded
-    to 0.1M, so the exact published count lies in [figure - 0.05M, figure + 0.05M); the test
-    measures our count's distance to that interval, relative to the figure."""
+    """The presets match the paper's parameter counts (docs/design.md): within 5% of its figure.
+    The paper prints parameters rounded to 0.1M, so the exact published count lies in
+    [figure - 0.05M, figure + 0.05M); the test measures our count's distance to that interval,
+    relative to the figure."""
     params, _, _ = _counts(name, size)
     figure = PAPER_TABLE[(name, size)][0] * 1e6
     low, high = figure - 0.05e6, figure + 0.05e6

@@ -31,7 +31,7 @@ TOLERANCE = {
     "render_grad": 1e-4,
     "loss": 1e-5,
     "loss_grad": {torch.float32: 1e-4, torch.float16: 1e-3, torch.bfloat16: 8e-3},
-    "decode": 1e-4,  # px, DESIGN.md: kernels agree with the reference algorithm to 1e-4 px
+    "decode": 1e-4,  # px, docs/design.md: kernels agree with the reference algorithm to 1e-4 px
     "soft_argmax": {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-4},
     "soft_argmax_grad": 1e-4,
     # Half maps: the gradient is rounded once to the half dtype; p = exp(beta h - lse) carries the
@@ -370,8 +370,8 @@ OP_CASES = [
 
 class RecordOps(TorchDispatchMode):
     """Every tensor op that reaches the dispatcher below autograd, with its tensor arguments: the
-    one-launch-per-call tests (issue 13) check that a call runs its kernel op and views only, never
-    a fill, cast or copy of an argument."""
+    one-launch-per-call tests (docs/design.md, Performance) check that a call runs its kernel op and
+    views only, never a fill, cast or copy of an argument."""
 
     def __init__(self):
         super().__init__()

@@ -30,7 +30,8 @@ def _every_op(device, backend, sigma):
 def test_ops_never_read_device_values_on_the_host():
     """Meta tensors stand for a GPU whose values the host cannot see without a sync: any
     bool()/item() on them raises. Every op (argument checks and the torch reference) runs on
-    them, tensor sigma included (issue 11: the sigma check synchronised every call)."""
+    them, tensor sigma included: its check once synchronised every call
+    (docs/ops-arguments-and-precision.md, "No host-device synchronisation")."""
     sigma = torch.full((3,), 2.0, device="meta")
     _every_op("meta", "torch", sigma)
 
@@ -85,7 +86,8 @@ def test_output_elements_are_bounded_before_allocating():
 
 
 def test_loss_weights_must_be_a_tensor():
-    """Issue 15 item 10: a numpy array raised AttributeError from deep inside the op."""
+    """A numpy array is refused at the boundary with a TypeError naming the argument (it used to raise
+    AttributeError from deep inside the op)."""
     pred = torch.zeros(1, 2, 8, 8)
     keypoints = torch.zeros(1, 2, 2)
     with pytest.raises(TypeError, match=r"weights: expected a torch.Tensor, got ndarray"):
@@ -96,8 +98,9 @@ def test_loss_weights_must_be_a_tensor():
 
 @pytest.mark.parametrize("backend", kernel_backends_and_torch())
 def test_local_mean_window_beyond_the_map_is_the_whole_map(backend):
-    """Issue 15 item 8: window >= 2^31 gave NaN on cpu (int overflow) and 1e9+1 took 48 s; a window
-    of 2 max(H, W) - 1 already covers the map from any argmax, so larger ones are clamped to it."""
+    """A window >= 2^31 once gave NaN on cpu (int overflow) and 1e9+1 took 48 s; a window of
+    2 max(H, W) - 1 already covers the map from any argmax, so larger ones are clamped to it
+    (docs/ops-arguments-and-precision.md)."""
     name, device = backend
     maps = torch.rand(2, 3, 8, 6, generator=torch.Generator().manual_seed(0)).to(device)
     whole, whole_scores = decode_heatmaps(maps, "local_mean", window=15, backend=name)

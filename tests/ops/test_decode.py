@@ -115,7 +115,7 @@ def test_edge_case_semantics(kernel_backend):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_non_finite_pixels_decode_as_the_reference(kernel_backend, method):
-    """DESIGN.md, the same on every backend: NaN is never the maximum, +inf / -inf are ordinary
+    """docs/design.md, the same on every backend: NaN is never the maximum, +inf / -inf are ordinary
     values, a non-finite value in the refinement patch leaves the integer argmax; an all-NaN map
     gives -1 and score NaN."""
     backend, device = kernel_backend
@@ -283,8 +283,9 @@ def test_flip_merge_shape_mismatch_is_named():
 @pytest.mark.parametrize("backend_device", kernel_backends_and_torch())
 @pytest.mark.parametrize("method", ["dark", "udp"])
 def test_refined_coordinates_stay_on_the_map(backend_device, method):
-    """Issue 15 item 8: on noise-only maps the near-singular Hessian made DARK step up to 50 px off
-    a 64x48 map; every backend clips to the map's area [-0.5, W-0.5] x [-0.5, H-0.5]."""
+    """On noise-only maps the near-singular Hessian can make DARK step up to 50 px off a 64x48 map;
+    every backend clips to the map's area [-0.5, W-0.5] x [-0.5, H-0.5]
+    (docs/ops-arguments-and-precision.md)."""
     backend, device = backend_device
     maps = torch.rand(2, 17, 64, 48, generator=torch.Generator().manual_seed(0)).to(device)
     coords, scores = decode_heatmaps(maps, method, blur_kernel=31, backend=backend)

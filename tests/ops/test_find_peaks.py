@@ -83,7 +83,7 @@ def test_equal_scores_sorted_by_index():
 
 @pytest.mark.parametrize("backend_device", kernel_backends_and_torch())
 def test_empty_batches_and_more_peaks_than_pixels(backend_device):
-    """Empty batches give empty outputs on every backend (issue 15 item 8: torch crashed)."""
+    """Empty batches give empty outputs on every backend (the torch reference used to crash)."""
     backend, device = backend_device
     for shape in [(0, 3, H, W), (2, 0, H, W)]:
         coords, scores, valid = find_peaks(torch.zeros(shape, device=device), backend=backend)
@@ -135,7 +135,7 @@ def test_special_values_and_plateaus_match_the_reference(kernel_backend, min_dis
 
 
 def test_special_values_hand_checked():
-    """The rules themselves (DESIGN.md), on the reference every backend is compared with."""
+    """The rules themselves (docs/design.md), on the reference every backend is compared with."""
     maps = _special_value_maps("cpu")
     coords, scores, valid = find_peaks(maps, 0.1, 2, 12, backend="torch")
     inf_peaks = coords[0, 1][scores[0, 1] == math.inf].tolist()

@@ -303,8 +303,9 @@ _CPU_SIGMA_CHECK_OPS = {torch.ops.aten.abs.default, torch.ops.aten.ne.Scalar, to
 @pytest.mark.parametrize("form", ["float_sigma_no_weights", "float_sigma_weights", "per_keypoint_sigma",
                                   "per_keypoint_sigma_grad"])
 def test_one_launch_per_call(kernel_backend, form):
-    """Issue 13: a render call runs the kernel op and views only: no torch.ones for absent weights,
-    no torch.full for a float sigma, no copy of a (K,) sigma expanded to (B, K)."""
+    """One launch per call (docs/design.md, Performance): a render call runs the kernel op and views
+    only: no torch.ones for absent weights, no torch.full for a float sigma, no copy of a (K,) sigma
+    expanded to (B, K)."""
     backend, device = kernel_backend
     keypoints = (torch.rand(4, 17, 2) * 10).to(device)
     num_keypoints = keypoints.shape[1]
@@ -333,7 +334,7 @@ def test_one_launch_per_call(kernel_backend, form):
 
 @pytest.mark.parametrize("upstream", ["expanded", "transposed"])
 def test_backward_reads_the_upstream_with_its_strides(kernel_backend, upstream):
-    """Issue 13: heatmaps.sum()'s upstream is expanded (strides 0) and a user's may be any view;
+    """heatmaps.sum()'s upstream is expanded (strides 0) and a user's may be any view;
     the backward op reads it in place (no map-sized copy, one launch) and matches the reference."""
     backend, device = kernel_backend
     keypoints = (torch.rand(3, 2, 4, 2, generator=torch.Generator().manual_seed(5)) * 7).to(device)
@@ -400,7 +401,7 @@ def test_adaptive_sigma():
 @pytest.mark.parametrize("backend", kernel_backends_and_torch())
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_huge_finite_coordinate_has_zero_gradient(backend, encoding):
-    """Issue 15 item 8: x = 3e38 is finite but its window is off the map; the reference overflowed
+    """x = 3e38 is finite but its window is off the map; the reference used to overflow
     (x - col)^2 to inf and gave a NaN gradient where the kernels give 0."""
     name, device = backend
     keypoints = torch.tensor([[[3e38, 2.0], [4.0, -3e38], [3.2, 4.1]]], device=device, requires_grad=True)

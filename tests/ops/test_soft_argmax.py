@@ -57,7 +57,7 @@ def test_backend_matches_reference(kernel_backend, beta):
 
 @pytest.mark.parametrize("upstream", ["expanded", "transposed"])
 def test_backward_reads_the_upstream_with_its_strides(kernel_backend, upstream):
-    """Issue 13: coords.sum()'s upstream is an expanded scalar (strides 0) and a user's may be any
+    """coords.sum()'s upstream is an expanded scalar (strides 0) and a user's may be any
     view; the backward op reads either in place (no copy, one launch) and matches the reference."""
     backend, device = kernel_backend
     maps = _maps(device)

@@ -115,7 +115,7 @@ def compiled_96x72(tmp_path_factory):
 
 
 def test_every_triton_kernel_moves_the_map_in_vectors(compiled_96x72):
-    """At DESIGN.md's sizes (64x48: every size a multiple of 16; 96x72: rows 16-byte aligned, width
+    """At docs/design.md's sizes (64x48: every size a multiple of 16; 96x72: rows 16-byte aligned, width
     not a multiple of 16) the hot loop of every kernel moves the map in 8- or 16-byte accesses."""
     assert {r["size"] for r in compiled_96x72 if "size" in r} == {"96x72", "64x48"}
     scalar = [(r["name"], r["loop_map_width"]) for r in compiled_96x72

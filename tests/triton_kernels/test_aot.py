@@ -26,7 +26,7 @@ def _resources():
     return module
 
 
-# DESIGN.md's map, an odd one, and the degenerate sides (1x1, one row, one column), which Triton's
+# docs/design.md's map, an odd one, and the degenerate sides (1x1, one row, one column), which Triton's
 # launcher specialises into constants; --quick adds K = 1 and one instance.
 QUICK_SIZES = "64x48,17x13,1x1,1x7,7x1"
 
@@ -342,8 +342,9 @@ def _figures(record):
 
 
 def test_committed_cuda_records_give_per_pixel_figures():
-    """The committed before records (a CUDA build of main before issue 13): the loss picks its
-    per-pixel loop (it nests the instance loop), with a positive count and a fraction in (0, 1]."""
+    """The committed before records (a CUDA build of main b031da6, before the kernel redesign): the
+    loss picks its per-pixel loop (it nests the instance loop), with a positive count and a
+    fraction in (0, 1]."""
     book = json.loads((ROOT / "benchmarks" / "results" / "resources.json").read_text())
     records = {r["name"]: _figures(r) for r in book["before"]["cuda"]}
     loss = records["heatmap_loss_kernel<(kpfast::LossKind)0, true, float>"]

@@ -1,7 +1,9 @@
-"""Regression tests for the Triton fixes of issue 11 part 1, run through the interpreter.
+"""Regression tests for Triton kernel bugs that were fixed (tile shapes of empty sizes, in-kernel
+blur taps, NaN and -inf handling, the device guard, clipping, a find_peaks recompile per
+min_distance), run through the interpreter.
 
 (What only Triton's real compiler catches, such as module globals in @triton.jit or float64
-literals, is gated by tests/triton/test_aot.py.)"""
+literals, is gated by tests/triton_kernels/test_aot.py.)"""
 
 import math
 
@@ -87,7 +89,7 @@ def test_soft_argmax_nan_or_plus_inf_makes_the_map_nan():
 
 @pytest.mark.parametrize("method", ["argmax", "quarter", "dark", "udp", "local_mean"])
 def test_decode_skips_nan_pixels_explicitly(method):
-    """NaN pixels are never the maximum (DESIGN.md), whatever tl.max does with NaN: NaN in the
+    """NaN pixels are never the maximum (docs/design.md), whatever tl.max does with NaN: NaN in the
     first chunk, beside the maximum, and a whole NaN map."""
     _need_triton()
     maps = torch.zeros(1, 3, 64, 48)
@@ -178,7 +180,7 @@ def test_loss_over_several_row_tiles_matches_the_reference(kind):
 
 @pytest.mark.parametrize("method", ["dark", "udp"])
 def test_decode_kernel_clips_refined_points_to_the_map(method):
-    """Issue 13: the Triton decode kernel itself clips DARK/UDP points to [-0.5, W-0.5] x
+    """The Triton decode kernel itself clips DARK/UDP points to [-0.5, W-0.5] x
     [-0.5, H-0.5] (reference.clip_to_map), called directly, without kpfast.ops' Python clip.
 
     On noise maps the near-singular Hessian steps far out of the map, across each of the four
@@ -245,7 +247,7 @@ def test_decode_kernel_keeps_points_inside_unclipped(method):
 
 
 def test_find_peaks_distance_is_a_runtime_argument():
-    """Issue 13: one compiled find_peaks kernel serves every min_distance (it was a constexpr: a
+    """One compiled find_peaks kernel serves every min_distance (it was a constexpr: a
     recompile per distance). The launch constexprs depend on the map size and max_peaks only,
     and min_distance / max_peaks are not even specialised on their value (do_not_specialize)."""
     import inspect
