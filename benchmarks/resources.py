@@ -89,15 +89,15 @@ BUDGETS = {
     # Triton: 4 warps per program; <= 128 registers keeps >= 4 programs (16 warps) per SM.
     "render._render_forward_kernel": (128, "one tile per program, latency hidden by >= 4 programs per SM"),
     "render._render_backward_kernel": (255, "rare path (coordinate/sigma gradients) with an N^2 instance loop; gate: no spills"),
-    "loss._loss_forward_kernel": (255, "issue 13 redesigns the tiles; until then the gate is: no spills"),
-    "loss._loss_backward_kernel": (255, "issue 13 redesigns the tiles; until then the gate is: no spills"),
+    "loss._loss_forward_kernel": (255, "tiles sized per loss kind (loss.py TILE_BY_KIND) to the largest that compile unspilled; gate: no spills"),
+    "loss._loss_backward_kernel": (255, "tiles sized per loss kind (loss.py TILE_BY_KIND) to the largest that compile unspilled; gate: no spills"),
     "loss._loss_fused_forward_kernel": (255, "opt-in gradient-in-forward (loss and gradient of a tile); gate: no spills"),
     "loss._loss_rescale_kernel": (64, "elementwise in-place rescale: full occupancy"),
     "decode._decode_kernel": (168, "one program per map, bandwidth-bound: 3 programs per SM suffice"),
     "decode._soft_argmax_kernel": (128, "one program per map, needs >= 4 programs per SM to hide latency"),
     "decode._soft_argmax_backward_kernel": (64, "elementwise: full occupancy"),
-    "decode._find_peaks_kernel": (128, "one program per map walking 1024-pixel tiles (issue 13's redesign takes "
-                                       "<= 127): <= 128 keeps >= 4 programs (16 warps) per SM"),
+    "decode._find_peaks_kernel": (128, "one program per map walking 1024-pixel tiles (77-121 registers under its "
+                                       "ceiling): <= 128 keeps >= 4 programs (16 warps) per SM"),
     # CUDA kernels (256-thread blocks): <= 64 registers keeps 4 blocks (32 warps, half occupancy) per SM;
     # full occupancy (64 warps) needs <= 32.
     "cuda": (64, "256-thread blocks: <= 64 registers keeps 4 blocks (32 warps) per SM"),

@@ -687,10 +687,10 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--json", help="write the records here (default: stdout)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--sizes", default=None, help="comma-separated HxW list (default: DESIGN.md's and more)")
+    parser.add_argument("--sizes", default=None, help="comma-separated HxW list (default: docs/design.md's and more)")
     parser.add_argument("--quick", action="store_true",
                         help="one specialisation per kernel, kind, method, blur size in QUICK_BLURS and set of "
-                             "integer arguments equal to 1 (default sizes: DESIGN.md's and DEGENERATE_SIZES)")
+                             "integer arguments equal to 1 (default sizes: docs/design.md's and DEGENERATE_SIZES)")
     parser.add_argument("--keypoints", type=int, nargs="+", default=None,
                         help=f"keypoint counts K (default: {LAUNCH_KEYPOINTS}; --quick: {LAUNCH_KEYPOINTS} and "
                              f"{DEGENERATE_KEYPOINTS})")
