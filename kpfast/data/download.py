@@ -25,6 +25,7 @@ another; the sizes are those files' sizes, which the server's Content-Length mus
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -32,6 +33,7 @@ import os
 import shutil
 import socket
 import time
+import types
 import urllib.error
 import urllib.request
 import zipfile
@@ -124,64 +126,123 @@ def fetch(archive: Archive, base_url: str, root: Path, *, retries: int = 3, prog
         return final
     part = root / (archive.filename + ".part")
     url = base_url + archive.url_path
-    for attempt in range(retries + 1):
-        try:
-            _transfer(url, part, archive, progress=progress, timeout=timeout)
-            break
-        except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError,
-                urllib.error.URLError) as exc:
-            if isinstance(exc, urllib.error.HTTPError) or attempt == retries:
-                have = part.stat().st_size if part.exists() else 0
-                raise DownloadError(f"downloading {url} failed ({_reason(exc)}); {have} of {archive.size} bytes "
-                                    f"kept in {part}: rerun the same command to resume") from None
-            time.sleep(min(2.0 ** attempt, 10.0))
+    _download_part(url, part, archive.size, None, retries=retries, progress=progress, timeout=timeout)
     _verify(part, archive, on_mismatch=f"{part}: {{why}}; the file was deleted, rerun to download it again",
             error=DownloadError, delete_on_mismatch=True)
     os.replace(part, final)
     return final
 
 
-def _transfer(url: str, part: Path, archive: Archive, *, progress: bool, timeout: float) -> None:
-    """Append the missing bytes of ``url`` to ``part`` (Range request when ``part`` is non-empty)."""
+def download_file(url: str, destination: Path, *, sha256_prefix: str | None = None, limit: int,
+                  retries: int = 3, progress: bool = True, timeout: float = 60.0) -> Path:
+    """``destination``, downloaded from ``url`` unless already there, through ``destination.part``
+    (resumed with a Range request, within the run and on the next), at most ``limit`` bytes, and
+    checked against ``sha256_prefix`` (the start of its SHA-256, as published file names carry it)
+    before it is renamed into place. An existing ``destination`` is checked too, never replaced."""
+    destination = Path(destination)
+    if destination.exists():
+        _check_sha256(destination, sha256_prefix, f"{destination} exists but is not the published file "
+                      "({why}): delete or move it, then rerun", FileExistsError)
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    part = destination.with_name(destination.name + ".part")
+    _download_part(url, part, None, limit, retries=retries, progress=progress, timeout=timeout)
+    _check_sha256(part, sha256_prefix, f"{part}: {{why}}; the file was deleted, rerun to download it again",
+                  DownloadError, delete=True)
+    os.replace(part, destination)
+    return destination
+
+
+def _check_sha256(path: Path, prefix: str | None, message: str, error: type[Exception], delete: bool = False) -> None:
+    if prefix is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix.lower()):
+        if delete:
+            path.unlink()
+        raise error(message.format(why=f"SHA-256 {digest.hexdigest()[:16]}..., expected {prefix}..."))
+
+
+def _download_part(url: str, part: Path, size: int | None, limit: int | None, *, retries: int, progress: bool,
+                   timeout: float) -> None:
+    """Complete ``part`` from ``url`` with ``retries`` retries of a dropped or stalled transfer."""
+    for attempt in range(retries + 1):
+        try:
+            _transfer(url, part, size, limit, progress=progress, timeout=timeout)
+            return
+        except (http.client.IncompleteRead, ConnectionError, socket.timeout, TimeoutError,
+                urllib.error.URLError) as exc:
+            if isinstance(exc, urllib.error.HTTPError) or attempt == retries:
+                have = part.stat().st_size if part.exists() else 0
+                of = f" of {size}" if size is not None else ""
+                raise DownloadError(f"downloading {url} failed ({_reason(exc)}); {have}{of} bytes "
+                                    f"kept in {part}: rerun the same command to resume") from None
+            time.sleep(min(2.0 ** attempt, 10.0))
+
+
+def _progress_bar(total: int | None, initial: int, label: str, enabled: bool):
+    """tqdm's bar (a trainer dependency); without tqdm, none: downloading must not need it."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        enabled = False
+    if not enabled:
+        return contextlib.nullcontext(types.SimpleNamespace(update=lambda n: None))
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=label, leave=True)
+
+
+def _transfer(url: str, part: Path, size: int | None, limit: int | None, *, progress: bool, timeout: float) -> None:
+    """Append the missing bytes of ``url`` to ``part`` (Range request when ``part`` is non-empty).
+
+    ``size``: the file's known size (an archive's), which the server must match; else ``limit``,
+    the most this download may write, so that a server sending no (or a false) Content-Length
+    cannot fill the disk."""
+    cap = size if size is not None else limit
     offset = part.stat().st_size if part.exists() else 0
-    if offset > archive.size:  # our own temporary file, longer than the archive: cannot be resumed
+    if offset > cap:  # our own temporary file, longer than the file can be: cannot be resumed
         part.unlink()
         offset = 0
-    if offset == archive.size:
+    if size is not None and offset == size:
         return
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         if offset and response.status != 206:  # the server ignored the Range header: start over
             offset = 0
         length = _content_length(response, url)
-        if length is not None and length != archive.size - offset:
-            raise DownloadError(f"{url}: the server sends {length + offset} bytes, expected {archive.size}: "
+        if size is not None and length is not None and length != size - offset:
+            raise DownloadError(f"{url}: the server sends {length + offset} bytes, expected {size}: "
                                 f"the file on the server is not the expected archive (wrong --base-url?)")
-        from tqdm import tqdm
-
-        with open(part, "ab" if offset else "wb") as out, tqdm(
-                total=archive.size, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=archive.filename, disable=not progress, leave=True) as bar:
+        if size is None and length is not None and length + offset > limit:
+            raise DownloadError(f"{url}: the server sends {length + offset} bytes, more than the {limit} "
+                                f"this download may take: not the expected file")
+        total = size if size is not None else (None if length is None else length + offset)
+        with open(part, "ab" if offset else "wb") as out, _progress_bar(total, offset, part.name[:-5],
+                                                                          progress) as bar:
             received = offset
             watch = _ThroughputWatch(url)
             while True:
                 # read1: whatever has arrived (read(CHUNK) would wait for a whole chunk from a
                 # server trickling bytes, and the throughput check would never run).
-                chunk = response.read1(min(CHUNK, archive.size - received + 1))
+                chunk = response.read1(min(CHUNK, cap - received + 1))
                 if not chunk:
                     break
                 out.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
-                if received > archive.size:  # no (or a false) Content-Length: stop at the known size
+                if received > cap:  # no (or a false) Content-Length: stop at the known size or limit
                     out.close()
                     part.unlink()
-                    raise DownloadError(f"{url}: the server sent more than the archive's {archive.size} bytes "
+                    what = f"the archive's {size}" if size is not None else f"the {limit} this download may take"
+                    raise DownloadError(f"{url}: the server sent more than {what} bytes "
                                         f"(no Content-Length); {part} was deleted: check --base-url")
                 watch.update(received)
             out.flush()
             os.fsync(out.fileno())
-        if received < archive.size:  # a server that closes early without Content-Length
+        expected = size if size is not None else (None if length is None else length + offset)
+        if expected is not None and received < expected:  # a server that closes early
             raise ConnectionError(f"connection closed after {received} bytes")
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,7 +39,42 @@ from torch import nn
 from .pose_model import PoseModel
 from .presets import PRESETS, build_model
 
-__all__ = ["LoadReport", "PretrainedError", "infer_preset", "load_pretrained", "read_state_dict"]
+__all__ = ["KNOWN_WEIGHTS", "KnownWeights", "LoadReport", "PretrainedError", "fetch_weights", "infer_preset",
+           "load_pretrained", "read_state_dict"]
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownWeights:
+    """A published checkpoint: where it is, the start of its SHA-256 (the published file name's
+    8 hex digits), what it is, and the COCO val2017 AP it was published with (detector boxes,
+    flip test)."""
+
+    url: str
+    sha256_prefix: str
+    preset: str
+    input_size: tuple[int, int]  # (H, W)
+    published_ap: float
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+_MMPOSE = "https://download.openmmlab.com/mmpose/top_down/litehrnet/"
+# MMPose's model zoo (configs/body_2d_keypoint/topdown_heatmap/coco/litehrnet_coco.md).
+KNOWN_WEIGHTS = {
+    "litehrnet_18_coco_256x192": KnownWeights(_MMPOSE + "litehrnet18_coco_256x192-6bace359_20211230.pth", "6bace359",
+                                              "litehrnet_18", (256, 192), 0.642),
+    "litehrnet_18_coco_384x288": KnownWeights(_MMPOSE + "litehrnet18_coco_384x288-8d4dac48_20211230.pth", "8d4dac48",
+                                              "litehrnet_18", (384, 288), 0.676),
+    "litehrnet_30_coco_256x192": KnownWeights(_MMPOSE + "litehrnet30_coco_256x192-4176555b_20210626.pth", "4176555b",
+                                              "litehrnet_30", (256, 192), 0.676),
+    "litehrnet_30_coco_384x288": KnownWeights(_MMPOSE + "litehrnet30_coco_384x288-a3aef5c4_20210626.pth", "a3aef5c4",
+                                              "litehrnet_30", (384, 288), 0.700),
+}
+# The most a weights download may write: Lite-HRNet checkpoints are a few MB, so a server sending
+# more (or no Content-Length and no end) is stopped here, not at a full disk.
+MAX_WEIGHTS_BYTES = 256 << 20
 
 # Keys of an MMPose 1.x model that are not network weights: the data preprocessor's mean/std.
 _IGNORED_PREFIXES = ("data_preprocessor.",)
@@ -182,14 +218,47 @@ def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], reinit: tup
     return loadable, reinitialised, ignored
 
 
+def weights_cache() -> Path:
+    """Where downloaded weights are kept: torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def fetch_weights(source: str, *, progress: bool = True) -> Path:
+    """The local file for ``source``: a name of :data:`KNOWN_WEIGHTS` or an http(s) URL, downloaded
+    into :func:`weights_cache` (resumed when interrupted, a known file checked against its SHA-256
+    prefix, a URL's file against the 8 hex digits its name carries after a ``-`` as published
+    checkpoints do); anything else is a path, returned as it is."""
+    from kpfast.data.download import DownloadError, download_file
+
+    known = KNOWN_WEIGHTS.get(source)
+    if known is not None:
+        url, prefix = known.url, known.sha256_prefix
+    elif source.startswith(("http://", "https://")):
+        url = source
+        stem = url.rsplit("/", 1)[-1].split("?")[0].rsplit(".", 1)[0]
+        match = re.search(r"-([0-9a-f]{8,64})(?:_|$)", stem)
+        prefix = match.group(1) if match else None
+    else:
+        return Path(source)
+    name = url.rsplit("/", 1)[-1].split("?")[0]
+    if not name or name in (".", ".."):
+        raise PretrainedError(f"weights: {url} names no file")
+    try:
+        return download_file(url, weights_cache() / name, sha256_prefix=prefix, limit=MAX_WEIGHTS_BYTES,
+                             progress=progress)
+    except (DownloadError, FileExistsError, OSError) as error:
+        raise PretrainedError(f"weights: {error}") from None
+
+
 def load_pretrained(source, *, preset: str | None = None, num_keypoints: int | None = None,
                     visibility_head: bool | None = None, weights: str = "auto", overrides: Mapping | None = None,
                     ) -> tuple[PoseModel, LoadReport]:
     """Build the network a weights file holds and load it: ``(model, report)``.
 
     Args:
-        source: a path to a weights file (see the module docstring for the formats), or an
-            already loaded checkpoint object (a mapping).
+        source: a name of :data:`KNOWN_WEIGHTS` or an http(s) URL (downloaded once into torch
+            hub's cache, see :func:`fetch_weights`), a path to a weights file (see the module
+            docstring for the formats), or an already loaded checkpoint object (a mapping).
         preset: the :data:`~kpfast.models.PRESETS` name; inferred from the weights' shapes when
             None (a kpfast checkpoint names its own).
         num_keypoints: the head's keypoints; default the file's. Another number re-initialises the
@@ -200,7 +269,8 @@ def load_pretrained(source, *, preset: str | None = None, num_keypoints: int | N
     """
     if isinstance(source, (str, os.PathLike)):
         label = str(source)
-        checkpoint = _load_file(Path(source))
+        path = fetch_weights(source) if isinstance(source, str) else Path(source)
+        checkpoint = _load_file(path)
     else:
         label, checkpoint = "checkpoint", source
     state, fmt, stored = read_state_dict(checkpoint, label, weights)

@@ -9,15 +9,15 @@ import io
 import json
 import subprocess
 import sys
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from kpfast.data import download as dl
 from kpfast.data.download import Archive, DownloadError, download_coco
+
+from loopback import serve  # tests/loopback.py (tests/ is on sys.path: its conftest.py)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,55 +68,10 @@ def site():
                                   "val2017/000000000002.jpg": bytes(range(256)) * 200}),
         "zips/train2017.zip": _zip({"train2017/000000000001.jpg": _jpeg()}),
     }
-    state = {"requests": [], "cut_next": 0, "ignore_range": False, "corrupt": set()}
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def do_GET(self):
-            path = self.path.lstrip("/")
-            state["requests"].append((path, self.headers.get("Range")))
-            body = payloads.get(path)
-            if body is None:
-                self.send_error(404)
-                return
-            if path in state["corrupt"]:  # same size, different bytes
-                body = body[:-1] + bytes([body[-1] ^ 0xFF])
-            start = 0
-            rng = self.headers.get("Range")
-            if rng and not state["ignore_range"]:
-                start = int(rng.split("=")[1].split("-")[0])
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-            else:
-                self.send_response(200)
-            rest = body[start:]
-            self.send_header("Content-Length", str(len(rest)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if state["cut_next"] > 0:  # close the connection halfway through the body
-                state["cut_next"] -= 1
-                self.wfile.write(rest[: len(rest) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(rest)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     table = {key: Archive(a.url_path, len(payloads[a.url_path]), hashlib.md5(payloads[a.url_path]).hexdigest())
              for key, a in dl.ARCHIVES.items()}
-    try:
-        yield {"url": f"http://127.0.0.1:{server.server_address[1]}/", "archives": table, "state": state,
-               "payloads": payloads}
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve(payloads) as server:
+        yield {"url": server.url, "archives": table, "state": server.state, "payloads": payloads}
 
 
 def _get(site, root, **kw):

@@ -1,6 +1,7 @@
 """load_pretrained: checkpoints in MMPose 1.x / 0.x, kpfast and bare state-dict layouts, generated
 here with those key layouts and file structures, load strictly into kpfast's network."""
 
+import hashlib
 from collections import OrderedDict
 
 import pytest
@@ -127,3 +128,63 @@ def test_files_load_only_as_weights(tmp_path):
         load_pretrained({"state_dict": {"backbone.x": "text"}})
     with pytest.raises(PretrainedError, match="no backbone"):
         load_pretrained({"head.final_layer.weight": torch.zeros(17, 40, 1, 1)})
+
+
+# ----------------------------------------------------------------------------- by name or URL
+
+def _published_file(tmp_path, model):
+    """A generated MMPose 1.x checkpoint named as MMPose publishes them: NAME-<sha256[:8]>_DATE.pth."""
+    raw = tmp_path / "raw.pth"
+    torch.save(_mmpose_1x(model), raw)
+    payload = raw.read_bytes()
+    return payload, hashlib.sha256(payload).hexdigest()
+
+
+def test_known_weights_download_once_with_resume_and_checksum(tmp_path, monkeypatch):
+    from loopback import serve  # tests/loopback.py
+
+    from kpfast.models import pretrained
+
+    source = _randomised()
+    payload, digest = _published_file(tmp_path, source)
+    name = f"litehrnet18_coco_256x192-{digest[:8]}_20211230.pth"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with serve({name: payload, "wrong-" + name: payload[:-1] + bytes([payload[-1] ^ 0xFF])}) as site:
+        known = pretrained.KnownWeights(site.url + name, digest[:8], "litehrnet_18", (256, 192), 0.642)
+        monkeypatch.setitem(pretrained.KNOWN_WEIGHTS, "test_weights", known)
+        site.state["cut_next"] = 1  # the first transfer breaks halfway: resumed with a Range request
+        model, report = load_pretrained("test_weights")
+        assert [r for _, r in site.state["requests"]] == [None, f"bytes={len(payload) // 2}-"]
+        cached = pretrained.weights_cache() / name
+        assert cached.read_bytes() == payload and report.preset == "litehrnet_18"
+        torch.testing.assert_close(_heatmaps(model), _heatmaps(source), rtol=0, atol=0)
+        load_pretrained("test_weights")  # cached: no second request
+        assert len(site.state["requests"]) == 2
+        # A URL carries its checksum in the published name: a file that does not match is refused, deleted.
+        with pytest.raises(PretrainedError, match="SHA-256"):
+            load_pretrained(site.url + "wrong-" + name)
+        assert not (pretrained.weights_cache() / ("wrong-" + name)).exists()
+        assert not (pretrained.weights_cache() / ("wrong-" + name + ".part")).exists()
+
+
+def test_a_server_sending_more_than_a_checkpoint_can_be_is_stopped(tmp_path, monkeypatch):
+    from loopback import serve
+
+    from kpfast.models import pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(pretrained, "MAX_WEIGHTS_BYTES", 1000)
+    with serve({"big.pth": b"x" * 5000}) as site:
+        with pytest.raises(PretrainedError, match="more than the 1000"):
+            load_pretrained(site.url + "big.pth")
+    assert not any((pretrained.weights_cache()).glob("big.pth*"))
+
+
+def test_the_published_table_names_each_preset_and_size_once():
+    from kpfast.models.pretrained import KNOWN_WEIGHTS
+
+    assert {(w.preset, w.input_size) for w in KNOWN_WEIGHTS.values()} == {
+        (p, s) for p in ("litehrnet_18", "litehrnet_30") for s in ((256, 192), (384, 288))}
+    for name, weights in KNOWN_WEIGHTS.items():
+        assert f"-{weights.sha256_prefix}_" in weights.filename and weights.url.startswith("https://")
+        assert name.startswith(weights.preset) and 0.6 < weights.published_ap < 0.75
