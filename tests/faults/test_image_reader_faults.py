@@ -13,7 +13,7 @@ from PIL import Image
 
 import kpfast
 from kpfast.data.transforms import read_image_checked
-from tests.faults.test_cli_faults import _tiny_checkpoint
+from .test_cli_faults import _tiny_checkpoint
 
 WORKTREE = Path(os.path.abspath(kpfast.__file__)).parents[1]
 

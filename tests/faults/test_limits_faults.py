@@ -14,7 +14,7 @@ import pytest
 import kpfast
 from kpfast import train as train_cli
 from kpfast.engine.cli import run_cli
-from tests.faults.helpers import one_line_error
+from .helpers import one_line_error
 from kpfast.engine.config import ConfigError, load_config
 
 WORKTREE = Path(os.path.abspath(kpfast.__file__)).parents[1]

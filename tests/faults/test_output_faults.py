@@ -15,8 +15,8 @@ from kpfast.data import synthetic
 from kpfast.engine.cli import run_cli
 from kpfast.engine.outputs import OutputGuard, OutputPathError
 from kpfast.engine.rundir import create_run_dir
-from tests.faults.helpers import one_line_error
-from tests.faults.test_cli_faults import _tiny_checkpoint
+from .helpers import one_line_error
+from .test_cli_faults import _tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from kpfast.engine.checkpoint import load_checkpoint
 from kpfast.engine.config import load_config
 from kpfast.engine.trainer import Trainer
-from tests.faults.test_trainer_faults import overrides, synthetic_root  # noqa: F401 - shared fixtures
+from .test_trainer_faults import overrides, synthetic_root  # noqa: F401 - shared fixtures
 
 
 def _trainer(overrides, *extra, resume=None, aps=None):

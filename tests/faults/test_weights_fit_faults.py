@@ -9,8 +9,8 @@ from kpfast import eval as eval_cli
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
 from kpfast.engine.cli import run_cli
-from tests.faults.helpers import one_line_error
-from tests.faults.test_cli_faults import _tiny_checkpoint
+from .helpers import one_line_error
+from .test_cli_faults import _tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch
 
 from kpfast.ops import decode_heatmaps, find_peaks, heatmap_loss, render_heatmaps, soft_argmax
 from kpfast.ops._checks import SIGMA_FLOOR
-from tests.ops.harness import TOLERANCE, backend_params
+from .harness import TOLERANCE, backend_params
 
 CPU_CASES = 300
 TRITON_CASES = 12
