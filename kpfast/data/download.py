@@ -241,8 +241,7 @@ def _transfer(url: str, part: Path, size: int | None, limit: int | None, *, prog
                 watch.update(received)
             out.flush()
             os.fsync(out.fileno())
-        expected = size if size is not None else (None if length is None else length + offset)
-        if expected is not None and received < expected:  # a server that closes early
+        if total is not None and received < total:  # a server that closes early
             raise ConnectionError(f"connection closed after {received} bytes")
 
 

@@ -165,9 +165,6 @@ def read_state_dict(checkpoint: object, source: str = "checkpoint", weights: str
 def _rename_heads(state: dict) -> dict:
     out = {}
     for key, value in state.items():
-        if key.startswith(_IGNORED_PREFIXES):
-            out[key] = value  # kept, reported as ignored by the strict load
-            continue
         for alias in _HEAD_ALIASES:
             if key.startswith(alias):
                 key = "head." + key[len(alias):]
