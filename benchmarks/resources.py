@@ -1,6 +1,6 @@
 """Static resource table of every GPU kernel, with a bandwidth model: no GPU needed.
 
-Triton kernels come from kpfast.triton.aot (each specialisation compiled for sm_90 / sm_80);
+Triton kernels come from tools/triton_aot.py (each specialisation compiled for sm_90 / sm_80);
 CUDA kernels from the SASS embedded in a CUDA-built ``kpfast/_C.so`` (``cuobjdump -arch sm_90``:
 ``--dump-resource-usage``, ``-sass`` and ``-elf`` for ``__launch_bounds__``).
 
@@ -22,13 +22,13 @@ file unless recomputed, so the table regenerates without the before build) and
 * smem: shared memory per block in bytes (Triton: the launcher's dynamic shared memory);
 * sass: static SASS instructions of the kernel;
 * div64: 64-bit integer divisions / remainders anywhere in the kernel (``I2F.U64.RP`` / ``.S64``
-  expansions, kpfast.triton.aot.int64_divisions); ``--check`` fails on any;
+  expansions, tools/triton_aot.py's int64_divisions); ``--check`` fails on any;
 * vec: the widest global access of map elements in the hot loop, in bytes (16: 16-byte vectors;
   the element size: scalar accesses). Triton kernels are compiled with the integer arguments'
-  divisibility the JIT launcher gives them at that size (kpfast.triton.aot.launcher_ints): at
+  divisibility the JIT launcher gives them at that size (tools/triton_aot.py's launcher_ints): at
   64x48 every size and stride is a multiple of 16, so the launcher lets Triton vectorise;
 * el/it: map elements one thread handles per iteration of the hot loop (the loop that moves the
-  map, chosen by ``kpfast.triton.aot.sass_summary``; "kernel" when no loop does: a straight-line
+  map, chosen by ``sass_summary`` (tools/triton_aot.py); "kernel" when no loop does: a straight-line
   tile). Triton: the program's tile (``BLOCK``, ``BLOCK_H * BLOCK_W``) over its threads. CUDA:
   derived from the loop's global traffic per thread and the op's element size, the element type
   being the kernel's template argument (``float``, ``c10::BFloat16``, ...; render: the last type
@@ -82,6 +82,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / "tools"  # the Triton AOT gate, a developer tool outside the package
+sys.path.insert(0, str(TOOLS))
 RESULTS = ROOT / "benchmarks" / "results"
 
 # Register budgets per kernel family (the gate; spills are never allowed). One reason each.
@@ -114,7 +116,7 @@ def budget_for(kernel: str, name: str = "") -> int:
 
 def _tool(name: str) -> str | None:
     sys.path.insert(0, str(ROOT))
-    from kpfast.triton.aot import _tool as find
+    from triton_aot import _tool as find
 
     return find(name)
 
@@ -163,7 +165,7 @@ def model(record: dict, machine: dict = H100) -> dict:
     if record.get("ok") is False:
         return dict(out, note="does not compile")
     if direction is None:
-        return dict(out, note=out["note"] or "no map-access rule for this kernel name (kpfast.triton.aot.MAP_ACCESS)")
+        return dict(out, note=out["note"] or "no map-access rule for this kernel name (MAP_ACCESS in tools/triton_aot.py)")
     if not size:
         return dict(out, note=out["note"] or "no element type in the kernel's name")
     if not record.get("loop_sass"):
@@ -219,7 +221,7 @@ def template_arguments(name: str) -> list[str]:
 def element_type(name: str) -> str | None:
     """The map element type of a CUDA kernel: render kernels <compute_t, map_t> take the last type
     argument, every other kernel the first (``scalar_t``/``pred_t`` comes first)."""
-    from kpfast.triton.aot import ELEMENT_BYTES
+    from triton_aot import ELEMENT_BYTES
 
     types = [a for a in template_arguments(name) if a.replace(" const", "") in ELEMENT_BYTES]
     if not types:
@@ -256,7 +258,7 @@ def launch_bounds(elf: str) -> dict:
 def cuda_records(so_path: str, arch: int = 90) -> tuple[list[dict], str | None]:
     """Per CUDA kernel of ``so_path`` for sm_<arch>: resources, hot loop. (records, skip reason)."""
     sys.path.insert(0, str(ROOT))
-    from kpfast.triton.aot import ELEMENT_BYTES, resolve_access, resource_usage
+    from triton_aot import ELEMENT_BYTES, resolve_access, resource_usage
 
     if not os.path.exists(so_path):
         return [], f"{so_path} does not exist"
@@ -311,7 +313,8 @@ def triton_records(json_path: str | None, arch: list[int]) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             json_path = os.path.join(tmp, "aot.json")
             env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-            subprocess.run([sys.executable, "-m", "kpfast.triton.aot", "--arch", *map(str, arch), "--sizes",
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+            subprocess.run([sys.executable, str(TOOLS / "triton_aot.py"), "--arch", *map(str, arch), "--sizes",
                             "64x48,96x72", "--json", json_path], cwd=ROOT, env=env)
             return json.load(open(json_path))["records"]
     return json.load(open(json_path))["records"]
@@ -416,14 +419,14 @@ COLUMNS = (("regs", "regs"), ("spill", "spill"), ("shared", "smem"), ("sass", "s
            ("latency_bound", "latency"), ("model_fraction", "model"))
 
 # The after side at merge time: the merged tree's AOT JSON and CUDA build (the before side stays).
-REGENERATE = ("env -u TRITON_INTERPRET python -m kpfast.triton.aot --quick --arch 90 --sizes 64x48 --json "
+REGENERATE = ("env -u TRITON_INTERPRET python tools/triton_aot.py --quick --arch 90 --sizes 64x48 --json "
               "/tmp/triton_after.json && python benchmarks/resources.py --so kpfast/_C.so --triton-json "
               "/tmp/triton_after.json --describe \"main <commit>\"")
 
 
 def _kernel_key(name: str) -> tuple:
     """Sort key of a CUDA kernel row: its base name, then its type arguments (ints, bools dropped)."""
-    from kpfast.triton.aot import ELEMENT_BYTES
+    from triton_aot import ELEMENT_BYTES
 
     types = tuple(a for a in template_arguments(name) if a in ELEMENT_BYTES or a.startswith("("))
     return re.sub(r"<.*", "", name), types
@@ -511,10 +514,10 @@ def _fill(entry: dict, so: str, triton_json: str | None, arch: list[int], cuda_a
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="static GPU resource table with a bandwidth model")
     parser.add_argument("--label", default="after", choices=["before", "after"])
-    parser.add_argument("--triton-json", help="kpfast.triton.aot output (default: run it)")
+    parser.add_argument("--triton-json", help="tools/triton_aot.py output (default: run it)")
     parser.add_argument("--so", default=str(ROOT / "kpfast" / "_C.so"), help="a CUDA-built _C.so")
     parser.add_argument("--before-so", help="also recompute the before side from this CUDA-built _C.so")
-    parser.add_argument("--before-triton-json", help="... and from this kpfast.triton.aot output")
+    parser.add_argument("--before-triton-json", help="... and from this tools/triton_aot.py output")
     parser.add_argument("--describe", help="what the --label side was built from (e.g. a branch and commit)")
     parser.add_argument("--before-describe", help="... and the before side")
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="Triton archs of the AOT run")

@@ -20,6 +20,10 @@ from kpfast import backends  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Developer tools (tools/: the Triton AOT gate) are not part of the installed package; the tests that
+# exercise them import them from the checkout.
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+
 
 def kernel_device(backend: str) -> torch.device:
     """The device a kernel backend's tests use: CUDA when there is one (cpu: the CPU)."""

@@ -76,12 +76,13 @@ def test_a_crashing_backend_fails_the_self_test(monkeypatch, capsys):
 
 @pytest.mark.triton
 def test_triton_backend_is_self_tested_under_the_interpreter_with_every_kernel(monkeypatch):
-    """The self-test launches every Triton kernel kpfast has (aot.jit_kernels), so that a user on a
+    """The self-test launches every Triton kernel kpfast has (tools/triton_aot.py's jit_kernels), so that a user on a
     new Triton learns in seconds whether each kernel family works."""
     _only(monkeypatch, {"torch", "triton"})
     if backends._device_reason("triton", torch.device("cpu")) is not None:
         pytest.skip("triton cannot run here")
-    from kpfast.triton import _common, aot, decode, loss, render
+    import triton_aot as aot
+    from kpfast.triton import _common, decode, loss, render
 
     launched = set()
     for module in (decode, loss, render):

@@ -2,7 +2,7 @@
 options) and the row alignment.
 
 One copy of each, so the render, loss and decode launchers (and the AOT gate in
-kpfast/triton/aot.py, which enumerates the same specialisations) cannot drift apart.
+tools/triton_aot.py, which enumerates the same specialisations) cannot drift apart.
 """
 
 from __future__ import annotations

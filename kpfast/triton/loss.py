@@ -318,7 +318,7 @@ def launch_config(height: int, width: int, encoding: str, kind: str, fixed: bool
     """The constexprs (and launch options) of the forward and backward kernels for an H x W map of
     ``element_size``-byte predictions with ``strides`` (None: contiguous)."""
     # Tile size and warps per loss kind, the largest that compile without register spills on sm_80
-    # and sm_90 for every encoding, dtype, instance and exponent variant (python -m kpfast.triton.aot;
+    # and sm_90 for every encoding, dtype, instance and exponent variant (tools/triton_aot.py;
     # table in benchmarks/results/RESOURCES.md). 4096-pixel tiles at 4 warps spilled up to 9 KB per
     # thread in focal/cornernet; the cornernet forward (two loop-carried tiles, two powers per pixel)
     # still spilled at 2048 over 8 warps, and the bf16 focal backward with the instance axis at 2048.

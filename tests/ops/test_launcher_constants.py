@@ -4,7 +4,7 @@ maps of 1x1, one row and one column, K = 1, one instance, one image (and so stri
 A Triton kernel compiled for a GPU sees these as Python ints, not tensors (a `.to()` on one fails
 to compile); the interpreter does not, so on CPU these tests check the values against the
 reference, and on a GPU they are the first launch of each such specialisation. The AOT gate
-(kpfast.triton.aot --quick) compiles the same specialisations without a GPU."""
+(tools/triton_aot.py --quick) compiles the same specialisations without a GPU."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """Vector accesses of the Triton kernels: what the launcher tells the compiler about alignment
-(kpfast.triton.aot.launcher_ints), what the kernels add for rows that start 16-byte aligned at
+(launcher_ints in tools/triton_aot.py), what the kernels add for rows that start 16-byte aligned at
 widths the launcher cannot vouch for (kpfast.triton._common.row_alignment / ``aligned``), and
 that the compiled kernels do use 16-byte (or at least 8-byte) accesses of the map.
 
@@ -17,7 +17,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from kpfast.triton import aot  # noqa: E402
+import triton_aot as aot  # noqa: E402  (tools/, on sys.path via tests/conftest.py)
 from kpfast.triton._common import row_alignment  # noqa: E402
 
 from .helpers import interpreter_device  # noqa: E402
@@ -102,12 +102,13 @@ def compiled_96x72(tmp_path_factory):
     if aot.missing_tool() is not None:
         pytest.skip(aot.missing_tool())
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     records = []
     for size in ("96x72", "64x48"):  # --quick keeps the first size only: one run each
         out = tmp_path_factory.mktemp("aot") / f"aot_{size}.json"
-        proc = subprocess.run([sys.executable, "-m", "kpfast.triton.aot", "--quick", "--arch", "90", "--sizes", size,
-                               "--keypoints", "17", "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=1200)
+        proc = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_aot.py"), "--quick", "--arch", "90",
+                               "--sizes", size, "--keypoints", "17", "--json", str(out)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=1200)
         assert out.exists(), proc.stderr[-3000:]
         records += json.loads(out.read_text())["records"]
     assert all(r["ok"] for r in records), [r["name"] for r in records if not r["ok"]]

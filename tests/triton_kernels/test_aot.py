@@ -33,15 +33,16 @@ QUICK_SIZES = "64x48,17x13,1x1,1x7,7x1"
 
 @pytest.fixture(scope="module")
 def aot_records(tmp_path_factory):
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     if aot.missing_tool() is not None:
         pytest.skip(aot.missing_tool())
     out = tmp_path_factory.mktemp("aot") / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kpfast.triton.aot", "--quick", "--arch", "80", "90", "--sizes",
-                           QUICK_SIZES, "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1800)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "triton_aot.py"), "--quick", "--arch", "80", "90",
+                           "--sizes", QUICK_SIZES, "--json", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1800)
     assert out.exists(), proc.stderr[-3000:]
     return proc.returncode, json.loads(out.read_text())["records"]
 
@@ -51,7 +52,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90(aot_records):
     failures = [f"{r['name']} sm_{r['arch']}: {r['error'][:300]}" for r in records if not r["ok"]]
     assert not failures, "\n".join(failures)
     assert returncode == 0
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     covered = {(r["kernel"], r["arch"]) for r in records}
     kernels = aot.jit_kernels()
@@ -65,7 +66,7 @@ def test_the_gate_compiles_every_kernel_with_each_launcher_constant(aot_records)
     1 (Triton's launcher): every kernel must compile with each set of such constants its
     specialisations at 1x1, 1x7, 7x1, K = 1 and one instance give, or the first such launch on a
     GPU fails (a `.to()` on the Python int 1)."""
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     sizes = tuple(tuple(int(v) for v in size.split("x")) for size in QUICK_SIZES.split(","))
     expected = {(s.kernel, aot.constant_ones(s)) for s in aot.specialisations(sizes, (17, 1))}
@@ -86,7 +87,7 @@ def test_launcher_constants_of_a_degenerate_spec_match_tritons_launcher():
         pytest.skip(f"Triton {triton.__version__} has no native_specialize_impl to compare with")
     from triton.backends.compiler import BaseBackend
 
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     specs = [s for s in aot.specialisations(((1, 1), (1, 7), (7, 1)), (1,)) if s.label.get("N", "one") == "one"]
     assert {s.kernel for s in specs} == set(aot.jit_kernels())
@@ -103,7 +104,7 @@ def test_launcher_constants_of_a_degenerate_spec_match_tritons_launcher():
 def test_quick_set_keeps_every_launcher_constant_pattern_apart():
     """--quick compiles each kernel once per set of launcher constants (a side of 1, K = 1, one
     instance), and the final dedup never merges two specs that compile differently."""
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     specs = aot.specialisations(((64, 48), (17, 13), (1, 1), (1, 7), (7, 1)), (17, 1))
     quick = aot.quick_set(specs)
@@ -138,7 +139,7 @@ def test_gate_compiles_the_largest_blur_and_the_full_set_every_blur(aot_records)
     """The DARK/UDP patch window grows with the blur: at blur 31 it took 228 registers (over the
     168 budget) or spilled, where blur 11 fitted. The quick gate compiles blur 31 of both methods
     on both architectures (budget and spills: the test above); the full set every odd size."""
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     gated = {(r["method"], r["blur_kernel"], r["arch"]) for r in aot_records[1]
              if r["kernel"] == "decode._decode_kernel" and "blur_kernel" in r}
@@ -149,7 +150,7 @@ def test_gate_compiles_the_largest_blur_and_the_full_set_every_blur(aot_records)
 
 
 def test_every_triton_kernel_has_a_budget():
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     resources = _resources()
     assert set(aot.jit_kernels()) <= set(resources.BUDGETS)
@@ -179,7 +180,7 @@ def _sass(*lines):
 
 
 def test_sass_summary_without_a_rule_takes_the_largest_innermost_loop_and_its_access_widths():
-    from kpfast.triton.aot import sass_summary
+    from triton_aot import sass_summary
 
     sass = _sass(
         (0x00, "MOV R1, c[0x0][0x28]"),
@@ -237,7 +238,7 @@ _LOSS_LIKE = _sass(
 
 
 def test_sass_summary_picks_the_per_pixel_loop_not_the_instance_loops():
-    from kpfast.triton.aot import sass_summary
+    from triton_aot import sass_summary
 
     # render: the innermost loops that store, the longest of them
     summary = sass_summary(_RENDER_LIKE, "store", choice="inner")
@@ -264,7 +265,7 @@ def test_sass_summary_picks_the_per_pixel_loop_not_the_instance_loops():
 
 
 def test_access_widths_and_map_access_rules():
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     assert aot._access("LDG.E.128.CONSTANT R4, desc[UR4][R2.64]") == ("load", 16)
     assert aot._access("LDG.E.LTC128B.CONSTANT R4, desc[UR4][R2.64]") == ("load", 4)
@@ -373,7 +374,7 @@ def test_cuda_kernels_of_the_built_extension_have_hot_loop_figures():
 def test_triton_kernels_have_hot_loop_figures(aot_records):
     """At every size but the degenerate ones (a 1x1, 1x7 or 7x1 map has no per-element loop to
     measure: the compiler unrolls or drops it)."""
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     degenerate = {f"{h}x{w}" for h, w in aot.DEGENERATE_SIZES}
     figures = [_figures(r) for r in aot_records[1] if r["ok"] and r.get("size") not in degenerate]
@@ -396,7 +397,7 @@ def test_check_gate_fails_on_a_spill(tmp_path):
 
 
 def test_int64_divisions_are_counted_and_fail_the_gate():
-    from kpfast.triton import aot
+    import triton_aot as aot
 
     listing = "\n".join(f"        /*{i * 16:04x}*/                   {op} ;" for i, op in enumerate(
         ["I2F.U32.RP R4, R2", "I2F.U64.RP R4, R2", "MUFU.RCP R4, R4", "I2F.S64.RP R6, R2", "EXIT"]))

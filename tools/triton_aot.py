@@ -1,6 +1,6 @@
 """Ahead-of-time compile gate for every Triton kernel, with no GPU and no interpreter.
 
-``python -m kpfast.triton.aot --arch 80 90 --json out.json`` compiles every kernel in every
+``python tools/triton_aot.py --arch 80 90 --json out.json`` compiles every kernel in every
 specialisation the ops launch for docs/design.md's workloads (each encoding, loss kind, prediction
 dtype, constexpr block shape from the launchers' own config functions, with and without the
 instance axis) with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``,
@@ -698,7 +698,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel", default=None, help="only kernels whose name contains this")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("kpfast.triton.aot: unset TRITON_INTERPRET (the interpreter compiles nothing)", file=sys.stderr)
+        print("triton_aot: unset TRITON_INTERPRET (the interpreter compiles nothing)", file=sys.stderr)
         return 2
     if args.sizes is None:
         sizes = SIZES + DEGENERATE_SIZES if args.quick else SIZES
@@ -729,7 +729,7 @@ def main(argv=None) -> int:
     else:
         print(text)
     failed = [r for r in records if not r["ok"]]
-    print(f"kpfast.triton.aot: {len(records) - len(failed)}/{len(records)} compiled", file=sys.stderr)
+    print(f"triton_aot: {len(records) - len(failed)}/{len(records)} compiled", file=sys.stderr)
     return 1 if failed else 0
 
 
