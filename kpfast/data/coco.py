@@ -173,6 +173,22 @@ def resolve_coco_paths(root: str | Path | None, split: str, ann_file=None, image
     return ann_file, image_dir
 
 
+def clip_boxes_xywh(boxes: np.ndarray, sizes: np.ndarray, protocol: str = "kpfast") -> np.ndarray:
+    """Ground-truth ``[x, y, w, h]`` boxes (N, 4) clipped to their images, ``sizes`` (N, 2) the
+    annotated width, height (0: unknown, no clip). ``protocol`` "kpfast" clips to the image's
+    area ``[0, W] x [0, H]``; "mmpose" to ``[0, W-1] x [0, H-1]``, as MMPose's
+    ``parse_data_info`` does (docs/pretrained.md, "Evaluation protocols"). A box left with no
+    area has ``w`` or ``h`` <= 0."""
+    if protocol not in ("kpfast", "mmpose"):
+        raise ValueError(f"protocol: expected 'kpfast' or 'mmpose', got {protocol!r}")
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
+    limit = np.where(sizes > 0, sizes - (1.0 if protocol == "mmpose" else 0.0), np.inf)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    low = np.clip(boxes[:, :2], 0.0, limit)
+    high = np.clip(boxes[:, :2] + boxes[:, 2:], 0.0, limit)
+    return np.concatenate([low, high - low], axis=1)
+
+
 def _pair(value, name) -> tuple[int, int]:
     try:
         a, b = (int(v) for v in value)
@@ -208,6 +224,8 @@ class CocoKeypointDataset(Dataset):
         max_image_pixels: images whose header gives more pixels are not decoded (skipped and
             counted like undecodable ones), nor are images whose header size differs from the
             annotation's ``width``/``height``: the guard against decompression bombs.
+        protocol: the evaluation protocol whose ground-truth box clip applies
+            (:func:`clip_boxes_xywh`): "kpfast" or "mmpose".
     """
 
     def __init__(self, root=None, split: str = "train", *, ann_file=None, image_dir=None,
@@ -217,7 +235,7 @@ class CocoKeypointDataset(Dataset):
                  detections: str | Path | None = None, det_score_threshold: float = 0.0,
                  padding: float = 1.25, dataset_info: Mapping[str, Any] | None = None,
                  max_bad_fraction: float = 0.05, seed: int = 0, category_id: int | None = None,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, protocol: str = "kpfast"):
         if convention not in geometry.CONVENTIONS:
             raise ValueError(f"convention must be one of {geometry.CONVENTIONS}, got {convention!r}")
         if not 0.0 <= max_bad_fraction <= 1.0:
@@ -234,6 +252,7 @@ class CocoKeypointDataset(Dataset):
         self.max_bad_fraction = float(max_bad_fraction)
         self.seed = int(seed)
         self.det_score_threshold = float(det_score_threshold)
+        self.protocol = protocol  # the ground-truth box clip rule, clip_boxes_xywh
         self.ann_file, self.image_dir = resolve_coco_paths(root, split, ann_file, image_dir)
 
         self.annotation_file = self.ann_file  # evaluation loads its ground truth from here
@@ -314,14 +333,8 @@ class CocoKeypointDataset(Dataset):
         area = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in picked], dtype=np.float64)
         del picked
         file_names, sizes, image_index = self._image_arrays(images, image_id)
-        # Clip the box to the image, as the reference pipelines do (no size given: no clip).
-        width = np.where(sizes[image_index, 0] > 0, sizes[image_index, 0], np.inf)
-        height = np.where(sizes[image_index, 1] > 0, sizes[image_index, 1], np.inf)
-        x1, y1 = np.maximum(boxes[:, 0], 0.0), np.maximum(boxes[:, 1], 0.0)
-        x2 = np.minimum(width, boxes[:, 0] + boxes[:, 2])
-        y2 = np.minimum(height, boxes[:, 1] + boxes[:, 3])
-        clipped = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
-        keep = (keypoints[:, :, 2] > 0).any(axis=1) & (x2 > x1) & (y2 > y1)
+        clipped = clip_boxes_xywh(boxes, sizes[image_index], self.protocol)
+        keep = (keypoints[:, :, 2] > 0).any(axis=1) & (clipped[:, 2] > 0) & (clipped[:, 3] > 0)
         # Instances ordered by image id, then as in the file (what pycocotools' index gave).
         order = np.flatnonzero(keep)
         order = order[np.argsort(image_id[order], kind="stable")]

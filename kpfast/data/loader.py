@@ -40,7 +40,7 @@ __all__ = ["collate_samples", "build_dataset", "build_dataloader"]
 
 _DATASET_KEYS = {"ann_file", "image_dir", "input_size", "heatmap_size", "heatmap_stride",
                  "convention", "padding", "dataset_info", "max_bad_fraction", "seed",
-                 "det_score_threshold", "category_id", "max_image_pixels"}
+                 "det_score_threshold", "category_id", "max_image_pixels", "protocol"}
 _KNOWN_KEYS = _DATASET_KEYS | {"root", "train_split", "val_split", "augmentation", "detections",
                                "batch_size", "num_workers", "synthetic", "pin_memory",
                                "persistent_workers", "prefetch_factor", "val_batch_size",

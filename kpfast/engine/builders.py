@@ -117,6 +117,7 @@ def data_section(config: Config, train: bool) -> dict:
         "detections": None if d.use_gt_boxes else d.detections,
         "det_score_threshold": d.det_score_threshold,
         "seed": config.train.seed,
+        "protocol": "kpfast" if train else config.eval.protocol,  # the evaluation's ground-truth box clip
     }
     if d.dataset == "synthetic":
         from kpfast.data import ensure_synthetic_dataset

@@ -207,6 +207,9 @@ class EvalConfig:
     # OKS-NMS between instances of one image (detector boxes); None disables.
     oks_nms_threshold: Optional[float] = field(default=0.9, metadata=_range(0.0, 1.0))
     pck_threshold: float = field(default=0.2, metadata=_range(0.0, min_exclusive=True))
+    # Whose rules decide NMS, its OKS area and the ground-truth box clip: kpfast's or MMPose 1.3.2's
+    # (docs/pretrained.md, "Evaluation protocols").
+    protocol: Literal["kpfast", "mmpose"] = "kpfast"
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from kpfast.engine.builders import load_coco_gt
+from kpfast.evaluation.protocols import select_instances
 
 __all__ = [
     "COCO_STAT_NAMES",
@@ -240,21 +241,18 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
 
 
 def records_to_results(records: list[dict], config, sigmas, category_id: int = 1) -> list[dict]:
-    """Rescore instances, OKS-NMS per image (detector boxes), and write COCO results entries."""
+    """Rescore instances, OKS-NMS per image as eval.protocol says, and write COCO results entries."""
     by_image: dict[int, list[dict]] = {}
     for rec in records:
         by_image.setdefault(rec["image_id"], []).append(rec)
     results = []
-    use_nms = (not config.data.use_gt_boxes) and config.eval.oks_nms_threshold is not None
     for image_id in sorted(by_image):
         instances = by_image[image_id]
         threshold = config.eval.keypoint_score_threshold
         scores = np.array([instance_score(r["keypoints"][:, 2], r["box_score"], threshold) for r in instances])
-        keep = list(range(len(instances)))
-        if use_nms and len(instances) > 1:
-            kps = np.stack([r["keypoints"] for r in instances])
-            areas = np.array([r["area"] if r["area"] > 0 else r["bbox"][2] * r["bbox"][3] for r in instances])
-            keep = oks_nms(kps, scores, areas, sigmas, config.eval.oks_nms_threshold)
+        keep = select_instances(instances, scores, protocol=config.eval.protocol,
+                                use_gt_boxes=config.data.use_gt_boxes, nms_threshold=config.eval.oks_nms_threshold,
+                                sigmas=sigmas, input_size=config.data.input_size)
         for index in keep:
             rec = instances[index]
             results.append(
