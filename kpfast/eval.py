@@ -2,7 +2,10 @@
 
 The checkpoint's stored config is used unless --config is given; any key can be changed with
 --set (e.g. ``--set eval.flip_test=false --set data.use_gt_boxes=false
---set data.detections=dets.json --set eval.decoder=udp``).
+--set data.detections=dets.json --set eval.decoder=udp``). ``--weights NAME|PATH|URL``
+evaluates pretrained weights instead of a training checkpoint, e.g. MMPose's published
+Lite-HRNet checkpoints under MMPose's protocol (``--set eval.protocol=mmpose``,
+docs/pretrained.md).
 """
 
 from __future__ import annotations
@@ -12,16 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-from kpfast.engine.cli import HelpFormatter, add_config_arguments, resolve_config, run_cli
+from kpfast.engine.cli import HelpFormatter, add_config_arguments, add_weights_arguments, load_weights, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kpfast.eval", description=__doc__.split("\n\n")[0],
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint (.pt) to evaluate")
+    add_weights_arguments(parser, "evaluate")
     add_config_arguments(parser, flags=("batch_size", "data_root", "device", "ops_backend", "workers"))
-    parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto",
-                        help="which weights to use: the EMA ones when present (auto), or the raw model")
     parser.add_argument("--results", default=None, help="write COCO-format predictions JSON here; never an input "
                         "file or a file in a run folder (default: not written)")
     parser.add_argument("--metrics", default=None, help="write the metrics JSON here; never an input file or a "
@@ -34,23 +35,26 @@ def main(argv=None) -> int:
     import torch
 
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
+    from kpfast.engine.checkpoint import atomic_write_bytes
     from kpfast.engine.evaluation import evaluate_model
     from kpfast.engine.outputs import OutputGuard
     from kpfast.engine.trainer import configure_cpu_threads, select_device
 
     guard = OutputGuard()
     guard.protect(args.checkpoint, "the checkpoint")
+    guard.protect(args.weights, "the --weights file")
     guard.protect(args.config, "the --config file")
     _check_outputs(guard, args)  # before the checkpoint is even read: a bad path costs nothing
-    state = load_training_checkpoint(args.checkpoint)
-    config = resolve_config(args, state["config"])
+    loaded = load_weights(args)
+    config = loaded.config
+    if args.weights is not None:  # what was read from the file, and what not (docs/pretrained.md)
+        print(f"weights: {loaded.summary}")
     guard.protect(config.data.detections, "the detections file (data.detections)")
     if args.batch_size is not None:  # --batch_size means the evaluation batch here
         config.eval.batch_size = args.batch_size
     device = select_device(config.train.device)
     configure_cpu_threads(config, device)
-    model = builders.model_from_checkpoint(state, config, weights=args.weights).to(device).eval()
+    model = loaded.model.to(device).eval()
     data = builders.build_data(config, train=False)
     guard.protect(data.val.ann_file, "the annotation file")
     guard.protect_folder(data.val.image_dir, "the image folder")

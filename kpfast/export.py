@@ -4,6 +4,10 @@ The exported graph takes normalised crops ``images (N, 3, H, W)`` (H, W from the
 input size, N dynamic) and returns ``heatmaps (N, K, H/4, W/4)`` (plus ``visibility (N, K)``
 logits when the model has that head). Decoding, flip test and the mapping to image space stay
 outside the graph (kpfast.ops / kpfast.geometry).
+
+``--weights NAME|PATH|URL`` exports pretrained weights instead of a training checkpoint (e.g.
+MMPose's published Lite-HRNet checkpoints, docs/pretrained.md); --config/--set choose the rest
+(``--set data.input_size=[256,192]`` where the weights are not a published checkpoint).
 """
 
 from __future__ import annotations
@@ -13,16 +17,18 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from kpfast.engine.cli import run_cli
+from kpfast.engine.cli import (add_config_arguments, add_weights_arguments, check_weights_arguments, load_weights,
+                               run_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kpfast.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True)
+    add_weights_arguments(parser, "export")
     parser.add_argument("--format", choices=("onnx",), default="onnx")
-    parser.add_argument("--output", default=None, help="output file (default: next to the checkpoint, .onnx)")
+    parser.add_argument("--output", default=None, help="output file (default: next to the checkpoint or weights "
+                        "file, .onnx; for a published name or a URL, <its file name>.onnx here)")
     parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--weights", choices=("auto", "model", "ema"), default="auto")
+    add_config_arguments(parser, flags=())
     parser.add_argument("--no-check", action="store_true", help="skip the onnx checker")
     return parser
 
@@ -46,6 +52,21 @@ def resolve_output(checkpoint: str | Path, output: str | Path | None) -> Path:
     return guard.check(target, "the default output (the checkpoint with .onnx)", advice="pass an --output file")
 
 
+def export_source(args) -> Path:
+    """The file the default output is named after: the checkpoint, the weights file, or for a
+    published name or a URL its file name in the current directory."""
+    if args.checkpoint is not None:
+        return Path(args.checkpoint)
+    from kpfast.models.pretrained import known_weights
+
+    known = known_weights(args.weights)
+    if known is not None and not Path(args.weights).exists():
+        return Path(known.filename)
+    if args.weights.startswith(("http://", "https://")):
+        return Path(args.weights.rsplit("/", 1)[-1].split("?")[0] or "weights.pth")
+    return Path(args.weights)
+
+
 def require_onnx() -> None:
     """ONNX export needs the ``onnx`` package, which is only in kpfast's test extra."""
     if importlib.util.find_spec("onnx") is None:
@@ -55,17 +76,17 @@ def require_onnx() -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    output = resolve_output(args.checkpoint, args.output)
+    check_weights_arguments(args)
+    source = export_source(args)
+    output = resolve_output(source, args.output)
     require_onnx()
     import torch
 
-    from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
-    from kpfast.engine.config import config_from_dict
+    from kpfast.engine.checkpoint import atomic_write_bytes
 
-    state = load_training_checkpoint(args.checkpoint)
-    config = config_from_dict(state["config"])
-    model = builders.model_from_checkpoint(state, config, weights=args.weights).eval()
+    loaded = load_weights(args, check_machine=False)
+    config = loaded.config
+    model = loaded.model.eval()
     has_visibility = config.model.visibility_head
 
     class Exported(torch.nn.Module):
@@ -100,7 +121,7 @@ def main(argv=None) -> int:
         import onnx
 
         onnx.checker.check_model(onnx.load_from_string(payload))
-    output = resolve_output(args.checkpoint, output)  # again: the paths may have changed meanwhile
+    output = resolve_output(source, output)  # again: the paths may have changed meanwhile
     atomic_write_bytes(output, payload)
     print(f"exported {config.model.name} ({h}x{w} input) to {output}")
     return 0

@@ -1,5 +1,8 @@
 """``python -m kpfast.predict --checkpoint PATH IMAGE...``: keypoints on images.
 
+``--weights NAME|PATH|URL`` runs pretrained weights instead of a training checkpoint (e.g.
+MMPose's published Lite-HRNet checkpoints, docs/pretrained.md); their keypoints are COCO's 17.
+
 Writes, into --output-dir, one skeleton overlay per image and ``results.json`` in COCO results
 format (``image_id`` is the image's index in the command line unless --boxes gives ids).
 Without --boxes the whole image is the person box. --boxes takes a JSON file: either COCO
@@ -31,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kpfast.engine.cli import add_config_arguments, resolve_config, run_cli
+from kpfast.engine.cli import add_config_arguments, add_weights_arguments, load_weights, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kpfast.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True)
+    add_weights_arguments(parser, "run")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--boxes", default=None, help="JSON of person boxes (see module doc)")
     parser.add_argument("--output-dir", "--output_dir", dest="out", default="predictions", help="where outputs go")
@@ -136,6 +139,23 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
     return per_image
 
 
+def keypoint_info(loaded):
+    """Keypoint names, flip pairs and skeleton of the loaded network: a kpfast checkpoint's
+    stored ones, else COCO's (the keypoints of the published weights)."""
+    from kpfast.engine import builders
+
+    if loaded.dataset_info is not None:
+        return builders.info_from_dict(loaded.dataset_info)
+    from kpfast.data.info import DatasetInfo
+
+    coco = DatasetInfo.coco()
+    if loaded.config.model.num_keypoints != coco.num_keypoints:
+        raise ValueError(f"--weights: the network has {loaded.config.model.num_keypoints} keypoints, and only COCO's "
+                         f"{coco.num_keypoints} are known without a dataset; pass a kpfast training checkpoint "
+                         "(--checkpoint), which stores its keypoints")
+    return coco
+
+
 def check_outputs(args, images: list[Path], overlays: list[str]) -> None:
     """Refuse (one line, nothing written) an output that is an input, lies in a run folder, or
     exists without --overwrite."""
@@ -144,6 +164,7 @@ def check_outputs(args, images: list[Path], overlays: list[str]) -> None:
     guard = OutputGuard(replace_existing=args.overwrite,
                         replace_hint="; pass --overwrite to replace it, or another --output-dir")
     guard.protect(args.checkpoint, "the checkpoint")
+    guard.protect(args.weights, "the --weights file")
     guard.protect(args.boxes, "the --boxes file")
     guard.protect(args.config, "the --config file")
     for image in images:
@@ -168,18 +189,18 @@ def main(argv=None) -> int:
     from kpfast import geometry
     from kpfast.data.transforms import read_image_checked
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
+    from kpfast.engine.checkpoint import atomic_write_bytes
     from kpfast.engine.evaluation import instance_score
     from kpfast.engine.inference import logit_activation
     from kpfast.engine.inference import decode, predict_heatmaps
     from kpfast.engine.trainer import select_device
     from kpfast.engine.visualize import draw_pose, write_image
 
-    state = load_training_checkpoint(args.checkpoint)
-    config = resolve_config(args, state["config"])
+    loaded = load_weights(args)
+    config = loaded.config
     device = select_device(config.train.device)
-    model = builders.model_from_checkpoint(state, config).to(device).eval()
-    info = builders.info_from_dict(state["dataset_info"])
+    model = loaded.model.to(device).eval()
+    info = keypoint_info(loaded)
     boxes = load_boxes(args.boxes, images)
     in_h, in_w = config.data.input_size
     hm_size = builders.heatmap_size(config, model)

@@ -8,13 +8,16 @@ the embedded synthetic dataset and prints COCO keypoint AP. Examples::
     python -m kpfast.train --config coco_improved --data_root /data/coco
     python -m kpfast.train --config my_recipe.yaml
     python -m kpfast.train --resume runs/my-run/last.pt
+    python -m kpfast.train --config coco_litehrnet18_256x192 --init-weights litehrnet_18_coco_256x192
     torchrun --nproc_per_node 8 -m kpfast.train --config coco_litehrnet18_256x192 --data_root /data/coco
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from kpfast.engine.cli import HelpFormatter, add_config_arguments, resolve_config, run_cli
 
@@ -27,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="last.pt (or its run directory) to continue from; any other checkpoint "
                         "(best.pt, a top-k file, a copied last.pt) starts a new run from its state "
                         "(default: a new run)")
+    parser.add_argument("--init-weights", default=None, metavar="NAME|PATH|URL",
+                        help="start from pretrained weights (fine-tuning): a published name (docs/pretrained.md), "
+                        "a file (MMPose 1.x/0.x, kpfast, a state dict) or a URL; they must fit the config's "
+                        "network, except the heads when model.num_keypoints differs (re-initialised and listed "
+                        "in the log) (default: the network's own initialisation)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved, validated config as YAML and exit without training")
     return parser
@@ -39,6 +47,13 @@ def main(argv=None) -> int:
     from kpfast.engine import distributed as dist_utils
 
     stored = plan = None
+    if args.resume is not None and args.init_weights is not None:
+        raise ValueError("--init-weights: a resumed run continues its own weights; drop --init-weights or --resume")
+    if args.init_weights is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+            and not Path(args.init_weights).is_file():
+        raise ValueError(f"--init-weights {args.init_weights}: with several processes pass a local file (every "
+                         "process would download at once); fetch it first: python -c \"from kpfast.models.pretrained "
+                         f"import fetch_weights; print(fetch_weights('{args.init_weights}'))\"")
     if args.resume is not None:
         from kpfast.engine.resume import plan_resume
 
@@ -62,7 +77,7 @@ def main(argv=None) -> int:
         from kpfast.engine.rundir import check_output_dir
 
         check_output_dir(config.train.output_dir)
-    trainer = Trainer(config, resume=args.resume)
+    trainer = Trainer(config, resume=args.resume, init_weights=args.init_weights)
     try:
         result = trainer.train()
     except TrainingDiverged as exc:

@@ -8,9 +8,11 @@ names the key/file/argument and what to do. ``KPFAST_DEBUG=1`` prints the traceb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import traceback
+from typing import Any
 
 from kpfast.engine.config import (
     Config,
@@ -217,3 +219,120 @@ def run_cli(main, argv=None) -> int:
         label = "config error" if isinstance(exc, ConfigError) else "error"
         print(f"{label}: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+# --------------------------------------------------------------------------- weights
+
+# --ema: which weights of a kpfast checkpoint to use (its EMA copy when there is one, always, or
+# never), as kpfast.models.load_pretrained names the same choice.
+EMA_CHOICES = {"auto": "auto", "on": "ema", "off": "model"}
+# The former spelling, --weights auto|ema|model, still accepted beside --checkpoint.
+_OLD_EMA_SPELLING = {"auto": "auto", "ema": "on", "model": "off"}
+
+
+def add_weights_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--checkpoint (a kpfast training checkpoint) or --weights NAME|PATH|URL (pretrained weights
+    in any format kpfast.models.load_pretrained reads, docs/pretrained.md), and --ema."""
+    parser.add_argument("--checkpoint", default=None,
+                        help=f"a kpfast training checkpoint (.pt) to {what}; its stored config is used unless "
+                        "--config is given (default: none; give --checkpoint or --weights)")
+    parser.add_argument("--weights", default=None, metavar="NAME|PATH|URL",
+                        help=f"pretrained weights to {what} instead: a published name (docs/pretrained.md), a file "
+                        "(MMPose 1.x/0.x, kpfast, a state dict) or an http(s) URL; the network comes from the "
+                        "weights, the input size from the published table or the config "
+                        "(--config/--set data.input_size=[H,W]) (default: none)")
+    parser.add_argument("--ema", choices=tuple(EMA_CHOICES), default=None,
+                        help="kpfast checkpoints: use the EMA weights when there are some (auto), always (on) or "
+                        "never (off) (default: auto)")
+
+
+def check_weights_arguments(args: argparse.Namespace) -> None:
+    """Exactly one of --checkpoint / --weights, and --ema resolved. ``--checkpoint X --weights
+    auto|ema|model`` (the former spelling of --ema) still works, with a note on stderr."""
+    if args.checkpoint is not None and args.weights in _OLD_EMA_SPELLING:
+        new = _OLD_EMA_SPELLING[args.weights]
+        if args.ema is not None and args.ema != new:
+            raise ValueError(f"--weights {args.weights} (the former spelling of --ema {new}) contradicts --ema "
+                             f"{args.ema}; give only --ema")
+        print(f"note: --weights {args.weights} with --checkpoint is deprecated; use --ema {new}", file=sys.stderr)
+        args.ema, args.weights = new, None
+    if args.checkpoint is not None and args.weights is not None:
+        raise ValueError(f"--checkpoint and --weights: give one, got both ({args.checkpoint!r}, {args.weights!r})")
+    if args.checkpoint is None and args.weights is None:
+        raise ValueError("--checkpoint or --weights: one is required (a kpfast training checkpoint, or pretrained "
+                         "weights by name, path or URL)")
+    if args.weights in _OLD_EMA_SPELLING and not os.path.exists(args.weights):
+        raise ValueError(f"--weights {args.weights}: that is the former spelling of --ema (with --checkpoint); "
+                         "--weights takes a published name, a file or a URL")
+    if args.ema is None:
+        args.ema = "auto"
+
+
+@dataclasses.dataclass
+class LoadedWeights:
+    """The network a command runs, its config, and where both came from."""
+
+    model: Any  # torch.nn.Module on the CPU
+    config: Config
+    dataset_info: dict | None  # a kpfast checkpoint's stored keypoint names, flip pairs, skeleton, sigmas
+    summary: str
+
+
+def _network_of(config: Config) -> dict:
+    m = config.model
+    overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in m.overrides.items()}
+    return {"model.name": m.name, "model.num_keypoints": m.num_keypoints, "model.visibility_head": m.visibility_head,
+            "model.overrides": overrides}
+
+
+def load_weights(args: argparse.Namespace, *, check_machine: bool = True) -> LoadedWeights:
+    """The network and config of ``--checkpoint`` or ``--weights`` (see add_weights_arguments).
+
+    With --weights the config is --config (or a kpfast file's stored config, or the shipped
+    default) with the weights' network (preset, keypoints, visibility head, overrides) and, for
+    a published checkpoint, its input size set first, the user's --set on top. Network keys
+    changed by --set must still fit every tensor of the file: these commands never run
+    re-initialised heads."""
+    check_weights_arguments(args)
+    choice = EMA_CHOICES[args.ema]
+    if args.checkpoint is not None:
+        from kpfast.engine import builders
+        from kpfast.engine.checkpoint import load_training_checkpoint
+
+        state = load_training_checkpoint(args.checkpoint)
+        config = resolve_config(args, state["config"], check_machine=check_machine)
+        model = builders.model_from_checkpoint(state, config, weights=choice)
+        return LoadedWeights(model, config, state.get("dataset_info"),
+                             f"{args.checkpoint}: kpfast checkpoint, {config.model.name}")
+    from kpfast.models.pretrained import known_weights, load_pretrained
+
+    model, report = load_pretrained(args.weights, weights=choice)
+    stored = report.stored_config if args.config is None else None
+    network = {"model.name": report.preset, "model.num_keypoints": report.num_keypoints,
+               "model.visibility_head": report.visibility_head, "model.overrides": report.overrides}
+    derived = [] if stored is not None else [f"{key}={_yaml_flow(value)}" for key, value in network.items()]
+    known = known_weights(args.weights)
+    if known is not None:
+        derived.append(f"data.input_size=[{known.input_size[0]}, {known.input_size[1]}]")
+    overrides = derived + overrides_from_args(args)
+    config = config_from_dict(apply_overrides(stored, overrides)) if stored is not None else load_config(
+        args.config, overrides)
+    if check_machine:
+        check_environment(config)
+    changed = [key for key, value in _network_of(config).items() if network[key] != value]
+    if changed:  # --set model.* (or a kpfast file's stored config): the file must fit that network
+        model, report = load_pretrained(args.weights, weights=choice, preset=config.model.name,
+                                        num_keypoints=config.model.num_keypoints,
+                                        visibility_head=config.model.visibility_head,
+                                        overrides=dict(config.model.overrides))
+        if report.reinitialised:
+            raise ValueError(f"--weights: {args.weights} has no weights for {', '.join(report.reinitialised)} of the "
+                             f"configured network ({', '.join(changed)} differ from the file's); evaluation, "
+                             "prediction and export use every weight from the file")
+    return LoadedWeights(model, config, None, report.summary())
+
+
+def _yaml_flow(value) -> str:
+    import json
+
+    return json.dumps(value)  # JSON is YAML's flow style: what --set values are parsed as

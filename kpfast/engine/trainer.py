@@ -67,7 +67,8 @@ class Trainer:
     reads ``trainer.stop_signal.received`` for its exit status.
     """
 
-    def __init__(self, config: Config, resume: str | Path | None = None, *, log: Callable[[str], None] | None = None):
+    def __init__(self, config: Config, resume: str | Path | None = None, *, log: Callable[[str], None] | None = None,
+                 init_weights: str | Path | None = None):
         self.config = cfg = config
         self.resume_path = resolve_resume(resume) if resume else None
         self.dist = dist_utils.init_distributed(select_device(cfg.train.device))
@@ -96,7 +97,14 @@ class Trainer:
             )
 
         # Model and optimisation
-        model = builders.build_model(cfg.model).to(self.device)
+        model = builders.build_model(cfg.model)
+        # Fine-tuning (docs/pretrained.md): pretrained weights before the optimizer and EMA see the model.
+        self.init_report = None
+        if init_weights is not None:
+            from kpfast.models.pretrained import load_into
+
+            self.init_report = load_into(model, str(init_weights), preset=cfg.model.name, overrides=cfg.model.overrides)
+        model = model.to(self.device)
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -284,6 +292,8 @@ class Trainer:
         steps_left = cfg.train.max_steps
         try:
             if state.epoch == 0 and state.batch_in_epoch == 0:
+                if self.init_report is not None:
+                    self.log(f"initial weights: {self.init_report.summary()}")
                 self.log(
                     f"run dir {self.run_dir} | {len(self.train_set)} train / {len(self.data.val)} val instances | "
                     f"{self.steps_per_epoch} steps/epoch x {cfg.train.epochs} epochs | device {self.device} | "

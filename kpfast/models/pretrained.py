@@ -40,7 +40,7 @@ from .pose_model import PoseModel
 from .presets import PRESETS, build_model
 
 __all__ = ["KNOWN_WEIGHTS", "KnownWeights", "LoadReport", "PretrainedError", "fetch_weights", "infer_preset",
-           "load_pretrained", "read_state_dict"]
+           "known_weights", "load_into", "load_pretrained", "load_weights_file", "read_state_dict"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +100,9 @@ class LoadReport:
     num_keypoints: int
     reinitialised: list[str] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)
+    visibility_head: bool = False
+    overrides: dict = dataclasses.field(default_factory=dict)  # LiteHRNetConfig overrides of the network built
+    stored_config: dict | None = None  # a kpfast checkpoint's whole stored config (None for other formats)
 
     def summary(self) -> str:
         text = f"{self.source}: {self.format} weights, {self.preset or 'custom network'}, {self.num_keypoints} keypoints"
@@ -110,7 +113,10 @@ class LoadReport:
         return text
 
 
-def _load_file(path: Path) -> object:
+def load_weights_file(path) -> object:
+    """The object a weights file holds, read with ``torch.load(weights_only=True)``; one
+    PretrainedError naming the file when it is missing or not such a file."""
+    path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -215,6 +221,16 @@ def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], reinit: tup
     return loadable, reinitialised, ignored
 
 
+def known_weights(source) -> KnownWeights | None:
+    """The :data:`KNOWN_WEIGHTS` entry that ``source`` names: its name, its URL, or a path to its
+    published file name (a downloaded copy); None for anything else."""
+    text = str(source)
+    if text in KNOWN_WEIGHTS:
+        return KNOWN_WEIGHTS[text]
+    name = text.rsplit("/", 1)[-1].split("?")[0]
+    return next((k for k in KNOWN_WEIGHTS.values() if text == k.url or name == k.filename), None)
+
+
 def weights_cache() -> Path:
     """Where downloaded weights are kept: torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints"
@@ -267,10 +283,13 @@ def load_pretrained(source, *, preset: str | None = None, num_keypoints: int | N
     if isinstance(source, (str, os.PathLike)):
         label = str(source)
         path = fetch_weights(source) if isinstance(source, str) else Path(source)
-        checkpoint = _load_file(path)
+        checkpoint = load_weights_file(path)
     else:
         label, checkpoint = "checkpoint", source
     state, fmt, stored = read_state_dict(checkpoint, label, weights)
+    stored_config = None
+    if fmt == "kpfast" and isinstance(checkpoint["config"], Mapping):
+        stored_config = dict(checkpoint["config"])
     given = dict(overrides or {})
     overrides = given
     if stored is not None and preset is None:  # a kpfast checkpoint names its network
@@ -288,9 +307,30 @@ def load_pretrained(source, *, preset: str | None = None, num_keypoints: int | N
         visibility_head = any(k.startswith("visibility_head.") for k in state)
     overrides.pop("gradient_checkpointing", None)
     model = build_model(preset, num_keypoints=num_keypoints, visibility_head=visibility_head, **overrides)
+    built = {k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}
     reinit = _KEYPOINT_HEADS if num_keypoints != file_keypoints else ()
     if visibility_head and not any(k.startswith("visibility_head.") for k in state):
         reinit = tuple(sorted(set(reinit) | {"visibility_head."}))
     loadable, reinitialised, ignored = _check_fits(model, state, reinit, label)
     model.load_state_dict(loadable, strict=False)
-    return model, LoadReport(label, fmt, preset, num_keypoints, reinitialised, ignored)
+    return model, LoadReport(label, fmt, preset, num_keypoints, reinitialised, ignored, bool(visibility_head),
+                             built, stored_config)
+
+
+def load_into(model: PoseModel, source, *, preset: str, overrides: Mapping | None = None,
+              weights: str = "auto") -> LoadReport:
+    """Fine-tuning's start: ``model`` (a :class:`PoseModel` of ``preset`` built with
+    ``overrides``) takes its weights from ``source`` (as :func:`load_pretrained` reads it); what
+    the file cannot give (the heads, for another keypoint count) keeps ``model``'s own
+    initialisation and is listed in the report. Any other mismatch raises one PretrainedError."""
+    built = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(overrides or {}).items()
+             if k != "gradient_checkpointing"}
+    loaded, report = load_pretrained(source, preset=preset, num_keypoints=model.num_keypoints,
+                                     visibility_head=model.visibility_head is not None, weights=weights,
+                                     overrides=built)
+    taken = {k: v for k, v in loaded.state_dict().items() if k not in report.reinitialised}
+    result = model.load_state_dict(taken, strict=False)
+    if result.unexpected_keys or sorted(result.missing_keys) != sorted(report.reinitialised):
+        raise PretrainedError(f"weights: {report.source} built another network than the one given "
+                              f"(missing {result.missing_keys}, unexpected {result.unexpected_keys})")
+    return report
