@@ -181,42 +181,49 @@ def _device_reason(backend: str, device: torch.device) -> str | None:
 class OpBackends:
     """The implementations of one op and the rules for choosing among them.
 
-    ``implementations`` maps a backend name to a callable taking the op's normalised inputs.
-    ``input_checks`` maps a backend name to a callable returning why that backend cannot run
-    those inputs (beyond the device rules), or None. ``auto`` tries the order of
+    ``implementations`` maps a backend name to a callable taking the op's ``inputs.kernel_args()``
+    (kpfast/ops/_inputs.py). ``input_checks`` maps a backend name to a callable returning why that
+    backend cannot run given inputs (beyond the device rules), or None. ``auto`` tries the order of
     :data:`AUTO_TABLE` for the op and the tensors' device kind.
     """
 
     op_name: str
     implementations: dict[str, Callable] = field(default_factory=dict)
-    input_checks: dict[str, Callable[..., str | None]] = field(default_factory=dict)
+    input_checks: dict[str, Callable[[object], str | None]] = field(default_factory=dict)
 
-    def why_not(self, backend: str, device: torch.device, **facts) -> str | None:
+    def not_supported_reasons(self, backend: str, device: torch.device, inputs=None) -> list[str]:
+        """Every reason ``backend`` cannot run ``inputs`` on ``device`` (empty: it can), each
+        prefixed with the backend's name (as xformers' ``not_supported_reasons``). Without
+        ``inputs`` only the device and build rules are checked."""
         if backend not in self.implementations:
-            return f"{backend}: {self.op_name} has no {backend} implementation"
-        reason = _device_reason(backend, device)
-        if reason is None and backend in self.input_checks:
-            reason = self.input_checks[backend](**facts)
-            if reason is not None:
-                reason = f"{backend}: {reason}"
-        return reason
+            return [f"{backend}: {self.op_name} has no {backend} implementation"]
+        reasons = []
+        device_reason = _device_reason(backend, device)
+        if device_reason is not None:
+            reasons.append(device_reason)
+        if inputs is not None and backend in self.input_checks:
+            input_reason = self.input_checks[backend](inputs)
+            if input_reason is not None:
+                reasons.append(f"{backend}: {input_reason}")
+        return reasons
 
-    def select(self, requested: str | None, device: torch.device, **facts) -> Callable:
+    def select(self, requested: str | None, device: torch.device, inputs=None) -> Callable:
         """The implementation to run, following the rules in this module's docstring."""
         name = default_backend() if requested is None else _check_name(requested, "backend")
         if name != "auto":
-            reason = self.why_not(name, device, **facts)
-            if reason is not None:
-                raise BackendUnavailableError(f"{self.op_name}: backend {name!r} cannot run these inputs: {reason}")
+            reasons = self.not_supported_reasons(name, device, inputs)
+            if reasons:
+                raise BackendUnavailableError(f"{self.op_name}: backend {name!r} cannot run these inputs: "
+                                              f"{'; '.join(reasons)}")
             return self.implementations[name]
         candidates = auto_choice(self.op_name, "cuda" if device.type == "cuda" else "cpu").order
-        reasons = []
+        all_reasons = []
         for candidate in candidates:
-            reason = self.why_not(candidate, device, **facts)
-            if reason is None:
+            reasons = self.not_supported_reasons(candidate, device, inputs)
+            if not reasons:
                 return self.implementations[candidate]
-            reasons.append(reason)
-        _warn_fallback(self.op_name, reasons)
+            all_reasons.extend(reasons)
+        _warn_fallback(self.op_name, all_reasons)
         return self.implementations["torch"]
 
 

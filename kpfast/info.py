@@ -24,6 +24,7 @@ import traceback
 import torch
 
 from kpfast.versions import untested
+from kpfast.vocabulary import DECODE_METHODS, ENCODINGS, LOSS_KINDS
 
 
 def versions() -> dict:
@@ -156,11 +157,11 @@ def _cases(x: dict) -> dict:
         (value * x["probe"][..., 0]).sum().backward()
         return value.detach(), pred.grad
 
-    cases = {f"render_heatmaps[{e}]": render(e) for e in ("msra", "udp", "dark")}
+    cases = {f"render_heatmaps[{e}]": render(e) for e in ENCODINGS}
     cases["render_heatmaps fwd+bwd[udp]"] = render_backward("udp")
-    cases.update({f"heatmap_loss fwd+bwd[{k}]": loss(k) for k in ("mse", "focal", "cornernet")})
+    cases.update({f"heatmap_loss fwd+bwd[{k}]": loss(k) for k in LOSS_KINDS})
     cases["heatmap_loss fwd+bwd[focal, fused gradient]"] = fused_loss
-    cases.update({f"decode_heatmaps[{m}]": decode(m) for m in ("argmax", "quarter", "dark", "udp", "local_mean")})
+    cases.update({f"decode_heatmaps[{m}]": decode(m) for m in DECODE_METHODS})
     cases["soft_argmax fwd+bwd"] = soft
     cases["find_peaks"] = lambda b: ops.find_peaks(x["maps"], threshold=0.5, min_distance=2, max_peaks=4, backend=b)
     return cases

@@ -39,7 +39,7 @@ def test_auto_table_measured_entries_name_an_existing_result_file():
 
 def test_auto_follows_the_table_on_cuda_tensors(monkeypatch):
     """Without a GPU, a meta-free check: with every backend able to run, auto takes the table's first."""
-    monkeypatch.setattr(backends.OpBackends, "why_not", lambda self, backend, device, **facts: None)
+    monkeypatch.setattr(backends.OpBackends, "not_supported_reasons", lambda self, backend, device, inputs=None: [])
     for op_name, op in OPS.items():
         first = backends.auto_choice(op_name, "cuda").order[0]
         assert op.select("auto", torch.device("cuda")) is op.implementations[first]
@@ -48,8 +48,8 @@ def test_auto_follows_the_table_on_cuda_tensors(monkeypatch):
 
 def test_auto_skips_a_backend_that_cannot_run(monkeypatch):
     first, second = backends.auto_choice("soft_argmax", "cuda").order
-    monkeypatch.setattr(backends.OpBackends, "why_not",
-                        lambda self, backend, device, **facts: "nope" if backend == first else None)
+    monkeypatch.setattr(backends.OpBackends, "not_supported_reasons",
+                        lambda self, backend, device, inputs=None: ["nope"] if backend == first else [])
     op = decode_module.SOFT_ARGMAX
     assert op.select("auto", torch.device("cuda")) is op.implementations[second]
 

@@ -72,11 +72,11 @@ def test_cuda_backend_reports_an_uncovered_device_and_auto_takes_the_next(fake_c
     assert reason.startswith("cuda: kpfast._C has no code for this GPU (compute capability 7.0")
     op = decode_module.SOFT_ARGMAX
     with pytest.raises(backends.BackendUnavailableError, match="no code for this GPU"):
-        op.select("cuda", cuda0, dtype=torch.float32)
+        op.select("cuda", cuda0)
     monkeypatch.setattr(backends, "triton_available", lambda: True)
     order = backends.auto_choice("soft_argmax", "cuda").order
     assert "cuda" in order and "triton" in order
-    assert op.select("auto", cuda0, dtype=torch.float32) is op.implementations["triton"]
+    assert op.select("auto", cuda0) is op.implementations["triton"]
 
 
 def test_cuda_backend_reports_an_old_driver(fake_cuda_build):

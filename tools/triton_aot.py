@@ -151,7 +151,7 @@ def _size_specialisations(height: int, width: int, keypoints: int, first_size: b
                 specs.append(Spec("render._render_backward_kernel",
                                   dict(size=size, encoding=encoding, N=instances, dtype=dtype),
                                   _sig(names, types, c), c, options=options))
-                for kind in ("mse", "focal", "cornernet"):
+                for kind in loss.KINDS:
                     # the compiled-product default exponents and the general powers (mse has none)
                     for fixed in ((True,) if kind == "mse" else (True, False)):
                         c = loss.launch_config(height, width, encoding, kind, fixed, element_size=size_of)

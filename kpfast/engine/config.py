@@ -22,6 +22,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from kpfast.vocabulary import DECODE_METHODS, ENCODINGS, LOSS_KINDS
+
 __all__ = [
     "ConfigError",
     "Config",
@@ -115,8 +117,8 @@ class DataConfig:
 class LossConfig:
     """Heatmap loss (``kpfast.ops.heatmap_loss``) plus the optional auxiliary terms."""
 
-    kind: Literal["mse", "focal", "cornernet"] = "focal"
-    encoding: Literal["udp", "msra", "dark"] = "udp"
+    kind: Literal[LOSS_KINDS] = "focal"  # kpfast/vocabulary.py
+    encoding: Literal[ENCODINGS] = "udp"
     sigma: float = field(default=2.0, metadata=_range(0.0, min_exclusive=True))
     # Scale sigma with the heatmap size relative to 64x48 (kpfast.ops.adaptive_sigma).
     adaptive_sigma: bool = False
@@ -199,7 +201,7 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = field(default=64, metadata=_range(1, MAX_BATCH_SIZE))
     flip_test: bool = True
-    decoder: Literal["argmax", "quarter", "dark", "udp", "local_mean"] = "dark"
+    decoder: Literal[DECODE_METHODS] = "dark"  # kpfast/vocabulary.py
     # Odd, 1..31 (what decode_heatmaps accepts); checked in _check_section.
     blur_kernel: int = field(default=11, metadata=_range(1, MAX_BLUR_KERNEL))
     # Keypoints scoring above this count towards the instance's rescored confidence.

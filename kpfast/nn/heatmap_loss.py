@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from kpfast.ops import heatmap_loss
-from kpfast.ops._checks import ENCODINGS, check_choice, check_int, check_sigma_type, loss_options
+from kpfast.ops._checks import check_choice, check_int, check_sigma_type
+from kpfast.ops._inputs import LossOptions
+from kpfast.vocabulary import ENCODINGS
 
 PRESETS = {
     # The weighted MSE of top-down heatmap training: keypoint pixels (t > 0.1) weigh 15x.
@@ -37,8 +39,8 @@ class HeatmapLoss(nn.Module):
                  threshold: float = 0.1, l1_weight: float | None = None, reduction: str = "mean",
                  ohkm_topk: int | None = None, backend: str | None = None) -> None:
         super().__init__()
-        self.config = loss_options(kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold,
-                                          l1_weight, reduction)
+        self.config = LossOptions.build(kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold,
+                                        l1_weight, reduction).as_dict()
         self.encoding = check_choice("encoding", encoding, ENCODINGS)
         check_sigma_type(sigma)
         self.sigma = sigma

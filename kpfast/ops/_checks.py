@@ -23,15 +23,6 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 HEATMAP_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-ENCODINGS = ("msra", "udp", "dark")
-LOSS_KINDS = ("mse", "focal", "cornernet")
-REDUCTIONS = ("mean", "sum", "none")
-# alpha means different things per kind: the focal class balance (RetinaNet, 0.25) and the
-# cornernet focusing exponent (CenterNet, 2).
-DEFAULT_ALPHA = {"focal": 0.25, "cornernet": 2.0, "mse": 0.0}
-# The L1 term is part of the focal preset (focal + 0.1 x L1); off otherwise.
-DEFAULT_L1_WEIGHT = {"focal": 0.1, "cornernet": 0.0, "mse": 0.0}
-
 # A map side is at most 2^15 so that a pixel index row * W + col fits the int32 the kernels use
 # within a map (H * W <= 2^30), and so that an absurd ``size`` fails here with its name instead
 # of deep inside the allocator.
@@ -147,29 +138,6 @@ def whole_map_distance(min_distance: int, height: int, width: int) -> int:
     """``min_distance`` clamped to ``max(H, W) - 1``, beyond which the suppression window (clipped to
     the map) no longer grows: the same peaks, bounded loops."""
     return min(min_distance, max(height, width) - 1)
-
-
-def loss_options(kind: str = "focal", alpha=None, gamma=2.0, beta=4.0, keypoint_weight=15.0, background_weight=1.0,
-                 threshold=0.1, l1_weight=None, reduction="mean") -> dict:
-    """Checked loss settings with the kind-dependent defaults filled in (alpha, l1_weight)."""
-    check_choice("kind", kind, LOSS_KINDS)
-    check_choice("reduction", reduction, REDUCTIONS)
-    if alpha is None:
-        alpha = DEFAULT_ALPHA[kind]
-    alpha = check_float("alpha", alpha, low=0.0, high=1.0 if kind == "focal" else None)
-    if l1_weight is None:
-        l1_weight = DEFAULT_L1_WEIGHT[kind]
-    return dict(
-        kind=kind,
-        alpha=alpha,
-        gamma=check_float("gamma", gamma, low=0.0),
-        beta=check_float("beta", beta, low=0.0),
-        keypoint_weight=check_float("keypoint_weight", keypoint_weight, low=0.0),
-        background_weight=check_float("background_weight", background_weight, low=0.0),
-        threshold=check_float("threshold", threshold),
-        l1_weight=check_float("l1_weight", l1_weight, low=0.0),
-        reduction=reduction,
-    )
 
 
 # Every sigma must exceed this (docs/ops-arguments-and-precision.md): 2 sigma^2 stays a normal

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from kpfast.ops._triton_loader import COMPILED_NAMESPACE, backward_op_name
+
 
 def _fake_decode(heatmaps, method, blur_kernel, window):
     batch, num_keypoints = heatmaps.shape[:2]
@@ -41,12 +43,12 @@ def _fake_find_peaks(heatmaps, threshold, min_distance, max_peaks):
             heatmaps.new_empty((batch, num_keypoints, max_peaks), dtype=torch.bool))
 
 
-def register(namespace: str, backward_name: str, float64_maps_in_float64: bool = True) -> None:
-    """Fake kernels of ``<namespace>``'s decoding ops and soft-argmax's autograd through the
-    backward op ``<namespace>::<backward_name>`` (the registration scheme of every op file: a
-    namespace and the name of its backward op, e.g. ``("kpfast", "_soft_argmax_backward")``).
-    ``float64_maps_in_float64``: whether the soft-argmax kernel returns float64 for float64 maps
-    (the C++ kernels) or float32 always (the Triton kernel)."""
+def register(namespace: str) -> None:
+    """Fake kernels of ``<namespace>``'s decoding ops and soft-argmax's autograd through its backward
+    op (the scheme of every ``_<op>_registration`` module). The compiled soft-argmax returns float64
+    for float64 maps; the Triton one float32 always (it computes in float32 only)."""
+    float64_maps_in_float64 = namespace == COMPILED_NAMESPACE
+    backward_name = backward_op_name(namespace, "soft_argmax")
     soft_argmax_backward_op = getattr(getattr(torch.ops, namespace), backward_name)
     torch.library.register_fake(f"{namespace}::decode_heatmaps")(_fake_decode)
     torch.library.register_fake(f"{namespace}::soft_argmax")(_fake_soft_argmax(float64_maps_in_float64))

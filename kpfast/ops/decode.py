@@ -8,58 +8,46 @@ from collections.abc import Sequence
 
 import torch
 
-from kpfast import _extension, backends
-from kpfast.ops import _decode_registration
-from kpfast.ops._checks import (FLOAT_DTYPES, MAX_BLUR_KERNEL, check_choice, check_float, check_heatmaps, check_int,
-                                check_odd, check_output_elements, check_same_device, check_tensor, whole_map_distance,
-                                whole_map_window)
+from kpfast import _extension, backends, vocabulary
+from kpfast.ops import _decode_registration, _triton_loader
+from kpfast.ops._checks import check_same_device, check_tensor
+from kpfast.ops._inputs import DecodeInputs, PeakInputs, SoftArgmaxInputs
 from kpfast.reference import decode as _reference
 
-DECODE_METHODS = _reference.DECODE_METHODS
+DECODE_METHODS = vocabulary.DECODE_METHODS
 
 
-def _compiled_decode(heatmaps, method, blur_kernel, window):
-    return torch.ops.kpfast.decode_heatmaps(heatmaps, method, blur_kernel, window)
+def _triton_ops():
+    return _triton_loader.triton_ops("decode", _decode_registration.register)
 
 
-_triton_loaded = False
+# Every implementation takes its inputs object's kernel_args() (kpfast/ops/_inputs.py).
+def _compiled_decode(*args):
+    return torch.ops.kpfast.decode_heatmaps(*args)
 
 
-def _load_triton() -> None:
-    """Import the Triton kernels (and so triton) on first use only: importing kpfast must not."""
-    global _triton_loaded
-    if not _triton_loaded:
-        import kpfast.triton.decode  # noqa: F401  (defines the kpfast_triton ops)
-
-        _decode_registration.register("kpfast_triton", "soft_argmax_backward", float64_maps_in_float64=False)
-        _triton_loaded = True
+def _triton_decode(*args):
+    return _triton_ops().decode_heatmaps(*args)
 
 
-def _triton_decode(heatmaps, method, blur_kernel, window):
-    _load_triton()
-    return torch.ops.kpfast_triton.decode_heatmaps(heatmaps, method, blur_kernel, window)
+def _compiled_soft_argmax(*args):
+    return torch.ops.kpfast.soft_argmax(*args)[:2]
 
 
-def _compiled_soft_argmax(heatmaps, beta):
-    return torch.ops.kpfast.soft_argmax(heatmaps, beta)[:2]
+def _triton_soft_argmax(*args):
+    return _triton_ops().soft_argmax(*args)[:2]
 
 
-def _triton_soft_argmax(heatmaps, beta):
-    _load_triton()
-    return torch.ops.kpfast_triton.soft_argmax(heatmaps, beta)[:2]
+def _compiled_find_peaks(*args):
+    return torch.ops.kpfast.find_peaks(*args)
 
 
-def _compiled_find_peaks(heatmaps, threshold, min_distance, max_peaks):
-    return torch.ops.kpfast.find_peaks(heatmaps, threshold, min_distance, max_peaks)
+def _triton_find_peaks(*args):
+    return _triton_ops().find_peaks(*args)
 
 
-def _triton_find_peaks(heatmaps, threshold, min_distance, max_peaks):
-    _load_triton()
-    return torch.ops.kpfast_triton.find_peaks(heatmaps, threshold, min_distance, max_peaks)
-
-
-def _no_float64(dtype: torch.dtype, **_) -> str | None:
-    if dtype == torch.float64:
+def _no_float64(inputs: SoftArgmaxInputs) -> str | None:
+    if inputs.heatmaps.dtype == torch.float64:
         return "computes in float32 only, heatmaps are torch.float64"
     return None
 
@@ -83,7 +71,7 @@ FIND_PEAKS = backends.OpBackends(
 )
 
 if _extension.is_loaded():
-    _decode_registration.register("kpfast", "_soft_argmax_backward")
+    _decode_registration.register(_triton_loader.COMPILED_NAMESPACE)
 
 
 def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: int = 11, window: int = 3,
@@ -117,15 +105,11 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "dark", blur_kernel: i
     ``-1`` also for ``udp`` (MMPose refines it with wrapped indices); a singular Hessian
     (``det == 0``) or a non-finite step leaves the argmax (numpy's inverse would raise).
     """
-    check_heatmaps(heatmaps)
-    check_choice("method", method, DECODE_METHODS)
-    blur_kernel = check_odd("blur_kernel", blur_kernel, 1, MAX_BLUR_KERNEL)
-    window = whole_map_window(check_odd("window", window, 1), *heatmaps.shape[-2:])
-    maps = heatmaps.detach().contiguous()
-    implementation = DECODE.select(backend, maps.device, dtype=maps.dtype)
+    inputs = DecodeInputs.build(heatmaps, method, blur_kernel, window)
+    implementation = DECODE.select(backend, inputs.device, inputs)
     # Every backend clips dark/udp points to the map itself (reference.clip_to_map): no extra
     # elementwise launches after the kernel.
-    return implementation(maps, method, blur_kernel, window)
+    return implementation(*inputs.kernel_args())
 
 
 def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0, backend: str | None = None):
@@ -142,11 +126,9 @@ def soft_argmax(heatmaps: torch.Tensor, beta: float = 1.0, backend: str | None =
         heatmaps through each backend's fused backward kernel; ``scores (B, K)``: the map
         maximum, not differentiable.
     """
-    check_heatmaps(heatmaps, FLOAT_DTYPES)
-    beta = check_float("beta", beta, low=0, low_open=True)
-    maps = heatmaps.contiguous()
-    implementation = SOFT_ARGMAX.select(backend, maps.device, dtype=maps.dtype)
-    return implementation(maps, beta)
+    inputs = SoftArgmaxInputs.build(heatmaps, beta)
+    implementation = SOFT_ARGMAX.select(backend, inputs.device, inputs)
+    return implementation(*inputs.kernel_args())
 
 
 def find_peaks(heatmaps: torch.Tensor, threshold: float = 0.1, min_distance: int = 2, max_peaks: int = 20,
@@ -163,14 +145,9 @@ def find_peaks(heatmaps: torch.Tensor, threshold: float = 0.1, min_distance: int
         ``coords (B, K, P, 2)`` float32 ``(x, y)``, ``-1`` in unused slots; ``scores (B, K, P)``
         float32, 0 in unused slots; ``valid (B, K, P)`` bool. Not differentiable.
     """
-    check_heatmaps(heatmaps)
-    threshold = check_float("threshold", threshold, finite=False)
-    min_distance = whole_map_distance(check_int("min_distance", min_distance, low=0), *heatmaps.shape[-2:])
-    max_peaks = check_int("max_peaks", max_peaks, low=1)
-    check_output_elements("max_peaks", (*heatmaps.shape[:2], max_peaks, 2))
-    maps = heatmaps.detach().contiguous()
-    implementation = FIND_PEAKS.select(backend, maps.device, dtype=maps.dtype)
-    return implementation(maps, threshold, min_distance, max_peaks)
+    inputs = PeakInputs.build(heatmaps, threshold, min_distance, max_peaks)
+    implementation = FIND_PEAKS.select(backend, inputs.device, inputs)
+    return implementation(*inputs.kernel_args())
 
 
 def flip_merge(heatmaps: torch.Tensor, flipped_heatmaps: torch.Tensor, flip_pairs: Sequence[Sequence[int]],

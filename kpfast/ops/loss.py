@@ -6,46 +6,33 @@ import torch
 
 from kpfast import _extension, backends
 from kpfast import reference as _reference
-from kpfast.ops import _loss_autograd
-from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, LOSS_KINDS, check_choice, check_same_device, check_tensor,
-                                keypoint_arguments, loss_options, sigma_argument)
+from kpfast import vocabulary
+from kpfast.ops import _loss_registration, _triton_loader
+from kpfast.ops._inputs import LossInputs, LossOptions
 
-KINDS = LOSS_KINDS
-
-# The loss settings are checked, and their kind-dependent defaults filled in, with every other
-# argument check in kpfast.ops._checks; re-exported here for kpfast.nn and the engine.
-resolve_loss_config = loss_options
+KINDS = vocabulary.LOSS_KINDS
 
 
 def _compiled(*args):
     return torch.ops.kpfast.heatmap_loss(*args)
 
 
-_triton_loaded = False
-
-
-def _load_triton() -> None:
-    """Import the Triton kernels (and so triton) on first use only: importing kpfast must not."""
-    global _triton_loaded
-    if not _triton_loaded:
-        import kpfast.triton.loss  # noqa: F401  (defines the kpfast_triton ops)
-
-        _loss_autograd.register("kpfast_triton", "heatmap_loss_backward")
-        _triton_loaded = True
+def _triton_namespace():
+    return _triton_loader.triton_ops("loss", _loss_registration.register)
 
 
 def _triton(*args):
-    _load_triton()
-    return torch.ops.kpfast_triton.heatmap_loss(*args)
+    return _triton_namespace().heatmap_loss(*args)
 
 
+# Every implementation takes LossInputs.kernel_args() (the schema's 14 arguments, csrc/library.cpp).
 LOSS = backends.OpBackends(
     "heatmap_loss",
     implementations={"torch": _reference.heatmap_loss_maps, "cpu": _compiled, "cuda": _compiled, "triton": _triton},
 )
 
 if _extension.is_loaded():
-    _loss_autograd.register("kpfast", "_heatmap_loss_backward")
+    _loss_registration.register(_triton_loader.COMPILED_NAMESPACE)
 
 
 def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor | None = None, sigma=2.0,
@@ -90,49 +77,24 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
             rescales it where the upstream differs (checked on the device). Used with the ``triton``
             backend for mse and focal in eager mode when ``pred`` requires a gradient; every other
             call (and torch.compile) takes the separate backward kernel. It pays when the upstream
-            is the plain one (no AMP loss scale): see kpfast/ops/_loss_autograd.py.
+            is the plain one (no AMP loss scale): see kpfast/ops/_loss_registration.py.
 
     Returns:
         A float32 scalar (``mean``/``sum``; 0 for an empty batch) or ``(B, K)`` float32 losses (``none``).
         The gradient w.r.t. ``pred`` is returned in ``pred``'s dtype.
     """
-    check_tensor("pred", pred, dims=(4,), dtypes=HEATMAP_DTYPES)
-    config = resolve_loss_config(kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
-                                 reduction)
-    check_choice("encoding", encoding, ENCODINGS)
-    check_tensor("keypoints", keypoints, dims=(3, 4))
-    if weights is not None:
-        check_tensor("weights", weights, dims=(keypoints.dim() - 1,))
-    # One launch per call: absent weights stay None, a float sigma stays a float and a (K,) sigma
-    # an expanded view (kpfast.ops._checks.keypoint_arguments / sigma_argument).
-    keypoints4, weights3, _ = keypoint_arguments(keypoints.detach(), None if weights is None else weights.detach())
-    check_same_device("pred", pred, keypoints=keypoints4)
-    batch, _, num_keypoints = keypoints4.shape[:3]
-    if tuple(pred.shape[:2]) != (batch, num_keypoints):
-        raise ValueError(f"pred: expected shape ({batch}, {num_keypoints}, H, W) to match keypoints, "
-                         f"got {tuple(pred.shape)}")
-    height, width = pred.shape[-2:]
-    if isinstance(sigma, torch.Tensor):
-        sigma = sigma.detach()
-    # The loss kernels compute in float32 (no-ops for float32 inputs).
-    keypoints4 = keypoints4.float()
-    if weights3 is not None:
-        weights3 = weights3.float()
-    sigma2, sigma_value = sigma_argument(sigma, batch, num_keypoints, torch.float32, pred.device)
-    implementation = LOSS.select(backend, pred.device)
+    options = LossOptions.build(kind, alpha, gamma, beta, keypoint_weight, background_weight, threshold, l1_weight,
+                                reduction)
+    inputs = LossInputs.build(pred, keypoints, weights, sigma, encoding, options)
+    implementation = LOSS.select(backend, inputs.device, inputs)
     if not isinstance(fused_gradient, bool):
         raise TypeError(f"fused_gradient: expected a bool, got {type(fused_gradient).__name__}")
-    if (fused_gradient and implementation is _triton and config["kind"] != "cornernet" and pred.requires_grad
+    if (fused_gradient and implementation is _triton and options.traits.fused_gradient and pred.requires_grad
             and torch.is_grad_enabled() and not torch.compiler.is_compiling()):
-        _load_triton()
-        expected = _loss_autograd.expected_upstream(config["reduction"], batch * num_keypoints, height * width)
-        map_losses, positives = _loss_autograd.FusedGradientLoss.apply(
-            pred, keypoints4, weights3, sigma2, sigma_value, encoding, config["kind"], config["alpha"],
-            config["gamma"], config["beta"], config["keypoint_weight"], config["background_weight"],
-            config["threshold"], config["l1_weight"], expected)
-        return _reference.reduce_map_losses(map_losses, positives, config["kind"], config["reduction"],
-                                            height * width)
-    map_losses, positives = implementation(pred, keypoints4, weights3, sigma2, sigma_value, encoding, config["kind"],
-                                           config["alpha"], config["gamma"], config["beta"], config["keypoint_weight"],
-                                           config["background_weight"], config["threshold"], config["l1_weight"])
-    return _reference.reduce_map_losses(map_losses, positives, config["kind"], config["reduction"], height * width)
+        _triton_namespace()
+        expected = _loss_registration.expected_upstream(options.reduction, inputs.num_maps, inputs.pixels_per_map)
+        map_losses, positives = _loss_registration.FusedGradientLoss.apply(*inputs.kernel_args(), expected)
+    else:
+        map_losses, positives = implementation(*inputs.kernel_args())
+    return _reference.reduce_map_losses(map_losses, positives, options.kind, options.reduction,
+                                        inputs.pixels_per_map)

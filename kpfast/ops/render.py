@@ -6,13 +6,14 @@ import torch
 
 from kpfast import _extension, backends
 from kpfast import reference as _reference
-from kpfast.ops._checks import (ENCODINGS, HEATMAP_DTYPES, check_choice, check_float, check_output_elements,
-                                check_size, keypoint_arguments, materialise_sigma, materialise_weights, sigma_argument)
-from kpfast.ops import _render_autograd
+from kpfast.ops import _render_registration, _triton_loader
+from kpfast.ops._checks import check_float, check_size, materialise_sigma, materialise_weights
+from kpfast.ops._inputs import RenderInputs
 
-# Every implementation takes (keypoints (B, N, K, 2), weights (B, N, K) or None, sigma (B, K) view or
-# None, sigma_value, height, width, encoding, dtype): the kernels read absent weights and a float
-# sigma as such, so a call is one kernel launch with nothing materialised around it.
+# Every implementation takes RenderInputs.kernel_args(): (keypoints (B, N, K, 2), weights (B, N, K)
+# or None, sigma (B, K) view or None, sigma_value, height, width, encoding, dtype): the kernels read
+# absent weights and a float sigma as such, so a call is one kernel launch with nothing
+# materialised around it.
 
 
 def _torch(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype):
@@ -23,32 +24,17 @@ def _torch(keypoints, weights, sigma, sigma_value, height, width, encoding, dtyp
     return _reference.render_heatmaps(keypoints, weights, sigma, height, width, encoding, dtype)
 
 
-def _compiled(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype):
-    return torch.ops.kpfast.render_heatmaps(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype)
+def _compiled(*args):
+    return torch.ops.kpfast.render_heatmaps(*args)
 
 
-_triton_loaded = False
+def _triton(*args):
+    return _triton_loader.triton_ops("render", _render_registration.register).render_heatmaps(*args)
 
 
-def _load_triton() -> None:
-    """Import the Triton kernels (and so triton) on first use only: importing kpfast must not."""
-    global _triton_loaded
-    if not _triton_loaded:
-        import kpfast.triton.render  # noqa: F401  (defines the kpfast_triton ops)
-
-        _render_autograd.register("kpfast_triton", "render_heatmaps_backward")
-        _triton_loaded = True
-
-
-def _triton(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype):
-    _load_triton()
-    return torch.ops.kpfast_triton.render_heatmaps(keypoints, weights, sigma, sigma_value, height, width, encoding,
-                                                   dtype)
-
-
-def _float32_only(compute_dtype: torch.dtype, **_) -> str | None:
-    if compute_dtype != torch.float32:
-        return f"computes in float32 only, keypoints are {compute_dtype}"
+def _float32_only(inputs: RenderInputs) -> str | None:
+    if inputs.compute_dtype != torch.float32:
+        return f"computes in float32 only, keypoints are {inputs.compute_dtype}"
     return None
 
 
@@ -59,7 +45,7 @@ RENDER = backends.OpBackends(
 )
 
 if _extension.is_loaded():
-    _render_autograd.register("kpfast", "_render_heatmaps_backward")
+    _render_registration.register(_triton_loader.COMPILED_NAMESPACE)
 
 
 def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None = None, size=(64, 48), sigma=2.0,
@@ -87,19 +73,10 @@ def render_heatmaps(keypoints: torch.Tensor, weights: torch.Tensor | None = None
         or 0 for ignored keypoints. Differentiable w.r.t. the coordinates (``udp``, ``dark``) and
         a tensor sigma.
     """
-    keypoints4, weights3, has_instances = keypoint_arguments(keypoints, weights)
-    height, width = check_size("size", size)
-    check_choice("encoding", encoding, ENCODINGS)
-    compute = keypoints4.dtype
-    allowed = HEATMAP_DTYPES + ((torch.float64,) if compute == torch.float64 else ())
-    if dtype not in allowed:
-        raise TypeError(f"dtype: expected one of {[str(d) for d in allowed]}, got {dtype}")
-    batch, _, num_keypoints = keypoints4.shape[:3]
-    check_output_elements("size", (batch, num_keypoints, height, width))
-    sigma2, sigma_value = sigma_argument(sigma, batch, num_keypoints, compute, keypoints4.device)
-    implementation = RENDER.select(backend, keypoints4.device, compute_dtype=compute)
-    heatmaps, weights_out = implementation(keypoints4, weights3, sigma2, sigma_value, height, width, encoding, dtype)
-    if not has_instances:
+    inputs = RenderInputs.build(keypoints, weights, size, sigma, encoding, dtype)
+    implementation = RENDER.select(backend, inputs.device, inputs)
+    heatmaps, weights_out = implementation(*inputs.kernel_args())
+    if not inputs.has_instances:
         weights_out = weights_out.squeeze(1)
     if weights is not None:
         weights_out = weights_out.to(weights.dtype)

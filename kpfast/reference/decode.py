@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DECODE_METHODS = ("argmax", "quarter", "dark", "udp", "local_mean")
+from kpfast.vocabulary import REFINED_DECODE_METHODS
 
 # cv2.getGaussianKernel(n, sigma <= 0) uses these fixed tables for n <= 9 (OpenCV's
 # small_gaussian_tab; the 9-tap one is in OpenCV >= 4.x's table, checked against the installed
@@ -210,7 +210,23 @@ def _local_mean(maps, x, y, window):
     return torch.where(finite, mean_x, 0.0), torch.where(finite, mean_y, 0.0)
 
 
-REFINED_METHODS = ("dark", "udp")  # the Taylor-step methods whose offset is unbounded
+
+
+def _no_offset(maps, x, y, blur_kernel, window):
+    zero = torch.zeros_like(x, dtype=torch.float32)
+    return zero, zero
+
+
+# The sub-pixel offset of each method of kpfast.vocabulary.DECODE_METHODS (tests/ops/
+# test_vocabulary.py checks that the keys are exactly those): (maps, argmax x, y, blur_kernel,
+# window) -> (dx, dy). The refined methods' points are then clipped to the map (clip_to_map).
+OFFSETS = {
+    "argmax": _no_offset,
+    "quarter": lambda maps, x, y, blur_kernel, window: _quarter_offset(maps, x, y),
+    "dark": lambda maps, x, y, blur_kernel, window: _dark_offset(maps, x, y, blur_kernel),
+    "udp": lambda maps, x, y, blur_kernel, window: _udp_offset(maps, x, y, blur_kernel),
+    "local_mean": lambda maps, x, y, blur_kernel, window: _local_mean(maps, x, y, window),
+}
 
 
 def clip_to_map(x: torch.Tensor, y: torch.Tensor, height: int, width: int):
@@ -235,18 +251,9 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str, blur_kernel: int, windo
         return maps.new_empty((batch, num_keypoints, 2)), maps.new_empty((batch, num_keypoints))
     x, y, score, _ = heatmap_maximum(maps)
     fx, fy = x.float(), y.float()
-    if method == "quarter":
-        ox, oy = _quarter_offset(maps, x, y)
-    elif method == "dark":
-        ox, oy = _dark_offset(maps, x, y, blur_kernel)
-    elif method == "udp":
-        ox, oy = _udp_offset(maps, x, y, blur_kernel)
-    elif method == "local_mean":
-        ox, oy = _local_mean(maps, x, y, window)
-    else:
-        ox = oy = torch.zeros_like(fx)
+    ox, oy = OFFSETS[method](maps, x, y, blur_kernel, window)
     px, py = fx + ox.float(), fy + oy.float()
-    if method in REFINED_METHODS:
+    if method in REFINED_DECODE_METHODS:
         px, py = clip_to_map(px, py, height, width)
     positive = score > 0
     coords = torch.stack([torch.where(positive, px, -1.0), torch.where(positive, py, -1.0)], dim=-1)

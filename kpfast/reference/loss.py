@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kpfast import vocabulary
 from kpfast.ops._checks import materialise_sigma, materialise_weights
 from kpfast.reference.render import gaussian_maps
 
@@ -25,6 +26,29 @@ def positive_pixels(keypoints: torch.Tensor, valid: torch.Tensor, height: int, w
     if hit.shape[1] == 0:
         return torch.zeros((batch, num_keypoints, height, width), dtype=torch.bool, device=keypoints.device)
     return hit.any(dim=1)
+
+
+def _mse(x, prob, target, positive, alpha, gamma, beta):
+    return (x - target) ** 2
+
+
+def _focal(x, prob, target, positive, alpha, gamma, beta):
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    return alpha_t * (target - prob).abs().pow(gamma) * F.binary_cross_entropy_with_logits(x, target, reduction="none")
+
+
+def _cornernet(x, prob, target, positive, alpha, gamma, beta):
+    # -log p = softplus(-x), -log(1 - p) = softplus(x): finite for any finite logit.
+    positive_term = (1 - prob).pow(alpha) * F.softplus(-x)
+    negative_term = (1 - target).pow(beta) * prob.pow(alpha) * F.softplus(x)
+    return torch.where(positive, positive_term, negative_term)
+
+
+# The per-pixel loss of each kind of kpfast.vocabulary.LOSS_KINDS (tests/ops/test_vocabulary.py
+# checks that the keys are exactly those): (logits or values x, p = sigmoid(x) for the logit
+# kinds else x, target t, positive pixels, alpha, gamma, beta) -> loss, before the L1 term and the
+# pixel weights.
+PIXEL_LOSSES = {"mse": _mse, "focal": _focal, "cornernet": _cornernet}
 
 
 def heatmap_loss_maps(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Tensor | None,
@@ -55,22 +79,9 @@ def heatmap_loss_maps(pred: torch.Tensor, keypoints: torch.Tensor, weights: torc
     positive = positive_pixels(keypoints, valid, height, width)
     x = pred.float()
     pixel_weight = torch.where(target > threshold, keypoint_weight, background_weight) * map_weight[..., None, None]
-    if kind == "mse":
-        prob = x
-        loss = (x - target) ** 2
-    else:
-        prob = torch.sigmoid(x)
-        if kind == "focal":
-            alpha_t = alpha * target + (1 - alpha) * (1 - target)
-            loss = alpha_t * (target - prob).abs().pow(gamma) * F.binary_cross_entropy_with_logits(
-                x, target, reduction="none")
-        elif kind == "cornernet":
-            # -log p = softplus(-x), -log(1 - p) = softplus(x): finite for any finite logit.
-            positive_term = (1 - prob).pow(alpha) * F.softplus(-x)
-            negative_term = (1 - target).pow(beta) * prob.pow(alpha) * F.softplus(x)
-            loss = torch.where(positive, positive_term, negative_term)
-        else:
-            raise ValueError(f"kind: expected one of ('mse', 'focal', 'cornernet'), got {kind!r}")
+    traits = vocabulary.loss_kind(kind)
+    prob = torch.sigmoid(x) if traits.takes_logits else x
+    loss = PIXEL_LOSSES[kind](x, prob, target, positive, alpha, gamma, beta)
     if l1_weight != 0:
         loss = loss + l1_weight * (prob - target).abs()
     weighted = torch.where(pixel_weight > 0, pixel_weight * loss, torch.zeros_like(loss))
@@ -88,7 +99,7 @@ def reduce_map_losses(map_losses: torch.Tensor, positives: torch.Tensor, kind: s
       ``none`` = each map's sum / its own number of positives (at least 1).
     An empty batch gives 0 for ``mean`` and ``sum``.
     """
-    if kind == "cornernet":
+    if vocabulary.loss_kind(kind).counts_positives:
         if reduction == "none":
             return map_losses / positives.clamp(min=1.0)
         return map_losses.sum() / positives.sum().clamp(min=1.0)

@@ -23,8 +23,14 @@ import triton
 import triton.language as tl
 
 from kpfast.triton._common import launch
+from kpfast.vocabulary import DECODE_METHOD_CODES
 
-METHODS = {"argmax": 0, "quarter": 1, "dark": 2, "udp": 3, "local_mean": 4}
+# The codes of kpfast/vocabulary.py (the METHOD constexpr the kernel is compiled for).
+METHODS = DECODE_METHOD_CODES
+QUARTER = tl.constexpr(DECODE_METHOD_CODES["quarter"])
+DARK = tl.constexpr(DECODE_METHOD_CODES["dark"])
+UDP = tl.constexpr(DECODE_METHOD_CODES["udp"])
+LOCAL_MEAN = tl.constexpr(DECODE_METHOD_CODES["local_mean"])
 # Read inside @triton.jit, so they must be tl.constexpr instances: Triton's compiler rejects plain
 # module globals and annotated ones (`x: tl.constexpr = 1`); only the interpreter accepts them.
 DARK_FLOOR = tl.constexpr(1e-10)
@@ -153,7 +159,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
     ox = 0.0
     oy = 0.0
     positive = best > 0.0
-    if METHOD == 1:  # quarter (HRNet get_final_preds)
+    if METHOD == QUARTER:  # HRNet get_final_preds
         inside = (x > 1) & (x < width - 1) & (y > 1) & (y < height - 1)
         at = base + y * width + x
         right = tl.load(at + 1, mask=inside, other=0.0).to(tl.float32)
@@ -166,7 +172,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         sy = tl.where(down > up, 1.0, tl.where(down < up, -1.0, 0.0))
         ox = tl.where(keep, 0.25 * sx, 0.0)
         oy = tl.where(keep, 0.25 * sy, 0.0)
-    if METHOD == 4:  # local_mean
+    if METHOD == LOCAL_MEAN:
         # The window in (WROWS, WCOLS) tiles (decode_config: at most WINDOW_TILE pixels each): a
         # window may be as wide as 2 max(H, W) - 1, far past one tile's register budget and
         # Triton's limit on a tensor's elements.
@@ -192,7 +198,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
                 sum_y += tl.sum(tl.sum(w * dr[:, None].to(tl.float32), axis=1), axis=0)
         ox = tl.where(bad == 0.0, sum_x / total, 0.0)
         oy = tl.where(bad == 0.0, sum_y / total, 0.0)
-    if METHOD == 2 or METHOD == 3:
+    if METHOD == DARK or METHOD == UDP:
         radius = KSIZE // 2
         # The 5x5 patch around the argmax, separably: horizontal pass over rows y-2-R .. y+2+R,
         # five columns (clamped) around x, then the vertical pass. The 5 + 2R source rows are taken
@@ -226,7 +232,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         cc = c[None, :]
         di = ii - 2
         dc = cc - 2
-        if METHOD == 2:
+        if METHOD == DARK:
             refine = positive & (x > 1) & (x < width - 2) & (y > 1) & (y < height - 2)
             stencil = (((di == 0) & (dc >= -2) & (dc <= 2)) | ((dc == 0) & (di >= -2) & (di <= 2))
                        | ((di * di == 1) & (dc * dc == 1)))
@@ -243,7 +249,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         if need:
             scale = best / _blurred_maximum(base, height, width, KSIZE, KPAD, BLOCK_W)
         scaled = patch * scale
-        if METHOD == 2:
+        if METHOD == DARK:
             v = tl.log(tl.maximum(scaled, DARK_FLOOR))
             centre_v = _pick(v, ii, cc, 2, 2)
             dx = 0.5 * (_pick(v, ii, cc, 2, 3) - _pick(v, ii, cc, 2, 1))
@@ -270,7 +276,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         oy = tl.where(refine, sy, 0.0)
     px = x.to(tl.float32) + ox
     py = y.to(tl.float32) + oy
-    if METHOD == 2 or METHOD == 3:
+    if METHOD == DARK or METHOD == UDP:
         # kpfast.reference.decode.clip_to_map: a near-singular Hessian makes the Newton step
         # arbitrarily long; the point is clipped to the map's area [-0.5, W-0.5] x [-0.5, H-0.5].
         # tl.cast, not .to(): a side of 1 reaches the kernel as the constant 1, a Python int.

@@ -8,11 +8,14 @@ an invalid keypoint is masked out by ``valid``.
 import triton
 import triton.language as tl
 
-MSRA: tl.constexpr = 0
-UDP: tl.constexpr = 1
-DARK: tl.constexpr = 2
+from kpfast.vocabulary import ENCODING_CODES
 
-ENCODINGS = {"msra": 0, "udp": 1, "dark": 2}
+# The codes of kpfast/vocabulary.py (the ENCODING constexpr the kernels are compiled for), as
+# tl.constexpr instances: Triton's compiler reads no other module global inside @triton.jit.
+ENCODINGS = ENCODING_CODES
+MSRA = tl.constexpr(ENCODING_CODES["msra"])
+UDP = tl.constexpr(ENCODING_CODES["udp"])
+DARK = tl.constexpr(ENCODING_CODES["dark"])
 
 
 @triton.jit
@@ -30,13 +33,13 @@ def gaussian_window(x, y, weight, sigma, height, width, ENCODING: tl.constexpr):
     mu_y = tl.floor(y + 0.5)
     outside = (mu_x - radius > width - 1) | (mu_x + radius < 0.0) | (mu_y - radius > height - 1) | (mu_y + radius < 0.0)
     valid = valid & (outside == 0)
-    if ENCODING == 0:
+    if ENCODING == MSRA:
         cx = mu_x
         cy = mu_y
     else:
         cx = x
         cy = y
-    if ENCODING == 2:
+    if ENCODING == DARK:
         x0 = -1.0e30
         x1 = 1.0e30
         y0 = -1.0e30

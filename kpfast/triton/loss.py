@@ -21,8 +21,12 @@ import triton.language as tl
 
 from kpfast.triton._common import aligned_geometry, launch, strided_row_alignment, tile_shape
 from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, gaussian_window
+from kpfast.vocabulary import FUSED_GRADIENT_LOSS_KINDS, LOSS_KIND_CODES
 
-KINDS = {"mse": 0, "focal": 1, "cornernet": 2}
+# The codes of kpfast/vocabulary.py (the KIND constexpr the kernels are compiled for).
+KINDS = LOSS_KIND_CODES
+MSE = tl.constexpr(LOSS_KIND_CODES["mse"])
+FOCAL = tl.constexpr(LOSS_KIND_CODES["focal"])
 
 
 @triton.jit
@@ -60,7 +64,7 @@ def _pixel_loss(x, t, positive, alpha, gamma, beta, l1_weight, KIND: tl.constexp
     """The unweighted loss of each pixel, or (GRADIENT) its derivative w.r.t. x.
 
     FIXED: gamma is 2 (focal), alpha 2 and beta 4 (cornernet), whatever the arguments hold."""
-    if KIND == 0:  # mse
+    if KIND == MSE:
         d = x - t
         if GRADIENT:
             value = 2.0 * d + l1_weight * _sign(d)
@@ -70,7 +74,7 @@ def _pixel_loss(x, t, positive, alpha, gamma, beta, l1_weight, KIND: tl.constexp
         p, q, softplus_pos, softplus_neg = _logit_parts(x)
         pq = p * q
         diff = p - t
-        if KIND == 1:  # focal
+        if KIND == FOCAL:
             alpha_t = alpha * t + (1.0 - alpha) * (1.0 - t)
             bce = t * softplus_neg + (1.0 - t) * softplus_pos
             if FIXED:
@@ -251,7 +255,7 @@ def _loss_fused_forward_kernel(pred_ptr, keypoints_ptr, weights_ptr, sigma_ptr, 
                                FIXED: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_SIGMA: tl.constexpr,
                                BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, ROW_ALIGN: tl.constexpr):
     """The forward that also writes the gradient for the upstream ``expected_upstream`` (the
-    gradient-in-forward opt-in, kpfast/ops/_loss_autograd.py): one read of pred, one write of grad."""
+    gradient-in-forward opt-in, kpfast/ops/_loss_registration.py): one read of pred, one write of grad."""
     width, stride_b, stride_k, stride_h = aligned_geometry(width, stride_b, stride_k, stride_h, ROW_ALIGN)
     map_id, b, k, sigma, m = _map_setup(keypoints_ptr, weights_ptr, sigma_ptr, N, K, height, width, sigma_stride_b,
                                         sigma_stride_k, sigma_value, ENCODING, HAS_WEIGHTS, HAS_SIGMA)
@@ -407,9 +411,9 @@ def heatmap_loss_fused(pred: torch.Tensor, keypoints: torch.Tensor, weights: tor
                        gamma: float, beta: float, keypoint_weight: float, background_weight: float, threshold: float,
                        l1_weight: float, expected_upstream: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """heatmap_loss plus the gradient w.r.t. pred for the upstream ``expected_upstream`` on every map
-    (the gradient-in-forward opt-in; kpfast/ops/_loss_autograd.py)."""
-    if kind == "cornernet":  # its mean/sum upstream depends on the forward's own positive count
-        raise ValueError("kind: expected 'mse' or 'focal' with the fused gradient, got 'cornernet'")
+    (the gradient-in-forward opt-in; kpfast/ops/_loss_registration.py)."""
+    if kind not in FUSED_GRADIENT_LOSS_KINDS:  # e.g. cornernet: its upstream depends on its own positive count
+        raise ValueError(f"kind: expected one of {FUSED_GRADIENT_LOSS_KINDS} with the fused gradient, got {kind!r}")
     batch, instances, num_keypoints = keypoints.shape[:3]
     map_losses = torch.empty((batch, num_keypoints), dtype=torch.float32, device=pred.device)
     positives = torch.empty_like(map_losses)

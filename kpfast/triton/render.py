@@ -18,7 +18,7 @@ import triton.language as tl
 
 from kpfast.triton._common import (aligned, aligned_geometry, launch, row_alignment, strided_row_alignment,
                                    tile_shape)
-from kpfast.triton.gaussian import ENCODINGS, gaussian_tile, load_sigma, load_weight
+from kpfast.triton.gaussian import ENCODINGS, MSRA, gaussian_tile, load_sigma, load_weight
 
 
 @triton.jit
@@ -100,7 +100,7 @@ def _render_backward_kernel(grad_ptr, keypoints_ptr, weights_ptr, sigma_ptr, gra
             grad_x += tl.sum(tl.sum(upstream * dx, axis=1), axis=0) * two_c
             grad_y += tl.sum(tl.sum(upstream * dy, axis=1), axis=0) * two_c
             grad_sigma += tl.sum(tl.sum(upstream * (dx * dx + dy * dy), axis=1), axis=0) * two_c / sigma
-        if ENCODING == 0:  # MSRA centres are rounded: no gradient w.r.t. the coordinates
+        if ENCODING == MSRA:  # MSRA centres are rounded: no gradient w.r.t. the coordinates
             grad_x = grad_x * 0.0
             grad_y = grad_y * 0.0
         tl.store(grad_keypoints_ptr + 2 * t_idx, grad_x)

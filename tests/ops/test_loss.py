@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import kpfast
+from kpfast import vocabulary
 from kpfast.ops import heatmap_loss, render_heatmaps
 
 from .harness import TOLERANCE, RecordOps, assert_close_across_kernels, edge_case_keypoints, predictions, sigma_forms
 
-KINDS = ("mse", "focal", "cornernet")
+KINDS = vocabulary.LOSS_KINDS  # every kind: a new one gets these tests (docs/extending.md)
 ENCODINGS = ("msra", "udp", "dark")
 # float32: loss values to 1e-5 relative, gradients to 1e-4 relative (half-precision predictions:
 # test_common.py::test_half_precision with TOLERANCE["loss_grad"][dtype] for the gradients).
@@ -473,7 +474,7 @@ def test_expected_upstream_is_what_autograd_gives(reduction, batch, num_keypoint
     """The gradient-in-forward opt-in compares the upstream on the device with the value it assumed:
     that value must be, bit for bit, the one autograd computes through the reduction (also past
     2^24 pixels, where the pixel count is not a float32)."""
-    from kpfast.ops._loss_autograd import expected_upstream
+    from kpfast.ops._loss_registration import expected_upstream
     from kpfast.reference import reduce_map_losses
 
     map_losses = torch.rand(batch, num_keypoints, requires_grad=True)

@@ -60,7 +60,7 @@ By default (and for every torch.compile, opcheck and AMP path) the separate back
 folds the upstream (B, K) gradient into its single write of the one gradient buffer, holds
 nothing between forward and backward, is correct under ``retain_graph`` and keeps
 opcheck/torch.compile(fullgraph=True) working. Weights and sigma may be None (every weight 1;
-one ``sigma_value``): the argument convention of kpfast.ops._checks, saved as given.
+one ``sigma_value``): the argument convention of kpfast.ops._inputs.LossInputs, saved as given.
 
 The loss is not differentiable w.r.t. keypoints, weights or sigma (the public op detaches them).
 """
@@ -68,6 +68,8 @@ The loss is not differentiable w.r.t. keypoints, weights or sigma (the public op
 from __future__ import annotations
 
 import torch
+
+from kpfast.ops._triton_loader import backward_op_name
 
 
 def _fake_forward(pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta, keypoint_weight,
@@ -82,11 +84,11 @@ def _fake_backward(grad_map_losses, pred, keypoints, weights, sigma, sigma_value
     return pred.new_empty(pred.shape)
 
 
-def register(namespace: str, backward_name: str) -> None:
-    """Fake kernels of ``<namespace>::heatmap_loss`` and ``<namespace>::<backward_name>``, and the
-    forward's autograd through that backward op (the registration scheme of every op file: a
-    namespace and the name of its backward op, e.g. ``("kpfast", "_heatmap_loss_backward")``)."""
+def register(namespace: str) -> None:
+    """Fake kernels of ``<namespace>::heatmap_loss`` and its backward op, and the forward's
+    autograd through that backward op (the scheme of every ``_<op>_registration`` module)."""
     forward_name = f"{namespace}::heatmap_loss"
+    backward_name = backward_op_name(namespace, "heatmap_loss")
     backward_op = getattr(getattr(torch.ops, namespace), backward_name)
     backward_name = f"{namespace}::{backward_name}"
 

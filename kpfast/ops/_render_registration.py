@@ -4,7 +4,7 @@ The compiled op ``kpfast::render_heatmaps`` (C++, one schema for CPU and CUDA) a
 op ``kpfast_triton::render_heatmaps`` share one signature, so they share these registrations:
 the forward saves its inputs and the backward calls the backend's own backward op.
 
-Arguments as the kernels take them (kpfast/ops/render.py): weights may be None (every weight 1) and
+Arguments as the kernels take them (kpfast/ops/_inputs.py RenderInputs): weights may be None (every weight 1) and
 sigma None (then ``sigma_value`` is every map's sigma) or a (B, K) view with any strides, e.g. a (K,)
 sigma expanded: the backward op returns a contiguous (B, K) gradient for it and autograd's expand
 backward sums it back to (K,).
@@ -13,6 +13,8 @@ backward sums it back to (K,).
 from __future__ import annotations
 
 import torch
+
+from kpfast.ops._triton_loader import backward_op_name
 
 
 def _fake_forward(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype):
@@ -26,11 +28,11 @@ def _fake_backward(grad_heatmaps, keypoints, weights, sigma, sigma_value, encodi
     return torch.empty_like(keypoints), keypoints.new_empty((batch, num_keypoints))
 
 
-def register(namespace: str, backward_name: str) -> None:
-    """Fake kernels of ``<namespace>::render_heatmaps`` and ``<namespace>::<backward_name>``, and
-    the forward's autograd through that backward op (the registration scheme of every op file:
-    a namespace and the name of its backward op, e.g. ``("kpfast", "_render_heatmaps_backward")``)."""
+def register(namespace: str) -> None:
+    """Fake kernels of ``<namespace>::render_heatmaps`` and its backward op, and the forward's
+    autograd through that backward op (the scheme of every ``_<op>_registration`` module)."""
     forward_name = f"{namespace}::render_heatmaps"
+    backward_name = backward_op_name(namespace, "render_heatmaps")
     backward_op = getattr(getattr(torch.ops, namespace), backward_name)
     backward_name = f"{namespace}::{backward_name}"
 
