@@ -202,7 +202,7 @@ def main(argv=None) -> int:
             instances = [([0.0, 0.0, float(w), float(h)], 1.0)]  # the whole image is the box
         overlay = image
         if instances:
-            keypoints = predictor.predict(image, [bbox for bbox, _ in instances])
+            keypoints = predictor.predict_image(image, [bbox for bbox, _ in instances])
             for kps, (bbox, box_score) in zip(keypoints, instances):
                 if not np.isfinite(kps).all():  # e.g. a NaN heatmap: never written as NaN
                     bad_boxes += 1

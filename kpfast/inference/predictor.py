@@ -14,10 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kpfast import geometry
 from kpfast.codecs import HeatmapCodec, build_codec
 from kpfast.inference.autocast import autocast_context
 
-__all__ = ["Predictor", "CropPrediction"]
+__all__ = ["Predictor", "CropPrediction", "BOX_PADDING"]
+
+# A person box is padded 1.25x before cropping (HRNet / MMPose top-down, kpfast.data's crops).
+BOX_PADDING = 1.25
 
 
 @dataclass
@@ -31,19 +35,22 @@ class CropPrediction:
 class Predictor:
     """Runs ``model`` on normalised crops and decodes with ``codec``.
 
-    ``flip_test``: average with the prediction of the mirrored crop (codec.merge_flip).
+    ``flip_test``: average with the prediction of the mirrored crop (codec.flip_merge).
     ``precision``: "fp32", "bf16" or "fp16" autocast. ``channels_last``: feed the crops in the
-    channels-last layout (as the model was trained with ``model.channels_last``).
+    channels-last layout (as the model was trained with ``model.channels_last``). ``box_padding``:
+    the factor person boxes are padded by before cropping (:meth:`crop`).
     """
 
     def __init__(self, model: torch.nn.Module, codec: HeatmapCodec, device: torch.device | str = "cpu", *,
-                 flip_test: bool = False, precision: str = "fp32", channels_last: bool = False):
+                 flip_test: bool = False, precision: str = "fp32", channels_last: bool = False,
+                 box_padding: float = BOX_PADDING):
         self.model = model
         self.codec = codec
         self.device = torch.device(device)
         self.flip_test = bool(flip_test)
         self.precision = precision
         self.channels_last = bool(channels_last)
+        self.box_padding = float(box_padding)
 
     @classmethod
     def from_config(cls, config, model: torch.nn.Module, device, flip_pairs=()) -> "Predictor":
@@ -88,33 +95,50 @@ class Predictor:
 
     def crop(self, image: np.ndarray, boxes) -> tuple[torch.Tensor, np.ndarray]:
         """Normalised crops ``(N, 3, H, W)`` of person ``boxes`` ``[[x, y, w, h], ...]`` on a BGR
-        uint8 image, and their image -> heatmap matrices ``(N, 2, 3)``."""
+        uint8 image, and their image -> heatmap matrices ``(N, 2, 3)``.
+
+        Each box is widened to the input's aspect ratio and padded ``box_padding`` times, as
+        kpfast.data crops its samples, so a model sees people at the scale it was trained on."""
         import cv2
 
         from kpfast.data.transforms import normalize_image
 
-        from kpfast import geometry
-
         in_w, in_h = self.codec.input_wh
-        kx, ky = geometry.heatmap_scale(self.codec.input_wh, self.codec.heatmap_wh, self.codec.convention)
         crops, matrices = [], []
         for bbox in boxes:
-            # The box widened to the input's aspect ratio and padded 1.25x, as kpfast.data crops.
-            center, scale = geometry.bbox_xywh_to_center_scale(bbox, in_w / in_h, 1.25)
-            crop_matrix = self.codec.crop_matrix(center, scale, 0.0)
-            crop = cv2.warpAffine(image, np.asarray(crop_matrix, np.float64), (in_w, in_h), flags=cv2.INTER_LINEAR)
-            rgb = np.ascontiguousarray(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
-            crops.append(torch.from_numpy(normalize_image(rgb)))
-            matrices.append(geometry.compose_affine(np.array([[kx, 0, 0], [0, ky, 0]]), crop_matrix))
+            center, scale = geometry.bbox_xywh_to_center_scale(bbox, in_w / in_h, self.box_padding)
+            crop = cv2.warpAffine(image, np.asarray(self.codec.crop_matrix(center, scale), np.float64), (in_w, in_h),
+                                  flags=cv2.INTER_LINEAR)
+            crops.append(torch.from_numpy(normalize_image(np.ascontiguousarray(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)))))
+            matrices.append(self.codec.image_to_heatmap_matrix(center, scale))
         return torch.stack(crops), np.stack(matrices)
 
-    def predict(self, image: np.ndarray, boxes) -> np.ndarray:
+    def predict_image(self, image: np.ndarray, boxes) -> np.ndarray:
         """Keypoints ``(N, K, 3 = x, y, score)`` in image pixels for person ``boxes``
-        ``[[x, y, w, h], ...]`` on one BGR uint8 image (the frame of its stored pixels)."""
-        boxes = [list(map(float, b)) for b in boxes]
+        ``[[x, y, w, h], ...]`` on one BGR uint8 image (the frame of its stored pixels).
+
+        All boxes of the image run as one batch; a box is only checked to be four numbers (which
+        boxes are worth predicting is the caller's choice, e.g. kpfast.predict.box_problem)."""
+        boxes = [_box(b) for b in boxes]
         if not boxes:
-            return np.zeros((0, 0, 3))
-        crops, matrices = self.crop(image, boxes)
+            return np.zeros((0, getattr(self.model, "num_keypoints", 0), 3))
+        crops, to_heatmap = self.crop(image, boxes)
         prediction = self.predict_crops(crops)
-        image_xy = self.codec.heatmap_to_image(prediction.coords, matrices)
+        image_xy = self.codec.heatmap_to_image(prediction.coords, to_heatmap)
         return np.concatenate([image_xy, prediction.scores[..., None]], axis=-1)
+
+    def predict(self, images, boxes) -> list[np.ndarray]:
+        """:meth:`predict_image` of each image with its own list of boxes (``boxes[i]`` for ``images[i]``)."""
+        if len(images) != len(boxes):
+            raise ValueError(f"boxes: expected one list of boxes per image, got {len(boxes)} for {len(images)} images")
+        return [self.predict_image(image, image_boxes) for image, image_boxes in zip(images, boxes)]
+
+
+def _box(value) -> list[float]:
+    try:
+        box = [float(v) for v in value]
+    except (TypeError, ValueError):
+        box = None
+    if box is None or len(box) != 4:
+        raise ValueError(f"boxes: expected [x, y, w, h] (four numbers) per box, got {value!r}")
+    return box
