@@ -95,9 +95,8 @@ def save_prediction_grid(model, dataset, config, device, dataset_info, path, num
     indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
     batch = builders.collate([dataset[i] for i in indices])
     predictor = Predictor.from_config(config, model, device, dataset_info.flip_pairs)
-    prediction = predictor.predict_crops(batch["image"])
-    scores = prediction.scores
-    pred_crop = predictor.codec.heatmap_to_crop(prediction.coords)
+    prediction = predictor.predict_crops(batch["image"], space="crop")
+    pred_crop, scores = prediction.coords, prediction.scores
     gt_crop = predictor.codec.heatmap_to_crop(batch["keypoints"].double().numpy())
     gt_vis = batch["weights"].double().numpy()
     crops = builders.denormalize(batch["image"])

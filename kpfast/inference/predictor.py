@@ -26,7 +26,7 @@ BOX_PADDING = 1.25
 
 @dataclass
 class CropPrediction:
-    """Decoded keypoints of a batch of crops: ``coords (B, K, 2)`` in heatmap pixels, ``scores (B, K)``."""
+    """Decoded keypoints of a batch of crops: ``coords (B, K, 2)`` (heatmap or crop pixels), ``scores (B, K)``."""
 
     coords: np.ndarray
     scores: np.ndarray
@@ -82,9 +82,12 @@ class Predictor:
                 heatmaps = self.codec.flip_merge(heatmaps, flipped)
         return heatmaps
 
-    def predict_crops(self, crops: torch.Tensor) -> CropPrediction:
-        """Keypoints of normalised crops in heatmap pixels (map them with the codec)."""
-        coords, scores = self.codec.decode(self.heatmaps(crops))
+    def predict_crops(self, crops: torch.Tensor, space: str = "heatmap") -> CropPrediction:
+        """Keypoints of normalised crops in heatmap pixels, or input-crop pixels (``space="crop"``)."""
+        if space not in ("heatmap", "crop"):
+            raise ValueError(f"space: expected 'heatmap' or 'crop' (image pixels need each crop's affine: "
+                             f"predict_batch / predict_image), got {space!r}")
+        coords, scores = self.codec.decode(self.heatmaps(crops), space=space)
         return CropPrediction(coords, scores)
 
     def predict_batch(self, batch: dict, metas: list[dict]) -> tuple[np.ndarray, np.ndarray]:

@@ -136,6 +136,12 @@ def test_batch_prediction_maps_through_each_samples_affine():
     np.testing.assert_array_equal(scores, expected_scores)
     # Sanity of the frame: mapping back to heatmap pixels gives the decoded coordinates.
     np.testing.assert_allclose(geometry.transform_points(image_xy, matrices), coords, atol=1e-9)
+    # Crop pixels (the validation images' frame): the UDP scaling (input - 1) / (heatmap - 1).
+    in_crop = predictor.predict_crops(crops, space="crop").coords
+    np.testing.assert_allclose(in_crop, coords * [(INPUT[1] - 1) / (HEATMAP[1] - 1), (INPUT[0] - 1) / (HEATMAP[0] - 1)],
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="space: expected 'heatmap' or 'crop'.*got 'image'"):
+        predictor.predict_crops(crops, space="image")
 
 
 def test_predict_refuses_boxes_that_are_not_four_numbers():
