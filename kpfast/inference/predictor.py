@@ -122,6 +122,9 @@ class Predictor:
 
         All boxes of the image run as one batch; a box is only checked to be four numbers (which
         boxes are worth predicting is the caller's choice, e.g. kpfast.predict.box_problem)."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image: expected an (H, W, 3) uint8 BGR array, got shape {image.shape} {image.dtype}")
         boxes = [_box(b) for b in boxes]
         if not boxes:
             return np.zeros((0, getattr(self.model, "num_keypoints", 0), 3))

@@ -151,6 +151,8 @@ def test_predict_refuses_boxes_that_are_not_four_numbers():
     with pytest.raises(ValueError, match="boxes: expected one list of boxes per image, got 1 for 2 images"):
         predictor.predict([_image(), _image(1)], [[[0, 0, 10, 10]]])
     assert predictor.predict_image(_image(), []).shape == (0, K, 3)
+    with pytest.raises(ValueError, match=r"image: expected an \(H, W, 3\) uint8 BGR array, got shape \(90, 70\) uint8"):
+        predictor.predict_image(_image()[..., 0], [[0, 0, 10, 10]])
 
 
 def test_from_config_reads_the_evaluation_settings(tiny_overrides):
