@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
     from kpfast.engine import builders
     from kpfast.engine.checkpoint import atomic_write_bytes
-    from kpfast.engine.evaluation import evaluate_model
+    from kpfast.engine.evaluation import Evaluator
     from kpfast.engine.outputs import OutputGuard
     from kpfast.engine.trainer import configure_cpu_threads, select_device
 
@@ -60,8 +60,7 @@ def main(argv=None) -> int:
     guard.protect_folder(data.val.image_dir, "the image folder")
     _check_outputs(guard, args)
     results: list = []
-    metrics = evaluate_model(model, data.val, config, device, dataset_info=data.info,
-                             coco_gt=data.val_coco, results_out=results)
+    metrics = Evaluator(data.val, config, device, data.info)(model, results_out=results)
     print(metrics["summary"])
     extra = ""
     if "PCK" in metrics:

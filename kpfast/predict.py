@@ -183,28 +183,20 @@ def main(argv=None) -> int:
     images = [Path(p) for p in args.images]
     overlays = overlay_names(images)
     check_outputs(args, images, overlays)
-    import cv2
-    import torch
-
-    from kpfast import geometry
     from kpfast.data.transforms import read_image_checked
-    from kpfast.engine import builders
     from kpfast.engine.checkpoint import atomic_write_bytes
     from kpfast.engine.evaluation import instance_score
-    from kpfast.engine.inference import logit_activation
-    from kpfast.engine.inference import decode, predict_heatmaps
     from kpfast.engine.trainer import select_device
     from kpfast.engine.visualize import draw_pose, write_image
+    from kpfast.inference import Predictor
 
     loaded = load_weights(args)
     config = loaded.config
     device = select_device(config.train.device)
     model = loaded.model.to(device).eval()
     info = keypoint_info(loaded)
+    predictor = Predictor.from_config(config, model, device, info.flip_pairs)
     boxes = load_boxes(args.boxes, images)
-    in_h, in_w = config.data.input_size
-    hm_size = builders.heatmap_size(config, model)
-    conv = builders.convention(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, skipped, bad_boxes = [], [], 0
     for order, path in enumerate(images):
@@ -230,22 +222,8 @@ def main(argv=None) -> int:
             instances = [([0.0, 0.0, float(w), float(h)], 1.0)]  # the whole image is the box
         overlay = image
         if instances:
-            crops, matrices = [], []
-            for bbox, _ in instances:
-                center, scale = geometry.bbox_xywh_to_center_scale(bbox, in_w / in_h, 1.25)
-                matrix = geometry.crop_matrix(center, scale, 0.0, (in_w, in_h), conv)
-                crop = cv2.warpAffine(image, np.asarray(matrix, np.float64), (in_w, in_h), flags=cv2.INTER_LINEAR)
-                crops.append(builders.normalize(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)))
-                kx, ky = geometry.heatmap_scale((in_w, in_h), (hm_size[1], hm_size[0]), conv)
-                matrices.append(geometry.compose_affine(np.array([[kx, 0, 0], [0, ky, 0]]), matrix))
-            batch = torch.stack(crops).to(device)
-            heatmaps = predict_heatmaps(model, batch, config.eval.flip_test, info.flip_pairs,
-                                        shift=config.loss.encoding == "msra", precision=config.train.precision,
-                                        activation=logit_activation(config.loss.kind))
-            coords, scores = decode(heatmaps, config.eval.decoder, config.eval.blur_kernel, config.train.ops_backend)
-            image_xy = geometry.transform_points(coords, geometry.invert_affine(np.stack(matrices)))
-            for i, (bbox, box_score) in enumerate(instances):
-                kps = np.concatenate([image_xy[i], scores[i][:, None]], axis=1)
+            keypoints = predictor.predict_image(image, [bbox for bbox, _ in instances])
+            for kps, (bbox, box_score) in zip(keypoints, instances):
                 if not np.isfinite(kps).all():  # e.g. a NaN heatmap: never written as NaN
                     bad_boxes += 1
                     print(f"skipped box {bbox} of {path}: the network gave non-finite keypoints",
@@ -258,7 +236,7 @@ def main(argv=None) -> int:
                     "category_id": 1,
                     "bbox": bbox,
                     "keypoints": [float(v) for v in kps.reshape(-1)],
-                    "score": instance_score(scores[i], box_score, config.eval.keypoint_score_threshold),
+                    "score": instance_score(kps[:, 2], box_score, config.eval.keypoint_score_threshold),
                 })
         write_image(out_dir / overlays[order], overlay)
     atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=1, allow_nan=False).encode())

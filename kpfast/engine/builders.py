@@ -18,16 +18,12 @@ __all__ = [
     "DataBundle",
     "build_model",
     "model_from_checkpoint",
-    "heatmap_size",
     "convention",
     "data_section",
     "loader_section",
     "build_data",
-    "load_coco_gt",
     "collate",
     "meta_list",
-    "heatmap_to_image",
-    "heatmap_to_crop",
     "denormalize",
     "info_from_dict",
 ]
@@ -90,15 +86,6 @@ def check_weights_fit(model: torch.nn.Module, stored, what: str, config: Config)
         raise CheckpointError(f"{hint}: {'; '.join(problems)}")
 
 
-def heatmap_size(config: Config, model: torch.nn.Module | None = None) -> tuple[int, int]:
-    """(H, W) of the heatmaps: the input size divided by the model's stride (4)."""
-    stride = getattr(model, "stride", 4) if model is not None else 4
-    h, w = config.data.input_size
-    if model is not None and hasattr(model, "check_input_size"):
-        model.check_input_size(int(h), int(w))
-    return h // stride, w // stride
-
-
 def convention(config: Config) -> str:
     """Crop/heatmap geometry matching the heatmap encoding: MSRA -> standard, UDP/DARK -> udp."""
     return "standard" if config.loss.encoding == "msra" else "udp"
@@ -144,30 +131,11 @@ def loader_section(config: Config, batch_size: int, device: torch.device) -> dic
                      "persistent_workers": False, "pin_memory": device.type == "cuda"}}
 
 
-def load_coco_gt(annotation_file):
-    """pycocotools' COCO index of an annotation file (its loading chatter silenced)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
-
-
 @dataclass
 class DataBundle:
     train: Any  # torch Dataset, or None when only evaluating
     val: Any
     info: Any  # kpfast.data.DatasetInfo
-    _val_coco: Any = None
-
-    @property
-    def val_coco(self):
-        """pycocotools COCO of the validation annotations, loaded from ``val.ann_file`` on first use."""
-        if self._val_coco is None:
-            self._val_coco = load_coco_gt(self.val.ann_file)
-        return self._val_coco
 
 
 def build_data(config: Config, train: bool = True) -> DataBundle:
@@ -209,48 +177,11 @@ def meta_list(batch: dict) -> list[dict]:
     return out
 
 
-def heatmap_to_image(coords: np.ndarray, metas: list[dict], config: Config, hm_size) -> np.ndarray:
-    """Heatmap-pixel coordinates (B, K, 2) -> image pixels, inverting each sample's affine."""
-    from kpfast import geometry
-
-    coords = np.asarray(coords, dtype=np.float64)
-    if metas and "affine" in metas[0]:
-        matrices = np.stack([np.asarray(m["affine"], dtype=np.float64) for m in metas])
-        return geometry.transform_points(coords, geometry.invert_affine(matrices))
-    h, w = config.data.input_size
-    return geometry.heatmap_to_image(
-        coords,
-        np.stack([m["center"] for m in metas]),
-        np.stack([m["scale"] for m in metas]),
-        np.array([m.get("rotation", 0.0) for m in metas]),
-        (w, h),
-        (hm_size[1], hm_size[0]),
-        convention(config),
-        np.array([bool(m.get("flipped", False)) for m in metas]),
-    )
-
-
-def heatmap_to_crop(coords: np.ndarray, config: Config, hm_size) -> np.ndarray:
-    """Heatmap pixels -> input-crop pixels."""
-    from kpfast import geometry
-
-    h, w = config.data.input_size
-    points = np.asarray(coords, np.float64)
-    return geometry.heatmap_to_crop(points, (w, h), (hm_size[1], hm_size[0]), convention(config))
-
-
 def denormalize(images: torch.Tensor) -> list[np.ndarray]:
     """Normalised (B, 3, H, W) crops -> BGR uint8 images for OpenCV drawing."""
     from kpfast.data.transforms import denormalize_image
 
     return [np.ascontiguousarray(denormalize_image(img.float().cpu().numpy())[:, :, ::-1]) for img in images]
-
-
-def normalize(rgb: np.ndarray) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised (3, H, W) float tensor, as the data loader does."""
-    from kpfast.data.transforms import normalize_image
-
-    return torch.from_numpy(normalize_image(np.ascontiguousarray(rgb)))
 
 
 def info_from_dict(data: dict):

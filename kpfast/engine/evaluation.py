@@ -16,7 +16,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from kpfast.engine.builders import load_coco_gt
 from kpfast.evaluation.protocols import select_instances
 
 __all__ = [
@@ -33,6 +32,17 @@ __all__ = [
 ]
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+def load_coco_gt(annotation_file):
+    """pycocotools' COCO index of an annotation file (its loading chatter silenced).
+
+    The one way to the ground truth: the trainer's Evaluator and ``python -m kpfast.eval`` both
+    load it here, so both score against the same index."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(annotation_file))
 
 
 def instance_score(keypoint_scores: np.ndarray, box_score: float, threshold: float) -> float:
@@ -192,51 +202,32 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
     Each record: image_id, keypoints (K, 3 = x, y, score) in image pixels, box_score, area,
     bbox (x, y, w, h), gt_keypoints (K, 2) in image pixels and gt_weights (K,).
     """
-    import torch
-
     from kpfast.data import build_dataloader
     from kpfast.engine import builders
-    from kpfast.engine.inference import decode, logit_activation, predict_heatmaps
+    from kpfast.inference import Predictor
 
     loader = build_dataloader(builders.loader_section(config, config.eval.batch_size, device), "val",
                               dataset=dataset, sampler=_rank_indices(len(dataset), rank, world_size), train=False)
-    was_training = model.training
-    model.eval()
-    activation = logit_activation(config.loss.kind)
+    predictor = Predictor.from_config(config, model, device, dataset_info.flip_pairs)
     records: list[dict] = []
-    try:
-        for batch in loader:
-            images = batch["image"].to(device)
-            if config.model.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            heatmaps = predict_heatmaps(
-                model,
-                images,
-                flip_test=config.eval.flip_test,
-                flip_pairs=dataset_info.flip_pairs,
-                shift=config.loss.encoding == "msra",
-                precision=config.train.precision,
-                activation=activation,
+    for batch in loader:
+        metas = builders.meta_list(batch)
+        image_xy, scores = predictor.predict_batch(batch, metas)
+        gt_xy = predictor.codec.heatmap_to_image(batch["keypoints"].double().numpy(),
+                                                 predictor.codec.sample_matrices(metas))
+        gt_w = batch["weights"].double().numpy()
+        for i, meta in enumerate(metas):
+            records.append(
+                {
+                    "image_id": int(meta["image_id"]),
+                    "keypoints": np.concatenate([image_xy[i], scores[i][:, None]], axis=1),
+                    "box_score": float(meta.get("score", 1.0)),
+                    "area": float(meta.get("area") or 0.0),
+                    "bbox": [float(v) for v in meta["bbox"]],
+                    "gt_keypoints": gt_xy[i],
+                    "gt_weights": gt_w[i],
+                }
             )
-            coords, scores = decode(heatmaps, config.eval.decoder, config.eval.blur_kernel, config.train.ops_backend)
-            metas = builders.meta_list(batch)
-            image_xy = builders.heatmap_to_image(coords, metas, config, heatmaps.shape[-2:])
-            gt_xy = builders.heatmap_to_image(batch["keypoints"].double().numpy(), metas, config, heatmaps.shape[-2:])
-            gt_w = batch["weights"].double().numpy()
-            for i, meta in enumerate(metas):
-                records.append(
-                    {
-                        "image_id": int(meta["image_id"]),
-                        "keypoints": np.concatenate([image_xy[i], scores[i][:, None]], axis=1),
-                        "box_score": float(meta.get("score", 1.0)),
-                        "area": float(meta.get("area") or 0.0),
-                        "bbox": [float(v) for v in meta["bbox"]],
-                        "gt_keypoints": gt_xy[i],
-                        "gt_weights": gt_w[i],
-                    }
-                )
-    finally:
-        model.train(was_training)
     return records
 
 

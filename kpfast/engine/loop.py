@@ -32,8 +32,8 @@ from typing import Callable
 import torch
 
 from kpfast.engine import distributed as dist_utils
-from kpfast.engine.inference import autocast_context
 from kpfast.engine.state import TrainState
+from kpfast.inference import autocast_context
 
 __all__ = ["TrainStep", "StepReading", "TrainingDiverged", "train_one_epoch", "validate"]
 

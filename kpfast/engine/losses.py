@@ -4,8 +4,9 @@ total = heatmap_weight    * kpfast.nn.HeatmapLoss(pred, keypoints, weights)  (fu
       + visibility_weight * BCE(visibility logits, keypoint labelled)       (needs the head)
       + coordinate_weight * L1(soft_argmax(pred), keypoints)  over visible keypoints
 
-Every loss option of :class:`kpfast.engine.config.LossConfig` goes to ``HeatmapLoss``, which
-checks it. The objective never reads a tensor value on the host (no device sync).
+Every loss option of :class:`kpfast.engine.config.LossConfig` goes to ``HeatmapLoss`` (built by the
+run's heatmap codec, kpfast.codecs, with its sigma and encoding), which checks it. The objective
+never reads a tensor value on the host (no device sync).
 """
 
 from __future__ import annotations
@@ -13,38 +14,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kpfast.codecs import HeatmapCodec
 from kpfast.engine.config import LossConfig
-from kpfast.nn import HeatmapLoss
 
-__all__ = ["TrainingObjective", "resolve_sigma", "heatmap_criterion"]
-
-
-def resolve_sigma(cfg: LossConfig, heatmap_size: tuple[int, int]) -> float:
-    """``cfg.sigma``, scaled with the heatmap size (relative to 64x48) when adaptive."""
-    if not cfg.adaptive_sigma:
-        return float(cfg.sigma)
-    from kpfast.ops import adaptive_sigma
-
-    return float(adaptive_sigma(tuple(heatmap_size), cfg.sigma))
-
-
-def heatmap_criterion(cfg: LossConfig, sigma: float, backend: str = "auto") -> HeatmapLoss:
-    """``kpfast.nn.HeatmapLoss`` configured from the ``loss`` config section."""
-    return HeatmapLoss(cfg.kind, sigma=sigma, encoding=cfg.encoding, alpha=cfg.alpha, gamma=cfg.gamma,
-                       beta=cfg.beta, keypoint_weight=cfg.keypoint_weight,
-                       background_weight=cfg.background_weight, threshold=cfg.threshold,
-                       l1_weight=cfg.l1_weight, reduction="mean", ohkm_topk=cfg.ohkm_topk, backend=backend)
+__all__ = ["TrainingObjective"]
 
 
 class TrainingObjective:
     """Callable computing ``(total_loss, {term: value})`` from model outputs and a batch."""
 
-    def __init__(self, cfg: LossConfig, heatmap_size: tuple[int, int], backend: str = "auto"):
+    def __init__(self, cfg: LossConfig, codec: HeatmapCodec):
+        """``codec`` gives the heatmap size, sigma, encoding and ops backend (kpfast.codecs)."""
         self.cfg = cfg
-        self.heatmap_size = tuple(heatmap_size)
-        self.backend = backend
-        self.sigma = resolve_sigma(cfg, self.heatmap_size)
-        self.heatmap_loss = heatmap_criterion(cfg, self.sigma, backend)
+        self.heatmap_size = codec.heatmap_size
+        self.backend = codec.backend
+        self.sigma = codec.sigma
+        self.heatmap_loss = codec.loss(cfg.kind, alpha=cfg.alpha, gamma=cfg.gamma, beta=cfg.beta,
+                                       keypoint_weight=cfg.keypoint_weight, background_weight=cfg.background_weight,
+                                       threshold=cfg.threshold, l1_weight=cfg.l1_weight, reduction="mean",
+                                       ohkm_topk=cfg.ohkm_topk)
 
     def term_names(self) -> list[str]:
         """The names of the parts returned by ``__call__``, in order."""

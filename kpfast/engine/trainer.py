@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from kpfast.codecs import build_codec
 from kpfast.engine import builders
 from kpfast.engine import distributed as dist_utils
 from kpfast.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
@@ -108,13 +109,14 @@ class Trainer:
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.heatmap_size = builders.heatmap_size(cfg, model)
+        self.codec = build_codec(cfg, self.dataset_info.flip_pairs, model)
+        self.heatmap_size = self.codec.heatmap_size
         self.optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, cfg.train.epochs)
         use_scaler = cfg.train.precision == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.ema = ModelEMA(model, cfg.train.ema_decay) if cfg.train.ema else None
-        self.objective = TrainingObjective(cfg.loss, self.heatmap_size, backend=cfg.train.ops_backend)
+        self.objective = TrainingObjective(cfg.loss, self.codec)
         train_model: torch.nn.Module = model
         if self.dist.world_size > 1:
             train_model = torch.nn.parallel.DistributedDataParallel(

@@ -85,10 +85,8 @@ def write_image(path: Path | str, image: np.ndarray) -> None:
 
 def save_prediction_grid(model, dataset, config, device, dataset_info, path, num_samples: int = 8) -> Path:
     """Validation crops with the predicted skeleton (left) beside the ground truth (right)."""
-    import torch
-
     from kpfast.engine import builders
-    from kpfast.engine.inference import decode, logit_activation, predict_heatmaps
+    from kpfast.inference import Predictor
 
     count = min(num_samples, len(dataset))
     if count == 0:
@@ -96,25 +94,10 @@ def save_prediction_grid(model, dataset, config, device, dataset_info, path, num
     # Evenly spread samples, deterministic.
     indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
     batch = builders.collate([dataset[i] for i in indices])
-    images = batch["image"].to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        heatmaps = predict_heatmaps(
-            model,
-            images,
-            flip_test=config.eval.flip_test,
-            flip_pairs=dataset_info.flip_pairs,
-            shift=config.loss.encoding == "msra",
-            precision=config.train.precision,
-            activation=logit_activation(config.loss.kind),
-        )
-    finally:
-        model.train(was_training)
-    coords, scores = decode(heatmaps, config.eval.decoder, config.eval.blur_kernel, config.train.ops_backend)
-    hm_size = tuple(heatmaps.shape[-2:])
-    pred_crop = builders.heatmap_to_crop(coords, config, hm_size)
-    gt_crop = builders.heatmap_to_crop(batch["keypoints"].double().numpy(), config, hm_size)
+    predictor = Predictor.from_config(config, model, device, dataset_info.flip_pairs)
+    prediction = predictor.predict_crops(batch["image"], space="crop")
+    pred_crop, scores = prediction.coords, prediction.scores
+    gt_crop = predictor.codec.heatmap_to_crop(batch["keypoints"].double().numpy())
     gt_vis = batch["weights"].double().numpy()
     crops = builders.denormalize(batch["image"])
     tiles = []

@@ -78,8 +78,8 @@ def test_pck_and_epe_known_values():
 
 
 def test_flip_test_merge_recovers_heatmaps_of_flipped_keypoints():
-    """merge_flip (kpfast.ops.flip_merge) puts a mirrored prediction back in the original frame."""
-    from kpfast.engine.inference import merge_flip
+    """The codec's flip_merge (kpfast.ops.flip_merge) puts a mirrored prediction back in the original frame."""
+    from kpfast.codecs import HeatmapCodec
     from kpfast.ops import render_heatmaps
 
     h, w = 16, 12
@@ -90,9 +90,10 @@ def test_flip_test_merge_recovers_heatmaps_of_flipped_keypoints():
     flipped = flipped[:, [0, 2, 1]]  # left/right swap
     plain, _ = render_heatmaps(kps, size=(h, w), sigma=1.5, encoding="udp", backend="torch")
     mirror, _ = render_heatmaps(flipped, size=(h, w), sigma=1.5, encoding="udp", backend="torch")
-    torch.testing.assert_close(merge_flip(plain, mirror, pairs), plain, atol=1e-5, rtol=0)
+    codec = HeatmapCodec(input_size=(4 * h, 4 * w), heatmap_size=(h, w), encoding="udp", flip_pairs=pairs)
+    torch.testing.assert_close(codec.flip_merge(plain, mirror), plain, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="flip_pairs"):
-        merge_flip(plain, mirror, [(0, 5)])
+        HeatmapCodec(input_size=(4 * h, 4 * w), heatmap_size=(h, w), flip_pairs=[(0, 5)]).flip_merge(plain, mirror)
 
 
 class _OracleModel(torch.nn.Module):
@@ -136,18 +137,21 @@ def test_pipeline_with_ground_truth_heatmaps_recovers_ground_truth(coco_sample):
     ])
     data = builders.build_data(config, train=False)
     model = _OracleModel(data.val, sigma=2.0)
-    metrics = ev.evaluate_model(model, data.val, config, torch.device("cpu"), data.info, data.val_coco)
+    metrics = ev.evaluate_model(model, data.val, config, torch.device("cpu"), data.info,
+                                ev.load_coco_gt(data.val.ann_file))
     assert metrics["num_instances"] == 12
     assert metrics["AP"] > 0.95, metrics["summary"]
     assert metrics["PCK"] > 0.99 and metrics["EPE"] < 2.0
 
 
 def test_merge_flip_averages_with_the_flipped_back_prediction():
-    from kpfast.engine.inference import merge_flip
+    from kpfast.codecs import HeatmapCodec
 
     a = torch.rand(2, 3, 5, 4)
     b = torch.rand(2, 3, 5, 4)
     back = b.flip(-1)[:, [0, 2, 1]]
-    torch.testing.assert_close(merge_flip(a, b, [(1, 2)]), 0.5 * (a + back))
-    shifted = merge_flip(a, b, [(1, 2)], shift=True)
+    udp = HeatmapCodec(input_size=(20, 16), heatmap_size=(5, 4), encoding="udp", flip_pairs=[(1, 2)])
+    msra = HeatmapCodec(input_size=(20, 16), heatmap_size=(5, 4), encoding="msra", flip_pairs=[(1, 2)])
+    torch.testing.assert_close(udp.flip_merge(a, b), 0.5 * (a + back))
+    shifted = msra.flip_merge(a, b)  # MSRA maps flip about the edge: shifted one pixel back
     torch.testing.assert_close(shifted[..., 1:], 0.5 * (a[..., 1:] + back[..., :-1]))

@@ -109,3 +109,13 @@ def test_engine_modules_do_not_import_each_other_in_a_circle_even_inside_functio
     engine = {name: {t for t in targets if t.startswith("kpfast.engine")}
               for name, targets in graph.items() if name.startswith("kpfast.engine")}
     assert find_cycles(engine) == []
+
+
+def test_codecs_and_inference_never_import_the_engine():
+    # The codec and the Predictor serve the trainer, kpfast.eval and kpfast.predict alike; the engine
+    # passes them what they need (docs/engine.md), so not even a deferred import climbs back up.
+    graph = import_graph(_all_imports)
+    climbing = {name: sorted(t for t in targets if t.startswith("kpfast.engine"))
+                for name, targets in graph.items() if name.startswith(("kpfast.codecs", "kpfast.inference"))}
+    assert set(climbing) >= {"kpfast.codecs.heatmap", "kpfast.inference.predictor"}
+    assert {name: targets for name, targets in climbing.items() if targets} == {}
