@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kpfast.engine import builders  # noqa: E402
 from kpfast.engine.checkpoint import load_training_checkpoint  # noqa: E402
 from kpfast.engine.config import apply_overrides, config_from_dict, config_to_dict, load_config  # noqa: E402
-from kpfast.engine.evaluation import evaluate_model  # noqa: E402
+from kpfast.engine.evaluation import evaluate_model, load_coco_gt  # noqa: E402
 
 DETECTIONS = "detections/person_detections_val2017.json"
 
@@ -66,7 +66,7 @@ def measure(checkpoint: Path, root: Path) -> list[tuple[str, str, dict]]:
             model = builders.model_from_checkpoint(state, config).eval()
             data = builders.build_data(config, train=False)
             metrics = evaluate_model(model, data.val, config, torch.device("cpu"), dataset_info=data.info,
-                                     coco_gt=data.val_coco)
+                                     coco_gt=load_coco_gt(data.val.ann_file))
             rows.append((boxes, protocol, metrics))
     return rows
 
