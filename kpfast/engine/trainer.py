@@ -7,7 +7,7 @@ progress in :class:`kpfast.engine.state.TrainState`.
 Resume is exact at optimizer-step granularity: ``last.pt`` records the TrainState (epoch,
 batches already consumed in it, running loss sums, ...), every optimizer/scheduler/scaler/EMA
 state and all RNG states; the data order is a pure function of (seed, epoch) and each sample's
-augmentation a pure function of (seed, epoch, index) (see :mod:`kpfast.engine.sampling`), so a
+augmentation a pure function of (seed, epoch, index) (see :mod:`kpfast.data.sampling`), so a
 run stopped by SIGINT/SIGTERM (or ``train.max_steps``) and resumed ends with bit-identical
 weights to an uninterrupted run on the same machine and thread count.
 """
@@ -39,7 +39,7 @@ from kpfast.engine.runtime import (
     select_device,
     unwrap_model,
 )
-from kpfast.engine.sampling import ResumableSampler, SeededDataset
+from kpfast.data.sampling import ResumableSampler, SeededDataset
 from kpfast.engine.state import TrainState
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainResult", "select_device", "seed_everything",
