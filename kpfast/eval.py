@@ -34,9 +34,10 @@ def main(argv=None) -> int:
     import torch
 
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
+    from kpfast.engine.checkpointer import load_training_checkpoint
+    from kpfast.outputs import atomic_write_bytes
     from kpfast.engine.evaluation import evaluate_model
-    from kpfast.engine.outputs import OutputGuard
+    from kpfast.outputs import OutputGuard
     from kpfast.engine.trainer import configure_cpu_threads, select_device
 
     guard = OutputGuard()

@@ -29,13 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_output(checkpoint: str | Path, output: str | Path | None) -> Path:
     """The ONNX file to write; never the checkpoint itself, never a directory, never a file of a
-    training run (the output rule of kpfast.engine.outputs).
+    training run (the output rule of kpfast.outputs).
 
     Paths are compared resolved (symlinks, ``..``) and, when the output exists, by inode, so
     ``--output ck.pt``, ``--output ./dir/../ck.pt``, a link to the checkpoint, or a checkpoint
     named ``*.onnx`` with the default output are all refused before anything is written.
     """
-    from kpfast.engine.outputs import OutputGuard
+    from kpfast.outputs import OutputGuard
 
     checkpoint = Path(checkpoint)
     target = Path(output) if output else checkpoint.with_suffix(".onnx")
@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     import torch
 
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
+    from kpfast.engine.checkpointer import load_training_checkpoint
+    from kpfast.outputs import atomic_write_bytes
     from kpfast.engine.config import config_from_dict
 
     state = load_training_checkpoint(args.checkpoint)

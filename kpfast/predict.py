@@ -16,7 +16,7 @@ share a stem.
 Images are read in their files' stored pixel frame (an EXIF orientation tag is ignored, as for
 training data, kpfast.data.transforms), and every coordinate written is in that frame.
 
-Outputs are checked before anything is read or written (kpfast.engine.outputs): none may be an
+Outputs are checked before anything is read or written (kpfast.outputs): none may be an
 input (an image, the checkpoint, --boxes, --config) or lie in a training run folder, and an
 existing file is replaced only with --overwrite.
 """
@@ -139,7 +139,7 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
 def check_outputs(args, images: list[Path], overlays: list[str]) -> None:
     """Refuse (one line, nothing written) an output that is an input, lies in a run folder, or
     exists without --overwrite."""
-    from kpfast.engine.outputs import OutputGuard
+    from kpfast.outputs import OutputGuard
 
     guard = OutputGuard(replace_existing=args.overwrite,
                         replace_hint="; pass --overwrite to replace it, or another --output-dir")
@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     from kpfast import geometry
     from kpfast.data.transforms import read_image_checked
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
+    from kpfast.engine.checkpointer import load_training_checkpoint
+    from kpfast.outputs import atomic_write_bytes
     from kpfast.engine.evaluation import instance_score
     from kpfast.engine.inference import logit_activation
     from kpfast.engine.inference import decode, predict_heatmaps

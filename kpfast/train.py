@@ -34,14 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from kpfast.engine.checkpoint import check_resume_compatible, load_training_checkpoint
-    from kpfast.engine.trainer import Trainer, TrainingDiverged, resolve_resume
+    from kpfast.engine.checkpointer import (
+        check_resume_compatible,
+        load_training_checkpoint,
+        plan_resume,
+        resolve_resume,
+    )
+    from kpfast.engine.trainer import Trainer, TrainingDiverged
     from kpfast.engine import distributed as dist_utils
 
     stored = plan = None
     if args.resume is not None:
-        from kpfast.engine.resume import plan_resume
-
         resume_path = resolve_resume(args.resume)
         saved = load_training_checkpoint(resume_path)
         stored, plan = saved["config"], plan_resume(resume_path, saved)

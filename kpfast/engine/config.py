@@ -607,7 +607,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from kpfast.engine.checkpoint import atomic_write_bytes
+    from kpfast.outputs import atomic_write_bytes
 
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     atomic_write_bytes(Path(path), text.encode())

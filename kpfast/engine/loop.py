@@ -33,7 +33,7 @@ import torch
 
 from kpfast.engine import distributed as dist_utils
 from kpfast.engine.inference import autocast_context
-from kpfast.engine.state import TrainState
+from kpfast.engine.checkpointer import TrainState
 
 __all__ = ["TrainStep", "StepReading", "TrainingDiverged", "train_one_epoch", "validate"]
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from kpfast.engine.checkpoint import atomic_write_bytes
+from kpfast.outputs import atomic_write_bytes
 
 __all__ = ["ProgressReporter", "MetricsLogger", "plot_results"]
 

@@ -28,7 +28,7 @@ TINY_MODEL = {"base_width": 8, "num_branches": 2, "num_modules": [1, 1, 1], "ste
 
 def _tiny_checkpoint(path: Path) -> Path:
     from kpfast.data import DatasetInfo
-    from kpfast.engine.checkpoint import save_checkpoint
+    from kpfast.engine.checkpointer import save_checkpoint
     from kpfast.engine.config import config_from_dict, config_to_dict, load_config
     from kpfast.engine.builders import build_model
 

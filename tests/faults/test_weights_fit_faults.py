@@ -29,7 +29,7 @@ def test_weights_that_do_not_fit_the_config_are_one_line(checkpoint, tmp_path, c
     elif command == "eval":
         code = run_cli(eval_cli.main, ["--checkpoint", str(checkpoint), "--device", "cpu", *wider])
     else:
-        from kpfast.engine.checkpoint import load_checkpoint, save_checkpoint
+        from kpfast.engine.checkpointer import load_checkpoint, save_checkpoint
 
         state = load_checkpoint(checkpoint)
         state["model"] = {k: v for k, v in list(state["model"].items())[:-1]}  # a weight missing
