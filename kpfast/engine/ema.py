@@ -6,6 +6,8 @@ import copy
 
 import torch
 
+from kpfast.engine.runtime import unwrap_model
+
 __all__ = ["ModelEMA"]
 
 
@@ -20,7 +22,7 @@ class ModelEMA:
     def __init__(self, model: torch.nn.Module, decay: float = 0.9998):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay: expected in [0, 1), got {decay}")
-        self.module = copy.deepcopy(_unwrap(model)).eval()
+        self.module = copy.deepcopy(unwrap_model(model)).eval()
         for param in self.module.parameters():
             param.requires_grad_(False)
         self.decay = decay
@@ -39,7 +41,7 @@ class ModelEMA:
         """
         self.updates += 1
         d = self.current_decay()
-        source = _unwrap(model).state_dict()
+        source = unwrap_model(model).state_dict()
         floats, news, others = [], [], []
         for name, value in self.module.state_dict().items():
             new = source[name].detach()
@@ -67,7 +69,3 @@ class ModelEMA:
         self.updates = int(state["updates"])
         self.decay = float(state["decay"])
 
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return getattr(model, "_orig_mod", model)  # torch.compile
