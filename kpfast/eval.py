@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from kpfast.engine.cli import HelpFormatter, add_config_arguments, resolve_config, run_cli
+from kpfast.cli import HelpFormatter, run_cli
+from kpfast.engine.arguments import add_config_arguments, resolve_config
 
 
 def build_parser() -> argparse.ArgumentParser:

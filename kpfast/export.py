@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kpfast.engine.cli import add_config_arguments, resolve_config, run_cli
+from kpfast.cli import run_cli
+from kpfast.engine.arguments import add_config_arguments, resolve_config
 
 
 def build_parser() -> argparse.ArgumentParser:

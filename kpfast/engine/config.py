@@ -53,7 +53,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MAX_BLUR_KERNEL = 31
 SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 # Values that size memory or processes are bounded here, machine-independently; per machine,
-# kpfast.engine.cli.check_environment also bounds workers and threads by the CPU count.
+# kpfast.engine.arguments.check_environment also bounds workers and threads by the CPU count.
 MAX_KEYPOINTS = 1024
 MAX_WORKERS = 256
 MAX_CPU_THREADS = 1024

@@ -109,3 +109,24 @@ def test_engine_modules_do_not_import_each_other_in_a_circle_even_inside_functio
     engine = {name: {t for t in targets if t.startswith("kpfast.engine")}
               for name, targets in graph.items() if name.startswith("kpfast.engine")}
     assert find_cycles(engine) == []
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, stack = set(), [start]
+    while stack:
+        for succ in graph[stack.pop()]:
+            if succ not in seen:
+                seen.add(succ)
+                stack.append(succ)
+    return seen
+
+
+def test_no_data_module_imports_the_engine_even_inside_functions_or_through_other_modules():
+    # kpfast.data is below the engine (docs/engine.md): its tools (python -m kpfast.data.synthetic,
+    # kpfast.data.coco download) run through kpfast.cli, which imports nothing from the engine.
+    graph = import_graph(_all_imports)
+    data_modules = [name for name in graph if name == "kpfast.data" or name.startswith("kpfast.data.")]
+    assert "kpfast.data.synthetic" in data_modules and "kpfast.cli" in graph["kpfast.data.synthetic"]
+    offenders = {name: sorted(t for t in _reachable(graph, name) if t == "kpfast.engine" or t.startswith("kpfast.engine."))
+                 for name in data_modules}
+    assert {name: hits for name, hits in offenders.items() if hits} == {}

@@ -18,7 +18,7 @@ from kpfast.engine.checkpointer import (
     load_training_checkpoint,
     save_checkpoint,
 )
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 from kpfast.engine.config import config_from_dict, config_to_dict, load_config
 from kpfast.outputs import atomic_write_bytes
 

@@ -12,7 +12,7 @@ from kpfast import eval as eval_cli
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
 from kpfast.data import synthetic
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 from kpfast.outputs import OutputGuard, OutputPathError
 from kpfast.engine.rundir import create_run_dir
 from .helpers import one_line_error

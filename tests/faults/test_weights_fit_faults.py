@@ -8,7 +8,7 @@ import pytest
 from kpfast import eval as eval_cli
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 from .helpers import one_line_error
 from .test_cli_faults import _tiny_checkpoint
 
