@@ -39,7 +39,7 @@ from kpfast.engine.evaluation import Evaluator
 from kpfast.engine.loop import TrainingDiverged, TrainStep, train_one_epoch, validate
 from kpfast.engine.losses import TrainingObjective
 from kpfast.engine.optim import build_optimizer, build_scheduler
-from kpfast.engine.reporting import MetricsLogger, ProgressReporter, plot_results
+from kpfast.engine.reporting import MetricsLogger, ProgressReporter, SafeSummaryWriter, plot_results
 from kpfast.engine.runtime import (
     StopSignal,
     configure_cpu_threads,
@@ -141,8 +141,6 @@ class Trainer:
         self.writer = None
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
-            from kpfast.engine.tensorboard_writer import SafeSummaryWriter
-
             self.writer = SafeSummaryWriter(self.run_dir / "tensorboard", self.log)
 
     # ------------------------------------------------------------------ convenience views of the state
