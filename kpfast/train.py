@@ -42,7 +42,7 @@ def main(argv=None) -> int:
         resolve_resume,
     )
     from kpfast.engine.trainer import Trainer, TrainingDiverged
-    from kpfast.engine import distributed as dist_utils
+    from kpfast.engine import runtime as dist_utils
 
     stored = plan = None
     if args.resume is not None:

@@ -61,10 +61,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from kpfast.engine import distributed as dist_utils
 from kpfast.engine.config import config_to_dict
 from kpfast.engine.rundir import read_run_id
-from kpfast.engine.runtime import unwrap_model
+from kpfast.engine.runtime import all_gather_objects, unwrap_model
 from kpfast.outputs import atomic_write_bytes
 
 __all__ = [
@@ -573,7 +572,7 @@ class Checkpointer:
     # ------------------------------------------------------------------ saving
     def save_last(self, state: TrainState) -> None:
         """Write last.pt (rank 0). Every rank must call this: RNG states are gathered from all."""
-        rng_states = dist_utils.all_gather_objects(capture_rng_state())
+        rng_states = all_gather_objects(capture_rng_state())
         if self.is_main:
             save_checkpoint(self.payload(state, rng_states), self.last_path)
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from kpfast.engine import distributed as dist_utils
+from kpfast.engine import runtime as dist_utils
 from kpfast.engine.inference import autocast_context
 from kpfast.engine.checkpointer import TrainState
 

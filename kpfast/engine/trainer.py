@@ -23,7 +23,7 @@ import torch
 
 from kpfast.data.sampling import ResumableSampler, SeededDataset
 from kpfast.engine import builders
-from kpfast.engine import distributed as dist_utils
+from kpfast.engine import runtime as dist_utils
 from kpfast.engine.checkpointer import (
     Checkpointer,
     ResumePlan,
