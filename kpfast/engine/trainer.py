@@ -34,11 +34,10 @@ from kpfast.engine.checkpointer import (
     resolve_resume,
 )
 from kpfast.engine.config import Config, config_from_dict, save_config
-from kpfast.engine.ema import ModelEMA
 from kpfast.engine.evaluation import Evaluator
 from kpfast.engine.loop import TrainingDiverged, TrainStep, train_one_epoch, validate
 from kpfast.engine.losses import TrainingObjective
-from kpfast.engine.optim import build_optimizer, build_scheduler
+from kpfast.engine.optim import ModelEMA, build_optimizer, build_scheduler
 from kpfast.engine.reporting import MetricsLogger, ProgressReporter, SafeSummaryWriter, plot_results
 from kpfast.engine.runtime import (
     StopSignal,
