@@ -88,6 +88,7 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 2
+# The only names the checkpointer writes or deletes besides last.pt and best.pt (module doc).
 TOPK_DIR = "topk"
 _TOPK_NAME = re.compile(r"epoch(\d{4,})_ap(\d+\.\d{4})\.pt")
 # Temporary files of kpfast.outputs.atomic_write_bytes: ".<name>.<mkstemp suffix>.tmp".
@@ -106,11 +107,12 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------- what a checkpoint holds
 
 
-# The run's progress. Every field is written into a checkpoint (at the top level, beside the
-# parts' states) by TrainState.to_dict and read back by TrainState.from_dict; adding a field is
-# the only change needed for it to survive an interruption.
 @dataclass
 class TrainState:
+    """The run's progress. Every field is written into a checkpoint (at the top level, beside the
+    parts' states) by :meth:`to_dict` and read back by :meth:`from_dict`; adding a field is the
+    only change needed for it to survive an interruption."""
+
     epoch: int = 0  # completed epochs
     batch_in_epoch: int = 0  # optimizer steps already taken in the current epoch
     global_step: int = 0
@@ -299,8 +301,6 @@ def check_resume_compatible(stored_config: dict, config: dict | Any) -> None:
     """Raise :class:`CheckpointError` naming every key in :data:`RESUME_KEYS` whose value differs
     between the checkpoint's stored config and the requested one (both plain mappings or
     dataclasses), before any state is loaded."""
-    import dataclasses
-
     if dataclasses.is_dataclass(config):
         config = dataclasses.asdict(config)
     if dataclasses.is_dataclass(stored_config):
