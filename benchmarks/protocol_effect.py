@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kpfast.engine import builders  # noqa: E402
-from kpfast.engine.checkpoint import load_training_checkpoint  # noqa: E402
+from kpfast.engine.checkpointer import load_training_checkpoint  # noqa: E402
 from kpfast.engine.config import apply_overrides, config_from_dict, config_to_dict, load_config  # noqa: E402
 from kpfast.engine.evaluation import evaluate_model, load_coco_gt  # noqa: E402
 

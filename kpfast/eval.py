@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from kpfast.engine.cli import HelpFormatter, add_config_arguments, add_weights_arguments, load_weights, run_cli
+from kpfast.cli import HelpFormatter, run_cli
+from kpfast.engine.arguments import add_config_arguments, add_weights_arguments, load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +36,8 @@ def main(argv=None) -> int:
     import torch
 
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import atomic_write_bytes
     from kpfast.engine.evaluation import Evaluator
-    from kpfast.engine.outputs import OutputGuard
+    from kpfast.outputs import OutputGuard, atomic_write_bytes
     from kpfast.engine.trainer import configure_cpu_threads, select_device
 
     guard = OutputGuard()

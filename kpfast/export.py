@@ -17,8 +17,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from kpfast.engine.cli import (add_config_arguments, add_weights_arguments, check_weights_arguments, load_weights,
-                               run_cli)
+from kpfast.cli import run_cli
+from kpfast.engine.arguments import add_config_arguments, add_weights_arguments, check_weights_arguments, load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,13 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_output(checkpoint: str | Path, output: str | Path | None) -> Path:
     """The ONNX file to write; never the checkpoint itself, never a directory, never a file of a
-    training run (the output rule of kpfast.engine.outputs).
+    training run (the output rule of kpfast.outputs).
 
     Paths are compared resolved (symlinks, ``..``) and, when the output exists, by inode, so
     ``--output ck.pt``, ``--output ./dir/../ck.pt``, a link to the checkpoint, or a checkpoint
     named ``*.onnx`` with the default output are all refused before anything is written.
     """
-    from kpfast.engine.outputs import OutputGuard
+    from kpfast.outputs import OutputGuard
 
     checkpoint = Path(checkpoint)
     target = Path(output) if output else checkpoint.with_suffix(".onnx")
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     require_onnx()
     import torch
 
-    from kpfast.engine.checkpoint import atomic_write_bytes
+    from kpfast.outputs import atomic_write_bytes
 
     loaded = load_weights(args, check_machine=False)
     config = loaded.config

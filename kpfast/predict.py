@@ -19,7 +19,7 @@ share a stem.
 Images are read in their files' stored pixel frame (an EXIF orientation tag is ignored, as for
 training data, kpfast.data.transforms), and every coordinate written is in that frame.
 
-Outputs are checked before anything is read or written (kpfast.engine.outputs): none may be an
+Outputs are checked before anything is read or written (kpfast.outputs): none may be an
 input (an image, the checkpoint, --boxes, --config) or lie in a training run folder, and an
 existing file is replaced only with --overwrite.
 """
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kpfast.engine.cli import add_config_arguments, add_weights_arguments, load_weights, run_cli
+from kpfast.cli import run_cli
+from kpfast.engine.arguments import add_config_arguments, add_weights_arguments, load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +160,7 @@ def keypoint_info(loaded):
 def check_outputs(args, images: list[Path], overlays: list[str]) -> None:
     """Refuse (one line, nothing written) an output that is an input, lies in a run folder, or
     exists without --overwrite."""
-    from kpfast.engine.outputs import OutputGuard
+    from kpfast.outputs import OutputGuard
 
     guard = OutputGuard(replace_existing=args.overwrite,
                         replace_hint="; pass --overwrite to replace it, or another --output-dir")
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
     overlays = overlay_names(images)
     check_outputs(args, images, overlays)
     from kpfast.data.transforms import read_image_checked
-    from kpfast.engine.checkpoint import atomic_write_bytes
+    from kpfast.outputs import atomic_write_bytes
     from kpfast.engine.evaluation import instance_score
     from kpfast.engine.trainer import select_device
     from kpfast.engine.visualize import draw_pose, write_image

@@ -19,7 +19,8 @@ import os
 import sys
 from pathlib import Path
 
-from kpfast.engine.cli import HelpFormatter, add_config_arguments, resolve_config, run_cli
+from kpfast.cli import HelpFormatter, run_cli
+from kpfast.engine.arguments import add_config_arguments, resolve_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from kpfast.engine.checkpoint import check_resume_compatible, load_training_checkpoint
-    from kpfast.engine.trainer import Trainer, TrainingDiverged, resolve_resume
-    from kpfast.engine import distributed as dist_utils
+    from kpfast.engine.checkpointer import (
+        check_resume_compatible,
+        load_training_checkpoint,
+        plan_resume,
+        resolve_resume,
+    )
+    from kpfast.engine.trainer import Trainer, TrainingDiverged
+    from kpfast.engine import runtime as dist_utils
 
     stored = plan = None
     if args.resume is not None and args.init_weights is not None:
@@ -55,8 +61,6 @@ def main(argv=None) -> int:
                          "process would download at once); fetch it first: python -c \"from kpfast.models.pretrained "
                          f"import fetch_weights; print(fetch_weights('{args.init_weights}'))\"")
     if args.resume is not None:
-        from kpfast.engine.resume import plan_resume
-
         resume_path = resolve_resume(args.resume)
         saved = load_training_checkpoint(resume_path)
         stored, plan = saved["config"], plan_resume(resume_path, saved)

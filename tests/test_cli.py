@@ -13,8 +13,8 @@ from kpfast import eval as eval_cli
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
 from kpfast import train as train_cli
-from kpfast.engine.cli import run_cli
-from kpfast.engine.checkpoint import load_checkpoint
+from kpfast.cli import run_cli
+from kpfast.engine.checkpointer import load_checkpoint
 
 # The engine tests' tiny-run fixtures (tests/ is on sys.path: it has no __init__.py).
 from engine.conftest import synthetic_root, tiny_overrides  # noqa: F401

@@ -13,8 +13,8 @@ import pytest
 
 import kpfast
 from kpfast import train as train_cli
-from kpfast.engine.checkpoint import load_checkpoint
-from kpfast.engine.cli import run_cli
+from kpfast.engine.checkpointer import load_checkpoint
+from kpfast.cli import run_cli
 
 # The engine tests' tiny-run fixtures (tests/ is on sys.path: it has no __init__.py).
 from engine.conftest import synthetic_root, tiny_overrides  # noqa: F401

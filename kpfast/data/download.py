@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from kpfast.engine.cli import run_cli
+    from kpfast.cli import run_cli
 
     def _main(argv):
         args = build_parser().parse_args(argv)

@@ -400,6 +400,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from kpfast.engine.cli import run_cli
+    from kpfast.cli import run_cli
 
     sys.exit(run_cli(main))

@@ -62,7 +62,7 @@ def model_from_checkpoint(state: dict, config: Config, weights: str = "auto") ->
 
 def check_weights_fit(model: torch.nn.Module, stored, what: str, config: Config) -> None:
     """Raise CheckpointError (one line) unless ``stored`` has exactly ``model``'s tensors and shapes."""
-    from kpfast.engine.checkpoint import CheckpointError
+    from kpfast.engine.checkpointer import CheckpointError
 
     hint = (f"the checkpoint's {what} do not fit model {config.model.name!r} with overrides "
             f"{config.model.overrides or {}} (num_keypoints={config.model.num_keypoints}); drop --config/--set "

@@ -55,7 +55,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MAX_BLUR_KERNEL = 31
 SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 # Values that size memory or processes are bounded here, machine-independently; per machine,
-# kpfast.engine.cli.check_environment also bounds workers and threads by the CPU count.
+# kpfast.engine.arguments.check_environment also bounds workers and threads by the CPU count.
 MAX_KEYPOINTS = 1024
 MAX_WORKERS = 256
 MAX_CPU_THREADS = 1024
@@ -612,7 +612,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from kpfast.engine.checkpoint import atomic_write_bytes
+    from kpfast.outputs import atomic_write_bytes
 
     text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     atomic_write_bytes(Path(path), text.encode())

@@ -274,7 +274,7 @@ def evaluate_model(
     share; records are gathered with ``all_gather_object``, rank 0 computes the metrics and they
     are broadcast so that every rank agrees (early stopping).
     """
-    from kpfast.engine import distributed as dist_utils
+    from kpfast.engine import runtime as dist_utils
 
     rank, world = (dist_utils.get_rank(), dist_utils.get_world_size()) if distributed else (0, 1)
     records = predict_instances(model, dataset, config, device, dataset_info, rank, world)
@@ -327,7 +327,7 @@ class Evaluator:
         return self._coco_gt
 
     def __call__(self, model, results_out: list | None = None) -> dict:
-        from kpfast.engine import distributed as dist_utils
+        from kpfast.engine import runtime as dist_utils
 
         on_metrics_rank = not self.distributed or dist_utils.get_rank() == 0
         return evaluate_model(model, self.dataset, self.config, self.device, self.dataset_info,

@@ -31,8 +31,8 @@ from typing import Callable
 
 import torch
 
-from kpfast.engine import distributed as dist_utils
-from kpfast.engine.state import TrainState
+from kpfast.engine import runtime as dist_utils
+from kpfast.engine.checkpointer import TrainState
 from kpfast.inference import autocast_context
 
 __all__ = ["TrainStep", "StepReading", "TrainingDiverged", "train_one_epoch", "validate"]

@@ -10,6 +10,10 @@ a run later writes, overwrites or deletes lies in a directory this run created i
   racing on a shared file system) get two directories;
 * an explicitly named directory that already exists is refused: continuing a run is
   ``--resume``, never a silent overwrite.
+
+A fresh folder gets its run id in a marker file (:data:`kpfast.outputs.RUN_MARKER`); every
+checkpoint of the run records the same id, which is how a resume recognises the run's own folder
+(:func:`kpfast.engine.checkpointer.plan_resume`).
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from __future__ import annotations
 import os
 import secrets
 import time
+import uuid
 from pathlib import Path
 
-from kpfast.engine.resume import write_run_marker
+from kpfast.outputs import RUN_MARKER, atomic_write_bytes
 
-__all__ = ["RunDirError", "check_output_dir", "check_run_name", "create_run_dir", "default_run_name"]
+__all__ = ["RunDirError", "check_output_dir", "check_run_name", "create_run_dir", "default_run_name", "read_run_id",
+           "write_run_marker"]
 
 _ATTEMPTS = 100
+_MAX_MARKER_BYTES = 256
 
 
 class RunDirError(ValueError):
@@ -87,7 +94,7 @@ def _mkdir_new(run_dir: Path) -> None:
 
 def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "run") -> Path:
     """Create and return a new run directory under ``output_dir``, empty but for its run-id
-    marker (kpfast.engine.resume.RUN_MARKER).
+    marker (:func:`write_run_marker`).
 
     ``run_name=None`` picks a unique default name from ``prefix``; an explicit name must be a
     single path component and must not exist yet.
@@ -119,3 +126,21 @@ def create_run_dir(output_dir: str | Path, run_name: str | None, prefix: str = "
         return run_dir
     raise RunDirError(f"train.output_dir: could not create a unique run directory in {output_dir} "
                       f"after {_ATTEMPTS} attempts")
+
+
+def write_run_marker(run_dir: Path) -> str:
+    """Give a freshly created run folder its id (written atomically) and return it."""
+    run_id = f"{Path(run_dir).name}-{uuid.uuid4().hex}"
+    atomic_write_bytes(Path(run_dir) / RUN_MARKER, run_id.encode())
+    return run_id
+
+
+def read_run_id(run_dir: Path) -> str | None:
+    """The id in ``run_dir``'s marker, or None when it has none (not a kpfast run folder)."""
+    marker = Path(run_dir) / RUN_MARKER
+    try:
+        if not marker.is_file() or marker.stat().st_size > _MAX_MARKER_BYTES:
+            return None
+        return marker.read_bytes().decode("ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None

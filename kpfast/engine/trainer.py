@@ -1,13 +1,14 @@
 """The Trainer: builds the parts from a :class:`Config` and wires the loop, evaluation and checkpoints.
 
 The parts live in their own modules: the sync-free step, ``train_one_epoch`` and ``validate`` in
-:mod:`kpfast.engine.loop`, checkpoint files in :mod:`kpfast.engine.checkpointer`, the run's
-progress in :class:`kpfast.engine.state.TrainState`.
+:mod:`kpfast.engine.loop`; the checkpoints (what they hold, the run's progress in
+:class:`~kpfast.engine.checkpointer.TrainState`, last/best/top-k, resume) in
+:mod:`kpfast.engine.checkpointer`.
 
 Resume is exact at optimizer-step granularity: ``last.pt`` records the TrainState (epoch,
 batches already consumed in it, running loss sums, ...), every optimizer/scheduler/scaler/EMA
 state and all RNG states; the data order is a pure function of (seed, epoch) and each sample's
-augmentation a pure function of (seed, epoch, index) (see :mod:`kpfast.engine.sampling`), so a
+augmentation a pure function of (seed, epoch, index) (see :mod:`kpfast.data.sampling`), so a
 run stopped by SIGINT/SIGTERM (or ``train.max_steps``) and resumed ends with bit-identical
 weights to an uninterrupted run on the same machine and thread count.
 """
@@ -21,18 +22,24 @@ from typing import Callable
 import torch
 
 from kpfast.codecs import build_codec
+from kpfast.data.sampling import ResumableSampler, SeededDataset
 from kpfast.engine import builders
-from kpfast.engine import distributed as dist_utils
-from kpfast.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state
-from kpfast.engine.checkpointer import Checkpointer
-from kpfast.engine.config import Config, config_from_dict, config_to_dict, save_config
-from kpfast.engine.ema import ModelEMA
-from kpfast.engine.resume import ResumePlan, plan_resume, read_run_id
+from kpfast.engine import runtime as dist_utils
+from kpfast.engine.checkpointer import (
+    Checkpointer,
+    ResumePlan,
+    TrainingParts,
+    TrainState,
+    load_checkpoint,
+    plan_resume,
+    resolve_resume,
+)
+from kpfast.engine.config import Config, config_from_dict, save_config
 from kpfast.engine.evaluation import Evaluator
 from kpfast.engine.loop import TrainingDiverged, TrainStep, train_one_epoch, validate
 from kpfast.engine.losses import TrainingObjective
-from kpfast.engine.optim import build_optimizer, build_scheduler
-from kpfast.engine.reporting import MetricsLogger, ProgressReporter, plot_results
+from kpfast.engine.optim import ModelEMA, build_optimizer, build_scheduler
+from kpfast.engine.reporting import MetricsLogger, ProgressReporter, SafeSummaryWriter, plot_results
 from kpfast.engine.runtime import (
     StopSignal,
     configure_cpu_threads,
@@ -40,14 +47,10 @@ from kpfast.engine.runtime import (
     select_device,
     unwrap_model,
 )
-from kpfast.engine.sampling import ResumableSampler, SeededDataset
-from kpfast.engine.state import TrainState
+from kpfast.engine.rundir import read_run_id
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainResult", "select_device", "seed_everything",
            "configure_cpu_threads", "resolve_resume", "config_from_checkpoint"]
-
-CHECKPOINT_VERSION = 2
-
 
 @dataclass
 class TrainResult:
@@ -72,8 +75,8 @@ class Trainer:
                  init_weights: str | Path | None = None):
         self.config = cfg = config
         self.resume_path = resolve_resume(resume) if resume else None
-        self.dist = dist_utils.init_distributed(select_device(cfg.train.device))
         self.device = select_device(cfg.train.device)
+        self.dist = dist_utils.init_distributed(self.device)
         self.is_main = self.dist.rank == 0
         self._log = log or (lambda text: print(text, flush=True))
         self.stop_signal = StopSignal()
@@ -136,15 +139,17 @@ class Trainer:
         saved = load_checkpoint(self.resume_path, map_location="cpu") if self.resume_path is not None else None
         self.resume_plan: ResumePlan | None = plan_resume(self.resume_path, saved) if saved is not None else None
         self.run_dir, self.run_id = self._make_run_dir(saved)
-        self.checkpointer = Checkpointer(self.run_dir, cfg.train.top_k, is_main=self.is_main)
+        self.checkpointer = Checkpointer(
+            self.run_dir, cfg.train.top_k, is_main=self.is_main, config=cfg, dataset_info=self.dataset_info,
+            parts=TrainingParts(self.model, self.optimizer, self.scheduler, self.scaler, self.ema),
+            run_id=self.run_id, world_size=self.dist.world_size, rank=self.dist.rank,
+        )
         self.metrics_logger = MetricsLogger(self.run_dir / "metrics.csv") if self.is_main else None
         if saved is not None:
             self._load_resume(saved)
         self.writer = None
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
-            from kpfast.engine.tensorboard_writer import SafeSummaryWriter
-
             self.writer = SafeSummaryWriter(self.run_dir / "tensorboard", self.log)
 
     # ------------------------------------------------------------------ convenience views of the state
@@ -174,8 +179,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ run directory
     def _make_run_dir(self, saved: dict | None) -> tuple[Path, str | None]:
-        """The run folder and its id: the resumed run's own folder (kpfast.engine.resume), else a
-        fresh folder this run owns (rank 0 makes it)."""
+        """The run folder and its id: the resumed run's own folder (see
+        kpfast.engine.checkpointer.plan_resume), else a fresh folder this run owns (rank 0 makes it)."""
         plan = self.resume_plan
         if plan is not None and plan.in_place:
             return plan.run_dir, read_run_id(plan.run_dir)
@@ -193,66 +198,13 @@ class Trainer:
         return Path(run_dir), run_id
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_payload(self, rng_states: list[dict] | None = None) -> dict:
-        """Everything needed to resume; ``rng_states`` holds one entry per rank (default: this rank's)."""
-        payload = {
-            "version": CHECKPOINT_VERSION,
-            "config": config_to_dict(self.config),
-            "model": unwrap_model(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": rng_states if rng_states is not None else [capture_rng_state()],
-            "world_size": self.dist.world_size,
-            "run_id": self.run_id,
-            "dataset_info": self.dataset_info_dict(),
-        }
-        payload.update(self.state.to_dict())
-        return payload
-
-    def dataset_info_dict(self) -> dict:
-        info = self.dataset_info
-        return {
-            "keypoint_names": list(info.keypoint_names),
-            "flip_pairs": [list(p) for p in info.flip_pairs],
-            "skeleton": [list(p) for p in info.skeleton],
-            "sigmas": [float(s) for s in info.sigmas],
-        }
-
     def _load_resume(self, saved: dict) -> None:
         path, plan = self.resume_path, self.resume_plan
-        if saved.get("world_size", 1) != self.dist.world_size:
-            raise ValueError(
-                f"resume: checkpoint was written with world_size={saved.get('world_size')} but this run has "
-                f"world_size={self.dist.world_size}; the data order would differ"
-            )
-        state = TrainState.from_dict(saved)
-        if plan.in_place:
-            # Refuses hostile top-k names before anything is loaded or deleted.
-            self.checkpointer.reconcile(state)
-        else:
-            # The listed top-k files belong to the run resumed from: the new run starts its own list.
-            self.checkpointer.validate_topk(state.topk)
-            state.topk = []
-        rng_states = saved["rng"]
-        if len(rng_states) != self.dist.world_size:
-            raise ValueError(
-                f"resume: checkpoint holds {len(rng_states)} RNG states for world size {self.dist.world_size}"
-            )
-        unwrap_model(self.model).load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.ema is not None:
-            if saved["ema"] is None:
-                raise ValueError("resume: train.ema is on but the checkpoint has no EMA state")
-            self.ema.load_state_dict(saved["ema"])
+        state = self.checkpointer.restore(saved, in_place=plan.in_place)
         # The BN backup of the step starts from the restored buffers.
         torch._foreach_copy_(self.step.buffer_backup, self.step.buffers)
         self.step.load_counters(state.nonfinite_total, state.nonfinite_consecutive)
         self.state = state
-        restore_rng_state(rng_states[self.dist.rank])
         if self.metrics_logger is not None:
             # metrics.csv may hold rows written after this last.pt (a crash in between).
             self.metrics_logger.write(state.history)
@@ -262,9 +214,7 @@ class Trainer:
 
     def save_last(self) -> None:
         """Write last.pt (rank 0). Every rank must call this: RNG states are gathered from all."""
-        rng_states = dist_utils.all_gather_objects(capture_rng_state())
-        if self.is_main:
-            self.checkpointer.save_last(self.checkpoint_payload(rng_states))
+        self.checkpointer.save_last(self.state)
 
     # ------------------------------------------------------------------ training
     def _train_loader(self):
@@ -377,12 +327,7 @@ class Trainer:
         else:
             state.evals_without_improvement += 1
 
-        def payload() -> dict:
-            data = self.checkpoint_payload()
-            data["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            return data
-
-        self.checkpointer.save_evaluated(state, ap, improved, payload)
+        self.checkpointer.save_evaluated(state, ap, improved, metrics)
         if cfg.early_stopping_patience and state.evals_without_improvement >= cfg.early_stopping_patience:
             state.stopped_early = True
             self.log(
@@ -402,15 +347,6 @@ class Trainer:
         if self.state.best_ap is not None:
             self.log(f"best val AP {self.state.best_ap:.4f} at epoch {self.state.best_epoch}; "
                      f"checkpoints in {self.run_dir}")
-
-
-def resolve_resume(resume: str | Path) -> Path:
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    return path
 
 
 def config_from_checkpoint(path: str | Path) -> Config:

@@ -74,7 +74,7 @@ def image_grid(tiles: Sequence[np.ndarray], columns: int, pad: int = 4) -> np.nd
 
 def write_image(path: Path | str, image: np.ndarray) -> None:
     """Encode with OpenCV (format from the suffix) and write atomically."""
-    from kpfast.engine.checkpoint import atomic_write_bytes
+    from kpfast.outputs import atomic_write_bytes
 
     path = Path(path)
     ok, encoded = cv2.imencode(path.suffix or ".png", image)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kpfast.engine import checkpoint as ckpt
+from kpfast.engine import checkpointer as ckpt
 
 
 def test_save_load_round_trip_with_weights_only(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import kpfast
-from kpfast.engine.checkpoint import load_checkpoint
+from kpfast.engine.checkpointer import load_checkpoint
 
 # Needs the data/eval extras (absent on the GPU machine): skip, do not fail, without them.
 pytest.importorskip("pycocotools")

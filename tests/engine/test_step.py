@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from kpfast.engine.config import load_config
 from kpfast.engine.loop import train_one_epoch
-from kpfast.engine.state import TrainState
+from kpfast.engine.checkpointer import TrainState
 from kpfast.engine.trainer import Trainer
 
 aten = torch.ops.aten

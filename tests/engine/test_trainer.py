@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kpfast.engine.checkpoint import load_checkpoint
+from kpfast.engine.checkpointer import load_checkpoint
 from kpfast.engine.config import load_config
 from kpfast.engine.trainer import Trainer, TrainingDiverged
 

@@ -11,16 +11,16 @@ import torch
 
 from kpfast import eval as eval_cli
 from kpfast import train as train_cli
-from kpfast.engine.checkpoint import (
+from kpfast.engine.checkpointer import (
     CheckpointError,
-    atomic_write_bytes,
     check_resume_compatible,
     load_checkpoint,
     load_training_checkpoint,
     save_checkpoint,
 )
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 from kpfast.engine.config import config_from_dict, config_to_dict, load_config
+from kpfast.outputs import atomic_write_bytes
 
 
 def _one_line(stderr: str) -> str:

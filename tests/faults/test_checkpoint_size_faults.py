@@ -1,6 +1,6 @@
 """A checkpoint may not make torch.load allocate more than its file holds: compressed records
 (a zip bomb: 390 KB -> 400 MB) and records declaring more bytes than the file are refused in one
-line before anything is loaded (kpfast.engine.checkpoint.check_declared_sizes)."""
+line before anything is loaded (kpfast.engine.checkpointer.check_declared_sizes)."""
 
 import io
 import zipfile
@@ -8,7 +8,7 @@ import zipfile
 import pytest
 import torch
 
-from kpfast.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from kpfast.engine.checkpointer import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _recompressed(source: bytes) -> bytes:

@@ -20,7 +20,7 @@ import torch
 import kpfast
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 
 PACKAGE_ROOT = Path(os.path.abspath(kpfast.__file__)).parents[1]
 TINY_MODEL = {"base_width": 8, "num_branches": 2, "num_modules": [1, 1, 1], "stem_channels": 8}
@@ -28,7 +28,7 @@ TINY_MODEL = {"base_width": 8, "num_branches": 2, "num_modules": [1, 1, 1], "ste
 
 def _tiny_checkpoint(path: Path) -> Path:
     from kpfast.data import DatasetInfo
-    from kpfast.engine.checkpoint import save_checkpoint
+    from kpfast.engine.checkpointer import save_checkpoint
     from kpfast.engine.config import config_from_dict, config_to_dict, load_config
     from kpfast.engine.builders import build_model
 
@@ -92,7 +92,7 @@ def test_export_without_onnx_says_pip_install_onnx(checkpoint, tmp_path):
             "import importlib.util\n"
             "real = importlib.util.find_spec\n"
             "importlib.util.find_spec = lambda name, *a: None if name == 'onnx' else real(name, *a)\n"
-            "from kpfast.export import main\nfrom kpfast.engine.cli import run_cli\n"
+            "from kpfast.export import main\nfrom kpfast.cli import run_cli\n"
             f"sys.exit(run_cli(main, ['--checkpoint', {str(checkpoint)!r}, '--output', "
             f"{str(tmp_path / 'm.onnx')!r}]))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE_ROOT, capture_output=True, text=True,

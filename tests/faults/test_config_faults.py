@@ -12,7 +12,7 @@ import yaml
 
 import kpfast
 from kpfast import train as train_cli
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 from kpfast.engine.config import load_config, shipped_config_names
 
 WORKTREE = Path(os.path.abspath(kpfast.__file__)).parents[1]

@@ -13,7 +13,7 @@ import pytest
 
 import kpfast
 from kpfast import train as train_cli
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 from .helpers import one_line_error
 from kpfast.engine.config import ConfigError, load_config
 
@@ -48,7 +48,7 @@ def test_yaml_alias_bomb_is_refused_quickly_in_one_line(tmp_path, print_config):
     assert bomb.stat().st_size < 1000
     argv = ["--config", str(bomb), "--output_dir", str(tmp_path / "runs")]
     argv += ["--print-config"] if print_config else []
-    done = _limited("import sys; from kpfast import train; from kpfast.engine.cli import run_cli; "
+    done = _limited("import sys; from kpfast import train; from kpfast.cli import run_cli; "
                     f"sys.exit(run_cli(train.main, {argv!r}))")
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -112,7 +112,7 @@ def test_nan_rotation_on_the_command_line_fails_before_the_run_folder(tmp_path, 
 ])
 def test_sizes_from_the_config_are_bounded_before_anything_is_built(tmp_path, override, key):
     argv = ["--set", override, "--output_dir", str(tmp_path / "runs"), "--print-config"]
-    done = _limited("import sys; from kpfast import train; from kpfast.engine.cli import run_cli; "
+    done = _limited("import sys; from kpfast import train; from kpfast.cli import run_cli; "
                     f"sys.exit(run_cli(train.main, {argv!r}))", timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line]
@@ -120,9 +120,9 @@ def test_sizes_from_the_config_are_bounded_before_anything_is_built(tmp_path, ov
 
 
 def test_workers_above_what_this_machine_runs_are_refused(monkeypatch, tmp_path, capsys):
-    from kpfast.engine import cli
+    from kpfast.engine import arguments
 
-    monkeypatch.setattr(cli.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(arguments.os, "cpu_count", lambda: 2)
     argv = ["--set", "data.num_workers=200", "--output_dir", str(tmp_path / "runs")]
     assert run_cli(train_cli.main, argv) == 2
     one_line_error(capsys, "data.num_workers", "2 CPUs")

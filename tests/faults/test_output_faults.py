@@ -1,4 +1,4 @@
-"""Every command that writes checks its outputs with one rule (kpfast.engine.outputs,
+"""Every command that writes checks its outputs with one rule (kpfast.outputs,
 docs/files.md): never an input, the checkpoint or an annotation file, never a file of a run, never
 an existing file predict did not get --overwrite for. Refusals are one line and write nothing."""
 
@@ -12,8 +12,8 @@ from kpfast import eval as eval_cli
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
 from kpfast.data import synthetic
-from kpfast.engine.cli import run_cli
-from kpfast.engine.outputs import OutputGuard, OutputPathError
+from kpfast.cli import run_cli
+from kpfast.outputs import OutputGuard, OutputPathError
 from kpfast.engine.rundir import create_run_dir
 from .helpers import one_line_error
 from .test_cli_faults import _tiny_checkpoint

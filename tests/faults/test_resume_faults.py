@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kpfast.engine.checkpoint import load_checkpoint
+from kpfast.engine.checkpointer import load_checkpoint
 from kpfast.engine.config import load_config
 from kpfast.engine.trainer import Trainer
 from .test_trainer_faults import overrides, synthetic_root  # noqa: F401 - shared fixtures

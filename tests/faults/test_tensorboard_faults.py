@@ -1,12 +1,12 @@
 """TensorBoard on a full or read-only disk: one log line naming the folder, no background-thread
-traceback, training goes on (kpfast.engine.tensorboard_writer)."""
+traceback, training goes on (kpfast.engine.reporting.SafeSummaryWriter)."""
 
 import errno
 import time
 
 import pytest
 
-from kpfast.engine.tensorboard_writer import SafeSummaryWriter
+from kpfast.engine.reporting import SafeSummaryWriter
 
 
 def _full_disk(monkeypatch):

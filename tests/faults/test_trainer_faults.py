@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from kpfast.engine.checkpoint import load_checkpoint, save_checkpoint
+from kpfast.engine.checkpointer import load_checkpoint, save_checkpoint
 from kpfast.engine.config import load_config
 from kpfast.engine.trainer import Trainer
 

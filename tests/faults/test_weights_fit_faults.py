@@ -8,7 +8,7 @@ import pytest
 from kpfast import eval as eval_cli
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
-from kpfast.engine.cli import run_cli
+from kpfast.cli import run_cli
 from .helpers import one_line_error
 from .test_cli_faults import _tiny_checkpoint
 
@@ -29,7 +29,7 @@ def test_weights_that_do_not_fit_the_config_are_one_line(checkpoint, tmp_path, c
     elif command == "eval":
         code = run_cli(eval_cli.main, ["--checkpoint", str(checkpoint), "--device", "cpu", *wider])
     else:
-        from kpfast.engine.checkpoint import load_checkpoint, save_checkpoint
+        from kpfast.engine.checkpointer import load_checkpoint, save_checkpoint
 
         state = load_checkpoint(checkpoint)
         state["model"] = {k: v for k, v in list(state["model"].items())[:-1]}  # a weight missing

@@ -263,7 +263,7 @@ def test_eval_and_predict_cli_run_the_predictor(checkpoint, spy, synthetic_root,
     np.testing.assert_array_equal(np.array([r["keypoints"] for r in written]), expected.reshape(2, -1))
     # The Python use documented in docs/training.md ("Inference and export") gives the same.
     from kpfast.engine import builders
-    from kpfast.engine.checkpoint import load_training_checkpoint
+    from kpfast.engine.checkpointer import load_training_checkpoint
     from kpfast.engine.config import config_from_dict
 
     state = load_training_checkpoint(path)

@@ -17,7 +17,7 @@ from kpfast import eval as eval_cli
 from kpfast import export as export_cli
 from kpfast import predict as predict_cli
 from kpfast import train as train_cli
-from kpfast.engine.cli import load_weights
+from kpfast.engine.arguments import load_weights
 from kpfast.engine.config import config_to_dict, load_config
 from kpfast.models import build_model
 

@@ -1,8 +1,8 @@
-"""Shared command-line plumbing: common flags -> config overrides, start-up checks, error reporting.
+"""The config flags shared by train, eval and predict: ``--config``, ``--set KEY=VALUE`` and the
+common flags become a validated :class:`~kpfast.engine.config.Config`, checked against this
+machine (devices, ops backend, process counts) before anything is written.
 
-Every kpfast command runs its ``main`` through :func:`run_cli`: a mistake in the user's input
-(a config key, a file, a device) ends the program with exit code 2 and one line on stderr that
-names the key/file/argument and what to do. ``KPFAST_DEBUG=1`` prints the traceback as well.
+Running a command and reporting its errors in one line is :mod:`kpfast.cli`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import argparse
 import dataclasses
 import os
 import sys
-import traceback
 from typing import Any
 
+from kpfast.cli import DEBUG_ENV
 from kpfast.engine.config import (
     Config,
     ConfigError,
@@ -25,8 +25,6 @@ from kpfast.engine.config import (
     load_config,
     resolve_config_path,
 )
-
-DEBUG_ENV = "KPFAST_DEBUG"
 
 # flag dest -> (dotted config key, type, help)
 COMMON_FLAGS = {
@@ -40,16 +38,6 @@ COMMON_FLAGS = {
     "seed": ("train.seed", int, "random seed"),
     "workers": ("data.num_workers", int, "data-loader worker processes"),
 }
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every flag's default; flags whose help already states it are left alone."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "(default" in text:
-            return text
-        return super()._get_help_string(action)
 
 
 def _default_config_values() -> dict:
@@ -190,37 +178,6 @@ def resolve_config(args: argparse.Namespace, checkpoint_config: dict | None = No
     return config
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from kpfast.backends import BackendUnavailableError
-
-    return (ConfigError, BackendUnavailableError, OSError, ValueError, TypeError)
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and type(exc).__str__ is OSError.__str__ and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
-        text = f"{where}{exc.strerror}"
-    else:
-        text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
-
-
-def run_cli(main, argv=None) -> int:
-    """Run ``main(argv)``; a user-input error becomes one line on stderr and exit code 2.
-
-    KeyboardInterrupt and SystemExit pass through. ``KPFAST_DEBUG=1`` also prints the traceback.
-    """
-    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    try:
-        return int(main(argv) or 0)
-    except _user_errors() as exc:
-        if debug:
-            traceback.print_exc()
-        label = "config error" if isinstance(exc, ConfigError) else "error"
-        print(f"{label}: {_one_line(exc)}", file=sys.stderr)
-        return 2
-
-
 # --------------------------------------------------------------------------- weights
 
 # --ema: which weights of a kpfast checkpoint to use (its EMA copy when there is one, always, or
@@ -297,7 +254,7 @@ def load_weights(args: argparse.Namespace, *, check_machine: bool = True) -> Loa
     choice = EMA_CHOICES[args.ema]
     if args.checkpoint is not None:
         from kpfast.engine import builders
-        from kpfast.engine.checkpoint import load_training_checkpoint
+        from kpfast.engine.checkpointer import load_training_checkpoint
 
         state = load_training_checkpoint(args.checkpoint)
         config = resolve_config(args, state["config"], check_machine=check_machine)

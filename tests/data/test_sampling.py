@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from kpfast.engine.sampling import ResumableSampler, SeededDataset, sample_seed
+from kpfast.data.sampling import ResumableSampler, SeededDataset, sample_seed
 
 
 def test_order_depends_only_on_seed_and_epoch():

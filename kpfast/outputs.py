@@ -1,27 +1,103 @@
-"""The one output-path rule for every kpfast command that writes a file outside its run folder
-(eval's --results/--metrics, predict's overlays and results.json, export's --output, the data
-tools' outputs); see docs/files.md, "Output files".
+"""How every kpfast command writes a file: atomically, and never over an input or a training
+run's own file (docs/files.md, "Training" and "Output files").
 
-An output is refused, before anything is written, when it is:
+Atomic writes (:func:`atomic_write_bytes`, used for checkpoints, metrics.csv, config.yaml, plots,
+eval/predict results and exports): the bytes go to a temporary file ``.<name>.*.tmp`` in the
+destination directory, are fsync'ed, and the file is renamed over the destination with
+``os.replace``; a crash or exception at any point leaves the previous file intact.
+
+The output-path rule (:class:`OutputGuard`, for files written outside a run folder: eval's
+--results/--metrics, predict's overlays and results.json, export's --output, the data tools'
+outputs). An output is refused, before anything is written, when it is:
 
 * one of the command's inputs (the checkpoint, an image, an annotation or detections file, a
   config file), compared resolved (``..``, symlinks) and by inode (hard links);
 * inside a directory the command reads (an image folder, the dataset root);
-* a file of a training run: in a run folder (one holding :data:`kpfast.engine.resume.RUN_MARKER`),
-  a name the trainer writes (:data:`RUN_FILES`, any ``*.pt``, anything under ``topk/`` or
-  ``tensorboard/``); other new files there (an ONNX export, eval results) are allowed;
+* a file of a training run: in a run folder (one holding :data:`RUN_MARKER`), a name the trainer
+  writes (:data:`RUN_FILES`, any ``*.pt``, anything under ``topk/`` or ``tensorboard/``); other
+  new files there (an ONNX export, eval results) are allowed;
 * a directory, or the same file as another output of the same command;
 * an existing file, when the command does not replace files (predict without --overwrite).
+
+This module imports nothing from kpfast: the engine and the data tools both write through it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
 
-from kpfast.engine.resume import RUN_MARKER
+__all__ = ["AtomicWriteError", "OutputGuard", "OutputPathError", "RUN_FILES", "RUN_MARKER", "atomic_write_bytes",
+           "run_folder_of"]
 
-__all__ = ["OutputGuard", "OutputPathError", "RUN_FILES", "run_folder_of"]
+# Marks a training run folder and holds the run's id (written by kpfast.engine.rundir; every
+# checkpoint of the run records the same id, docs/files.md "Training").
+RUN_MARKER = ".kpfast-run"
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform/filesystem.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path | str, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (tmp file in the same dir, fsync, os.replace).
+
+    On any failure (a full disk, a read-only or vanished directory) the temporary file is
+    removed, ``path`` keeps its previous content, and the OSError raised names ``path``.
+    """
+    path = Path(path)
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp_name, 0o666 & ~_current_umask())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except FileNotFoundError:
+                pass
+        if isinstance(exc, OSError) and not isinstance(exc, AtomicWriteError):
+            reason = exc.strerror or str(exc)
+            hint = "free some space or pass another --output_dir" if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+                else "check that the directory exists and is writable"
+            raise AtomicWriteError(
+                exc.errno, f"cannot write {path}: {reason}; {hint} (any previous {path.name} is unchanged)"
+            ) from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+class AtomicWriteError(OSError):
+    """An atomic write failed; ``str()`` is one line naming the file and what to do."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 # What the trainer writes directly in its run folder (kpfast.engine.trainer, kpfast.engine.checkpointer).
 RUN_FILES = frozenset({"last.pt", "best.pt", "metrics.csv", "config.yaml", "results.png", "val_predictions.jpg",
