@@ -15,13 +15,14 @@ import traceback
 from kpfast.engine.config import (
     Config,
     ConfigError,
-    _build,
     _read_yaml,
     apply_overrides,
     config_from_dict,
+    config_to_dict,
     list_configs,
     load_config,
     resolve_config_path,
+    validate_schema,
 )
 
 DEBUG_ENV = "KPFAST_DEBUG"
@@ -52,9 +53,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def _default_config_values() -> dict:
     """The shipped default config as plain values (types and ranges checked; nothing built)."""
-    import dataclasses
-
-    return dataclasses.asdict(_build(Config, _read_yaml(resolve_config_path("default")), ""))
+    return config_to_dict(validate_schema(_read_yaml(resolve_config_path("default"))))
 
 
 def _lookup(values: dict, dotted: str):
