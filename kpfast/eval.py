@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
+    from kpfast.data import build_data
     from kpfast.engine import builders
     from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
     from kpfast.engine.evaluation import evaluate_model
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
     device = select_device(config.train.device)
     configure_cpu_threads(config, device)
     model = builders.model_from_checkpoint(state, config, weights=args.weights).to(device).eval()
-    data = builders.build_data(config, train=False)
+    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=builders.convention(config),
+                      seed=config.train.seed, train=False)
     guard.protect(data.val.ann_file, "the annotation file")
     guard.protect_folder(data.val.image_dir, "the image folder")
     _check_outputs(guard, args)

@@ -166,6 +166,7 @@ def main(argv=None) -> int:
     import torch
 
     from kpfast import geometry
+    from kpfast.data.info import DatasetInfo
     from kpfast.data.transforms import read_image_checked
     from kpfast.engine import builders
     from kpfast.engine.checkpoint import atomic_write_bytes, load_training_checkpoint
@@ -179,7 +180,7 @@ def main(argv=None) -> int:
     config = resolve_config(args, state["config"])
     device = select_device(config.train.device)
     model = builders.model_from_checkpoint(state, config).to(device).eval()
-    info = builders.info_from_dict(state["dataset_info"])
+    info = DatasetInfo.from_dict(state["dataset_info"])
     boxes = load_boxes(args.boxes, images)
     in_h, in_w = config.data.input_size
     hm_size = builders.heatmap_size(config, model)

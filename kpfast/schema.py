@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 import kpfast._require_trainer  # noqa: F401  (one line when the trainer's packages are missing)
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ConfigError", "FieldInvalid", "Section", "Float", "MUST_MATCH", "field", "config_error",
-           "resume_keys", "show", "suggest_key", "suggest_choice"]
+__all__ = ["ConfigError", "FieldInvalid", "Section", "Float", "MUST_MATCH", "Registry", "field", "config_error",
+           "not_empty", "resume_keys", "show", "suggest_key", "suggest_choice", "validate_section"]
 
 class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or is out of range."""
@@ -82,6 +82,39 @@ class Section(BaseModel):
     @classmethod
     def _null_is_defaults(cls, data):
         return {} if data is None else data
+
+def not_empty(value):
+    """A section validator's check for text keys: ``None`` passes, blank text does not."""
+    if value is not None and not str(value).strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+class Registry(dict):
+    """Name -> factory, filled by a decorator; a config key naming an entry is checked with
+    :meth:`check` (docs/data.md, "Datasets"; docs/training.md, "Learning-rate schedules")."""
+
+    def __init__(self, what: str):
+        super().__init__()
+        self.what = what
+
+    def register(self, name: str):
+        """Decorator adding the function to the registry under ``name`` (a name only once)."""
+
+        def add(function):
+            if name in self:
+                raise ValueError(f"register_{self.what}: {name!r} is already registered ({self[name].__qualname__})")
+            self[name] = function
+            return function
+
+        return add
+
+    def check(self, name):
+        """``name`` when registered, else a ValueError listing the registered names."""
+        if name not in self:
+            raise ValueError(f"expected one of {sorted(self)}, got {name!r}{suggest_choice(name, self)}")
+        return name
+
 
 # --------------------------------------------------------------------------- schema walking
 

@@ -4,12 +4,13 @@ factories take (docs/data.md, "Config"). kpfast/engine/config.py composes it int
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Union
 
-from kpfast.schema import FieldInvalid, Float, Section, field
+from kpfast.schema import FieldInvalid, Float, Section, field, not_empty
 from pydantic import field_validator, model_validator
 
-__all__ = ["DataConfig", "SEED_MAX", "MAX_WORKERS"]
+__all__ = ["DataConfig", "LoaderConfig", "SEED_MAX", "MAX_WORKERS"]
 
 SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 # Machine-independent bound; per machine, the trainer's start-up check also bounds workers by
@@ -48,11 +49,8 @@ class DataConfig(Section):
     @classmethod
     def _registered(cls, value: str) -> str:
         from kpfast.data.registry import DATASETS
-        from kpfast.schema import suggest_choice
 
-        if value not in DATASETS:
-            raise ValueError(f"expected one of {sorted(DATASETS)}, got {value!r}{suggest_choice(value, DATASETS)}")
-        return value
+        return DATASETS.check(value)
 
     @field_validator("input_size")
     @classmethod
@@ -64,9 +62,7 @@ class DataConfig(Section):
     @field_validator("root", "detections", "train_split", "val_split")
     @classmethod
     def _not_empty(cls, value):
-        if value is not None and not str(value).strip():
-            raise ValueError("must not be empty")
-        return value
+        return not_empty(value)
 
     @field_validator("train_split", "val_split")
     @classmethod
@@ -91,3 +87,16 @@ class DataConfig(Section):
         if not self.use_gt_boxes and self.detections is None:
             raise FieldInvalid("detections", "required when data.use_gt_boxes is false")
         return self
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How one DataLoader batches a dataset (kpfast.data.build_loader): set by the caller per use
+    (training and evaluation batch differently), not read from YAML."""
+
+    batch_size: int
+    num_workers: int = 2
+    pin_memory: bool = False
+    # The trainer builds one loader per epoch so that a resumed run can start mid-epoch.
+    persistent_workers: bool = False
+    prefetch_factor: int = 2

@@ -10,24 +10,14 @@ without loading OpenCV.
 
 from __future__ import annotations
 
-from typing import Callable
+from kpfast.schema import Registry
 
 __all__ = ["DATASETS", "register_dataset", "create_dataset"]
 
-DATASETS: dict[str, Callable] = {}
-
-
-def register_dataset(name: str):
-    """Decorator adding ``factory(config, split, *, train, convention, seed)`` to
-    :data:`DATASETS` under ``name``."""
-
-    def register(factory):
-        if name in DATASETS:
-            raise ValueError(f"register_dataset: {name!r} is already registered ({DATASETS[name].__qualname__})")
-        DATASETS[name] = factory
-        return factory
-
-    return register
+# name -> factory(config, split, *, train, convention, seed) -> dataset
+DATASETS = Registry("dataset")
+# Decorator: @register_dataset("name") adds a factory to DATASETS.
+register_dataset = DATASETS.register
 
 
 def create_dataset(config, split: str, *, train: bool, convention: str = "udp", seed: int = 0):

@@ -29,6 +29,7 @@ from kpfast.schema import (
     Float,
     Section,
     field,
+    not_empty,
     resume_keys,
     show,
     suggest_choice,
@@ -90,9 +91,7 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
+        return not_empty(value)
 
 
 class LossConfig(Section):
@@ -161,9 +160,7 @@ class TrainConfig(Section):
     @field_validator("output_dir")
     @classmethod
     def _not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
+        return not_empty(value)
 
     @field_validator("run_name")
     @classmethod

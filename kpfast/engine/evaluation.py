@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from kpfast.engine.builders import load_coco_gt
+from kpfast.data.coco import load_coco_gt
 
 __all__ = [
     "COCO_STAT_NAMES",
@@ -193,12 +193,13 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
     """
     import torch
 
-    from kpfast.data import build_dataloader
+    from kpfast.data import LoaderConfig, build_loader
     from kpfast.engine import builders
     from kpfast.engine.inference import decode, logit_activation, predict_heatmaps
 
-    loader = build_dataloader(builders.loader_section(config, config.eval.batch_size, device), "val",
-                              dataset=dataset, sampler=_rank_indices(len(dataset), rank, world_size), train=False)
+    loader = build_loader(dataset, LoaderConfig(batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
+                                                pin_memory=device.type == "cuda"),
+                          sampler=_rank_indices(len(dataset), rank, world_size), train=False)
     was_training = model.training
     model.eval()
     activation = logit_activation(config.loss.kind)

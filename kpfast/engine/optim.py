@@ -9,12 +9,12 @@ resumed run reproduces the exact learning rate of an uninterrupted one.
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from pydantic import field_validator
 
-from kpfast.schema import Float, Section, field, show, suggest_choice
+from kpfast.schema import Float, Registry, Section, field, show
 
 __all__ = ["OptimConfig", "ScheduleConfig", "SCHEDULES", "build_optimizer", "build_scheduler", "lr_factor",
            "parameter_groups", "register_schedule"]
@@ -60,9 +60,7 @@ class ScheduleConfig(Section):
     @field_validator("name")
     @classmethod
     def _registered(cls, value: str) -> str:
-        if value not in SCHEDULES:
-            raise ValueError(f"expected one of {sorted(SCHEDULES)}, got {value!r}{suggest_choice(value, SCHEDULES)}")
-        return value
+        return SCHEDULES.check(value)
 
     @field_validator("milestones")
     @classmethod
@@ -125,21 +123,14 @@ def _cosine(progress: float, min_factor: float) -> float:
 
 # name -> f(epoch, total_epochs, cfg) -> the main schedule's factor at a fractional epoch
 # (warm-up is applied on top by lr_factor). schedule.name in a config is validated against it.
-SCHEDULES: dict[str, Callable[[float, int, ScheduleConfig], float]] = {}
+SCHEDULES = Registry("schedule")
 
 
 def register_schedule(name: str):
     """Decorator adding ``f(epoch, total_epochs, cfg) -> factor`` to :data:`SCHEDULES` under
     ``name`` (docs/training.md, "Learning-rate schedules"). ``epoch`` is fractional and counts
     from the start of training; ``cfg.warmup_epochs`` tells where warm-up ends."""
-
-    def register(function):
-        if name in SCHEDULES:
-            raise ValueError(f"register_schedule: {name!r} is already registered ({SCHEDULES[name].__qualname__})")
-        SCHEDULES[name] = function
-        return function
-
-    return register
+    return SCHEDULES.register(name)
 
 
 def _cycle_length(total_epochs: int, cfg: ScheduleConfig) -> float:
