@@ -64,7 +64,7 @@ def measure(checkpoint: Path, root: Path) -> list[tuple[str, str, dict]]:
                                                                "data.num_workers=0", f"eval.protocol={protocol}",
                                                                *box_overrides]))
             model = builders.model_from_checkpoint(state, config).eval()
-            data = builders.build_data(config, train=False)
+            data = _data(config)
             metrics = evaluate_model(model, data.val, config, torch.device("cpu"), dataset_info=data.info,
                                      coco_gt=load_coco_gt(data.val.ann_file))
             rows.append((boxes, protocol, metrics))
@@ -89,5 +89,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _data(config):
+    """The evaluation split of ``config``, with its protocol's ground-truth box clip."""
+    from kpfast.data import build_data
+
+    return build_data(config.data, num_keypoints=config.model.num_keypoints, convention=builders.convention(config),
+                      seed=config.train.seed, train=False, protocol=config.eval.protocol)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

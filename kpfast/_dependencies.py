@@ -15,7 +15,8 @@ import sys
 
 # import name -> distribution name (pyproject's dependencies beyond torch and numpy)
 TRAINER = {"cv2": "opencv-python-headless", "yaml": "PyYAML", "albumentations": "albumentations",
-           "pycocotools": "pycocotools", "tqdm": "tqdm", "tensorboard": "tensorboard", "matplotlib": "matplotlib"}
+           "pycocotools": "pycocotools", "tqdm": "tqdm", "tensorboard": "tensorboard", "matplotlib": "matplotlib",
+           "pydantic": "pydantic"}
 
 
 class MissingDependencyError(ImportError):

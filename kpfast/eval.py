@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
+    from kpfast.data import build_data
     from kpfast.engine import builders
     from kpfast.engine.evaluation import Evaluator
     from kpfast.outputs import OutputGuard, atomic_write_bytes
@@ -55,7 +56,8 @@ def main(argv=None) -> int:
     device = select_device(config.train.device)
     configure_cpu_threads(config, device)
     model = loaded.model.to(device).eval()
-    data = builders.build_data(config, train=False)
+    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=builders.convention(config),
+                      seed=config.train.seed, train=False, protocol=config.eval.protocol)
     guard.protect(data.val.ann_file, "the annotation file")
     guard.protect_folder(data.val.image_dir, "the image folder")
     _check_outputs(guard, args)

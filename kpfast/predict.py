@@ -143,11 +143,10 @@ def load_boxes(path: str | None, images: list[Path]) -> dict[int, list[tuple[lis
 def keypoint_info(loaded):
     """Keypoint names, flip pairs and skeleton of the loaded network: a kpfast checkpoint's
     stored ones, else COCO's (the keypoints of the published weights)."""
-    from kpfast.engine import builders
+    from kpfast.data.info import DatasetInfo
 
     if loaded.dataset_info is not None:
-        return builders.info_from_dict(loaded.dataset_info)
-    from kpfast.data.info import DatasetInfo
+        return DatasetInfo.from_dict(loaded.dataset_info)
 
     coco = DatasetInfo.coco()
     if loaded.config.model.num_keypoints != coco.num_keypoints:

@@ -145,6 +145,14 @@ def _release_freed_memory() -> None:
     trim(0)
 
 
+def load_coco_gt(annotation_file):
+    """pycocotools' COCO index of an annotation file (its loading chatter silenced)."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
+        return COCO(str(annotation_file))
+
+
 def resolve_coco_paths(root: str | Path | None, split: str, ann_file=None, image_dir=None):
     """Find the annotation file and image directory of ``split`` under ``root``.
 
@@ -302,10 +310,7 @@ class CocoKeypointDataset(Dataset):
         Kept for callers that want the ground truth as pycocotools sees it; the dataset itself
         never holds one, so DataLoader workers do not inherit it.
         """
-        from pycocotools.coco import COCO
-
-        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
-            return COCO(str(self.annotation_file))
+        return load_coco_gt(self.annotation_file)
 
     def _image_table(self, data: Mapping[str, Any]) -> dict[int, tuple[str, float, float]]:
         """image id -> (file name, annotated width, height; 0 when not given)."""

@@ -92,6 +92,22 @@ class DatasetInfo:
             index[a], index[b] = b, a
         return index
 
+    def to_dict(self) -> dict:
+        """The metadata a checkpoint stores (names, flip pairs, skeleton, sigmas), so that
+        prediction needs no dataset: :meth:`from_dict` reads it back."""
+        return {
+            "keypoint_names": list(self.keypoint_names),
+            "flip_pairs": [list(p) for p in self.flip_pairs],
+            "skeleton": [list(p) for p in self.skeleton],
+            "sigmas": None if self.sigmas is None else [float(s) for s in self.sigmas],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DatasetInfo":
+        """The inverse of :meth:`to_dict` (validated as config overrides are)."""
+        return cls.from_category({"keypoints": list(data["keypoint_names"])},
+                                 {key: data[key] for key in ("flip_pairs", "skeleton", "sigmas")})
+
     @classmethod
     def coco(cls) -> "DatasetInfo":
         """The 17-keypoint COCO person category with the standard OKS sigmas."""

@@ -1,4 +1,5 @@
-"""Batching and the config-dict builders the trainer uses.
+"""Batching: :func:`build_loader` over a dataset with a typed :class:`LoaderConfig` (what the
+trainer uses), and the config-dict builders for standalone use of kpfast.data.
 
 Config (all keys optional)::
 
@@ -35,8 +36,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from .coco import CocoKeypointDataset
+from .config import LoaderConfig
 
-__all__ = ["collate_samples", "build_dataset", "build_dataloader"]
+__all__ = ["collate_samples", "build_dataset", "build_dataloader", "build_loader"]
 
 _DATASET_KEYS = {"ann_file", "image_dir", "input_size", "heatmap_size", "heatmap_stride",
                  "convention", "padding", "dataset_info", "max_bad_fraction", "seed",
@@ -131,25 +133,33 @@ def _worker_init(_worker_id: int) -> None:
 def build_dataloader(config: Mapping[str, Any], split: str = "train", *,
                      dataset: CocoKeypointDataset | None = None, sampler=None,
                      train: bool | None = None) -> DataLoader:
-    """A DataLoader over :func:`build_dataset` batching with :func:`collate_samples`.
+    """A DataLoader over :func:`build_dataset` (the dict form of the config above); see
+    :func:`build_loader`."""
+    cfg = _data_section(config)
+    train = (split == "train") if train is None else bool(train)
+    dataset = dataset if dataset is not None else build_dataset(config, split, train)
+    batch_size = int(cfg.get("batch_size", 32) if train else cfg.get("val_batch_size", cfg.get("batch_size", 32)))
+    loader = LoaderConfig(batch_size=batch_size, num_workers=int(cfg.get("num_workers", 2)),
+                          pin_memory=bool(cfg.get("pin_memory", torch.cuda.is_available())),
+                          persistent_workers=bool(cfg.get("persistent_workers", True)),
+                          prefetch_factor=int(cfg.get("prefetch_factor", 2)))
+    return build_loader(dataset, loader, sampler=sampler, train=train)
+
+
+def build_loader(dataset, loader: LoaderConfig, *, sampler=None, train: bool) -> DataLoader:
+    """A DataLoader batching ``dataset`` with :func:`collate_samples`.
 
     Training loaders shuffle (unless a ``sampler``, e.g. a DistributedSampler, is given) and
     drop the last partial batch; evaluation loaders keep order and every sample. Call
     ``loader.dataset.set_epoch(e)`` before each epoch and ``loader.dataset.epoch_counts()`` after
     it to read (and log) the decode failures of all workers.
     """
-    cfg = _data_section(config)
-    train = (split == "train") if train is None else bool(train)
-    dataset = dataset if dataset is not None else build_dataset(config, split, train)
-    batch_size = int(cfg.get("batch_size", 32) if train else cfg.get("val_batch_size", cfg.get("batch_size", 32)))
-    num_workers = int(cfg.get("num_workers", 2))
     extra = {}
-    if num_workers > 0:
-        extra["persistent_workers"] = bool(cfg.get("persistent_workers", True))
-        extra["prefetch_factor"] = int(cfg.get("prefetch_factor", 2))
+    if loader.num_workers > 0:
+        extra["persistent_workers"] = loader.persistent_workers
+        extra["prefetch_factor"] = loader.prefetch_factor
         extra["worker_init_fn"] = _worker_init
-        prepare_fork_for_workers(num_workers)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
-                      sampler=sampler, num_workers=num_workers, collate_fn=collate_samples,
-                      drop_last=train, pin_memory=bool(cfg.get("pin_memory", torch.cuda.is_available())),
-                      **extra)
+        prepare_fork_for_workers(loader.num_workers)
+    return DataLoader(dataset, batch_size=loader.batch_size, shuffle=train and sampler is None,
+                      sampler=sampler, num_workers=loader.num_workers, collate_fn=collate_samples,
+                      drop_last=train, pin_memory=loader.pin_memory, **extra)

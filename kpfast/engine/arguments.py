@@ -17,13 +17,14 @@ from kpfast.cli import DEBUG_ENV
 from kpfast.engine.config import (
     Config,
     ConfigError,
-    _build,
     _read_yaml,
     apply_overrides,
     config_from_dict,
+    config_to_dict,
     list_configs,
     load_config,
     resolve_config_path,
+    validate_schema,
 )
 
 # flag dest -> (dotted config key, type, help)
@@ -42,9 +43,7 @@ COMMON_FLAGS = {
 
 def _default_config_values() -> dict:
     """The shipped default config as plain values (types and ranges checked; nothing built)."""
-    import dataclasses
-
-    return dataclasses.asdict(_build(Config, _read_yaml(resolve_config_path("default")), ""))
+    return config_to_dict(validate_schema(_read_yaml(resolve_config_path("default"))))
 
 
 def _lookup(values: dict, dotted: str):

@@ -6,26 +6,18 @@ through this module, so the engine itself never depends on their internals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import torch
 
 from kpfast.engine.config import Config, ModelConfig
 
 __all__ = [
-    "DataBundle",
     "build_model",
     "model_from_checkpoint",
     "convention",
-    "data_section",
-    "loader_section",
-    "build_data",
     "collate",
     "meta_list",
     "denormalize",
-    "info_from_dict",
 ]
 
 
@@ -91,72 +83,6 @@ def convention(config: Config) -> str:
     return "standard" if config.loss.encoding == "msra" else "udp"
 
 
-def data_section(config: Config, train: bool) -> dict:
-    """The ``data`` dict understood by ``kpfast.data.build_dataset``."""
-    d = config.data
-    section: dict[str, Any] = {
-        "root": d.root,
-        "train_split": d.train_split,
-        "val_split": d.val_split,
-        "input_size": list(d.input_size),
-        "convention": convention(config),
-        "augmentation": d.augmentation if train else "none",
-        "detections": None if d.use_gt_boxes else d.detections,
-        "det_score_threshold": d.det_score_threshold,
-        "seed": config.train.seed,
-        "protocol": "kpfast" if train else config.eval.protocol,  # the evaluation's ground-truth box clip
-    }
-    if d.dataset == "synthetic":
-        from kpfast.data import ensure_synthetic_dataset
-
-        section["root"] = str(
-            ensure_synthetic_dataset(
-                root=d.root, num_train=d.synthetic_num_train, num_val=d.synthetic_num_val, seed=d.synthetic_seed
-            )
-        )
-    elif d.root is None:
-        raise ValueError("data.root: required for dataset 'coco' (pass --data_root)")
-    section.update(d.dataset_options)
-    return section
-
-
-def loader_section(config: Config, batch_size: int, device: torch.device) -> dict:
-    """The ``data`` dict for ``kpfast.data.build_dataloader`` over an existing dataset.
-
-    The keys are kpfast.data's own (``num_workers`` is ``data.num_workers`` of the config, the
-    same name on both sides). Workers are not persistent: the trainer builds one loader per
-    epoch so that a resumed run can start mid-epoch.
-    """
-    return {"data": {"batch_size": int(batch_size), "num_workers": config.data.num_workers,
-                     "persistent_workers": False, "pin_memory": device.type == "cuda"}}
-
-
-@dataclass
-class DataBundle:
-    train: Any  # torch Dataset, or None when only evaluating
-    val: Any
-    info: Any  # kpfast.data.DatasetInfo
-
-
-def build_data(config: Config, train: bool = True) -> DataBundle:
-    from kpfast.data import build_dataset
-
-    train_set = build_dataset({"data": data_section(config, True)}, "train", train=True) if train else None
-    val_set = build_dataset({"data": data_section(config, False)}, "val", train=False)
-    info = val_set.info
-    if info.sigmas is None:
-        raise ValueError(
-            "data.dataset_options.dataset_info.sigmas: the dataset's keypoints have no known OKS sigmas; "
-            "give them in the config for COCO evaluation"
-        )
-    if info.num_keypoints != config.model.num_keypoints:
-        raise ValueError(
-            f"model.num_keypoints: the dataset has {info.num_keypoints} keypoints, the config says "
-            f"{config.model.num_keypoints}"
-        )
-    return DataBundle(train=train_set, val=val_set, info=info)
-
-
 def collate(samples):
     from kpfast.data import collate_samples
 
@@ -182,25 +108,3 @@ def denormalize(images: torch.Tensor) -> list[np.ndarray]:
     from kpfast.data.transforms import denormalize_image
 
     return [np.ascontiguousarray(denormalize_image(img.float().cpu().numpy())[:, :, ::-1]) for img in images]
-
-
-def info_from_dict(data: dict):
-    """A DatasetInfo-like object from the dict stored in checkpoints (prediction without data)."""
-
-    @dataclass(frozen=True)
-    class StoredInfo:
-        keypoint_names: tuple
-        flip_pairs: tuple
-        skeleton: tuple
-        sigmas: np.ndarray
-
-        @property
-        def num_keypoints(self) -> int:
-            return len(self.keypoint_names)
-
-    return StoredInfo(
-        keypoint_names=tuple(data["keypoint_names"]),
-        flip_pairs=tuple(tuple(p) for p in data["flip_pairs"]),
-        skeleton=tuple(tuple(p) for p in data["skeleton"]),
-        sigmas=np.asarray(data["sigmas"], dtype=np.float64),
-    )

@@ -286,29 +286,18 @@ def _flatten(config: dict) -> dict:
     return out
 
 
-# Config keys whose change makes the stored model/optimizer/scheduler states unloadable or
-# changes what they mean; everything else (epochs, paths, eval settings, ...) may differ.
-RESUME_KEYS = (
-    "model.name", "model.num_keypoints", "model.visibility_head", "model.overrides",
-    "optim.name", "optim.betas",
-    "schedule.name",
-    "train.ema", "train.precision",
-    "data.input_size",
-)
-
-
-def check_resume_compatible(stored_config: dict, config: dict | Any) -> None:
-    """Raise :class:`CheckpointError` naming every key in :data:`RESUME_KEYS` whose value differs
-    between the checkpoint's stored config and the requested one (both plain mappings or
-    dataclasses), before any state is loaded."""
-    if dataclasses.is_dataclass(config):
-        config = dataclasses.asdict(config)
-    if dataclasses.is_dataclass(stored_config):
-        stored_config = dataclasses.asdict(stored_config)
-    stored, wanted = _flatten(stored_config), _flatten(config)
+def check_resume_compatible(stored_config: dict | Any, config: Any) -> None:
+    """Raise :class:`CheckpointError` naming every key marked ``MUST_MATCH`` in the config schema
+    (``Config.resume_keys()``, kpfast/engine/config.py) whose value differs between the
+    checkpoint's stored config (a plain mapping or a Config) and the requested Config, before any
+    state is loaded."""
+    keys = type(config).resume_keys()
+    if not isinstance(stored_config, dict):
+        stored_config = stored_config.model_dump()
+    stored, wanted = _flatten(stored_config), _flatten(config.model_dump())
     missing = object()
     differing = []
-    for key in RESUME_KEYS:
+    for key in keys:
         old, new = stored.get(key, missing), wanted.get(key, missing)
         if old is missing or new is missing:
             continue

@@ -1,8 +1,10 @@
-"""Typed training configuration: dataclass schema, YAML loading, validation and overrides.
+"""Typed training configuration: pydantic schema, YAML loading, validation and overrides.
 
-A config is a YAML mapping whose sections mirror the dataclasses below. Loading checks every
-key and value against the schema; an unknown key, a wrong type or an out-of-range value raises
-:class:`ConfigError` naming the full dotted key and, for unknown keys, the nearest valid one.
+A config is a YAML mapping whose sections mirror the models below (the ``data`` section is
+kpfast.data's own, kpfast/data/config.py). Loading checks every key and value against the schema;
+an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`, one line naming
+the full dotted key, the expected and the actual value and, for unknown keys, the nearest valid
+one (kpfast/schema.py turns pydantic's errors into that line; docs/engine.md, "Configuration").
 Command-line overrides are dotted assignments (``train.epochs=5``) whose right-hand side is
 parsed as YAML, so ``model.overrides={width: 16}`` or ``optim.betas=[0.9, 0.99]`` work.
 """
@@ -10,17 +12,30 @@ parsed as YAML, so ``model.overrides={width: 16}`` or ``optim.betas=[0.9, 0.99]`
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import re
-import reprlib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kpfast.data.config import SEED_MAX, DataConfig
+from kpfast.engine.optim import OptimConfig, ScheduleConfig
+from kpfast.schema import (
+    MUST_MATCH,
+    ConfigError,
+    FieldInvalid,
+    Float,
+    Section,
+    field,
+    not_empty,
+    resume_keys,
+    show,
+    suggest_choice,
+    suggest_key,
+    validate_section,
+)
 
 from kpfast.vocabulary import DECODE_METHODS, ENCODINGS, LOSS_KINDS
 
@@ -34,9 +49,12 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "EvalConfig",
+    "MUST_MATCH",
+    "RESUME_KEYS",
     "load_config",
     "config_from_dict",
     "config_to_dict",
+    "validate_schema",
     "apply_overrides",
     "parse_override",
     "save_config",
@@ -53,193 +71,175 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # decode_heatmaps' limit on the DARK/UDP blur kernel (kpfast.ops.decode.MAX_BLUR_KERNEL); kept
 # here as a literal so that loading a config does not import the ops.
 MAX_BLUR_KERNEL = 31
-SEED_MAX = 2**32 - 1  # numpy.random.seed's range
 # Values that size memory or processes are bounded here, machine-independently; per machine,
 # kpfast.engine.arguments.check_environment also bounds workers and threads by the CPU count.
 MAX_KEYPOINTS = 1024
-MAX_WORKERS = 256
 MAX_CPU_THREADS = 1024
 MAX_BATCH_SIZE = 65536
 
 
-class ConfigError(ValueError):
-    """A config key is unknown, has the wrong type, or is out of range."""
-
-
-def _range(minimum=None, maximum=None, *, min_exclusive=False):
-    """Field metadata describing the allowed numeric range."""
-    return {"min": minimum, "max": maximum, "min_exclusive": min_exclusive}
-
-
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Which network to build (``kpfast.models.build_model``) and how to run it."""
 
-    name: str = "litehrnet_18"
-    num_keypoints: int = field(default=17, metadata=_range(1, MAX_KEYPOINTS))
-    visibility_head: bool = False
+    name: str = field("litehrnet_18", resume=True)
+    num_keypoints: int = field(17, ge=1, le=MAX_KEYPOINTS, resume=True)
+    visibility_head: bool = field(False, resume=True)
     # Extra keyword arguments for build_model (e.g. narrower widths for a CPU-sized model).
-    overrides: dict = field(default_factory=dict)
+    overrides: dict = field({}, resume=True)
     gradient_checkpointing: bool = False
     channels_last: bool = False
     compile: bool = False
 
-
-@dataclass
-class DataConfig:
-    """Where the data comes from and how samples are prepared."""
-
-    dataset: Literal["synthetic", "coco"] = "synthetic"
-    # COCO layout root (annotations/person_keypoints_{split}.json, images/{split}/).
-    # For "synthetic", None means the package's cache directory.
-    root: Optional[str] = None
-    train_split: str = "train2017"
-    val_split: str = "val2017"
-    input_size: list = field(default_factory=lambda: [256, 192])  # (H, W) of the crop
-    # Synthetic dataset generation (only used when dataset == "synthetic").
-    synthetic_num_train: int = field(default=512, metadata=_range(1))
-    synthetic_num_val: int = field(default=64, metadata=_range(1))
-    synthetic_seed: int = field(default=0, metadata=_range(0, SEED_MAX))
-    # Validation boxes: ground truth, or a detector's COCO-results JSON.
-    use_gt_boxes: bool = True
-    detections: Optional[str] = None
-    det_score_threshold: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    # Passed unchanged to kpfast.data's augmentation builder (validated there):
-    # "default", "none", or a mapping merged over kpfast.data.DEFAULT_AUGMENTATION.
-    augmentation: Union[dict, str] = "default"
-    # Extra keyword arguments for the dataset constructor (validated there).
-    dataset_options: dict = field(default_factory=dict)
-    # DataLoader worker processes (the key kpfast.data.build_dataloader reads).
-    num_workers: int = field(default=2, metadata=_range(0, MAX_WORKERS))
+    @field_validator("name")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        return not_empty(value)
 
 
-@dataclass
-class LossConfig:
+class LossConfig(Section):
     """Heatmap loss (``kpfast.ops.heatmap_loss``) plus the optional auxiliary terms."""
 
     kind: Literal[LOSS_KINDS] = "focal"  # kpfast/vocabulary.py
     encoding: Literal[ENCODINGS] = "udp"
-    sigma: float = field(default=2.0, metadata=_range(0.0, min_exclusive=True))
+    sigma: Float = field(2.0, gt=0.0)
     # Scale sigma with the heatmap size relative to 64x48 (kpfast.ops.adaptive_sigma).
     adaptive_sigma: bool = False
     # None: the kind's default (0.25 for focal, 2 for cornernet).
-    alpha: Optional[float] = field(default=None, metadata=_range(0.0))
-    gamma: float = field(default=2.0, metadata=_range(0.0))  # focal
-    beta: float = field(default=4.0, metadata=_range(0.0))  # cornernet
-    keypoint_weight: float = field(default=15.0, metadata=_range(0.0))
-    background_weight: float = field(default=1.0, metadata=_range(0.0))
-    threshold: float = field(default=0.1, metadata=_range(0.0, 1.0))
-    l1_weight: Optional[float] = field(default=None, metadata=_range(0.0))
+    alpha: Optional[Float] = field(None, ge=0.0)
+    gamma: Float = field(2.0, ge=0.0)  # focal
+    beta: Float = field(4.0, ge=0.0)  # cornernet
+    keypoint_weight: Float = field(15.0, ge=0.0)
+    background_weight: Float = field(1.0, ge=0.0)
+    threshold: Float = field(0.1, ge=0.0, le=1.0)
+    l1_weight: Optional[Float] = field(None, ge=0.0)
     # Online hard keypoint mining: average only the top-k per-keypoint losses of each sample.
-    ohkm_topk: Optional[int] = field(default=None, metadata=_range(1))
+    ohkm_topk: Optional[int] = field(None, ge=1)
     # Weights of the total loss terms.
-    heatmap_weight: float = field(default=1.0, metadata=_range(0.0))
-    visibility_weight: float = field(default=0.0, metadata=_range(0.0))
-    coordinate_weight: float = field(default=0.0, metadata=_range(0.0))
+    heatmap_weight: Float = field(1.0, ge=0.0)
+    visibility_weight: Float = field(0.0, ge=0.0)
+    coordinate_weight: Float = field(0.0, ge=0.0)
     # Inverse temperature of the soft-argmax used by the coordinate loss.
-    soft_argmax_beta: float = field(default=20.0, metadata=_range(0.0, min_exclusive=True))
+    soft_argmax_beta: Float = field(20.0, gt=0.0)
 
 
-@dataclass
-class OptimConfig:
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = field(default=1e-3, metadata=_range(0.0, min_exclusive=True))
-    weight_decay: float = field(default=1e-4, metadata=_range(0.0))
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
-    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
-    # Max global gradient norm; None disables clipping.
-    grad_clip: Optional[float] = field(default=None, metadata=_range(0.0, min_exclusive=True))
+_DEVICE_FORMS = "auto, cpu, cuda or cuda:N (N >= 0)"
 
 
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule, evaluated per optimizer step (epochs may be fractional)."""
-
-    name: Literal["constant", "cosine", "cosine_restarts", "step", "multistep"] = "cosine"
-    warmup_epochs: float = field(default=0.0, metadata=_range(0.0))
-    warmup_start_factor: float = field(default=0.001, metadata=_range(0.0, 1.0))
-    # cosine / cosine_restarts: first cycle length (epochs, after warm-up) and growth factor.
-    cycle_epochs: Optional[float] = field(default=None, metadata=_range(0.0, min_exclusive=True))
-    cycle_mult: float = field(default=2.0, metadata=_range(1.0))
-    min_lr_factor: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    # step / multistep
-    step_epochs: int = field(default=30, metadata=_range(1))
-    milestones: list = field(default_factory=lambda: [170, 200])
-    gamma: float = field(default=0.1, metadata=_range(0.0, min_exclusive=True))
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = field(default=10, metadata=_range(1))
-    batch_size: int = field(default=32, metadata=_range(1, MAX_BATCH_SIZE))  # per process
-    seed: int = field(default=0, metadata=_range(0, SEED_MAX))
+class TrainConfig(Section):
+    epochs: int = field(10, ge=1)
+    batch_size: int = field(32, ge=1, le=MAX_BATCH_SIZE)  # per process
+    seed: int = field(0, ge=0, le=SEED_MAX)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ops_backend: Literal["auto", "torch", "cpu", "cuda", "triton"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = field("fp32", resume=True)
     # Intra-op threads of each training process on CPU. None: the cores available to this
     # process divided among local processes, minus the data workers (at least 1), because
     # oversubscribed OpenMP threads slow a busy CPU down by an order of magnitude.
-    cpu_threads: Optional[int] = field(default=None, metadata=_range(1, MAX_CPU_THREADS))
-    ema: bool = False
-    ema_decay: float = field(default=0.9998, metadata=_range(0.0, 1.0))
-    eval_interval: int = field(default=1, metadata=_range(1))  # epochs
+    cpu_threads: Optional[int] = field(None, ge=1, le=MAX_CPU_THREADS)
+    ema: bool = field(False, resume=True)
+    ema_decay: Float = field(0.9998, ge=0.0, le=1.0)
+    eval_interval: int = field(1, ge=1)  # epochs
     # Stop after this many evaluations without a val-AP improvement; 0 disables.
-    early_stopping_patience: int = field(default=0, metadata=_range(0))
-    early_stopping_min_delta: float = field(default=0.0, metadata=_range(0.0))
-    top_k: int = field(default=3, metadata=_range(0))
-    max_consecutive_nonfinite: int = field(default=5, metadata=_range(1))
-    log_interval: int = field(default=20, metadata=_range(1))  # steps between plain log lines
+    early_stopping_patience: int = field(0, ge=0)
+    early_stopping_min_delta: Float = field(0.0, ge=0.0)
+    top_k: int = field(3, ge=0)
+    max_consecutive_nonfinite: int = field(5, ge=1)
+    log_interval: int = field(20, ge=1)  # steps between plain log lines
     # Stop (saving last.pt) after this many optimizer steps in this process; None = no limit.
-    max_steps: Optional[int] = field(default=None, metadata=_range(1))
+    max_steps: Optional[int] = field(None, ge=1)
     output_dir: str = "runs"
     run_name: Optional[str] = None
     deterministic: bool = False
-    visualize_samples: int = field(default=8, metadata=_range(0))
+    visualize_samples: int = field(8, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"expected {_DEVICE_FORMS}, got {show(value)}")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        return not_empty(value)
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, value):
+        if value is not None:
+            from kpfast.engine.rundir import check_run_name
+
+            check_run_name(value)  # its ValueError names what is wrong
+        return value
 
 
-@dataclass
-class EvalConfig:
-    batch_size: int = field(default=64, metadata=_range(1, MAX_BATCH_SIZE))
+class EvalConfig(Section):
+    batch_size: int = field(64, ge=1, le=MAX_BATCH_SIZE)
     flip_test: bool = True
     decoder: Literal[DECODE_METHODS] = "dark"  # kpfast/vocabulary.py
-    # Odd, 1..31 (what decode_heatmaps accepts); checked in _check_section.
-    blur_kernel: int = field(default=11, metadata=_range(1, MAX_BLUR_KERNEL))
+    # Odd, 1..31 (what decode_heatmaps accepts).
+    blur_kernel: int = field(11, ge=1, le=MAX_BLUR_KERNEL)
     # Keypoints scoring above this count towards the instance's rescored confidence.
-    keypoint_score_threshold: float = field(default=0.2, metadata=_range(0.0, 1.0))
+    keypoint_score_threshold: Float = field(0.2, ge=0.0, le=1.0)
     # OKS-NMS between instances of one image (detector boxes); None disables.
-    oks_nms_threshold: Optional[float] = field(default=0.9, metadata=_range(0.0, 1.0))
-    pck_threshold: float = field(default=0.2, metadata=_range(0.0, min_exclusive=True))
+    oks_nms_threshold: Optional[Float] = field(0.9, ge=0.0, le=1.0)
+    pck_threshold: Float = field(0.2, gt=0.0)
     # Whose rules decide NMS, its OKS area and the ground-truth box clip: kpfast's or MMPose 1.3.2's
     # (docs/pretrained.md, "Evaluation protocols").
     protocol: Literal["kpfast", "mmpose"] = "kpfast"
 
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    @field_validator("blur_kernel")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 != 1:
+            raise ValueError(f"must be odd (the DARK/UDP blur kernel is centred), got {value}; e.g. use {value + 1}")
+        return value
 
 
-# --------------------------------------------------------------------------- validation
+class Config(BaseModel):
+    """The whole training config: one section per package that owns it."""
 
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping(cls, data):
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping, got {type(data).__name__} {show(data)}")
+        return data
+
+    @classmethod
+    def resume_keys(cls) -> tuple[str, ...]:
+        """The keys a resumed run must keep (the fields marked MUST_MATCH)."""
+        return resume_keys(cls)
+
+    @model_validator(mode="after")
+    def _ohkm_fits_keypoints(self):
+        topk, k = self.loss.ohkm_topk, self.model.num_keypoints
+        if topk is not None and topk > k:
+            raise FieldInvalid("loss.ohkm_topk", f"must be <= model.num_keypoints ({k}), got {topk}")
+        return self
+
+
+# Config keys whose change makes the stored model/optimizer/scheduler states unloadable or changes
+# what they mean, read from the schema's MUST_MATCH markers; everything else may differ on resume.
+RESUME_KEYS = resume_keys(Config)
 
 # A config is a few hundred values; these bound what a hostile file (an alias bomb, a deeply
 # nested value) can make loading, validation and error messages do (docs/files.md, "Limits").
 MAX_CONFIG_NODES = 100_000
 MAX_CONFIG_DEPTH = 64
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 120
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 8, 8
-
-
-def _show(value) -> str:
-    """``repr`` bounded in length and depth, for error messages about user values."""
-    return _REPR.repr(value)
 
 
 def check_config_size(data, where: str) -> None:
@@ -272,184 +272,6 @@ def _safe_load(text_or_stream, where: str):
     return data
 
 
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value, tp, key: str):
-    """Check ``value`` against the annotation ``tp``; return it (ints are accepted for floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {_show(value)} matches none of {tp}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
-            extra = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise ConfigError(f"{key}: expected one of {list(choices)}, got {_show(value)}{extra}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {_show(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {_show(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string; users mean the number
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {_show(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {_show(value)}")
-        return value
-    if tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {_show(value)}")
-        return list(value)
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {_show(value)}")
-        return copy.deepcopy(value)
-    raise ConfigError(f"{key}: unsupported schema type {_type_name(tp)}")
-
-
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _check_range(value, meta: dict, key: str) -> None:
-    if value is None or not meta:
-        return
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is not None:
-        if meta.get("min_exclusive") and not value > lo:
-            raise ConfigError(f"{key}: must be > {lo}, got {_show(value)}")
-        if not meta.get("min_exclusive") and not value >= lo:
-            raise ConfigError(f"{key}: must be >= {lo}, got {_show(value)}")
-    if hi is not None and not value <= hi:
-        raise ConfigError(f"{key}: must be <= {hi}, got {_show(value)}")
-
-
-def _build(cls, data: Any, prefix: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__} {_show(data)}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise ConfigError(f"unknown config key '{dotted}'{_suggest(str(key), list(fields))}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, dotted)
-            continue
-        coerced = _coerce(value, tp, dotted)
-        _check_range(coerced, dict(fields[key].metadata), dotted)
-        kwargs[key] = coerced
-    config = cls(**kwargs)
-    _check_section(config, prefix)
-    return config
-
-
-_DEVICE_FORMS = "auto, cpu, cuda or cuda:N (N >= 0)"
-
-
-def _check_device(value: str, key: str) -> None:
-    if value in ("auto", "cpu", "cuda"):
-        return
-    if value.startswith("cuda:") and value[5:].isdigit():
-        return
-    raise ConfigError(f"{key}: expected {_DEVICE_FORMS}, got {_show(value)}")
-
-
-def _check_nonempty(value, key: str) -> None:
-    if value is not None and not str(value).strip():
-        raise ConfigError(f"{key}: must not be empty")
-
-
-def _check_section(section, prefix: str) -> None:
-    """Cross-field and format checks that the per-field types and ranges cannot express."""
-    if isinstance(section, ModelConfig):
-        _check_nonempty(section.name, f"{prefix}.name")
-    if isinstance(section, DataConfig):
-        size = section.input_size
-        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-            raise ConfigError(f"{prefix}.input_size: expected [H, W] positive ints, got {_show(size)}")
-        if not section.use_gt_boxes and section.detections is None:
-            raise ConfigError(f"{prefix}.detections: required when {prefix}.use_gt_boxes is false")
-        for name in ("root", "detections", "train_split", "val_split"):
-            _check_nonempty(getattr(section, name), f"{prefix}.{name}")
-        for name in ("train_split", "val_split"):
-            if any(sep in getattr(section, name) for sep in ("/", "\\")) or getattr(section, name) in (".", ".."):
-                raise ConfigError(f"{prefix}.{name}: expected a split name such as 'val2017', got "
-                                  f"{getattr(section, name)!r}")
-        try:
-            from kpfast.data.augment import resolve_augmentation_config
-
-            resolve_augmentation_config(section.augmentation)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"{prefix}.augmentation: {exc}") from None
-    if isinstance(section, OptimConfig):
-        if len(section.betas) != 2 or not all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in section.betas
-        ):
-            raise ConfigError(f"{prefix}.betas: expected two floats in [0, 1), got {_show(section.betas)}")
-    if isinstance(section, ScheduleConfig):
-        ms = section.milestones
-        if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in ms) or list(ms) != sorted(
-            ms
-        ):
-            raise ConfigError(f"{prefix}.milestones: expected increasing positive numbers, got {_show(ms)}")
-    if isinstance(section, TrainConfig):
-        _check_device(section.device, f"{prefix}.device")
-        _check_nonempty(section.output_dir, f"{prefix}.output_dir")
-        if section.run_name is not None:
-            from kpfast.engine.rundir import check_run_name
-
-            try:
-                check_run_name(section.run_name)
-            except ValueError as exc:
-                raise ConfigError(f"{prefix}.run_name: {exc}") from None
-    if isinstance(section, EvalConfig):
-        if section.blur_kernel % 2 != 1:
-            raise ConfigError(
-                f"{prefix}.blur_kernel: must be odd (the DARK/UDP blur kernel is centred), got "
-                f"{section.blur_kernel}; e.g. use {section.blur_kernel + 1}"
-            )
-
-
-def _check_config(config: Config) -> None:
-    """Checks across sections, run once the whole config is built."""
-    if config.loss.ohkm_topk is not None and config.loss.ohkm_topk > config.model.num_keypoints:
-        raise ConfigError(
-            f"loss.ohkm_topk: must be <= model.num_keypoints ({config.model.num_keypoints}), "
-            f"got {config.loss.ohkm_topk}"
-        )
-    _check_model(config)
-
-
 def _check_model(config: Config) -> None:
     """Build the network once (on the CPU: a few MB; the meta device is slower because its
     weight init goes through torch's Python references) so that a bad model name, option or
@@ -460,9 +282,8 @@ def _check_model(config: Config) -> None:
 
     m = config.model
     if m.name not in available_models():
-        hint = difflib.get_close_matches(m.name, available_models(), n=1, cutoff=0.5)
-        extra = f"; did you mean '{hint[0]}'?" if hint else ""
-        raise ConfigError(f"model.name: expected one of {available_models()}, got {m.name!r}{extra}")
+        raise ConfigError(f"model.name: expected one of {available_models()}, got {m.name!r}"
+                          f"{suggest_choice(m.name, available_models())}")
     unknown = sorted(set(m.overrides) - set(model_options()))
     if unknown:
         raise ConfigError(f"model.overrides: unknown option(s) {unknown}; valid options: {model_options()}")
@@ -471,7 +292,7 @@ def _check_model(config: Config) -> None:
             model = build_model(m.name, num_keypoints=m.num_keypoints, visibility_head=m.visibility_head,
                                 **copy.deepcopy(m.overrides))
     except (ValueError, TypeError, KeyError, IndexError, AssertionError, RuntimeError) as exc:
-        raise ConfigError(f"model.overrides: {_show(m.overrides)} does not build model {m.name!r}: {exc}") from None
+        raise ConfigError(f"model.overrides: {show(m.overrides)} does not build model {m.name!r}: {exc}") from None
     if hasattr(model, "check_input_size"):
         try:
             model.check_input_size(*config.data.input_size)
@@ -479,31 +300,37 @@ def _check_model(config: Config) -> None:
             raise ConfigError(f"data.input_size: {exc}") from None
 
 
+def validate_schema(data) -> Config:
+    """Types, ranges and per-key rules of a plain mapping (nothing is built): the config, or one
+    ConfigError line naming the key."""
+    check_config_size(data, "config")
+    return validate_section(Config, data)
+
+
 def config_from_dict(data: dict) -> Config:
     """Validate a plain mapping against the schema and return a :class:`Config`."""
-    check_config_size(data, "config")
-    config = _build(Config, data, "")
-    _check_config(config)
+    config = validate_schema(data)
+    _check_model(config)
     return config
 
 
 def config_to_dict(config) -> dict:
     """The config as plain YAML-serialisable containers."""
-    return dataclasses.asdict(config)
+    return config.model_dump()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"a.b=value"`` into (["a", "b"], yaml-parsed value)."""
     if "=" not in text:
-        raise ConfigError(f"override {_show(text)}: expected KEY=VALUE (e.g. train.epochs=5)")
+        raise ConfigError(f"override {show(text)}: expected KEY=VALUE (e.g. train.epochs=5)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override {_show(text)}: empty key")
+        raise ConfigError(f"override {show(text)}: empty key")
     try:
-        value = _safe_load(raw, f"override {_show(text)}") if raw.strip() else None
+        value = _safe_load(raw, f"override {show(text)}") if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {_show(text)}: value is not valid YAML ({' '.join(str(exc).split())})") from None
+        raise ConfigError(f"override {show(text)}: value is not valid YAML ({' '.join(str(exc).split())})") from None
     return key.split("."), value
 
 
@@ -517,17 +344,17 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     result = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
-        cls: Any = Config
+        model: Any = Config
         node = result
         for depth, part in enumerate(path):
             dotted = ".".join(path[: depth + 1])
             last = depth == len(path) - 1
-            if cls is not None:
-                names = {f.name: f for f in dataclasses.fields(cls)}
-                if part not in names:
-                    raise ConfigError(f"unknown config key '{dotted}'{_suggest(part, list(names))}")
-                tp = typing.get_type_hints(cls)[part]
-                cls = tp if dataclasses.is_dataclass(tp) else None
+            if model is not None:
+                fields = model.model_fields
+                if part not in fields:
+                    raise ConfigError(f"unknown config key '{dotted}'{suggest_key(part, list(fields))}")
+                nested = fields[part].annotation
+                model = nested if isinstance(nested, type) and issubclass(nested, BaseModel) else None
             if last:
                 node[part] = value
             else:
@@ -535,7 +362,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 if child is None:
                     child = node[part] = {}
                 if not isinstance(child, dict):
-                    raise ConfigError(f"override {_show(text)}: '{dotted}' is not a mapping")
+                    raise ConfigError(f"override {show(text)}: '{dotted}' is not a mapping")
                 node = child
     return result
 

@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from kpfast.data.coco import load_coco_gt
 from kpfast.evaluation.protocols import select_instances
 
 __all__ = [
@@ -32,17 +33,6 @@ __all__ = [
 ]
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-
-
-def load_coco_gt(annotation_file):
-    """pycocotools' COCO index of an annotation file (its loading chatter silenced).
-
-    The one way to the ground truth: the trainer's Evaluator and ``python -m kpfast.eval`` both
-    load it here, so both score against the same index."""
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(annotation_file))
 
 
 def instance_score(keypoint_scores: np.ndarray, box_score: float, threshold: float) -> float:
@@ -202,12 +192,13 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
     Each record: image_id, keypoints (K, 3 = x, y, score) in image pixels, box_score, area,
     bbox (x, y, w, h), gt_keypoints (K, 2) in image pixels and gt_weights (K,).
     """
-    from kpfast.data import build_dataloader
+    from kpfast.data import LoaderConfig, build_loader
     from kpfast.engine import builders
     from kpfast.inference import Predictor
 
-    loader = build_dataloader(builders.loader_section(config, config.eval.batch_size, device), "val",
-                              dataset=dataset, sampler=_rank_indices(len(dataset), rank, world_size), train=False)
+    loader = build_loader(dataset, LoaderConfig(batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
+                                                pin_memory=device.type == "cuda"),
+                          sampler=_rank_indices(len(dataset), rank, world_size), train=False)
     predictor = Predictor.from_config(config, model, device, dataset_info.flip_pairs)
     records: list[dict] = []
     for batch in loader:

@@ -1,6 +1,7 @@
-"""How the weights are updated after the gradients: the optimizer, its per-step learning-rate
-schedule, and the exponential moving average of the weights (:class:`ModelEMA`, updated after
-every optimizer step; kept beside the optimizers as torch.optim.swa_utils keeps AveragedModel).
+"""How the weights are updated after the gradients: the optimizer and its config sections, its
+per-step learning-rate schedule (a registry, docs/training.md "Learning-rate schedules"), and the
+exponential moving average of the weights (:class:`ModelEMA`, updated after every optimizer step;
+kept beside the optimizers as torch.optim.swa_utils keeps AveragedModel).
 
 The schedule is a pure function of the optimizer step (``lr_factor``) wrapped in
 ``torch.optim.lr_scheduler.LambdaLR``, so the scheduler state is just a step counter and a
@@ -11,13 +12,67 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Literal, Optional
 
 import torch
+from pydantic import field_validator
 
-from kpfast.engine.config import OptimConfig, ScheduleConfig
 from kpfast.engine.runtime import unwrap_model
+from kpfast.schema import Float, Registry, Section, field, show
 
-__all__ = ["ModelEMA", "build_optimizer", "build_scheduler", "lr_factor", "parameter_groups"]
+__all__ = ["ModelEMA", "OptimConfig", "ScheduleConfig", "SCHEDULES", "build_optimizer", "build_scheduler", "lr_factor",
+           "parameter_groups", "register_schedule"]
+
+
+# The optim: and schedule: sections of the config (composed by kpfast/engine/config.py): this
+# module owns them, as it owns the schedule registry they are checked against.
+
+class OptimConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = field("adamw", resume=True)
+    lr: Float = field(1e-3, gt=0.0)
+    weight_decay: Float = field(1e-4, ge=0.0)
+    betas: list = field([0.9, 0.999], resume=True)
+    momentum: Float = field(0.9, ge=0.0, le=1.0)
+    # Max global gradient norm; None disables clipping.
+    grad_clip: Optional[Float] = field(None, gt=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _two_betas(cls, betas: list) -> list:
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                      for b in betas):
+            raise ValueError(f"expected two floats in [0, 1), got {show(betas)}")
+        return betas
+
+
+class ScheduleConfig(Section):
+    """Learning-rate schedule, evaluated per optimizer step (epochs may be fractional)."""
+
+    # A name in kpfast.engine.optim.SCHEDULES.
+    name: str = field("cosine", resume=True)
+    warmup_epochs: Float = field(0.0, ge=0.0)
+    warmup_start_factor: Float = field(0.001, ge=0.0, le=1.0)
+    # cosine / cosine_restarts: first cycle length (epochs, after warm-up) and growth factor.
+    cycle_epochs: Optional[Float] = field(None, gt=0.0)
+    cycle_mult: Float = field(2.0, ge=1.0)
+    min_lr_factor: Float = field(0.0, ge=0.0, le=1.0)
+    # step / multistep
+    step_epochs: int = field(30, ge=1)
+    milestones: list = field([170, 200])
+    gamma: Float = field(0.1, gt=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return SCHEDULES.check(value)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, ms: list) -> list:
+        numbers = all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in ms)
+        if not numbers or list(ms) != sorted(ms):
+            raise ValueError(f"expected increasing positive numbers, got {show(ms)}")
+        return ms
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -70,36 +125,71 @@ def _cosine(progress: float, min_factor: float) -> float:
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+# name -> f(epoch, total_epochs, cfg) -> the main schedule's factor at a fractional epoch
+# (warm-up is applied on top by lr_factor). schedule.name in a config is validated against it.
+SCHEDULES = Registry("schedule")
+
+
+def register_schedule(name: str):
+    """Decorator adding ``f(epoch, total_epochs, cfg) -> factor`` to :data:`SCHEDULES` under
+    ``name`` (docs/training.md, "Learning-rate schedules"). ``epoch`` is fractional and counts
+    from the start of training; ``cfg.warmup_epochs`` tells where warm-up ends."""
+    return SCHEDULES.register(name)
+
+
+def _cycle_length(total_epochs: int, cfg: ScheduleConfig) -> float:
+    return cfg.cycle_epochs if cfg.cycle_epochs is not None else max(total_epochs - cfg.warmup_epochs, 1e-9)
+
+
+@register_schedule("constant")
+def _constant(epoch: float, total_epochs: int, cfg: ScheduleConfig) -> float:
+    return 1.0
+
+
+@register_schedule("cosine")
+def _cosine_schedule(epoch: float, total_epochs: int, cfg: ScheduleConfig) -> float:
+    if epoch < cfg.warmup_epochs:
+        return 1.0
+    return _cosine((epoch - cfg.warmup_epochs) / _cycle_length(total_epochs, cfg), cfg.min_lr_factor)
+
+
+@register_schedule("cosine_restarts")
+def _cosine_restarts(epoch: float, total_epochs: int, cfg: ScheduleConfig) -> float:
+    # SGDR (Loshchilov & Hutter): cycles of length T0, T0*mult, T0*mult^2, ...
+    if epoch < cfg.warmup_epochs:
+        return 1.0
+    length = _cycle_length(total_epochs, cfg)
+    t = epoch - cfg.warmup_epochs
+    while t >= length:
+        t -= length
+        length *= cfg.cycle_mult
+    return _cosine(t / length, cfg.min_lr_factor)
+
+
+@register_schedule("step")
+def _step(epoch: float, total_epochs: int, cfg: ScheduleConfig) -> float:
+    return cfg.gamma ** (int(epoch) // cfg.step_epochs)
+
+
+@register_schedule("multistep")
+def _multistep(epoch: float, total_epochs: int, cfg: ScheduleConfig) -> float:
+    return cfg.gamma ** sum(1 for m in cfg.milestones if int(epoch) >= m)
+
+
 def lr_factor(step: int, steps_per_epoch: int, total_epochs: int, cfg: ScheduleConfig) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
+    """Multiplier of the base learning rate at optimizer step ``step`` (0-based): the warm-up
+    ramp times the registered schedule's factor."""
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch: expected > 0, got {steps_per_epoch}")
+    schedule = SCHEDULES.get(cfg.name)
+    if schedule is None:
+        raise ValueError(f"schedule.name: expected one of {sorted(SCHEDULES)}, got {cfg.name!r}")
     epoch = step / steps_per_epoch  # fractional epoch
     warmup = cfg.warmup_epochs
     warm = 1.0
     if warmup > 0 and epoch < warmup:
         warm = cfg.warmup_start_factor + (1.0 - cfg.warmup_start_factor) * (epoch / warmup)
-
-    if cfg.name == "constant":
-        main = 1.0
-    elif cfg.name == "cosine":
-        length = cfg.cycle_epochs if cfg.cycle_epochs is not None else max(total_epochs - warmup, 1e-9)
-        main = _cosine((epoch - warmup) / length, cfg.min_lr_factor) if epoch >= warmup else 1.0
-    elif cfg.name == "cosine_restarts":
-        # SGDR (Loshchilov & Hutter): cycles of length T0, T0*mult, T0*mult^2, ...
-        length = cfg.cycle_epochs if cfg.cycle_epochs is not None else max(total_epochs - warmup, 1e-9)
-        t = max(epoch - warmup, 0.0)
-        while t >= length:
-            t -= length
-            length *= cfg.cycle_mult
-        main = _cosine(t / length, cfg.min_lr_factor) if epoch >= warmup else 1.0
-    elif cfg.name == "step":
-        main = cfg.gamma ** (int(epoch) // cfg.step_epochs)
-    elif cfg.name == "multistep":
-        main = cfg.gamma ** sum(1 for m in cfg.milestones if int(epoch) >= m)
-    else:
-        raise ValueError(f"schedule.name: unknown schedule {cfg.name!r}")
-    return warm * main
+    return warm * schedule(epoch, total_epochs, cfg)
 
 
 def build_scheduler(

@@ -86,7 +86,11 @@ class Trainer:
         seed_everything(cfg.train.seed + self.dist.rank)
 
         # Data
-        self.data = builders.build_data(cfg)
+        from kpfast.data import build_data
+
+        self.data = build_data(cfg.data, num_keypoints=cfg.model.num_keypoints,
+                               convention=builders.convention(cfg), seed=cfg.train.seed,
+                               protocol=cfg.eval.protocol)
         self.dataset_info = self.data.info
         self.train_set = SeededDataset(self.data.train, seed=cfg.train.seed)
         self.sampler = ResumableSampler(
@@ -218,14 +222,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _train_loader(self):
-        from kpfast.data import build_dataloader
+        from kpfast.data import LoaderConfig, build_loader
 
         self.sampler.set_epoch(self.state.epoch, self.state.batch_in_epoch)
         self.train_set.set_epoch(self.state.epoch)
         # The ResumableSampler shuffles, shards and drops the last partial batch itself: the
         # loader must batch every index it yields, in order (train=False: no shuffle, no drop).
-        return build_dataloader(builders.loader_section(self.config, self.config.train.batch_size, self.device),
-                                "train", dataset=self.train_set, sampler=self.sampler, train=False)
+        loader = LoaderConfig(batch_size=self.config.train.batch_size, num_workers=self.config.data.num_workers,
+                              pin_memory=self.device.type == "cuda")
+        return build_loader(self.train_set, loader, sampler=self.sampler, train=False)
 
     def _epoch_row(self) -> dict:
         state = self.state

@@ -198,3 +198,53 @@ def test_validation_does_not_touch_the_global_rng():
     torch.manual_seed(0)
     load_config("coco_litehrnet18_256x192")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_resume_keys_are_the_fields_marked_must_match_in_the_schema():
+    from kpfast.engine.config import RESUME_KEYS, MUST_MATCH, Config
+
+    assert set(RESUME_KEYS) == {
+        "model.name", "model.num_keypoints", "model.visibility_head", "model.overrides",
+        "optim.name", "optim.betas", "schedule.name", "train.ema", "train.precision", "data.input_size",
+    }
+    for dotted in RESUME_KEYS:  # each key is a real field carrying the marker
+        section, name = dotted.split(".")
+        info = Config.model_fields[section].annotation.model_fields[name]
+        assert info.json_schema_extra == MUST_MATCH
+    assert "train.epochs" not in RESUME_KEYS and "eval.decoder" not in RESUME_KEYS
+
+
+def test_check_resume_compatible_refuses_a_changed_marked_key_only():
+    from kpfast.engine.checkpointer import CheckpointError, check_resume_compatible
+
+    stored = config_from_dict({})
+    check_resume_compatible(config_to_dict(stored), config_from_dict({"train": {"epochs": 99}}))
+    with pytest.raises(CheckpointError, match=r"schedule\.name \('cosine' in the checkpoint, 'step' requested\)"):
+        check_resume_compatible(config_to_dict(stored), config_from_dict({"schedule": {"name": "step"}}))
+
+
+def test_schedule_name_is_checked_against_the_registry():
+    from kpfast.engine.optim import SCHEDULES
+
+    assert {"constant", "cosine", "cosine_restarts", "step", "multistep"} <= set(SCHEDULES)
+    with pytest.raises(ConfigError, match=r"^schedule\.name: expected one of .*'cosine'.*did you mean 'cosine'"):
+        config_from_dict({"schedule": {"name": "cosin"}})
+
+
+def test_pydantic_errors_become_one_line_naming_key_expected_and_actual():
+    cases = [
+        ({"data": {"augmentation": 3}}, r"^data\.augmentation: expected a mapping or str, got int 3$"),
+        ({"train": 5}, r"^train: expected a mapping, got int 5$"),
+        ({"model": {"overrides": [1]}}, r"^model\.overrides: expected a mapping, got list \[1\]$"),
+        ({"loss": {"alpha": -1}}, r"^loss\.alpha: must be >= 0\.0, got -1$"),
+        ({"optim": {"lr": "fast"}}, r"^optim\.lr: expected float, got str 'fast'$"),
+        ({"data": {"dataset": "cocoo"}}, r"^data\.dataset: expected one of \['coco', 'synthetic'\].*did you mean 'coco'"),
+        ({"loss": {"ohkm_topk": 20}}, r"^loss\.ohkm_topk: must be <= model\.num_keypoints \(17\), got 20$"),
+    ]
+    for data, pattern in cases:
+        with pytest.raises(ConfigError) as info:
+            config_from_dict(data)
+        assert "\n" not in str(info.value)
+        assert __import__("re").search(pattern, str(info.value)), str(info.value)
+    # YAML 1.1 reads 1e-3 as text; it is the number the user meant.
+    assert config_from_dict({"optim": {"lr": "1e-3"}}).optim.lr == 1e-3

@@ -65,3 +65,22 @@ def test_no_weight_decay_on_biases_and_norms():
 def test_bad_steps_per_epoch():
     with pytest.raises(ValueError, match="steps_per_epoch"):
         lr_factor(0, 0, 1, ScheduleConfig())
+
+
+def test_a_registered_schedule_is_usable_by_name_and_warmup_applies_on_top():
+    from kpfast.engine.config import config_from_dict
+    from kpfast.engine.optim import SCHEDULES, lr_factor, register_schedule
+
+    @register_schedule("test_halving")
+    def halving(epoch, total_epochs, cfg):
+        return 0.5 ** int(epoch)
+
+    try:
+        cfg = config_from_dict({"schedule": {"name": "test_halving", "warmup_epochs": 1.0,
+                                             "warmup_start_factor": 0.5}}).schedule
+        assert lr_factor(0, 10, 5, cfg) == 0.5  # warm-up start (0.5) x halving(0) = 1
+        assert lr_factor(20, 10, 5, cfg) == 0.25  # epoch 2, warm-up over
+        with pytest.raises(ValueError, match="already registered"):
+            register_schedule("test_halving")(halving)
+    finally:
+        SCHEDULES.pop("test_halving")

@@ -86,7 +86,7 @@ def test_an_mmpose_checkpoint_evaluates_under_the_mmpose_protocol_on_coco_sample
     loaded, report = load_pretrained(str(mmpose_file))
     assert report.format == "mmpose-1.x" and report.preset == "litehrnet_18"
     config = _config(root, "mmpose", gt_boxes)
-    data = builders.build_data(config, train=False)
+    data = _data(config)
     model = builders.model_from_checkpoint({"model": loaded.state_dict()}, config, weights="model").eval()
     sigmas = np.asarray(data.info.sigmas, np.float64)
     records = predict_instances(model, data.val, config, torch.device("cpu"), data.info)
@@ -109,8 +109,16 @@ def test_mmpose_clips_the_coco_sample_boxes_that_reach_the_right_edge():
     root = _coco_sample()
     ends = {}
     for protocol in ("kpfast", "mmpose"):
-        table = builders.build_data(_config(root, protocol, True), train=False).val.instances
+        table = _data(_config(root, protocol, True)).val.instances
         rows = {int(a): i for i, a in enumerate(table.annotation_id)}
         ends[protocol] = {a: table.bbox[rows[a], 0] + table.bbox[rows[a], 2] for a in (531914, 533949)}
     assert ends["kpfast"][531914] == pytest.approx(640.0) and ends["mmpose"][531914] == pytest.approx(639.0)
     assert ends["kpfast"][533949] == pytest.approx(639.21) and ends["mmpose"][533949] == pytest.approx(639.0)
+
+
+def _data(config):
+    """The evaluation split of ``config``, with its protocol's ground-truth box clip."""
+    from kpfast.data import build_data
+
+    return build_data(config.data, num_keypoints=config.model.num_keypoints, convention=builders.convention(config),
+                      seed=config.train.seed, train=False, protocol=config.eval.protocol)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from kpfast.data.coco import clip_boxes_xywh
-from kpfast.engine.builders import data_section
+from kpfast.data import build_data
+from kpfast.engine.builders import convention
 from kpfast.engine.config import ConfigError, load_config
 from kpfast.engine.evaluation import records_to_results
 from kpfast.evaluation import mmpose_box_areas, oks_nms, select_instances
@@ -100,10 +101,13 @@ def test_ground_truth_boxes_clip_to_the_image_or_to_its_last_pixel():
     np.testing.assert_allclose(clip_boxes_xywh(boxes[:1], np.zeros((1, 2)), "mmpose")[0, :2], [0, 0])  # no size: no upper clip
 
 
-def test_the_protocol_reaches_the_evaluation_dataset_only():
-    config = load_config(None, ["eval.protocol=mmpose"])
-    assert data_section(config, train=False)["protocol"] == "mmpose"
-    assert data_section(config, train=True)["protocol"] == "kpfast"
+def test_the_protocol_reaches_the_evaluation_dataset_only(tmp_path):
+    config = load_config(None, ["eval.protocol=mmpose", f"data.root={tmp_path / 'synthetic'}",
+                                "data.synthetic_num_train=2", "data.synthetic_num_val=2"])
+    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=convention(config),
+                      protocol=config.eval.protocol)
+    assert data.val.protocol == "mmpose"
+    assert data.train.protocol == "kpfast"
 
 
 def test_an_unknown_protocol_is_named():
