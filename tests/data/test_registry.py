@@ -18,7 +18,7 @@ def test_a_registered_dataset_is_valid_in_the_config_and_built_from_the_typed_se
     calls = []
 
     @register_dataset("test_points")
-    def factory(config, split, *, train, convention, seed):
+    def factory(config, split, *, train, convention, seed, protocol):
         calls.append((config.input_size, split, train, convention, seed))
         return ["sample"] * (3 if train else 1)
 
