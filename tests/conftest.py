@@ -7,6 +7,7 @@ TRITON_INTERPRET=1 here. With a GPU the Triton kernels run for real on CUDA tens
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,27 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Developer tools (tools/: the Triton AOT gate) are not part of the installed package; the tests that
 # exercise them import them from the checkout.
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+
+
+def coco_sample_root() -> Path | None:
+    """``$KPFAST_COCO_SAMPLE`` or ``<repo>/../shared/data/coco_sample`` (or beside the main
+    checkout, for worktrees one level deeper), when present."""
+    env = os.environ.get("KPFAST_COCO_SAMPLE")
+    repo = Path(REPO_ROOT)
+    for candidate in ([Path(env)] if env else []) + [repo.parent / "shared" / "data" / "coco_sample",
+                                                     repo.parents[1] / "shared" / "data" / "coco_sample"]:
+        if (candidate / "annotations" / "person_keypoints_val2017.json").is_file():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def coco_sample() -> Path:
+    """The real COCO val2017 sample (4 photos); the test is skipped when it is absent."""
+    root = coco_sample_root()
+    if root is None:
+        pytest.skip("coco_sample not found (set KPFAST_COCO_SAMPLE or put it at ../shared/data/coco_sample)")
+    return root
 
 
 def kernel_device(backend: str) -> torch.device:

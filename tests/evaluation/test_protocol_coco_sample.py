@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,17 +16,8 @@ from kpfast.engine.evaluation import evaluate_coco, instance_score, load_coco_gt
 from kpfast.models import build_model
 from kpfast.models.pretrained import load_pretrained
 
-REPO = Path(__file__).resolve().parents[2]
 SIZE = [128, 96]  # small crops: the test checks the protocol, not the network
 
-
-def _coco_sample() -> Path:
-    env = os.environ.get("KPFAST_COCO_SAMPLE")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "coco_sample",
-                                                     REPO.parents[1] / "shared" / "data" / "coco_sample"]:
-        if (candidate / "annotations" / "person_keypoints_val2017.json").is_file():
-            return candidate
-    pytest.skip("coco_sample not found (set KPFAST_COCO_SAMPLE or put it at ../shared/data/coco_sample)")
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +71,8 @@ def _mmpose_nms_by_hand(records, config, sigmas) -> list[int]:
 
 @pytest.mark.parametrize("gt_boxes", [True, pytest.param(False, marks=pytest.mark.slow)],
                          ids=["gt-boxes", "detector-boxes"])
-def test_an_mmpose_checkpoint_evaluates_under_the_mmpose_protocol_on_coco_sample(mmpose_file, gt_boxes):
-    root = _coco_sample()
+def test_an_mmpose_checkpoint_evaluates_under_the_mmpose_protocol_on_coco_sample(mmpose_file, gt_boxes, coco_sample):
+    root = coco_sample
     loaded, report = load_pretrained(str(mmpose_file))
     assert report.format == "mmpose-1.x" and report.preset == "litehrnet_18"
     config = _config(root, "mmpose", gt_boxes)
@@ -104,9 +94,9 @@ def test_an_mmpose_checkpoint_evaluates_under_the_mmpose_protocol_on_coco_sample
         assert len(kpfast) != len(results)  # the area rule decides differently on these photos
 
 
-def test_mmpose_clips_the_coco_sample_boxes_that_reach_the_right_edge():
+def test_mmpose_clips_the_coco_sample_boxes_that_reach_the_right_edge(coco_sample):
     # Annotation 531914 of image 785 (640 px wide) ends at x = 640.0, annotation 533949 at 639.21.
-    root = _coco_sample()
+    root = coco_sample
     ends = {}
     for protocol in ("kpfast", "mmpose"):
         table = _data(_config(root, protocol, True)).val.instances

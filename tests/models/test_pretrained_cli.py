@@ -6,7 +6,6 @@ from randomised networks; the coco_sample photos are used where present (skipped
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,9 @@ from kpfast.engine.arguments import load_weights
 from kpfast.engine.config import config_to_dict, load_config
 from kpfast.models import build_model
 
-REPO = Path(__file__).resolve().parents[2]
 SIZE = "data.input_size=[128, 96]"
 NARROW = {"base_width": 8, "num_branches": 2, "num_modules": [1, 1, 1], "stem_channels": 8}
 
-
-def _coco_sample() -> Path:
-    env = os.environ.get("KPFAST_COCO_SAMPLE")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "coco_sample",
-                                                     REPO.parents[1] / "shared" / "data" / "coco_sample"]:
-        if (candidate / "annotations" / "person_keypoints_val2017.json").is_file():
-            return candidate
-    pytest.skip("coco_sample not found (set KPFAST_COCO_SAMPLE or put it at ../shared/data/coco_sample)")
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +36,7 @@ def weight_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-def _metrics_and_results(tmp_path: Path, weights: Path, name: str) -> tuple[dict, list]:
-    root = _coco_sample()
+def _metrics_and_results(root: Path, tmp_path: Path, weights: Path, name: str) -> tuple[dict, list]:
     metrics, results = tmp_path / f"{name}_metrics.json", tmp_path / f"{name}_results.json"
     code = eval_cli.main(["--weights", str(weights), "--config", "coco_sample_overfit", "--device", "cpu",
                           "--workers", "0", "--set", f"data.root={root}", "--set", SIZE,
@@ -56,20 +45,20 @@ def _metrics_and_results(tmp_path: Path, weights: Path, name: str) -> tuple[dict
     return json.loads(metrics.read_text()), json.loads(results.read_text())
 
 
-def test_eval_runs_mmpose_files_on_coco_sample_under_mmpose_protocol(tmp_path, weight_files):
+def test_eval_runs_mmpose_files_on_coco_sample_under_mmpose_protocol(tmp_path, weight_files, coco_sample):
     """``python -m kpfast.eval --weights <MMPose file> --set eval.protocol=mmpose`` on the real
     photos: the network comes from the file (no kpfast checkpoint, no model config), and both
     layouts give the same predictions."""
-    metrics, results = _metrics_and_results(tmp_path, weight_files["1.x"], "v1")
+    metrics, results = _metrics_and_results(coco_sample, tmp_path, weight_files["1.x"], "v1")
     assert 0.0 <= metrics["AP"] <= 1.0 and metrics["num_instances"] == 12  # the 12 persons with keypoints
     assert results and all(len(r["keypoints"]) == 17 * 3 for r in results)
     assert {r["image_id"] for r in results} <= {785, 40083, 196141, 197388}
-    metrics_0x, results_0x = _metrics_and_results(tmp_path, weight_files["0.x"], "v0")
+    metrics_0x, results_0x = _metrics_and_results(coco_sample, tmp_path, weight_files["0.x"], "v0")
     assert results_0x == results and metrics_0x["AP"] == metrics["AP"]
 
 
-def test_predict_runs_both_mmpose_layouts_and_they_agree(tmp_path, weight_files):
-    image = sorted((_coco_sample() / "images" / "val2017").glob("*.jpg"))[0]
+def test_predict_runs_both_mmpose_layouts_and_they_agree(tmp_path, weight_files, coco_sample):
+    image = sorted((coco_sample / "images" / "val2017").glob("*.jpg"))[0]
     outputs = {}
     for layout, path in weight_files.items():
         out = tmp_path / layout
