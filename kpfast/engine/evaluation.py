@@ -22,8 +22,6 @@ from kpfast.evaluation.protocols import select_instances
 __all__ = [
     "COCO_STAT_NAMES",
     "instance_score",
-    "oks_matrix",
-    "oks_nms",
     "evaluate_coco",
     "pck_and_epe",
     "gt_as_results",
@@ -45,57 +43,6 @@ def instance_score(keypoint_scores: np.ndarray, box_score: float, threshold: flo
     passing = scores[scores > threshold]
     mean = float(passing.mean()) if passing.size else 0.0
     return float(box_score) * mean
-
-
-def oks_matrix(
-    keypoints: np.ndarray, areas: np.ndarray, sigmas: np.ndarray, visibility_threshold: float | None = None
-) -> np.ndarray:
-    """Pairwise OKS between N predicted instances (N, K, 3 = x, y, score) -> (N, N).
-
-    Follows COCO's OKS with instance ``i`` as the reference (its area and, when
-    ``visibility_threshold`` is given, only its keypoints scoring above the threshold).
-    """
-    keypoints = np.asarray(keypoints, dtype=np.float64)
-    areas = np.asarray(areas, dtype=np.float64)
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    n, k = keypoints.shape[:2]
-    if sigmas.shape != (k,):
-        raise ValueError(f"sigmas: expected shape ({k},), got {sigmas.shape}")
-    variances = (2.0 * sigmas) ** 2
-    xy = keypoints[..., :2]
-    d2 = ((xy[:, None] - xy[None, :]) ** 2).sum(-1)  # (N, N, K)
-    e = d2 / variances[None, None, :] / (areas[:, None, None] + np.spacing(1)) / 2.0
-    terms = np.exp(-e)
-    if visibility_threshold is not None:
-        mask = keypoints[:, None, :, 2] > visibility_threshold  # reference instance's keypoints
-        mask = np.broadcast_to(mask, terms.shape)
-        counts = mask.sum(-1)
-        out = np.where(counts > 0, (terms * mask).sum(-1) / np.maximum(counts, 1), 0.0)
-    else:
-        out = terms.mean(-1)
-    return out
-
-
-def oks_nms(
-    keypoints: np.ndarray,
-    scores: np.ndarray,
-    areas: np.ndarray,
-    sigmas: np.ndarray,
-    threshold: float,
-    visibility_threshold: float | None = None,
-) -> list[int]:
-    """Greedy OKS-NMS over one image's instances; returns kept indices, best score first."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size == 0:
-        return []
-    oks = oks_matrix(keypoints, areas, sigmas, visibility_threshold)
-    order = list(np.argsort(-scores, kind="stable"))
-    keep = []
-    while order:
-        best = order.pop(0)
-        keep.append(int(best))
-        order = [j for j in order if oks[best, j] <= threshold]
-    return keep
 
 
 def evaluate_coco(coco_gt, results: Sequence[dict], sigmas: Iterable[float] | None = None) -> dict:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kpfast.engine import evaluation as ev
+from kpfast.evaluation import oks_nms
 
 from .conftest import coco_sample_root
 
@@ -62,7 +63,7 @@ def test_oks_nms_suppresses_duplicates_and_keeps_distinct_people():
     other = person.copy()
     other[:, 0] += 300
     kps = np.stack([near_copy, person, other])
-    keep = ev.oks_nms(kps, np.array([0.7, 0.9, 0.8]), np.array([1e4, 1e4, 1e4]), COCO_SIGMAS, 0.9)
+    keep = oks_nms(kps, np.array([0.7, 0.9, 0.8]), np.array([1e4, 1e4, 1e4]), COCO_SIGMAS, 0.9, "kpfast")
     assert keep == [1, 2]  # best of the duplicates, then the other person
 
 
