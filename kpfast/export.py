@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_output(checkpoint: str | Path, output: str | Path | None) -> Path:
-    """The ONNX file to write; never the checkpoint itself, never a directory, never a file of a
-    training run (the output rule of kpfast.outputs).
+def resolve_output(checkpoint: str | Path, output: str | Path | None, config_file: str | Path | None = None) -> Path:
+    """The ONNX file to write; never the checkpoint (or weights) itself, never the --config file,
+    never a directory, never a file of a training run (the output rule of kpfast.outputs).
 
     Paths are compared resolved (symlinks, ``..``) and, when the output exists, by inode, so
     ``--output ck.pt``, ``--output ./dir/../ck.pt``, a link to the checkpoint, or a checkpoint
@@ -47,6 +47,7 @@ def resolve_output(checkpoint: str | Path, output: str | Path | None) -> Path:
     target = Path(output) if output else checkpoint.with_suffix(".onnx")
     guard = OutputGuard()
     guard.protect(checkpoint, "the checkpoint")
+    guard.protect(config_file, "the --config file")
     if output:
         return guard.check(target, "--output")
     return guard.check(target, "the default output (the checkpoint with .onnx)", advice="pass an --output file")
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_weights_arguments(args)
     source = export_source(args)
-    output = resolve_output(source, args.output)
+    output = resolve_output(source, args.output, args.config)
     require_onnx()
     import torch
 
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
         import onnx
 
         onnx.checker.check_model(onnx.load_from_string(payload))
-    output = resolve_output(source, output)  # again: the paths may have changed meanwhile
+    output = resolve_output(source, output, args.config)  # again: the paths may have changed meanwhile
     atomic_write_bytes(output, payload)
     print(f"exported {config.model.name} ({h}x{w} input) to {output}")
     return 0

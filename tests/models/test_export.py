@@ -102,3 +102,16 @@ def test_export_output_is_never_the_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="is a directory"):
         resolve_output(ck, tmp_path)
     assert ck.read_bytes() == b"checkpoint"
+
+
+def test_export_output_is_never_the_config_file(tmp_path):
+    from kpfast import export as export_cli
+
+    ck, config = tmp_path / "ck.pt", tmp_path / "my.yaml"
+    ck.write_bytes(b"checkpoint")
+    config.write_text("train: {epochs: 1}\n")
+    with pytest.raises(ValueError, match="is the --config file"):
+        export_cli.resolve_output(ck, config, config)
+    with pytest.raises(ValueError, match="is the --config file"):  # refused before anything is read
+        export_cli.main(["--checkpoint", str(ck), "--config", str(config), "--output", str(config)])
+    assert config.read_text() == "train: {epochs: 1}\n" and ck.read_bytes() == b"checkpoint"
