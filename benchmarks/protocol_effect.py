@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kpfast.engine import builders  # noqa: E402
+from kpfast.codecs import crop_convention  # noqa: E402
+from kpfast.engine.checkpointer import model_from_checkpoint  # noqa: E402
 from kpfast.engine.checkpointer import load_training_checkpoint  # noqa: E402
 from kpfast.engine.config import apply_overrides, config_from_dict, config_to_dict, load_config  # noqa: E402
 from kpfast.engine.evaluation import evaluate_model, load_coco_gt  # noqa: E402
@@ -63,7 +64,7 @@ def measure(checkpoint: Path, root: Path) -> list[tuple[str, str, dict]]:
             config = config_from_dict(apply_overrides(stored, [f"data.root={root}", "train.device=cpu",
                                                                "data.num_workers=0", f"eval.protocol={protocol}",
                                                                *box_overrides]))
-            model = builders.model_from_checkpoint(state, config).eval()
+            model = model_from_checkpoint(state, config).eval()
             data = _data(config)
             metrics = evaluate_model(model, data.val, config, torch.device("cpu"), dataset_info=data.info,
                                      coco_gt=load_coco_gt(data.val.ann_file))
@@ -93,7 +94,7 @@ def _data(config):
     """The evaluation split of ``config``, with its protocol's ground-truth box clip."""
     from kpfast.data import build_data
 
-    return build_data(config.data, num_keypoints=config.model.num_keypoints, convention=builders.convention(config),
+    return build_data(config.data, num_keypoints=config.model.num_keypoints, convention=crop_convention(config.loss.encoding),
                       seed=config.train.seed, train=False, protocol=config.eval.protocol)
 
 

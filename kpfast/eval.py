@@ -33,10 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
     from kpfast.data import build_data
-    from kpfast.engine import builders
+    from kpfast.codecs import crop_convention
     from kpfast.engine.evaluation import Evaluator
     from kpfast.outputs import OutputGuard, atomic_write_bytes
     from kpfast.engine.trainer import configure_cpu_threads, select_device
@@ -56,7 +54,7 @@ def main(argv=None) -> int:
     device = select_device(config.train.device)
     configure_cpu_threads(config, device)
     model = loaded.model.to(device).eval()
-    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=builders.convention(config),
+    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=crop_convention(config.loss.encoding),
                       seed=config.train.seed, train=False, protocol=config.eval.protocol)
     guard.protect(data.val.ann_file, "the annotation file")
     guard.protect_folder(data.val.image_dir, "the image folder")

@@ -146,7 +146,7 @@ def test_export_onnx_matches_pytorch(trained_run, tmp_path):
     import torch
     from onnx.reference import ReferenceEvaluator
 
-    from kpfast.engine import builders
+    from kpfast.engine.checkpointer import model_from_checkpoint
     from kpfast.engine.config import config_from_dict
 
     target = tmp_path / "model.onnx"
@@ -157,7 +157,7 @@ def test_export_onnx_matches_pytorch(trained_run, tmp_path):
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     # The ONNX graph computes what the PyTorch model computes (batch of 2: the batch axis is dynamic).
     state = load_checkpoint(trained_run / "last.pt")
-    net = builders.model_from_checkpoint(state, config_from_dict(state["config"])).eval()
+    net = model_from_checkpoint(state, config_from_dict(state["config"])).eval()
     images = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = net(images)["heatmaps"].numpy()

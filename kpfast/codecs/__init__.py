@@ -4,6 +4,6 @@ Used alike by training (targets, loss), evaluation and prediction (kpfast.infere
 agree on the encoding, sizes, decoder and flip rule. Imports nothing from kpfast.engine.
 """
 
-from kpfast.codecs.heatmap import DECODE_SPACES, LOGIT_LOSS_KINDS, HeatmapCodec, build_codec
+from kpfast.codecs.heatmap import DECODE_SPACES, LOGIT_LOSS_KINDS, HeatmapCodec, build_codec, crop_convention
 
-__all__ = ["HeatmapCodec", "build_codec", "LOGIT_LOSS_KINDS", "DECODE_SPACES"]
+__all__ = ["HeatmapCodec", "build_codec", "crop_convention", "LOGIT_LOSS_KINDS", "DECODE_SPACES"]

@@ -21,9 +21,18 @@ from kpfast import geometry
 # a sigmoid before decoding and flip averaging, so that scores are probabilities in [0, 1].
 from kpfast.vocabulary import ENCODINGS, LOGIT_LOSS_KINDS
 
-__all__ = ["HeatmapCodec", "build_codec", "LOGIT_LOSS_KINDS", "DECODE_SPACES"]
+__all__ = ["HeatmapCodec", "build_codec", "crop_convention", "LOGIT_LOSS_KINDS", "DECODE_SPACES"]
 
 DECODE_SPACES = ("heatmap", "crop", "image")
+
+
+def crop_convention(encoding: str) -> str:
+    """The kpfast.geometry crop convention of a heatmap encoding: MSRA -> ``"standard"``, UDP and
+    DARK -> ``"udp"``. The data pipeline crops with it, so that its keypoints land where the codec
+    renders and decodes them."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding: expected one of {ENCODINGS}, got {encoding!r}")
+    return "standard" if encoding == "msra" else "udp"
 
 
 def _size(name: str, value) -> tuple[int, int]:
@@ -74,7 +83,7 @@ class HeatmapCodec:
         set_(self, "flip_pairs", tuple((int(a), int(b)) for a, b in self.flip_pairs))
         if self.flip_shift is None:
             set_(self, "flip_shift", self.encoding == "msra")
-        set_(self, "convention", "standard" if self.encoding == "msra" else "udp")
+        set_(self, "convention", crop_convention(self.encoding))
 
     # ------------------------------------------------------------------ sizes as kpfast.geometry wants them
     @property

@@ -15,7 +15,7 @@ _EXPORTS = {
     "DEFAULT_AUGMENTATION": "augment", "NO_AUGMENTATION": "augment", "resolve_augmentation_config": "augment",
     "BadDataError": "coco", "CocoKeypointDataset": "coco", "resolve_coco_paths": "coco",
     "COCO_KEYPOINT_NAMES": "info", "COCO_SIGMAS": "info", "COCO_SKELETON": "info", "DatasetInfo": "info",
-    "build_dataloader": "loader", "build_dataset": "loader", "build_loader": "loader", "collate_samples": "loader",
+    "build_dataloader": "loader", "build_dataset": "loader", "build_loader": "loader", "collate_samples": "loader", "split_meta": "loader",
     "load_coco_gt": "coco", "DataConfig": "config", "LoaderConfig": "config",
     "DATASETS": "registry", "create_dataset": "registry", "register_dataset": "registry",
     "DataBundle": "bundle", "build_data": "bundle",

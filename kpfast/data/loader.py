@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from .coco import CocoKeypointDataset
 from .config import LoaderConfig
 
-__all__ = ["collate_samples", "build_dataset", "build_dataloader", "build_loader"]
+__all__ = ["collate_samples", "split_meta", "build_dataset", "build_dataloader", "build_loader"]
 
 _DATASET_KEYS = {"ann_file", "image_dir", "input_size", "heatmap_size", "heatmap_stride",
                  "convention", "padding", "dataset_info", "max_bad_fraction", "seed",
@@ -73,6 +73,20 @@ def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             meta[key] = values
     batch["meta"] = meta
     return batch
+
+
+def split_meta(batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The inverse of :func:`collate_samples` for ``meta``: one plain dict per sample, tensors as
+    Python numbers (0-d) or float64 arrays."""
+    size = int(batch["image"].shape[0])
+    out: list[dict[str, Any]] = [dict() for _ in range(size)]
+    for key, values in batch["meta"].items():
+        for i in range(size):
+            value = values[i]
+            if torch.is_tensor(value):
+                value = value.item() if value.ndim == 0 else value.double().numpy()
+            out[i][key] = value
+    return out
 
 
 def _data_section(config: Mapping[str, Any]) -> dict[str, Any]:

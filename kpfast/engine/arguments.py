@@ -252,12 +252,11 @@ def load_weights(args: argparse.Namespace, *, check_machine: bool = True) -> Loa
     check_weights_arguments(args)
     choice = EMA_CHOICES[args.ema]
     if args.checkpoint is not None:
-        from kpfast.engine import builders
-        from kpfast.engine.checkpointer import load_training_checkpoint
+        from kpfast.engine.checkpointer import load_training_checkpoint, model_from_checkpoint
 
         state = load_training_checkpoint(args.checkpoint)
         config = resolve_config(args, state["config"], check_machine=check_machine)
-        model = builders.model_from_checkpoint(state, config, weights=choice)
+        model = model_from_checkpoint(state, config, weights=choice)
         return LoadedWeights(model, config, state.get("dataset_info"),
                              f"{args.checkpoint}: kpfast checkpoint, {config.model.name}")
     from kpfast.models.pretrained import known_weights, load_pretrained

@@ -8,6 +8,8 @@ One :class:`Checkpointer` per run. Its API, in the order a run uses it:
   sizes checked before anything is allocated), :func:`check_resume_compatible` compares its
   config with the requested one, :func:`plan_resume` decides whether the run continues in its
   own folder or starts a new one;
+* :func:`model_from_checkpoint` rebuilds a checkpoint's network and loads its (EMA) weights, or
+  names in one line what does not fit;
 * :meth:`Checkpointer.restore` puts a loaded checkpoint back into the run's
   :class:`TrainingParts` and returns its :class:`TrainState` (top-k list checked, stale files of
   an in-place resume removed, RNG states restored for an exact resume);
@@ -76,10 +78,12 @@ __all__ = [
     "TrainingParts",
     "capture_rng_state",
     "check_declared_sizes",
+    "check_weights_fit",
     "check_resume_compatible",
     "dataset_info_record",
     "load_checkpoint",
     "load_training_checkpoint",
+    "model_from_checkpoint",
     "plan_resume",
     "resolve_resume",
     "restore_rng_state",
@@ -271,6 +275,48 @@ def load_training_checkpoint(path: Path | str, map_location: Any = "cpu") -> dic
     """A kpfast training state (last.pt, best.pt, a top-k file): like :func:`load_checkpoint`,
     and refuses a file without the stored config (e.g. a bare model state_dict) in one line."""
     return load_checkpoint(path, map_location, require_config=True)
+
+
+def model_from_checkpoint(state: dict, config, weights: str = "auto") -> torch.nn.Module:
+    """Rebuild the network of a checkpoint and load its weights (EMA ones when asked/auto).
+
+    Weights that do not fit the config's network (another model, other overrides, a foreign
+    state dict) are one CheckpointError naming what differs, before anything is loaded."""
+    model = config.model.build()
+    ema = state.get("ema")
+    if weights == "ema" and ema is None:
+        raise ValueError("weights: 'ema' requested but the checkpoint has no EMA weights")
+    if weights in ("auto", "ema") and ema is not None:
+        stored, what = (ema.get("module") if isinstance(ema, dict) else None), "EMA weights"
+    else:
+        stored, what = state.get("model"), "weights"
+    check_weights_fit(model, stored, what, config)
+    model.load_state_dict(stored)
+    return model
+
+
+def check_weights_fit(model: torch.nn.Module, stored, what: str, config) -> None:
+    """Raise CheckpointError (one line) unless ``stored`` has exactly ``model``'s tensors and shapes."""
+    hint = (f"the checkpoint's {what} do not fit model {config.model.name!r} with overrides "
+            f"{config.model.overrides or {}} (num_keypoints={config.model.num_keypoints}); drop --config/--set "
+            "model.* to use the checkpoint's stored config, or pass the checkpoint these settings trained")
+    if not isinstance(stored, dict) or not all(isinstance(v, torch.Tensor) for v in stored.values()):
+        raise CheckpointError(f"{hint}: they are not a mapping of tensors")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in stored]
+    unexpected = [k for k in stored if k not in expected]
+    shapes = [k for k in expected if k in stored and tuple(stored[k].shape) != tuple(expected[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        problems.append(f"{len(shapes)} of another shape (e.g. {k}: {tuple(stored[k].shape)} stored, "
+                        f"{tuple(expected[k].shape)} expected)")
+    if problems:
+        raise CheckpointError(f"{hint}: {'; '.join(problems)}")
 
 
 # --------------------------------------------------------------------------- resume

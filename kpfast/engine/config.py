@@ -95,6 +95,19 @@ class ModelConfig(Section):
     def _not_empty(cls, value: str) -> str:
         return not_empty(value)
 
+    def build(self):
+        """``kpfast.models.build_model`` with this section's name, keypoints, head and overrides."""
+        from kpfast.models import build_model
+
+        overrides = copy.deepcopy(self.overrides)
+        if self.gradient_checkpointing:
+            overrides["gradient_checkpointing"] = True
+        for key, value in list(overrides.items()):
+            if isinstance(value, list):  # YAML lists -> the tuples LiteHRNetConfig expects
+                overrides[key] = tuple(value)
+        return build_model(self.name, num_keypoints=self.num_keypoints, visibility_head=self.visibility_head,
+                           **overrides)
+
 
 class LossConfig(Section):
     """Heatmap loss (``kpfast.ops.heatmap_loss``) plus the optional auxiliary terms."""
@@ -278,7 +291,7 @@ def _check_model(config: Config) -> None:
     input size is reported now rather than after the run directory exists."""
     import torch
 
-    from kpfast.models import available_models, build_model, model_options
+    from kpfast.models import available_models, model_options
 
     m = config.model
     if m.name not in available_models():
@@ -289,8 +302,7 @@ def _check_model(config: Config) -> None:
         raise ConfigError(f"model.overrides: unknown option(s) {unknown}; valid options: {model_options()}")
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's RNG stream stays untouched
-            model = build_model(m.name, num_keypoints=m.num_keypoints, visibility_head=m.visibility_head,
-                                **copy.deepcopy(m.overrides))
+            model = m.build()
     except (ValueError, TypeError, KeyError, IndexError, AssertionError, RuntimeError) as exc:
         raise ConfigError(f"model.overrides: {show(m.overrides)} does not build model {m.name!r}: {exc}") from None
     if hasattr(model, "check_input_size"):

@@ -139,8 +139,7 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
     Each record: image_id, keypoints (K, 3 = x, y, score) in image pixels, box_score, area,
     bbox (x, y, w, h), gt_keypoints (K, 2) in image pixels and gt_weights (K,).
     """
-    from kpfast.data import LoaderConfig, build_loader
-    from kpfast.engine import builders
+    from kpfast.data import LoaderConfig, build_loader, split_meta
     from kpfast.inference import Predictor
 
     loader = build_loader(dataset, LoaderConfig(batch_size=config.eval.batch_size, num_workers=config.data.num_workers,
@@ -149,7 +148,7 @@ def predict_instances(model, dataset, config, device, dataset_info, rank: int = 
     predictor = Predictor.from_config(config, model, device, dataset_info.flip_pairs)
     records: list[dict] = []
     for batch in loader:
-        metas = builders.meta_list(batch)
+        metas = split_meta(batch)
         image_xy, scores = predictor.predict_batch(batch, metas)
         gt_xy = predictor.codec.heatmap_to_image(batch["keypoints"].double().numpy(),
                                                  predictor.codec.sample_matrices(metas))

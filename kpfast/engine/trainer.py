@@ -21,9 +21,8 @@ from typing import Callable
 
 import torch
 
-from kpfast.codecs import build_codec
+from kpfast.codecs import build_codec, crop_convention
 from kpfast.data.sampling import ResumableSampler, SeededDataset
-from kpfast.engine import builders
 from kpfast.engine import runtime as dist_utils
 from kpfast.engine.checkpointer import (
     Checkpointer,
@@ -89,7 +88,7 @@ class Trainer:
         from kpfast.data import build_data
 
         self.data = build_data(cfg.data, num_keypoints=cfg.model.num_keypoints,
-                               convention=builders.convention(cfg), seed=cfg.train.seed,
+                               convention=crop_convention(cfg.loss.encoding), seed=cfg.train.seed,
                                protocol=cfg.eval.protocol)
         self.dataset_info = self.data.info
         self.train_set = SeededDataset(self.data.train, seed=cfg.train.seed)
@@ -105,7 +104,7 @@ class Trainer:
             )
 
         # Model and optimisation
-        model = builders.build_model(cfg.model)
+        model = cfg.model.build()
         # Fine-tuning (docs/pretrained.md): pretrained weights before the optimizer and EMA see the model.
         self.init_report = None
         if init_weights is not None:

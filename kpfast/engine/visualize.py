@@ -85,7 +85,8 @@ def write_image(path: Path | str, image: np.ndarray) -> None:
 
 def save_prediction_grid(model, dataset, config, device, dataset_info, path, num_samples: int = 8) -> Path:
     """Validation crops with the predicted skeleton (left) beside the ground truth (right)."""
-    from kpfast.engine import builders
+    from kpfast.data import collate_samples
+    from kpfast.data.transforms import denormalize_image
     from kpfast.inference import Predictor
 
     count = min(num_samples, len(dataset))
@@ -93,13 +94,15 @@ def save_prediction_grid(model, dataset, config, device, dataset_info, path, num
         raise ValueError("dataset: empty, nothing to visualise")
     # Evenly spread samples, deterministic.
     indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
-    batch = builders.collate([dataset[i] for i in indices])
+    batch = collate_samples([dataset[i] for i in indices])
     predictor = Predictor.from_config(config, model, device, dataset_info.flip_pairs)
     prediction = predictor.predict_crops(batch["image"], space="crop")
     pred_crop, scores = prediction.coords, prediction.scores
     gt_crop = predictor.codec.heatmap_to_crop(batch["keypoints"].double().numpy())
     gt_vis = batch["weights"].double().numpy()
-    crops = builders.denormalize(batch["image"])
+    # Normalised RGB crops -> BGR uint8 images for OpenCV drawing.
+    crops = [np.ascontiguousarray(denormalize_image(image.float().cpu().numpy())[:, :, ::-1])
+             for image in batch["image"]]
     tiles = []
     threshold = config.eval.keypoint_score_threshold
     for i in range(count):

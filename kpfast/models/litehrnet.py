@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import ConditionalChannelWeighting, ConvBN, DepthwiseSeparableConv, ShuffleUnit, Stem
+from .blocks import ConditionalChannelWeighting, DepthwiseSeparableConv, ShuffleUnit, Stem
 
 __all__ = ["LiteHRNetConfig", "LiteHRModule", "IterativeHead", "LiteHRNet"]
 

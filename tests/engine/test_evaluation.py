@@ -129,7 +129,7 @@ def test_pipeline_with_ground_truth_heatmaps_recovers_ground_truth(coco_sample):
     if not hasattr(kpfast.ops, "decode_heatmaps"):
         pytest.skip("kpfast.ops.decode_heatmaps not available yet")
     from kpfast.data import build_data
-    from kpfast.engine import builders
+    from kpfast.codecs import crop_convention
     from kpfast.engine.config import load_config
 
     config = load_config(None, [
@@ -137,7 +137,7 @@ def test_pipeline_with_ground_truth_heatmaps_recovers_ground_truth(coco_sample):
         "data.input_size=[256, 192]", "data.num_workers=0", "eval.flip_test=false", "eval.decoder=dark",
         "loss.kind=mse",
     ])
-    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=builders.convention(config),
+    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=crop_convention(config.loss.encoding),
                       train=False)
     model = _OracleModel(data.val, sigma=2.0)
     metrics = ev.evaluate_model(model, data.val, config, torch.device("cpu"), data.info,

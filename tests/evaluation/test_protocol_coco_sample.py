@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from kpfast.engine import builders
+from kpfast.codecs import crop_convention
+from kpfast.engine.checkpointer import model_from_checkpoint
 from kpfast.engine.config import load_config
 from kpfast.engine.evaluation import evaluate_coco, instance_score, load_coco_gt, predict_instances, records_to_results
 from kpfast.models import build_model
@@ -77,7 +78,7 @@ def test_an_mmpose_checkpoint_evaluates_under_the_mmpose_protocol_on_coco_sample
     assert report.format == "mmpose-1.x" and report.preset == "litehrnet_18"
     config = _config(root, "mmpose", gt_boxes)
     data = _data(config)
-    model = builders.model_from_checkpoint({"model": loaded.state_dict()}, config, weights="model").eval()
+    model = model_from_checkpoint({"model": loaded.state_dict()}, config, weights="model").eval()
     sigmas = np.asarray(data.info.sigmas, np.float64)
     records = predict_instances(model, data.val, config, torch.device("cpu"), data.info)
     assert len(records) == (12 if gt_boxes else 118)
@@ -110,5 +111,5 @@ def _data(config):
     """The evaluation split of ``config``, with its protocol's ground-truth box clip."""
     from kpfast.data import build_data
 
-    return build_data(config.data, num_keypoints=config.model.num_keypoints, convention=builders.convention(config),
+    return build_data(config.data, num_keypoints=config.model.num_keypoints, convention=crop_convention(config.loss.encoding),
                       seed=config.train.seed, train=False, protocol=config.eval.protocol)

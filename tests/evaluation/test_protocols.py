@@ -8,7 +8,7 @@ import pytest
 
 from kpfast.data.coco import clip_boxes_xywh
 from kpfast.data import build_data
-from kpfast.engine.builders import convention
+from kpfast.codecs import crop_convention
 from kpfast.engine.config import ConfigError, load_config
 from kpfast.engine.evaluation import records_to_results
 from kpfast.evaluation import mmpose_box_areas, oks_nms, select_instances
@@ -104,7 +104,7 @@ def test_ground_truth_boxes_clip_to_the_image_or_to_its_last_pixel():
 def test_the_protocol_reaches_the_evaluation_dataset_only(tmp_path):
     config = load_config(None, ["eval.protocol=mmpose", f"data.root={tmp_path / 'synthetic'}",
                                 "data.synthetic_num_train=2", "data.synthetic_num_val=2"])
-    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=convention(config),
+    data = build_data(config.data, num_keypoints=config.model.num_keypoints, convention=crop_convention(config.loss.encoding),
                       protocol=config.eval.protocol)
     assert data.val.protocol == "mmpose"
     assert data.train.protocol == "kpfast"

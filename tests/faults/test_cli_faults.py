@@ -30,14 +30,13 @@ def _tiny_checkpoint(path: Path) -> Path:
     from kpfast.data import DatasetInfo
     from kpfast.engine.checkpointer import save_checkpoint
     from kpfast.engine.config import config_from_dict, config_to_dict, load_config
-    from kpfast.engine.builders import build_model
 
     data = config_to_dict(load_config(None))
     data["model"]["overrides"] = dict(TINY_MODEL)
     data["data"]["input_size"] = [64, 48]
     config = config_from_dict(data)
     torch.manual_seed(0)
-    model = build_model(config.model)
+    model = config.model.build()
     info = DatasetInfo.coco()
     save_checkpoint({"config": config_to_dict(config), "model": model.state_dict(),
                      "dataset_info": {"keypoint_names": list(info.keypoint_names),

@@ -262,12 +262,12 @@ def test_eval_and_predict_cli_run_the_predictor(checkpoint, spy, synthetic_root,
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     np.testing.assert_array_equal(np.array([r["keypoints"] for r in written]), expected.reshape(2, -1))
     # The Python use documented in docs/training.md ("Inference and export") gives the same.
-    from kpfast.engine import builders
+    from kpfast.engine.checkpointer import model_from_checkpoint
     from kpfast.engine.checkpointer import load_training_checkpoint
     from kpfast.engine.config import config_from_dict
 
     state = load_training_checkpoint(path)
     config = config_from_dict(state["config"])
-    model = builders.model_from_checkpoint(state, config)
+    model = model_from_checkpoint(state, config)
     documented = Predictor.from_config(config, model, "cpu", state["dataset_info"]["flip_pairs"])
     np.testing.assert_array_equal(documented.predict_image(cv2.imread(str(image)), boxes), expected)
