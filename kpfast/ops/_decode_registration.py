@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kpfast.ops._triton_loader import COMPILED_NAMESPACE, backward_op_name
+from kpfast.ops._triton_loader import COMPILED_NAMESPACE, differentiable_op
 
 
 def _fake_decode(heatmaps, method, blur_kernel, window):
@@ -48,11 +48,10 @@ def register(namespace: str) -> None:
     op (the scheme of every ``_<op>_registration`` module). The compiled soft-argmax returns float64
     for float64 maps; the Triton one float32 always (it computes in float32 only)."""
     float64_maps_in_float64 = namespace == COMPILED_NAMESPACE
-    backward_name = backward_op_name(namespace, "soft_argmax")
-    soft_argmax_backward_op = getattr(getattr(torch.ops, namespace), backward_name)
+    soft_argmax, soft_argmax_backward, soft_argmax_backward_op = differentiable_op(namespace, "soft_argmax")
     torch.library.register_fake(f"{namespace}::decode_heatmaps")(_fake_decode)
-    torch.library.register_fake(f"{namespace}::soft_argmax")(_fake_soft_argmax(float64_maps_in_float64))
-    torch.library.register_fake(f"{namespace}::{backward_name}")(_fake_soft_argmax_backward)
+    torch.library.register_fake(soft_argmax)(_fake_soft_argmax(float64_maps_in_float64))
+    torch.library.register_fake(soft_argmax_backward)(_fake_soft_argmax_backward)
     torch.library.register_fake(f"{namespace}::find_peaks")(_fake_find_peaks)
 
     def setup_context(ctx, inputs, output):
@@ -70,4 +69,4 @@ def register(namespace: str) -> None:
         grad = soft_argmax_backward_op(grad_coords, heatmaps, coords, log_normaliser, ctx.beta)
         return grad, None
 
-    torch.library.register_autograd(f"{namespace}::soft_argmax", backward, setup_context=setup_context)
+    torch.library.register_autograd(soft_argmax, backward, setup_context=setup_context)

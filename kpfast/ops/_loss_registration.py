@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import torch
 
-from kpfast.ops._triton_loader import backward_op_name
+from kpfast.ops._triton_loader import differentiable_op
 
 
 def _fake_forward(pred, keypoints, weights, sigma, sigma_value, encoding, kind, alpha, gamma, beta, keypoint_weight,
@@ -87,10 +87,7 @@ def _fake_backward(grad_map_losses, pred, keypoints, weights, sigma, sigma_value
 def register(namespace: str) -> None:
     """Fake kernels of ``<namespace>::heatmap_loss`` and its backward op, and the forward's
     autograd through that backward op (the scheme of every ``_<op>_registration`` module)."""
-    forward_name = f"{namespace}::heatmap_loss"
-    backward_name = backward_op_name(namespace, "heatmap_loss")
-    backward_op = getattr(getattr(torch.ops, namespace), backward_name)
-    backward_name = f"{namespace}::{backward_name}"
+    forward_name, backward_name, backward_op = differentiable_op(namespace, "heatmap_loss")
 
     def setup_context(ctx, inputs, output):
         pred, keypoints, weights, sigma = inputs[:4]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kpfast.ops._triton_loader import backward_op_name
+from kpfast.ops._triton_loader import differentiable_op
 
 
 def _fake_forward(keypoints, weights, sigma, sigma_value, height, width, encoding, dtype):
@@ -31,10 +31,7 @@ def _fake_backward(grad_heatmaps, keypoints, weights, sigma, sigma_value, encodi
 def register(namespace: str) -> None:
     """Fake kernels of ``<namespace>::render_heatmaps`` and its backward op, and the forward's
     autograd through that backward op (the scheme of every ``_<op>_registration`` module)."""
-    forward_name = f"{namespace}::render_heatmaps"
-    backward_name = backward_op_name(namespace, "render_heatmaps")
-    backward_op = getattr(getattr(torch.ops, namespace), backward_name)
-    backward_name = f"{namespace}::{backward_name}"
+    forward_name, backward_name, backward_op = differentiable_op(namespace, "render_heatmaps")
 
     def setup_context(ctx, inputs, output):
         keypoints, weights, sigma, sigma_value, _, _, encoding, _ = inputs

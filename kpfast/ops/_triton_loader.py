@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -35,3 +36,19 @@ def backward_op_name(namespace: str, forward_name: str) -> str:
     (csrc/library.cpp: ``_render_heatmaps_backward``), public among the Triton ops."""
     prefix = "_" if namespace == COMPILED_NAMESPACE else ""
     return f"{prefix}{forward_name}_backward"
+
+
+class DifferentiableOp(NamedTuple):
+    """What a registration module needs of an op with a backward op: both qualified names (for
+    ``torch.library.register_fake`` / ``register_autograd``) and the backward op to call."""
+
+    forward: str
+    backward: str
+    backward_op: Callable
+
+
+def differentiable_op(namespace: str, forward_name: str) -> DifferentiableOp:
+    """``forward_name`` in ``namespace`` and its backward op (:func:`backward_op_name`)."""
+    backward_name = backward_op_name(namespace, forward_name)
+    return DifferentiableOp(f"{namespace}::{forward_name}", f"{namespace}::{backward_name}",
+                            getattr(getattr(torch.ops, namespace), backward_name))
