@@ -176,9 +176,11 @@ class _HueSaturationValue(_Step):
         v = torch.maximum(torch.maximum(r, g), b)
         diff = v - torch.minimum(torch.minimum(r, g), b)
         # OpenCV's RGB2HSV_b (fixed point, hsv_shift 12) divides through the tables
-        # round((255 << 12) / v) and round((180 << 12) / (6 * diff)). Computed here instead of
-        # looked up: the float32 quotient is within q * 2**-24 < 1 / (2 * divisor) of the exact
-        # one, closer than any quotient comes to a .5, so its rounding is the table's.
+        # round((255 << 12) / v) and round((180 << 12) / (6 * diff)) = round(122880 / diff).
+        # Computed here instead of looked up (a gather costs more): torch divides a scalar by a
+        # tensor as reciprocal times scalar, two float32 roundings, so the quotient q = N / d is
+        # within q * 2**-23 <= 0.125 / d of the exact one, while no exact quotient comes closer
+        # to a .5 than 1 / (2 * d) (N = 2**12 * 255 or 2**13 * 15, d <= 255): same rounding.
         sdiv = torch.round(1044480.0 / v.clamp(min=1).to(torch.float32)).to(torch.int32)
         hdiv = torch.round(122880.0 / diff.clamp(min=1).to(torch.float32)).to(torch.int32)
         s = (diff * sdiv + 2048) >> 12  # diff == 0 wherever v == 0, so the clamp changes nothing

@@ -207,6 +207,25 @@ def test_hsv_extreme_shifts_and_the_scalar_tail():
             assert np.abs(out[i].astype(int) - ref.astype(int)).max() <= tol
 
 
+def test_hsv_every_division_table_entry():
+    """Every (max, max - min) pair of an RGB pixel, so every entry of OpenCV's two division
+    tables, plus random colours, through small and large shifts; W = 256 has no scalar tail."""
+    v, d = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    keep = d <= v
+    pairs = np.stack([v[keep], v[keep] - d[keep], v[keep] - d[keep] // 2], -1)  # r = max, g = min
+    rng = np.random.default_rng(14)
+    colours = np.concatenate([pairs, pairs[:, [1, 0, 2]], pairs[:, [2, 1, 0]], rng.integers(0, 256, (2**16, 3))])
+    colours = np.concatenate([colours, np.zeros((-len(colours) % 256, 3), colours.dtype)]).astype(np.uint8)
+    img = colours.reshape(-1, 256, 3)
+    entry = {"type": "HueSaturationValue", "p": 1.0}
+    aug = PhotometricAugmenter.from_config([entry])
+    for shifts in ((0.4, 0.3, 0.2), (-7.5, 18.2, -11.9), (179.0, -254.0, 254.0)):
+        values = {k: torch.tensor([s], dtype=torch.float64) for k, s in zip(("hue_shift", "sat_shift", "val_shift"), shifts)}
+        out = _to_numpy(aug.steps[0].apply(_to_torch(img[None]), values))[0]
+        ref = _albumentations_apply("HueSaturationValue", entry, img, values, 0)
+        assert np.abs(out.astype(int) - ref.astype(int)).max() <= TOL["HueSaturationValue"], shifts
+
+
 @pytest.mark.parametrize("allow_shifted, direction", [(False, (0.0, 0.0)), (True, (-1.0, 1.0))])
 def test_motion_kernels_equal_albumentations(allow_shifted, direction):
     entry = {"type": "MotionBlur", "p": 1.0, "blur_limit": [3, 9], "allow_shifted": allow_shifted,
@@ -344,3 +363,13 @@ def test_cuda_matches_cpu():
     gpu = aug(x.cuda(), torch.Generator().manual_seed(1))
     assert gpu.device.type == "cuda"
     assert int((gpu.cpu().int() - cpu.int()).abs().max()) <= 1
+
+
+def test_cpu_chunking_does_not_change_the_result(monkeypatch):
+    import kpfast.data.gpu_photometric as gp
+
+    aug = PhotometricAugmenter.from_config([dict(e, p=0.8) for e in DEFAULT_ENTRIES if e["p"] > 0])
+    x = _to_torch(_images(10, 32, 48, seed=12))
+    whole = aug(x, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(gp, "_CPU_CHUNK_PIXELS", 3 * 32 * 48)  # 3 samples per call
+    assert torch.equal(aug(x, torch.Generator().manual_seed(3)), whole)
