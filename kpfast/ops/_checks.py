@@ -226,18 +226,3 @@ def sigma_argument(sigma, batch: int, num_keypoints: int, dtype: torch.dtype,
     if not (float(sigma) > SIGMA_FLOOR and float(sigma) < float("inf")):
         raise ValueError(f"sigma: expected a finite value > 0, got {sigma!r} (it must exceed {SIGMA_FLOOR:g})")
     return None, float(sigma)
-
-
-def materialise_weights(weights, keypoints4: torch.Tensor) -> torch.Tensor:
-    """For backends that need a tensor (the torch reference): None -> ones (B, N, K)."""
-    if weights is not None:
-        return weights
-    return torch.ones(keypoints4.shape[:-1], dtype=keypoints4.dtype, device=keypoints4.device)
-
-
-def materialise_sigma(sigma, sigma_value: float, batch: int, num_keypoints: int, dtype: torch.dtype,
-                      device: torch.device) -> torch.Tensor:
-    """For backends that need a (B, K) tensor (the torch reference): (None, value) -> a full tensor."""
-    if sigma is not None:
-        return sigma
-    return torch.full((batch, num_keypoints), float(sigma_value), dtype=dtype, device=device)

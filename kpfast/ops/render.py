@@ -7,7 +7,8 @@ import torch
 from kpfast import _extension, backends
 from kpfast import reference as _reference
 from kpfast.ops import _render_registration, _triton_loader
-from kpfast.ops._checks import check_float, check_size, materialise_sigma, materialise_weights
+from kpfast.ops._checks import check_float, check_size
+from kpfast.reference.render import materialise_sigma, materialise_weights
 from kpfast.ops._inputs import RenderInputs
 
 # Every implementation takes RenderInputs.kernel_args(): (keypoints (B, N, K, 2), weights (B, N, K)

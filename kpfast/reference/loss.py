@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kpfast import vocabulary
-from kpfast.ops._checks import materialise_sigma, materialise_weights
-from kpfast.reference.render import gaussian_maps
+from kpfast.reference.render import gaussian_maps, materialise_sigma, materialise_weights
 
 
 def positive_pixels(keypoints: torch.Tensor, valid: torch.Tensor, height: int, width: int) -> torch.Tensor:

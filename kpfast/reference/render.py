@@ -5,6 +5,21 @@ from __future__ import annotations
 import torch
 
 
+def materialise_weights(weights, keypoints4: torch.Tensor) -> torch.Tensor:
+    """The reference takes real tensors: absent weights (None) -> ones (B, N, K)."""
+    if weights is not None:
+        return weights
+    return torch.ones(keypoints4.shape[:-1], dtype=keypoints4.dtype, device=keypoints4.device)
+
+
+def materialise_sigma(sigma, sigma_value: float, batch: int, num_keypoints: int, dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+    """The reference takes a (B, K) sigma: (None, value), a float sigma -> a full tensor."""
+    if sigma is not None:
+        return sigma
+    return torch.full((batch, num_keypoints), float(sigma_value), dtype=dtype, device=device)
+
+
 def gaussian_maps(keypoints: torch.Tensor, weights: torch.Tensor, sigma: torch.Tensor, height: int, width: int,
                   encoding: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-instance Gaussians ``(B, N, K, H, W)`` and the validity mask ``(B, N, K)``.

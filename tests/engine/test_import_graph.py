@@ -140,3 +140,18 @@ def test_no_data_module_imports_the_engine_even_inside_functions_or_through_othe
     offenders = {name: sorted(t for t in _reachable(graph, name) if t == "kpfast.engine" or t.startswith("kpfast.engine."))
                  for name in data_modules}
     assert {name: hits for name, hits in offenders.items() if hits} == {}
+
+
+def test_reference_and_data_never_import_the_ops_or_the_engine():
+    # The torch reference defines the ops' semantics and the data pipeline feeds them (docs/design.md,
+    # docs/engine.md): both sit below kpfast.ops and kpfast.engine, so no import of theirs, deferred
+    # or through another module, climbs up to either.
+    # The root package is left out: importing any kpfast module runs kpfast/__init__.py, which is
+    # not an arrow of that module (kpfast._extension's `from kpfast import _C` reads as one).
+    graph = {name: targets - {"kpfast"} for name, targets in import_graph(_all_imports).items()}
+    lower = [name for name in graph if name.startswith(("kpfast.reference", "kpfast.data"))]
+    assert {"kpfast.reference.loss", "kpfast.reference.render", "kpfast.data.loader"} <= set(lower)
+    upper = ("kpfast.ops", "kpfast.engine")
+    offenders = {name: sorted(t for t in _reachable(graph, name) if t in upper or t.startswith(tuple(u + "." for u in upper)))
+                 for name in lower}
+    assert {name: hits for name, hits in offenders.items() if hits} == {}
