@@ -51,7 +51,8 @@ from torch.utils.data import Dataset, get_worker_info
 from .. import geometry
 from .augment import BoxJitter, CropAugmenter, resolve_augmentation_config
 from .info import DatasetInfo
-from .transforms import DEFAULT_MAX_IMAGE_PIXELS, normalize_image, read_image_checked, warp_crop
+from .jpeg import DEFAULT_REDUCTION_MARGIN, reduced_matrix, reduction_for_scale
+from .transforms import DEFAULT_MAX_IMAGE_PIXELS, normalize_image, read_image_reduced, warp_crop
 from .validate import load_json, validate_detections, validate_keypoint_annotations
 
 __all__ = ["CocoKeypointDataset", "Instance", "InstanceTable", "BadDataError", "resolve_coco_paths"]
@@ -234,6 +235,10 @@ class CocoKeypointDataset(Dataset):
             annotation's ``width``/``height``: the guard against decompression bombs.
         protocol: the evaluation protocol whose ground-truth box clip applies
             (:func:`clip_boxes_xywh`): "kpfast" or "mmpose".
+        decode_reduction_margin: JPEGs are decoded at 1/2, 1/4 or 1/8 of their size when the
+            sample's crop keeps at least this many reduced pixels per network-input pixel
+            (:mod:`kpfast.data.jpeg`); ``None`` always decodes in full. Keypoints, targets and
+            ``meta`` do not depend on it; the crop's pixels differ by resampling only.
     """
 
     def __init__(self, root=None, split: str = "train", *, ann_file=None, image_dir=None,
@@ -243,7 +248,11 @@ class CocoKeypointDataset(Dataset):
                  detections: str | Path | None = None, det_score_threshold: float = 0.0,
                  padding: float = 1.25, dataset_info: Mapping[str, Any] | None = None,
                  max_bad_fraction: float = 0.05, seed: int = 0, category_id: int | None = None,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, protocol: str = "kpfast"):
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, protocol: str = "kpfast",
+                 decode_reduction_margin: float | None = DEFAULT_REDUCTION_MARGIN):
+        if decode_reduction_margin is not None and not decode_reduction_margin > 0:
+            raise ValueError(f"decode_reduction_margin must be > 0 or None, got {decode_reduction_margin!r}")
+        self.decode_reduction_margin = decode_reduction_margin
         if convention not in geometry.CONVENTIONS:
             raise ValueError(f"convention must be one of {geometry.CONVENTIONS}, got {convention!r}")
         if not 0.0 <= max_bad_fraction <= 1.0:
@@ -435,14 +444,18 @@ class CocoKeypointDataset(Dataset):
     def _rng(self, index: int, attempt: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(self._epoch[0]), index, attempt])
 
-    def _load(self, inst: Instance, row: int) -> np.ndarray | None:
+    def _load(self, inst: Instance, row: int, reduction: int = 1) -> tuple[np.ndarray | None, int]:
+        """``(image, factor)``: the BGR image decoded at ``1 / factor`` (``reduction`` for a
+        JPEG, else 1), or ``(None, 1)`` after counting the failure."""
         key = str(inst.image_path)
+        factor = 1
         if key in self.bad_files:
             image, reason = None, self.bad_files[key]
         else:
             width, height = self.instances.sizes[self.instances.image_index[row]]
             expected = (width, height) if width > 0 and height > 0 else None
-            image, reason = read_image_checked(inst.image_path, expected, self.max_image_pixels)
+            image, reason, factor = read_image_reduced(inst.image_path, expected,
+                                                       self.max_image_pixels, reduction)
         slot = self._slot()
         self._counters[slot, _LOADED] += 1
         if image is None:
@@ -458,19 +471,26 @@ class CocoKeypointDataset(Dataset):
                     f"{failed} image decode failures this epoch for a dataset of {len(self)} "
                     f"instances, above max_bad_fraction={self.max_bad_fraction:.1%} "
                     f"(last: {inst.image_path}, image id {inst.image_id}: {reason})")
-        return image
+        return image, factor
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} instances")
         original = index
+        in_h, in_w = self.input_size
         for attempt in range(len(self) + 1):
             rng = self._rng(original, attempt)
             inst = self.instances[index]
-            image = self._load(inst, index)
+            # The box is sampled before decoding (it picks the reduction); the draws are the
+            # same ones, in the same order, as when it was sampled after.
+            plan = self._plan_crop(inst, rng)
+            reduction = (1 if self.decode_reduction_margin is None else
+                         reduction_for_scale(plan[0].scale, (in_w, in_h), self.decode_reduction_margin))
+            image, factor = self._load(inst, index, reduction)
             if image is not None:
-                return self._make_sample(inst, image, rng, index)
-            index = int(rng.integers(len(self)))
+                return self._make_sample(inst, image, rng, index, plan, factor)
+            # A fresh stream of this attempt redraws the index, as before the box moved up.
+            index = int(self._rng(original, attempt).integers(len(self)))
         raise BadDataError(f"no decodable image found after {len(self) + 1} draws")
 
     def _plan_crop(self, inst: Instance, rng: np.random.Generator):
@@ -484,12 +504,14 @@ class CocoKeypointDataset(Dataset):
         return box, matrix
 
     def _make_sample(self, inst: Instance, image_bgr: np.ndarray, rng: np.random.Generator,
-                     index: int) -> dict[str, Any]:
+                     index: int, plan=None, factor: int = 1) -> dict[str, Any]:
+        """``plan``: ``(box, matrix)`` of :meth:`_plan_crop` (sampled here when ``None``);
+        ``image_bgr`` is decoded at ``1 / factor`` of the image's size."""
         in_h, in_w = self.input_size
         k = self.info.num_keypoints
-        box, matrix = self._plan_crop(inst, rng)
+        box, matrix = self._plan_crop(inst, rng) if plan is None else plan
         labelled = inst.keypoints[:, 2] > 0
-        crop = warp_crop(image_bgr, matrix, (in_w, in_h))
+        crop = warp_crop(image_bgr, reduced_matrix(matrix, factor), (in_w, in_h))
         crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
         kps_crop = geometry.transform_points(inst.keypoints[:, :2], matrix).astype(np.float32)
         if box.flipped:

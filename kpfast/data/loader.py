@@ -18,6 +18,7 @@ Config (all keys optional)::
       det_score_threshold: 0.0
       max_bad_fraction: 0.05
       max_image_pixels: 64000000  # larger images (by their header) are never decoded
+      decode_reduction_margin: 1.0  # JPEGs decoded at 1/2..1/8 when the crop allows; null: full
       dataset_info: {}        # DatasetInfo overrides: sigmas, flip_pairs, skeleton, ...
       batch_size: 32
       num_workers: 2
@@ -42,7 +43,8 @@ __all__ = ["collate_samples", "split_meta", "build_dataset", "build_dataloader",
 
 _DATASET_KEYS = {"ann_file", "image_dir", "input_size", "heatmap_size", "heatmap_stride",
                  "convention", "padding", "dataset_info", "max_bad_fraction", "seed",
-                 "det_score_threshold", "category_id", "max_image_pixels", "protocol"}
+                 "det_score_threshold", "category_id", "max_image_pixels", "protocol",
+                 "decode_reduction_margin"}
 _KNOWN_KEYS = _DATASET_KEYS | {"root", "train_split", "val_split", "augmentation", "detections",
                                "batch_size", "num_workers", "synthetic", "pin_memory",
                                "persistent_workers", "prefetch_factor", "val_batch_size",

@@ -16,8 +16,10 @@ import kpfast._require_trainer  # noqa: F401  (first: one line when the trainer'
 import cv2
 import numpy as np
 
+from .jpeg import decode_flags, is_jpeg
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_IMAGE_PIXELS", "decode_image",
-           "read_image_checked", "image_size_from_header", "warp_crop", "normalize_image",
+           "read_image_checked", "read_image_reduced", "image_size_from_header", "warp_crop", "normalize_image",
            "denormalize_image"]
 
 # Largest image decoded by default (64 Mpx, ~200 MB as BGR): 3x a 4K x 4K photograph, far above
@@ -25,8 +27,6 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_IMAGE_PIXELS", "decode_
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 # Largest image file read (a 64 Mpx PNG compresses to far less).
 MAX_IMAGE_FILE_BYTES = 512 * 2**20
-# IMREAD_COLOR applies the EXIF orientation; this flag keeps the stored frame (see module doc).
-_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NO_LENGTH = {0x01, 0xD8} | set(range(0xD0, 0xD8))
 
@@ -121,6 +121,8 @@ def read_image_checked(path: str | Path, expected_size: tuple[float, float] | No
                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray | None, str]:
     """Read an image as ``(H, W, 3)`` uint8 **BGR**: ``(image, "")`` or ``(None, reason)``.
 
+    :func:`read_image_reduced` with no reduction; its checks are described here.
+
     Before decoding, the size in the file's header is read and the image refused when it has
     more than ``max_pixels`` pixels, or when it differs from ``expected_size = (width, height)``
     (the annotation's ``width``, ``height``: the stored frame, since decoding ignores EXIF
@@ -131,9 +133,28 @@ def read_image_checked(path: str | Path, expected_size: tuple[float, float] | No
     A JPEG without its end-of-image marker counts as undecodable: OpenCV would return it with
     the missing part filled in grey, i.e. a silently damaged image.
     """
+    image, reason, _factor = read_image_reduced(path, expected_size, max_pixels, 1)
+    return image, reason
+
+
+def read_image_reduced(path: str | Path, expected_size: tuple[float, float] | None = None,
+                       max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, reduction: int = 1
+                       ) -> tuple[np.ndarray | None, str, int]:
+    """:func:`read_image_checked` decoding a JPEG at ``1 / reduction`` of its size in the DCT
+    domain (:mod:`kpfast.data.jpeg`): ``(image, reason, factor)`` with ``factor`` the reduction
+    applied (1 for other formats, which are always decoded in full). The size checks use the
+    header's full size, before any decoding.
+    """
     data, reason = _read_regular_file(path)
     if data is None:
-        return None, reason
+        return None, reason, 1
+    factor = reduction if is_jpeg(data) else 1
+    image, reason = _checked_decode(data, expected_size, max_pixels, factor)
+    return image, reason, factor
+
+
+def _checked_decode(data: np.ndarray, expected_size, max_pixels: int, reduction: int):
+    """The header checks of :func:`read_image_checked`, then the decode."""
     if data.size < 4:
         return None, f"file too short ({data.size} bytes)"
     size = image_size_from_header(data)
@@ -152,7 +173,7 @@ def read_image_checked(path: str | Path, expected_size: tuple[float, float] | No
                           f"{ew}x{eh} (not decoded)")
     if data[0] == 0xFF and data[1] == 0xD8 and b"\xff\xd9" not in data[-1024:].tobytes():
         return None, "truncated JPEG (no end-of-image marker)"
-    image = cv2.imdecode(data, _DECODE_FLAGS)
+    image = cv2.imdecode(data, decode_flags(reduction))
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         return None, "OpenCV cannot decode it"
     return image, ""
