@@ -52,7 +52,8 @@ from .. import geometry
 from .augment import BoxJitter, CropAugmenter, resolve_augmentation_config
 from .info import DatasetInfo
 from .jpeg import DEFAULT_REDUCTION_MARGIN, reduced_matrix, reduction_for_scale
-from .transforms import DEFAULT_MAX_IMAGE_PIXELS, normalize_image, read_image_reduced, warp_crop
+from .transforms import (DEFAULT_MAX_IMAGE_PIXELS, normalize_image, read_image_reduced,
+                         read_jpeg_bytes_checked, warp_crop)
 from .validate import load_json, validate_detections, validate_keypoint_annotations
 
 __all__ = ["CocoKeypointDataset", "Instance", "InstanceTable", "BadDataError", "resolve_coco_paths"]
@@ -239,6 +240,10 @@ class CocoKeypointDataset(Dataset):
             sample's crop keeps at least this many reduced pixels per network-input pixel
             (:mod:`kpfast.data.jpeg`); ``None`` always decodes in full. Keypoints, targets and
             ``meta`` do not depend on it; the crop's pixels differ by resampling only.
+        decode_device: ``"cpu"`` (samples carry ``image``) or ``"cuda"``: samples carry the
+            JPEG's bytes (``encoded``) and ``crop_matrix`` instead, decoded and warped on the
+            device by :func:`kpfast.data.gpu_pipeline.materialize_batch`; keypoints, weights and
+            ``meta`` are the CPU path's. JPEG only; no albumentations stage (refused).
     """
 
     def __init__(self, root=None, split: str = "train", *, ann_file=None, image_dir=None,
@@ -249,7 +254,11 @@ class CocoKeypointDataset(Dataset):
                  padding: float = 1.25, dataset_info: Mapping[str, Any] | None = None,
                  max_bad_fraction: float = 0.05, seed: int = 0, category_id: int | None = None,
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, protocol: str = "kpfast",
-                 decode_reduction_margin: float | None = DEFAULT_REDUCTION_MARGIN):
+                 decode_reduction_margin: float | None = DEFAULT_REDUCTION_MARGIN,
+                 decode_device: str = "cpu"):
+        if decode_device not in ("cpu", "cuda"):
+            raise ValueError(f"decode_device must be 'cpu' or 'cuda', got {decode_device!r}")
+        self.decode_device = decode_device
         if decode_reduction_margin is not None and not decode_reduction_margin > 0:
             raise ValueError(f"decode_reduction_margin must be > 0 or None, got {decode_reduction_margin!r}")
         self.decode_reduction_margin = decode_reduction_margin
@@ -304,6 +313,10 @@ class CocoKeypointDataset(Dataset):
         self.augmentation_config = aug_config
         self.box_jitter = BoxJitter(aug_config, self.info, self.aspect_ratio)
         self.crop_augmenter = CropAugmenter(aug_config["albumentations"], self.info.flip_index)
+        if decode_device == "cuda" and self.crop_augmenter:
+            raise ValueError("decode_device='cuda' runs no albumentations stage yet: set augmentation "
+                             "albumentations: [] (got "
+                             f"{[e['type'] for e in aug_config['albumentations'] if e.get('p', 0.5)]})")
         self._hm_scale = geometry.heatmap_scale((in_w, in_h), self.heatmap_size[::-1], convention)
 
         self._counters = torch.zeros((_COUNTER_SLOTS, 3), dtype=torch.int64).share_memory_()
@@ -454,8 +467,11 @@ class CocoKeypointDataset(Dataset):
         else:
             width, height = self.instances.sizes[self.instances.image_index[row]]
             expected = (width, height) if width > 0 and height > 0 else None
-            image, reason, factor = read_image_reduced(inst.image_path, expected,
-                                                       self.max_image_pixels, reduction)
+            if self.decode_device == "cuda":
+                image, reason = read_jpeg_bytes_checked(inst.image_path, expected, self.max_image_pixels)
+            else:
+                image, reason, factor = read_image_reduced(inst.image_path, expected,
+                                                           self.max_image_pixels, reduction)
         slot = self._slot()
         self._counters[slot, _LOADED] += 1
         if image is None:
@@ -487,6 +503,12 @@ class CocoKeypointDataset(Dataset):
             reduction = (1 if self.decode_reduction_margin is None else
                          reduction_for_scale(plan[0].scale, (in_w, in_h), self.decode_reduction_margin))
             image, factor = self._load(inst, index, reduction)
+            if image is not None and self.decode_device == "cuda":
+                sample = self._make_sample(inst, None, rng, index, plan)
+                sample["encoded"] = torch.from_numpy(image.copy())  # (the read buffer is read-only)
+                sample["crop_matrix"] = torch.from_numpy(np.asarray(plan[1], dtype=np.float64))
+                sample["input_size"] = torch.tensor(self.input_size, dtype=torch.int64)
+                return sample
             if image is not None:
                 return self._make_sample(inst, image, rng, index, plan, factor)
             # A fresh stream of this attempt redraws the index, as before the box moved up.
@@ -506,18 +528,21 @@ class CocoKeypointDataset(Dataset):
     def _make_sample(self, inst: Instance, image_bgr: np.ndarray, rng: np.random.Generator,
                      index: int, plan=None, factor: int = 1) -> dict[str, Any]:
         """``plan``: ``(box, matrix)`` of :meth:`_plan_crop` (sampled here when ``None``);
-        ``image_bgr`` is decoded at ``1 / factor`` of the image's size."""
+        ``image_bgr`` is decoded at ``1 / factor`` of the image's size; ``None``: no ``image``
+        (the device makes it, see ``decode_device``)."""
         in_h, in_w = self.input_size
         k = self.info.num_keypoints
         box, matrix = self._plan_crop(inst, rng) if plan is None else plan
         labelled = inst.keypoints[:, 2] > 0
-        crop = warp_crop(image_bgr, reduced_matrix(matrix, factor), (in_w, in_h))
-        crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        crop = None
+        if image_bgr is not None:
+            crop = warp_crop(image_bgr, reduced_matrix(matrix, factor), (in_w, in_h))
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
         kps_crop = geometry.transform_points(inst.keypoints[:, :2], matrix).astype(np.float32)
         if box.flipped:
             kps_crop = kps_crop[self.info.flip_index]
             labelled = labelled[self.info.flip_index]
-        if self.crop_augmenter:
+        if self.crop_augmenter:  # (never with image_bgr None: refused in __init__)
             crop, kps_crop, swaps = self.crop_augmenter(crop, kps_crop, rng)
             if swaps % 2:  # albumentations' HorizontalFlip: record it like the affine flip
                 labelled = labelled[self.info.flip_index]
@@ -530,8 +555,8 @@ class CocoKeypointDataset(Dataset):
         keypoints = kps_crop * np.array([kx, ky], dtype=np.float32)
         heat_matrix = geometry.compose_affine(np.array([[kx, 0, 0], [0, ky, 0]]), matrix)
         assert keypoints.shape == (k, 2)
-        return {
-            "image": torch.from_numpy(normalize_image(np.ascontiguousarray(crop))),
+        sample = {} if crop is None else {"image": torch.from_numpy(normalize_image(np.ascontiguousarray(crop)))}
+        return sample | {
             "keypoints": torch.from_numpy(np.ascontiguousarray(keypoints, dtype=np.float32)),
             "weights": torch.from_numpy(weights),
             "meta": {

@@ -19,6 +19,7 @@ Config (all keys optional)::
       max_bad_fraction: 0.05
       max_image_pixels: 64000000  # larger images (by their header) are never decoded
       decode_reduction_margin: 1.0  # JPEGs decoded at 1/2..1/8 when the crop allows; null: full
+      decode_device: cpu      # cuda: workers hand over JPEG bytes (kpfast.data.gpu_pipeline)
       dataset_info: {}        # DatasetInfo overrides: sigmas, flip_pairs, skeleton, ...
       batch_size: 32
       num_workers: 2
@@ -44,7 +45,7 @@ __all__ = ["collate_samples", "split_meta", "build_dataset", "build_dataloader",
 _DATASET_KEYS = {"ann_file", "image_dir", "input_size", "heatmap_size", "heatmap_stride",
                  "convention", "padding", "dataset_info", "max_bad_fraction", "seed",
                  "det_score_threshold", "category_id", "max_image_pixels", "protocol",
-                 "decode_reduction_margin"}
+                 "decode_reduction_margin", "decode_device"}
 _KNOWN_KEYS = _DATASET_KEYS | {"root", "train_split", "val_split", "augmentation", "detections",
                                "batch_size", "num_workers", "synthetic", "pin_memory",
                                "persistent_workers", "prefetch_factor", "val_batch_size",
@@ -58,7 +59,10 @@ def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not samples:
         raise ValueError("collate_samples needs at least one sample, got an empty list")
     batch: dict[str, Any] = {key: torch.stack([s[key] for s in samples])
-                             for key in ("image", "keypoints", "weights")}
+                             for key in ("image", "keypoints", "weights", "crop_matrix", "input_size")
+                             if key in samples[0]}
+    if "encoded" in samples[0]:  # decode_device="cuda": JPEG bytes of different lengths
+        batch["encoded"] = [s["encoded"] for s in samples]
     meta = {}
     for key in samples[0]["meta"]:
         values = [s["meta"][key] for s in samples]

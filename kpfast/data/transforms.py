@@ -19,7 +19,7 @@ import numpy as np
 from .jpeg import decode_flags, is_jpeg
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_IMAGE_PIXELS", "decode_image",
-           "read_image_checked", "read_image_reduced", "image_size_from_header", "warp_crop", "normalize_image",
+           "read_image_checked", "read_image_reduced", "read_jpeg_bytes_checked", "image_size_from_header", "warp_crop", "normalize_image",
            "denormalize_image"]
 
 # Largest image decoded by default (64 Mpx, ~200 MB as BGR): 3x a 4K x 4K photograph, far above
@@ -153,26 +153,47 @@ def read_image_reduced(path: str | Path, expected_size: tuple[float, float] | No
     return image, reason, factor
 
 
-def _checked_decode(data: np.ndarray, expected_size, max_pixels: int, reduction: int):
-    """The header checks of :func:`read_image_checked`, then the decode."""
+def _header_problem(data: np.ndarray, expected_size, max_pixels: int) -> str:
+    """Why the file must not be decoded (the checks of :func:`read_image_checked`), or ``""``."""
     if data.size < 4:
-        return None, f"file too short ({data.size} bytes)"
+        return f"file too short ({data.size} bytes)"
     size = image_size_from_header(data)
     if size is None:
-        return None, "no readable JPEG/PNG/BMP/WebP header"
+        return "no readable JPEG/PNG/BMP/WebP header"
     width, height = size
     if width <= 0 or height <= 0:
-        return None, f"header gives an empty size {width}x{height}"
+        return f"header gives an empty size {width}x{height}"
     if width * height > max_pixels:
-        return None, (f"header size {width}x{height} = {width * height / 1e6:.4g} Mpx exceeds "
-                      f"max_image_pixels = {max_pixels / 1e6:g} Mpx (not decoded)")
+        return (f"header size {width}x{height} = {width * height / 1e6:.4g} Mpx exceeds "
+                f"max_image_pixels = {max_pixels / 1e6:g} Mpx (not decoded)")
     if expected_size is not None:
         ew, eh = (int(round(v)) for v in expected_size)
         if (width, height) != (ew, eh):
-            return None, (f"header size {width}x{height} differs from the annotation's "
-                          f"{ew}x{eh} (not decoded)")
+            return f"header size {width}x{height} differs from the annotation's {ew}x{eh} (not decoded)"
     if data[0] == 0xFF and data[1] == 0xD8 and b"\xff\xd9" not in data[-1024:].tobytes():
-        return None, "truncated JPEG (no end-of-image marker)"
+        return "truncated JPEG (no end-of-image marker)"
+    return ""
+
+
+def read_jpeg_bytes_checked(path: str | Path, expected_size: tuple[float, float] | None = None,
+                            max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray | None, str]:
+    """The encoded bytes of a JPEG that passes :func:`read_image_checked`'s header checks, not
+    decoded (the device decodes it: docs/design.md §Performance): ``(bytes, "")`` or
+    ``(None, reason)``. Other formats are refused: nvJPEG decodes JPEGs only."""
+    data, reason = _read_regular_file(path)
+    if data is None:
+        return None, reason
+    reason = _header_problem(data, expected_size, max_pixels)
+    if not reason and not is_jpeg(data):
+        reason = "not a JPEG (data.decode_device: cuda decodes JPEGs only)"
+    return (None, reason) if reason else (data, "")
+
+
+def _checked_decode(data: np.ndarray, expected_size, max_pixels: int, reduction: int):
+    """The header checks of :func:`read_image_checked`, then the decode."""
+    reason = _header_problem(data, expected_size, max_pixels)
+    if reason:
+        return None, reason
     image = cv2.imdecode(data, decode_flags(reduction))
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         return None, "OpenCV cannot decode it"
