@@ -63,4 +63,6 @@ def _coco_layout(root, config, split: str, *, train: bool, convention: str, seed
         augmentation=config.augmentation if train else "none",
         detections=None if (train or config.use_gt_boxes) else config.detections,
         det_score_threshold=config.det_score_threshold, input_size=list(config.input_size),
-        convention=convention, seed=seed, protocol=protocol, **config.dataset_options)
+        convention=convention, seed=seed, protocol=protocol,
+        decode_device=config.decode_device if train else "cpu",  # evaluation decodes on the CPU
+        **config.dataset_options)

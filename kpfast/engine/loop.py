@@ -92,6 +92,10 @@ class TrainStep:
 
     def to_device(self, batch: dict) -> dict:
         """The tensors the step needs, each copied to the device once (asynchronously from pinned memory)."""
+        if "encoded" in batch:  # data.decode_device: cuda: the images are made on the device
+            from kpfast.data.gpu_pipeline import materialize_batch
+
+            batch = materialize_batch(batch, self.device)
         images = batch["image"].to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

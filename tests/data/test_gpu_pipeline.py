@@ -105,3 +105,26 @@ def test_cuda_decoding_refuses_albumentations_and_png(synthetic_root, tmp_path):
         CocoKeypointDataset(synthetic_root, "train", decode_device="cuda")
     with pytest.raises(ValueError, match=r"decode_device must be 'cpu' or 'cuda', got 'gpu'"):
         CocoKeypointDataset(synthetic_root, "train", decode_device="gpu")
+
+
+def test_config_key_reaches_the_training_dataset_and_the_step_makes_images(synthetic_root):
+    # data.decode_device: cuda -> the training dataset hands over bytes (evaluation keeps the
+    # CPU decode), and the train step turns an encoded batch into normalised images.
+    from types import SimpleNamespace
+
+    from kpfast.data.registry import create_dataset
+    from kpfast.engine.config import config_from_dict
+    from kpfast.engine.loop import TrainStep
+
+    config = config_from_dict({"data": {"decode_device": "cuda", "root": str(synthetic_root),
+                                        "dataset": "coco", "train_split": "train", "val_split": "val",
+                                        "augmentation": GEOMETRIC_ONLY}})
+    assert create_dataset(config.data, "train", train=True).decode_device == "cuda"
+    assert create_dataset(config.data, "val", train=False).decode_device == "cpu"
+    with pytest.raises(Exception, match=r"^data\.decode_device: expected one of \['cpu', 'cuda'\], got 'gpu'"):
+        config_from_dict({"data": {"decode_device": "gpu"}})
+    enc = CocoKeypointDataset(synthetic_root, "train", augmentation=GEOMETRIC_ONLY, decode_device="cuda")
+    batch = collate_samples([enc[0], enc[1]])
+    moved = TrainStep.to_device(SimpleNamespace(device=torch.device("cpu"), channels_last=False), batch)
+    assert moved["image"].shape == (2, 3, 256, 192) and moved["image"].dtype == torch.float32
+    assert torch.equal(moved["keypoints"], batch["keypoints"])
