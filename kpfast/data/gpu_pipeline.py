@@ -26,7 +26,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+# The values of kpfast.data.transforms.IMAGENET_MEAN / _STD (tests/data/test_gpu_pipeline.py
+# checks they agree). Not imported from there: this module must import on a GPU machine that
+# has torch but not the trainer's packages (benchmarks/gpu_loader_check.py runs it there).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = ["GPU_DECODE_EXTRA", "decode_jpegs", "warp_images", "normalize_batch", "materialize_batch"]
 
@@ -49,13 +53,11 @@ def decode_jpegs(encoded: Sequence[torch.Tensor], device: torch.device) -> list[
     if device.type == "cuda":
         decode_jpeg, rgb = _torchvision_decode_jpeg()
         return list(decode_jpeg(list(encoded), mode=rgb, device=device))
-    import cv2
-
-    from .jpeg import decode_flags
+    import cv2  # the CPU decode (tests, CPU training) uses the CPU path's decoder
 
     out = []
     for data in encoded:
-        bgr = cv2.imdecode(data.numpy(), decode_flags(1))
+        bgr = cv2.imdecode(data.numpy(), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if bgr is None:
             raise ValueError("encoded: OpenCV cannot decode one of the batch's JPEGs")
         out.append(torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).to(device))
@@ -97,8 +99,10 @@ def warp_images(images: Sequence[torch.Tensor], crop_matrix: torch.Tensor, out_h
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` RGB in [0, 255] (uint8 or float) -> ImageNet-normalised float32, on the
     images' device (the same numbers as :func:`kpfast.data.transforms.normalize_image`)."""
-    scale = torch.as_tensor(1.0 / (255.0 * IMAGENET_STD), device=images.device).view(1, 3, 1, 1)
-    offset = torch.as_tensor(IMAGENET_MEAN / IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+    scale = (1.0 / (255.0 * std)).to(images.device).view(1, 3, 1, 1)
+    offset = (mean / std).to(images.device).view(1, 3, 1, 1)
     return images.to(torch.float32) * scale - offset
 
 

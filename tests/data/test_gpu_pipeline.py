@@ -50,6 +50,10 @@ def test_warp_checks_its_matrices():
 
 
 def test_normalize_batch_equals_normalize_image():
+    from kpfast.data import gpu_pipeline, transforms
+
+    assert np.array_equal(np.float32(gpu_pipeline.IMAGENET_MEAN), transforms.IMAGENET_MEAN)
+    assert np.array_equal(np.float32(gpu_pipeline.IMAGENET_STD), transforms.IMAGENET_STD)
     rgb = _photo()
     got = normalize_batch(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0]
     assert torch.allclose(got, torch.from_numpy(normalize_image(rgb)), atol=1e-6)
