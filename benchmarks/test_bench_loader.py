@@ -8,6 +8,9 @@ Compares, in one run and on the same instances:
 * either one also rendering 17 Gaussian heatmaps per sample on the CPU with numpy, as other
   toolkits do in their loaders (MMPose 1.x ``generate_udp_gaussian_heatmaps``: one full-map
   ``exp`` per keypoint);
+* ``encoded_bytes``: the worker half of ``data.decode_device: cuda`` (file bytes, header checks,
+  box-level augmentation, keypoints; decode, warp and normalisation happen on the GPU, not
+  counted here; no photometric augmentation on that path yet);
 * ``mmpose_style``: a minimal MMPose-style loader (full ``cv2.imread``, random scale/rotation/
   flip, ``warpAffine``, flip, normalise, numpy heatmaps; no photometric augmentation).
 
@@ -115,6 +118,12 @@ def _make_dataset(request):
                                  train=True, augmentation="default", decode_reduction_margin=margin)
         ds.name = request.param
         datasets[pipeline] = ds
+    # The worker half of data.decode_device: cuda: header-checked bytes + the sampled crop; no
+    # albumentations stage on that path (yet), so the box-level augmentation only.
+    ds = CocoKeypointDataset(root, split, input_size=INPUT_SIZE, heatmap_size=HEATMAP_SIZE, train=True,
+                             augmentation={"albumentations": []}, decode_device="cuda")
+    ds.name = request.param
+    datasets["encoded_bytes"] = ds
     return datasets
 
 
@@ -151,7 +160,7 @@ def mmpose_style_sample(dataset: CocoKeypointDataset, index: int, rng: np.random
 @pytest.mark.parametrize("pipeline,targets", [
     ("reduced_decode", "keypoints"), ("full_decode", "keypoints"),
     ("reduced_decode", "keypoints+numpy_heatmaps"), ("full_decode", "keypoints+numpy_heatmaps"),
-    ("mmpose_style", "numpy_heatmaps")])
+    ("mmpose_style", "numpy_heatmaps"), ("encoded_bytes", "keypoints")])
 def test_loader_throughput_per_worker(benchmark, dataset, pipeline, targets):
     state = {"index": 0, "cpu": [], "wall": []}
     render = targets == "keypoints+numpy_heatmaps"
