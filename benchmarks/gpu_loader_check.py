@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from kpfast import geometry
-from kpfast.data.gpu_pipeline import normalize_batch, warp_images
+from kpfast.data.gpu_pipeline import warp_images
+from kpfast.data.normalize import normalize_images
 
 
 def _matrices(batch: int, rng: np.random.Generator, out_wh=(192, 256)) -> torch.Tensor:
@@ -54,8 +55,8 @@ def main(argv=None) -> int:
     images = [torch.from_numpy(rng.integers(0, 256, (3, 480, 640), dtype=np.uint8)) for _ in range(args.batch)]
     mats = _matrices(args.batch, rng)
     report: dict = {"batch": args.batch, "input_size": [256, 192], "device": torch.cuda.get_device_name()}
-    cpu = normalize_batch(warp_images(images, mats, (256, 192)).round())
-    gpu = normalize_batch(warp_images([i.to(cuda) for i in images], mats, (256, 192)).round()).cpu()
+    cpu = normalize_images(warp_images(images, mats, (256, 192)).round())
+    gpu = normalize_images(warp_images([i.to(cuda) for i in images], mats, (256, 192)).round()).cpu()
     grey = ((gpu - cpu).abs() * 255 * 0.229).max().item()  # in grey levels (smallest std)
     report["warp_max_grey_diff_vs_cpu"] = round(grey, 3)
     ok = grey <= args.tolerance
@@ -79,11 +80,11 @@ def main(argv=None) -> int:
         report["decode_images_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
     on_device = [i.to(cuda) for i in images]
     for _ in range(3):
-        normalize_batch(warp_images(on_device, mats, (256, 192)))
+        normalize_images(warp_images(on_device, mats, (256, 192)))
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(args.rounds):
-        normalize_batch(warp_images(on_device, mats, (256, 192)).round())
+        normalize_images(warp_images(on_device, mats, (256, 192)).round())
     torch.cuda.synchronize()
     report["warp_normalise_samples_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
     report["ok"] = bool(ok and math.isfinite(grey))

@@ -3,7 +3,8 @@
 Stages, timed separately over every instance of a dataset (several passes, wall-clock with one
 thread, which on an idle core equals CPU time): file read, JPEG decode (full and at the reduced
 factor the sample allows), box/scale/rotation sampling, warp, colour conversion, albumentations,
-normalise, collate (per sample, of a batch of 32). Prints a table in microseconds per sample.
+the uint8 CHW copy a sample carries, collate (per sample, of a batch of 32) and the batch's
+normalisation (the consumer's, on its device: here the CPU). Prints a table in microseconds per sample.
 
     python benchmarks/profile_loader.py [--dataset coco_like|coco_sample|both] [--passes N]
 """
@@ -28,7 +29,8 @@ from kpfast import geometry  # noqa: E402
 from kpfast.data import CocoKeypointDataset  # noqa: E402
 from kpfast.data.jpeg import decode_flags, reduction_for_scale, reduced_matrix  # noqa: E402
 from kpfast.data.loader import collate_samples  # noqa: E402
-from kpfast.data.transforms import _read_regular_file, normalize_image, warp_crop  # noqa: E402
+from kpfast.data.normalize import normalize_images  # noqa: E402
+from kpfast.data.transforms import _read_regular_file, to_chw, warp_crop  # noqa: E402
 
 INPUT_SIZE = (256, 192)
 
@@ -73,18 +75,21 @@ def profile(ds: CocoKeypointDataset, passes: int) -> dict[str, float]:
             kps = geometry.transform_points(inst.keypoints[:, :2], matrix).astype(np.float32)
             rgb, kps, _ = ds.crop_augmenter(rgb, kps, rng)
             t7 = clock()
-            image = torch.from_numpy(normalize_image(np.ascontiguousarray(rgb)))
+            image = to_chw(rgb)  # uint8 across the worker boundary
             t8 = clock()
             samples.append({"image": image, "keypoints": torch.from_numpy(kps),
                             "weights": torch.ones(len(kps)), "meta": {"index": i}})
             if len(samples) == 32:
                 t9 = clock()
-                collate_samples(samples)
-                t["collate"] += clock() - t9
+                batch = collate_samples(samples)
+                t10 = clock()
+                normalize_images(batch["image"])  # the consumer's, on its device (here the CPU)
+                t["collate"] += t10 - t9
+                t["normalise_batch"] += clock() - t10
                 samples.clear()
             for name, a, b in (("read", t0, t1), ("decode_full", t1, t2), ("sample_box", t2, t3),
                                ("decode_reduced", t3, t4), ("warp", t4, t5), ("bgr2rgb", t5, t6),
-                               ("albumentations", t6, t7), ("normalise", t7, t8)):
+                               ("albumentations", t6, t7), ("to_chw_uint8", t7, t8)):
                 t[name] += b - a
             t["factor_sum"] += factor
             n += 1

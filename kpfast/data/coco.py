@@ -2,7 +2,7 @@
 
 One sample is one person instance cropped by an affine warp around its (GT or detected) box::
 
-    {"image":     float32 (3, H, W), ImageNet-normalised RGB,
+    {"image":     uint8 (3, H, W) RGB (normalised on the device: kpfast.data.normalize),
      "keypoints": float32 (K, 2), x then y, in HEATMAP pixels (pixel (row i, col j) at x=j, y=i),
      "weights":   float32 (K,), 1 where the keypoint is labelled (v > 0) and inside the crop,
      "meta":      {"image_id": int, "center": (2,), "scale": (2,), "rotation": float,
@@ -52,8 +52,8 @@ from .. import geometry
 from .augment import BoxJitter, CropAugmenter, resolve_augmentation_config
 from .info import DatasetInfo
 from .jpeg import DEFAULT_REDUCTION_MARGIN, reduced_matrix, reduction_for_scale
-from .transforms import (DEFAULT_MAX_IMAGE_PIXELS, normalize_image, read_image_reduced,
-                         read_jpeg_bytes_checked, warp_crop)
+from .transforms import (DEFAULT_MAX_IMAGE_PIXELS, read_image_reduced, read_jpeg_bytes_checked,
+                         to_chw, warp_crop)
 from .validate import load_json, validate_detections, validate_keypoint_annotations
 
 __all__ = ["CocoKeypointDataset", "Instance", "InstanceTable", "BadDataError", "resolve_coco_paths"]
@@ -555,7 +555,7 @@ class CocoKeypointDataset(Dataset):
         keypoints = kps_crop * np.array([kx, ky], dtype=np.float32)
         heat_matrix = geometry.compose_affine(np.array([[kx, 0, 0], [0, ky, 0]]), matrix)
         assert keypoints.shape == (k, 2)
-        sample = {} if crop is None else {"image": torch.from_numpy(normalize_image(np.ascontiguousarray(crop)))}
+        sample = {} if crop is None else {"image": to_chw(crop)}
         return sample | {
             "keypoints": torch.from_numpy(np.ascontiguousarray(keypoints, dtype=np.float32)),
             "weights": torch.from_numpy(weights),

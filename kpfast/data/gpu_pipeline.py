@@ -5,8 +5,9 @@ never decoded) and sample the crop: a training sample carries ``encoded`` (the f
 uint8) and ``crop_matrix`` (image -> network input, float64) instead of ``image``; its
 keypoints, weights and meta are exactly the CPU path's. :func:`materialize_batch` then decodes
 the batch (nvJPEG through ``torchvision.io.decode_jpeg`` on a GPU; OpenCV on the CPU, which is
-how the tests run this very code), warps each image with ``grid_sample`` and normalises on the
-device, so only bytes cross the worker boundary and the host-to-device copy.
+how the tests run this very code) and warps each image with ``grid_sample`` into the CPU path's
+uint8 crop, on the device, so only bytes cross the worker boundary and the host-to-device copy;
+the consumer normalises it there like any crop (kpfast/data/normalize.py).
 
 The warp reproduces ``cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT 0)``: pixel ``j`` at ``x = j``
 on both sides, so with ``align_corners=True`` normalised ``-1``/``+1`` are the centres of the
@@ -16,23 +17,21 @@ hence the small tolerance in tests/data/test_gpu_pipeline.py.
 
 Photometric augmentation (albumentations) is not run on this path yet: the dataset refuses
 ``decode_device="cuda"`` with a non-empty ``albumentations`` list rather than silently training
-on different samples.
+on different samples. A batched one plugs in as :func:`materialize_batch`'s ``photometric``: it
+gets the warped batch, float32 RGB in [0, 255] on the device, before the rounding to uint8.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-# The values of kpfast.data.transforms.IMAGENET_MEAN / _STD (tests/data/test_gpu_pipeline.py
-# checks they agree). Not imported from there: this module must import on a GPU machine that
-# has torch but not the trainer's packages (benchmarks/gpu_loader_check.py runs it there).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# This module imports with torch alone, as kpfast.data.normalize does: benchmarks/gpu_loader_check.py
+# runs both on a GPU machine without the trainer's packages.
 
-__all__ = ["GPU_DECODE_EXTRA", "decode_jpegs", "warp_images", "normalize_batch", "materialize_batch"]
+__all__ = ["GPU_DECODE_EXTRA", "decode_jpegs", "warp_images", "materialize_batch"]
 
 GPU_DECODE_EXTRA = "gpu-decode"
 
@@ -96,28 +95,22 @@ def warp_images(images: Sequence[torch.Tensor], crop_matrix: torch.Tensor, out_h
     return torch.stack(warped)
 
 
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` RGB in [0, 255] (uint8 or float) -> ImageNet-normalised float32, on the
-    images' device (the same numbers as :func:`kpfast.data.transforms.normalize_image`)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
-    scale = (1.0 / (255.0 * std)).to(images.device).view(1, 3, 1, 1)
-    offset = (mean / std).to(images.device).view(1, 3, 1, 1)
-    return images.to(torch.float32) * scale - offset
-
-
-def materialize_batch(batch: dict[str, Any], device: torch.device, out_hw: tuple[int, int] | None = None
-                      ) -> dict[str, Any]:
+def materialize_batch(batch: dict[str, Any], device: torch.device, out_hw: tuple[int, int] | None = None,
+                      photometric: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
     """A collated batch of encoded samples with its ``image`` made on ``device``: decode, warp,
-    round to uint8 (what the CPU path's crop is), normalise. Batches that already have ``image``
-    are returned as they are."""
+    round to uint8 ``(B, 3, H, W)`` RGB (what the CPU path's crop is; normalised by the consumer,
+    :func:`kpfast.data.normalize.prepare_images`). ``photometric``: the hook for a batched
+    photometric augmentation, applied to the warped float32 batch in [0, 255] before the
+    rounding. Batches that already have ``image`` are returned as they are."""
     if "image" in batch:
         return batch
     matrices = batch["crop_matrix"]
     if out_hw is None:
         out_hw = tuple(int(v) for v in batch["input_size"][0])
     images = decode_jpegs(batch["encoded"], device)
-    crops = warp_images(images, matrices, out_hw).round_().clamp_(0, 255)
+    crops = warp_images(images, matrices, out_hw)
+    if photometric is not None:  # the place for photometric augmentation: after the warp, on the device
+        crops = photometric(crops)
     out = {k: v for k, v in batch.items() if k not in ("encoded", "crop_matrix", "input_size")}
-    out["image"] = normalize_batch(crops)
+    out["image"] = crops.round_().clamp_(0, 255).to(torch.uint8)
     return out

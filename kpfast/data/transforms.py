@@ -1,4 +1,5 @@
-"""Image-level helpers of the top-down pipeline: decoding, affine crop, normalisation.
+"""Image-level helpers of the top-down pipeline: decoding, affine crop, normalisation (whose one
+definition is kpfast/data/normalize.py).
 
 :func:`read_image_checked` is the one reader of user images (training, evaluation, predict,
 the data tools). Its orientation rule: images are decoded **in the file's stored pixel frame**;
@@ -15,12 +16,14 @@ from pathlib import Path
 import kpfast._require_trainer  # noqa: F401  (first: one line when the trainer's packages are missing)
 import cv2
 import numpy as np
+import torch
 
+from . import normalize
 from .jpeg import decode_flags, is_jpeg
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_IMAGE_PIXELS", "decode_image",
-           "read_image_checked", "read_image_reduced", "read_jpeg_bytes_checked", "image_size_from_header", "warp_crop", "normalize_image",
-           "denormalize_image"]
+           "read_image_checked", "read_image_reduced", "read_jpeg_bytes_checked", "image_size_from_header",
+           "warp_crop", "to_chw", "normalize_image", "denormalize_image"]
 
 # Largest image decoded by default (64 Mpx, ~200 MB as BGR): 3x a 4K x 4K photograph, far above
 # COCO's 640 px images, far below what a decompression bomb asks for.
@@ -30,11 +33,8 @@ MAX_IMAGE_FILE_BYTES = 512 * 2**20
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NO_LENGTH = {0x01, 0xD8} | set(range(0xD0, 0xD8))
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# (x / 255 - mean) / std  ==  x * _SCALE - _OFFSET : one multiply-add per pixel.
-_SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
-_OFFSET = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+IMAGENET_MEAN = np.array(normalize.IMAGENET_MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(normalize.IMAGENET_STD, dtype=np.float32)
 
 
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:
@@ -211,14 +211,16 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, size_wh: tuple[int, int]) -
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
+def to_chw(rgb: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB -> the ``(3, H, W)`` uint8 tensor a sample carries (normalised
+    on the device by :func:`kpfast.data.normalize.prepare_images`)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1)))
+
+
 def normalize_image(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32 normalised with ImageNet mean/std."""
-    out = np.empty((3,) + rgb.shape[:2], dtype=np.float32)
-    for c in range(3):
-        # Writing channel planes directly avoids a separate HWC->CHW copy.
-        np.multiply(rgb[:, :, c], _SCALE[c], out=out[c], dtype=np.float32)
-        out[c] -= _OFFSET[c]
-    return out
+    """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32 normalised with ImageNet mean/std, on the
+    CPU (:func:`kpfast.data.normalize.normalize_images`)."""
+    return normalize.normalize_images(to_chw(rgb)).numpy()
 
 
 def denormalize_image(chw: np.ndarray) -> np.ndarray:

@@ -9,9 +9,10 @@ import torch
 
 from kpfast import geometry
 from kpfast.data import CocoKeypointDataset
-from kpfast.data.gpu_pipeline import decode_jpegs, materialize_batch, normalize_batch, warp_images
+from kpfast.data.gpu_pipeline import decode_jpegs, materialize_batch, warp_images
 from kpfast.data.loader import collate_samples
-from kpfast.data.transforms import denormalize_image, normalize_image, warp_crop
+from kpfast.data.normalize import normalize_images
+from kpfast.data.transforms import warp_crop
 
 # cv2.warpAffine rounds source coordinates to 1/32 pixel and weights to 15 bits; grid_sample
 # does neither: measured max 2 grey levels, mean < 0.1 on textured images.
@@ -47,16 +48,6 @@ def test_warp_matches_cv2_warp_affine(rotation, flip):
 def test_warp_checks_its_matrices():
     with pytest.raises(ValueError, match=r"crop_matrix must be \(1, 2, 3\), got \(2, 2, 3\)"):
         warp_images([torch.zeros(3, 4, 4, dtype=torch.uint8)], torch.zeros(2, 2, 3), (4, 4))
-
-
-def test_normalize_batch_equals_normalize_image():
-    from kpfast.data import gpu_pipeline, transforms
-
-    assert np.array_equal(np.float32(gpu_pipeline.IMAGENET_MEAN), transforms.IMAGENET_MEAN)
-    assert np.array_equal(np.float32(gpu_pipeline.IMAGENET_STD), transforms.IMAGENET_STD)
-    rgb = _photo()
-    got = normalize_batch(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0]
-    assert torch.allclose(got, torch.from_numpy(normalize_image(rgb)), atol=1e-6)
 
 
 def test_decode_on_cpu_is_the_stored_frame_rgb(tmp_path):
@@ -97,10 +88,9 @@ def test_encoded_samples_become_the_cpu_samples(synthetic_root):
         assert torch.equal(a["keypoints"], b["keypoints"]) and torch.equal(a["weights"], b["weights"])
         for key, value in a["meta"].items():
             assert np.array_equal(np.asarray(value), np.asarray(b["meta"][key])), key
-        assert b["image"].shape == a["image"].shape and b["image"].dtype == torch.float32
-        ref = np.stack([denormalize_image(x) for x in a["image"].numpy()]).astype(np.float64)
-        got = np.stack([denormalize_image(x) for x in b["image"].numpy()]).astype(np.float64)
-        diff = np.abs(got - ref)
+        # Both uint8 RGB crops, normalised alike by their consumer (kpfast.data.normalize).
+        assert b["image"].shape == a["image"].shape and a["image"].dtype == b["image"].dtype == torch.uint8
+        diff = np.abs(b["image"].numpy().astype(np.float64) - a["image"].numpy())
         assert diff.max() <= MAX_GREY_DIFF and diff.mean() < MEAN_GREY_DIFF, (diff.max(), diff.mean())
 
 
@@ -132,3 +122,20 @@ def test_config_key_reaches_the_training_dataset_and_the_step_makes_images(synth
     moved = TrainStep.to_device(SimpleNamespace(device=torch.device("cpu"), channels_last=False), batch)
     assert moved["image"].shape == (2, 3, 256, 192) and moved["image"].dtype == torch.float32
     assert torch.equal(moved["keypoints"], batch["keypoints"])
+    assert torch.equal(moved["image"], normalize_images(materialize_batch(batch, torch.device("cpu"))["image"]))
+
+
+def test_photometric_hook_sees_the_warped_float_batch(synthetic_root):
+    # The place a batched photometric augmentation plugs in: after the warp, before the rounding.
+    enc = CocoKeypointDataset(synthetic_root, "train", augmentation=GEOMETRIC_ONLY, decode_device="cuda")
+    batch = collate_samples([enc[0], enc[1]])
+    seen = []
+
+    def darken(crops):
+        seen.append((crops.dtype, tuple(crops.shape)))
+        return crops * 0.5
+
+    plain = materialize_batch(batch, torch.device("cpu"))["image"].float()
+    dark = materialize_batch(batch, torch.device("cpu"), photometric=darken)["image"].float()
+    assert seen == [(torch.float32, (2, 3, 256, 192))]
+    assert (dark - plain * 0.5).abs().max() <= 1.0  # the plain crop was rounded before halving
