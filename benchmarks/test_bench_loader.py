@@ -14,6 +14,11 @@ Compares, in one run and on the same instances:
 * ``mmpose_style``: a minimal MMPose-style loader (full ``cv2.imread``, random scale/rotation/
   flip, ``warpAffine``, flip, normalise, numpy heatmaps; no photometric augmentation).
 
+Every pipeline's samples are collated in batches of 32 inside the timed round, as a DataLoader
+worker does (kpfast's ``collate_samples``; a plain ``torch.stack`` per key for the MMPose-style one):
+kpfast's samples carry uint8 crops, normalised later on the training device (not counted), the
+MMPose-style ones float32 crops normalised in the worker.
+
 Datasets: the embedded synthetic one, the real coco_sample when present, and ``coco_like``:
 48 generated 640x480 quality-90 JPEGs (~140 KB, COCO's average is ~158 KB) with people of
 COCO-like sizes (benchmarks/coco_like.py; written to the temp dir, never committed).
@@ -41,11 +46,12 @@ import torch
 pytest.importorskip("pycocotools")
 pytest.importorskip("albumentations")
 
-from kpfast.data import CocoKeypointDataset  # noqa: E402
+from kpfast.data import CocoKeypointDataset, collate_samples  # noqa: E402
 
 INPUT_SIZE = (256, 192)  # (H, W)
 HEATMAP_SIZE = (64, 48)
 SAMPLES_PER_ROUND = 96
+BATCH = 32  # SAMPLES_PER_ROUND is a multiple
 ROUNDS = 5
 
 
@@ -169,16 +175,26 @@ def test_loader_throughput_per_worker(benchmark, dataset, pipeline, targets):
 
     def load_round():
         cpu0, wall0 = time.process_time(), time.perf_counter()
+        batch = []
         for _ in range(SAMPLES_PER_ROUND):
             if pipeline == "mmpose_style":
-                mmpose_style_sample(dataset, state["index"] % len(dataset), rng)
+                batch.append(mmpose_style_sample(dataset, state["index"] % len(dataset), rng))
                 state["index"] += 1
-                continue
-            sample = dataset[state["index"] % len(dataset)]
-            state["index"] += 1
-            if render:
-                heatmaps, _ = render_udp_heatmaps_numpy(sample["keypoints"].numpy(), sample["weights"].numpy())
-                sample["heatmaps"] = torch.from_numpy(heatmaps)
+            else:
+                sample = dataset[state["index"] % len(dataset)]
+                state["index"] += 1
+                if render:
+                    heatmaps, _ = render_udp_heatmaps_numpy(sample["keypoints"].numpy(), sample["weights"].numpy())
+                    sample["heatmaps"] = torch.from_numpy(heatmaps)
+                batch.append(sample)
+            if len(batch) == BATCH:
+                if pipeline == "mmpose_style":
+                    {key: torch.stack([s[key] for s in batch]) for key in batch[0]}
+                else:
+                    collate_samples(batch)
+                    if render:
+                        torch.stack([s["heatmaps"] for s in batch])
+                batch = []
         state["cpu"].append(time.process_time() - cpu0)
         state["wall"].append(time.perf_counter() - wall0)
 
