@@ -76,3 +76,10 @@ def test_floats_pass_as_normalised_and_other_dtypes_are_refused():
         prepare_images(torch.zeros(1, 3, 4, 4, dtype=torch.int64), "cpu")
     with pytest.raises(ValueError, match=r"^images: expected \(\.\.\., 3, H, W\) RGB, got shape \(1, 4, 4, 3\)$"):
         normalize_images(torch.zeros(1, 4, 4, 3, dtype=torch.uint8))
+
+
+def test_every_pixel_value_normalises_to_the_float32_path_bit_for_bit():
+    # Not only within 1e-6: the same float32 multiply and subtract, so training sees the same numbers.
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 1, 256).contiguous()
+    expected = _float32_loader_input(values.permute(1, 2, 0).numpy())
+    assert np.array_equal(normalize_images(values).numpy(), expected)
