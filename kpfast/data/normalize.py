@@ -42,7 +42,10 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8 and not images.is_floating_point():
         raise ValueError(f"images: expected uint8 or floating-point pixels in [0, 255], got {images.dtype}")
     scale, offset = _scale_offset(images.device)
-    return images.to(torch.float32) * scale - offset
+    # One float32 allocation, then in place: on a CPU device a batch's fresh temporaries cost
+    # more in page faults than the arithmetic (benchmarks/profile_loader.py). copy=True: a float32
+    # input is never modified.
+    return images.to(torch.float32, copy=True).mul_(scale).sub_(offset)
 
 
 def prepare_images(images: torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:

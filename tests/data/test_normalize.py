@@ -71,6 +71,8 @@ def test_one_definition():
 def test_floats_pass_as_normalised_and_other_dtypes_are_refused():
     crops = torch.randn(2, 3, 8, 6)
     assert prepare_images(crops, "cpu") is crops or torch.equal(prepare_images(crops, "cpu"), crops)
+    warped = torch.full((3, 2, 2), 100.0)  # a float [0, 255] batch (the cuda path's warp) stays as it was
+    assert normalize_images(warped).lt(0).all() and warped.eq(100.0).all()
     with pytest.raises(ValueError, match=r"^image: expected uint8 RGB crops or normalised floating-point crops, "
                                          r"got torch.int64$"):
         prepare_images(torch.zeros(1, 3, 4, 4, dtype=torch.int64), "cpu")
