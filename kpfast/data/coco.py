@@ -309,6 +309,10 @@ class CocoKeypointDataset(Dataset):
 
         in_h, in_w = self.input_size
         self.aspect_ratio = in_w / in_h
+        # Every instance's crop box before jitter, once for the table rather than per sample
+        # (elementwise: each row is what the one-box call gives).
+        self._box_center, self._box_scale = geometry.bbox_xywh_to_center_scale(
+            self.instances.bbox, self.aspect_ratio, self.padding)
         aug_config = resolve_augmentation_config(augmentation if self.train else "none")
         self.augmentation_config = aug_config
         self.box_jitter = BoxJitter(aug_config, self.info, self.aspect_ratio)
@@ -499,7 +503,7 @@ class CocoKeypointDataset(Dataset):
             inst = self.instances[index]
             # The box is sampled before decoding (it picks the reduction); the draws are the
             # same ones, in the same order, as when it was sampled after.
-            plan = self._plan_crop(inst, rng)
+            plan = self._plan_crop(inst, rng, index)
             reduction = (1 if self.decode_reduction_margin is None else
                          reduction_for_scale(plan[0].scale, (in_w, in_h), self.decode_reduction_margin))
             image, factor = self._load(inst, index, reduction)
@@ -515,10 +519,14 @@ class CocoKeypointDataset(Dataset):
             index = int(self._rng(original, attempt).integers(len(self)))
         raise BadDataError(f"no decodable image found after {len(self) + 1} draws")
 
-    def _plan_crop(self, inst: Instance, rng: np.random.Generator):
-        """Box jitter and the image -> crop matrix (flip included) of one sample."""
+    def _plan_crop(self, inst: Instance, rng: np.random.Generator, row: int | None = None):
+        """Box jitter and the image -> crop matrix (flip included) of one sample; ``row``: the
+        instance's row (its precomputed box), else the box is computed from ``inst``."""
         in_h, in_w = self.input_size
-        center, scale = geometry.bbox_xywh_to_center_scale(inst.bbox, self.aspect_ratio, self.padding)
+        if row is None:
+            center, scale = geometry.bbox_xywh_to_center_scale(inst.bbox, self.aspect_ratio, self.padding)
+        else:
+            center, scale = self._box_center[row], self._box_scale[row]
         box = self.box_jitter(center, scale, inst.keypoints[:, :2], inst.keypoints[:, 2] > 0, rng)
         matrix = geometry.crop_matrix(box.center, box.scale, box.rotation, (in_w, in_h), self.convention)
         if box.flipped:

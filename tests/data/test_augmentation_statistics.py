@@ -76,3 +76,13 @@ def test_cuda_worker_half_draws_the_reference_augmentation(synthetic_root):
     got = _draws(CocoKeypointDataset(synthetic_root, "train", decode_device="cuda", **kw))
     _assert_same_draws(got, ref)
     assert 0.35 < got["flipped"].mean() < 0.65 and (np.abs(got["rotation"]) > 0).any()
+
+
+def test_precomputed_boxes_are_the_per_sample_ones(reference):
+    # The table's boxes, computed once at construction, give each sample the plan the one-box
+    # computation gives, draw for draw.
+    for row in range(len(reference)):
+        inst = reference.instances[row]
+        box, matrix = reference._plan_crop(inst, reference._rng(row, 0), row)
+        ref_box, ref_matrix = reference._plan_crop(inst, reference._rng(row, 0))
+        assert np.array_equal(matrix, ref_matrix) and np.array_equal(box.scale, ref_box.scale), row
