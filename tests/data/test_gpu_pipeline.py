@@ -115,6 +115,11 @@ def test_config_key_reaches_the_training_dataset_and_the_step_makes_images(synth
                                         "augmentation": GEOMETRIC_ONLY}})
     assert create_dataset(config.data, "train", train=True).decode_device == "cuda"
     assert create_dataset(config.data, "val", train=False).decode_device == "cpu"
+    # The reduced JPEG decode: training samples only, unless dataset_options sets it for both.
+    assert create_dataset(config.data, "train", train=True).decode_reduction_margin == 1.0
+    assert create_dataset(config.data, "val", train=False).decode_reduction_margin is None
+    config.data.dataset_options["decode_reduction_margin"] = 2.0
+    assert create_dataset(config.data, "val", train=False).decode_reduction_margin == 2.0
     with pytest.raises(Exception, match=r"^data\.decode_device: expected one of \['cpu', 'cuda'\], got 'gpu'"):
         config_from_dict({"data": {"decode_device": "gpu"}})
     enc = CocoKeypointDataset(synthetic_root, "train", augmentation=GEOMETRIC_ONLY, decode_device="cuda")
