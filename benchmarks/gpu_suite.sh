@@ -26,6 +26,10 @@
 #                 and the share of the step in heatmap work (benchmarks/test_bench_train_step.py)
 #   train-epoch   python -m kpfast.train --device cuda, one epoch of the synthetic data, samples/s
 #                 ($OUT/train_epoch.json; benchmarks/train_epoch.py)
+#   loader-gpu    the data.decode_device: cuda device half (grid_sample warp + normalise) on the GPU
+#                 against the same code on CPU tensors, and its samples/s; the nvJPEG decode when
+#                 torchvision is installed, else "skipped: torchvision missing" in the log
+#                 ($OUT/loader_gpu.json; benchmarks/gpu_loader_check.py)
 #   memcheck-*    compute-sanitizer --tool memcheck on the sanitizer cases, cuda and triton
 #   racecheck-*   compute-sanitizer --tool racecheck on the same
 #   benchmarks    python -m pytest benchmarks (render, loss, decode) with results JSON
@@ -139,10 +143,12 @@ fi
 # end-to-end figures -----------------------------------------------------------------------
 if [ -n "$GPU_REASON" ]; then
   record train-step skipped 0 "$GPU_REASON (GPU figures only)"; record train-epoch skipped 0 "$GPU_REASON"
+  record loader-gpu skipped 0 "$GPU_REASON"
 else
   KPFAST_BENCH_COMMAND="benchmarks/gpu_suite.sh" run train-step 150 $PYTEST benchmarks/test_bench_train_step.py \
     --benchmark-json="$OUT/train_step.json"
   run train-epoch 150 $PYTHON benchmarks/train_epoch.py --device cuda --out "$OUT/train_epoch.json"
+  run loader-gpu 60 $PYTHON benchmarks/gpu_loader_check.py --out "$OUT/loader_gpu.json"
 fi
 
 # compute-sanitizer ------------------------------------------------------------------------

@@ -25,7 +25,8 @@ def test_suite_runs_end_to_end_without_a_gpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
-    gpu_steps = ["gpu-tests", "triton-tests", "train-step", "train-epoch", "memcheck-cuda", "memcheck-triton",
+    gpu_steps = ["gpu-tests", "triton-tests", "train-step", "train-epoch", "loader-gpu", "memcheck-cuda",
+                 "memcheck-triton",
                  "racecheck-cuda", "racecheck-triton", "benchmarks"]
     assert list(steps) == ["install", "smoke"] + gpu_steps + ["resources"]
     assert steps["install"]["status"] == "skipped" and steps["install"]["reason"] == "--no-install"

@@ -2,7 +2,7 @@
 
 One sample is one person instance cropped by an affine warp around its (GT or detected) box::
 
-    {"image":     float32 (3, H, W), ImageNet-normalised RGB,
+    {"image":     uint8 (3, H, W) RGB (normalised on the device: kpfast.data.normalize),
      "keypoints": float32 (K, 2), x then y, in HEATMAP pixels (pixel (row i, col j) at x=j, y=i),
      "weights":   float32 (K,), 1 where the keypoint is labelled (v > 0) and inside the crop,
      "meta":      {"image_id": int, "center": (2,), "scale": (2,), "rotation": float,
@@ -51,7 +51,9 @@ from torch.utils.data import Dataset, get_worker_info
 from .. import geometry
 from .augment import BoxJitter, CropAugmenter, resolve_augmentation_config
 from .info import DatasetInfo
-from .transforms import DEFAULT_MAX_IMAGE_PIXELS, normalize_image, read_image_checked, warp_crop
+from .jpeg import DEFAULT_REDUCTION_MARGIN, reduced_matrix, reduction_for_scale
+from .transforms import (DEFAULT_MAX_IMAGE_PIXELS, read_image_reduced, read_jpeg_bytes_checked,
+                         to_chw, warp_crop)
 from .validate import load_json, validate_detections, validate_keypoint_annotations
 
 __all__ = ["CocoKeypointDataset", "Instance", "InstanceTable", "BadDataError", "resolve_coco_paths"]
@@ -234,6 +236,14 @@ class CocoKeypointDataset(Dataset):
             annotation's ``width``/``height``: the guard against decompression bombs.
         protocol: the evaluation protocol whose ground-truth box clip applies
             (:func:`clip_boxes_xywh`): "kpfast" or "mmpose".
+        decode_reduction_margin: JPEGs are decoded at 1/2, 1/4 or 1/8 of their size when the
+            sample's crop keeps at least this many reduced pixels per network-input pixel
+            (:mod:`kpfast.data.jpeg`); ``None`` always decodes in full. Keypoints, targets and
+            ``meta`` do not depend on it; the crop's pixels differ by resampling only.
+        decode_device: ``"cpu"`` (samples carry ``image``) or ``"cuda"``: samples carry the
+            JPEG's bytes (``encoded``) and ``crop_matrix`` instead, decoded and warped on the
+            device by :func:`kpfast.data.gpu_pipeline.materialize_batch`; keypoints, weights and
+            ``meta`` are the CPU path's. JPEG only; no albumentations stage (refused).
     """
 
     def __init__(self, root=None, split: str = "train", *, ann_file=None, image_dir=None,
@@ -243,7 +253,15 @@ class CocoKeypointDataset(Dataset):
                  detections: str | Path | None = None, det_score_threshold: float = 0.0,
                  padding: float = 1.25, dataset_info: Mapping[str, Any] | None = None,
                  max_bad_fraction: float = 0.05, seed: int = 0, category_id: int | None = None,
-                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, protocol: str = "kpfast"):
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, protocol: str = "kpfast",
+                 decode_reduction_margin: float | None = DEFAULT_REDUCTION_MARGIN,
+                 decode_device: str = "cpu"):
+        if decode_device not in ("cpu", "cuda"):
+            raise ValueError(f"decode_device must be 'cpu' or 'cuda', got {decode_device!r}")
+        self.decode_device = decode_device
+        if decode_reduction_margin is not None and not decode_reduction_margin > 0:
+            raise ValueError(f"decode_reduction_margin must be > 0 or None, got {decode_reduction_margin!r}")
+        self.decode_reduction_margin = decode_reduction_margin
         if convention not in geometry.CONVENTIONS:
             raise ValueError(f"convention must be one of {geometry.CONVENTIONS}, got {convention!r}")
         if not 0.0 <= max_bad_fraction <= 1.0:
@@ -291,10 +309,18 @@ class CocoKeypointDataset(Dataset):
 
         in_h, in_w = self.input_size
         self.aspect_ratio = in_w / in_h
+        # Every instance's crop box before jitter, once for the table rather than per sample
+        # (elementwise: each row is what the one-box call gives).
+        self._box_center, self._box_scale = geometry.bbox_xywh_to_center_scale(
+            self.instances.bbox, self.aspect_ratio, self.padding)
         aug_config = resolve_augmentation_config(augmentation if self.train else "none")
         self.augmentation_config = aug_config
         self.box_jitter = BoxJitter(aug_config, self.info, self.aspect_ratio)
         self.crop_augmenter = CropAugmenter(aug_config["albumentations"], self.info.flip_index)
+        if decode_device == "cuda" and self.crop_augmenter:
+            raise ValueError("decode_device='cuda' runs no albumentations stage yet: set augmentation "
+                             "albumentations: [] (got "
+                             f"{[e['type'] for e in aug_config['albumentations'] if e.get('p', 0.5)]})")
         self._hm_scale = geometry.heatmap_scale((in_w, in_h), self.heatmap_size[::-1], convention)
 
         self._counters = torch.zeros((_COUNTER_SLOTS, 3), dtype=torch.int64).share_memory_()
@@ -435,14 +461,21 @@ class CocoKeypointDataset(Dataset):
     def _rng(self, index: int, attempt: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(self._epoch[0]), index, attempt])
 
-    def _load(self, inst: Instance, row: int) -> np.ndarray | None:
+    def _load(self, inst: Instance, row: int, reduction: int = 1) -> tuple[np.ndarray | None, int]:
+        """``(image, factor)``: the BGR image decoded at ``1 / factor`` (``reduction`` for a
+        JPEG, else 1), or ``(None, 1)`` after counting the failure."""
         key = str(inst.image_path)
+        factor = 1
         if key in self.bad_files:
             image, reason = None, self.bad_files[key]
         else:
             width, height = self.instances.sizes[self.instances.image_index[row]]
             expected = (width, height) if width > 0 and height > 0 else None
-            image, reason = read_image_checked(inst.image_path, expected, self.max_image_pixels)
+            if self.decode_device == "cuda":
+                image, reason = read_jpeg_bytes_checked(inst.image_path, expected, self.max_image_pixels)
+            else:
+                image, reason, factor = read_image_reduced(inst.image_path, expected,
+                                                           self.max_image_pixels, reduction)
         slot = self._slot()
         self._counters[slot, _LOADED] += 1
         if image is None:
@@ -458,25 +491,42 @@ class CocoKeypointDataset(Dataset):
                     f"{failed} image decode failures this epoch for a dataset of {len(self)} "
                     f"instances, above max_bad_fraction={self.max_bad_fraction:.1%} "
                     f"(last: {inst.image_path}, image id {inst.image_id}: {reason})")
-        return image
+        return image, factor
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} instances")
         original = index
+        in_h, in_w = self.input_size
         for attempt in range(len(self) + 1):
             rng = self._rng(original, attempt)
             inst = self.instances[index]
-            image = self._load(inst, index)
+            # The box is sampled before decoding (it picks the reduction); the draws are the
+            # same ones, in the same order, as when it was sampled after.
+            plan = self._plan_crop(inst, rng, index)
+            reduction = (1 if self.decode_reduction_margin is None else
+                         reduction_for_scale(plan[0].scale, (in_w, in_h), self.decode_reduction_margin))
+            image, factor = self._load(inst, index, reduction)
+            if image is not None and self.decode_device == "cuda":
+                sample = self._make_sample(inst, None, rng, index, plan)
+                sample["encoded"] = torch.from_numpy(image.copy())  # (the read buffer is read-only)
+                sample["crop_matrix"] = torch.from_numpy(np.asarray(plan[1], dtype=np.float64))
+                sample["input_size"] = torch.tensor(self.input_size, dtype=torch.int64)
+                return sample
             if image is not None:
-                return self._make_sample(inst, image, rng, index)
-            index = int(rng.integers(len(self)))
+                return self._make_sample(inst, image, rng, index, plan, factor)
+            # A fresh stream of this attempt redraws the index, as before the box moved up.
+            index = int(self._rng(original, attempt).integers(len(self)))
         raise BadDataError(f"no decodable image found after {len(self) + 1} draws")
 
-    def _plan_crop(self, inst: Instance, rng: np.random.Generator):
-        """Box jitter and the image -> crop matrix (flip included) of one sample."""
+    def _plan_crop(self, inst: Instance, rng: np.random.Generator, row: int | None = None):
+        """Box jitter and the image -> crop matrix (flip included) of one sample; ``row``: the
+        instance's row (its precomputed box), else the box is computed from ``inst``."""
         in_h, in_w = self.input_size
-        center, scale = geometry.bbox_xywh_to_center_scale(inst.bbox, self.aspect_ratio, self.padding)
+        if row is None:
+            center, scale = geometry.bbox_xywh_to_center_scale(inst.bbox, self.aspect_ratio, self.padding)
+        else:
+            center, scale = self._box_center[row], self._box_scale[row]
         box = self.box_jitter(center, scale, inst.keypoints[:, :2], inst.keypoints[:, 2] > 0, rng)
         matrix = geometry.crop_matrix(box.center, box.scale, box.rotation, (in_w, in_h), self.convention)
         if box.flipped:
@@ -484,18 +534,23 @@ class CocoKeypointDataset(Dataset):
         return box, matrix
 
     def _make_sample(self, inst: Instance, image_bgr: np.ndarray, rng: np.random.Generator,
-                     index: int) -> dict[str, Any]:
+                     index: int, plan=None, factor: int = 1) -> dict[str, Any]:
+        """``plan``: ``(box, matrix)`` of :meth:`_plan_crop` (sampled here when ``None``);
+        ``image_bgr`` is decoded at ``1 / factor`` of the image's size; ``None``: no ``image``
+        (the device makes it, see ``decode_device``)."""
         in_h, in_w = self.input_size
         k = self.info.num_keypoints
-        box, matrix = self._plan_crop(inst, rng)
+        box, matrix = self._plan_crop(inst, rng) if plan is None else plan
         labelled = inst.keypoints[:, 2] > 0
-        crop = warp_crop(image_bgr, matrix, (in_w, in_h))
-        crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        crop = None
+        if image_bgr is not None:
+            crop = warp_crop(image_bgr, reduced_matrix(matrix, factor), (in_w, in_h))
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
         kps_crop = geometry.transform_points(inst.keypoints[:, :2], matrix).astype(np.float32)
         if box.flipped:
             kps_crop = kps_crop[self.info.flip_index]
             labelled = labelled[self.info.flip_index]
-        if self.crop_augmenter:
+        if self.crop_augmenter:  # (never with image_bgr None: refused in __init__)
             crop, kps_crop, swaps = self.crop_augmenter(crop, kps_crop, rng)
             if swaps % 2:  # albumentations' HorizontalFlip: record it like the affine flip
                 labelled = labelled[self.info.flip_index]
@@ -508,8 +563,8 @@ class CocoKeypointDataset(Dataset):
         keypoints = kps_crop * np.array([kx, ky], dtype=np.float32)
         heat_matrix = geometry.compose_affine(np.array([[kx, 0, 0], [0, ky, 0]]), matrix)
         assert keypoints.shape == (k, 2)
-        return {
-            "image": torch.from_numpy(normalize_image(np.ascontiguousarray(crop))),
+        sample = {} if crop is None else {"image": to_chw(crop)}
+        return sample | {
             "keypoints": torch.from_numpy(np.ascontiguousarray(keypoints, dtype=np.float32)),
             "weights": torch.from_numpy(weights),
             "meta": {

@@ -5,7 +5,7 @@ factories take (docs/data.md, "Config"). kpfast/engine/config.py composes it int
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from kpfast.schema import FieldInvalid, Float, Section, field, not_empty
 from pydantic import field_validator, model_validator
@@ -44,6 +44,10 @@ class DataConfig(Section):
     dataset_options: dict = field({})
     # DataLoader worker processes.
     num_workers: int = field(2, ge=0, le=MAX_WORKERS)
+    # "cuda": training workers hand over JPEG bytes, decoded and warped on the GPU
+    # (kpfast.data.gpu_pipeline; needs the gpu-decode extra and no albumentations stage).
+    # Evaluation always decodes on the CPU.
+    decode_device: Literal["cpu", "cuda"] = "cpu"
 
     @field_validator("dataset")
     @classmethod

@@ -58,9 +58,17 @@ def _synthetic(config, split: str, *, train: bool, convention: str, seed: int, p
 def _coco_layout(root, config, split: str, *, train: bool, convention: str, seed: int, protocol: str):
     from kpfast.data.coco import CocoKeypointDataset
 
+    options = dict(config.dataset_options)
+    if not train:
+        # Evaluation decodes every image in full unless dataset_options says otherwise: a
+        # checkpoint's AP stays the one the full-resolution pipeline (and MMPose) measures; the
+        # reduced decode is a training-throughput measure (docs/data.md, "Config").
+        options.setdefault("decode_reduction_margin", None)
     return CocoKeypointDataset(
         str(root), config.train_split if split == "train" else config.val_split, train=train,
         augmentation=config.augmentation if train else "none",
         detections=None if (train or config.use_gt_boxes) else config.detections,
         det_score_threshold=config.det_score_threshold, input_size=list(config.input_size),
-        convention=convention, seed=seed, protocol=protocol, **config.dataset_options)
+        convention=convention, seed=seed, protocol=protocol,
+        decode_device=config.decode_device if train else "cpu",  # evaluation decodes on the CPU
+        **options)

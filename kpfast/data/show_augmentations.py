@@ -20,12 +20,11 @@ import numpy as np
 
 from .. import geometry
 from .coco import CocoKeypointDataset
-from .transforms import denormalize_image
 
 
 def draw_sample(sample, dataset: CocoKeypointDataset) -> np.ndarray:
     """The sample's input crop (RGB uint8) with its weighted keypoints and skeleton drawn."""
-    rgb = denormalize_image(sample["image"].numpy()).copy()
+    rgb = np.ascontiguousarray(sample["image"].permute(1, 2, 0).numpy())  # uint8 (3, H, W) -> (H, W, 3)
     in_h, in_w = dataset.input_size
     kps = geometry.heatmap_to_crop(sample["keypoints"].numpy(), (in_w, in_h),
                                    dataset.heatmap_size[::-1], dataset.convention)

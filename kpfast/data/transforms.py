@@ -1,4 +1,5 @@
-"""Image-level helpers of the top-down pipeline: decoding, affine crop, normalisation.
+"""Image-level helpers of the top-down pipeline: decoding, affine crop, normalisation (whose one
+definition is kpfast/data/normalize.py).
 
 :func:`read_image_checked` is the one reader of user images (training, evaluation, predict,
 the data tools). Its orientation rule: images are decoded **in the file's stored pixel frame**;
@@ -15,26 +16,25 @@ from pathlib import Path
 import kpfast._require_trainer  # noqa: F401  (first: one line when the trainer's packages are missing)
 import cv2
 import numpy as np
+import torch
+
+from . import normalize
+from .jpeg import decode_flags, is_jpeg
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_MAX_IMAGE_PIXELS", "decode_image",
-           "read_image_checked", "image_size_from_header", "warp_crop", "normalize_image",
-           "denormalize_image"]
+           "read_image_checked", "read_image_reduced", "read_jpeg_bytes_checked", "image_size_from_header",
+           "warp_crop", "to_chw", "normalize_image", "denormalize_image"]
 
 # Largest image decoded by default (64 Mpx, ~200 MB as BGR): 3x a 4K x 4K photograph, far above
 # COCO's 640 px images, far below what a decompression bomb asks for.
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 # Largest image file read (a 64 Mpx PNG compresses to far less).
 MAX_IMAGE_FILE_BYTES = 512 * 2**20
-# IMREAD_COLOR applies the EXIF orientation; this flag keeps the stored frame (see module doc).
-_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_NO_LENGTH = {0x01, 0xD8} | set(range(0xD0, 0xD8))
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# (x / 255 - mean) / std  ==  x * _SCALE - _OFFSET : one multiply-add per pixel.
-_SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
-_OFFSET = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+IMAGENET_MEAN = np.array(normalize.IMAGENET_MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(normalize.IMAGENET_STD, dtype=np.float32)
 
 
 def _jpeg_size(head: bytes) -> tuple[int, int] | None:
@@ -121,6 +121,8 @@ def read_image_checked(path: str | Path, expected_size: tuple[float, float] | No
                        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray | None, str]:
     """Read an image as ``(H, W, 3)`` uint8 **BGR**: ``(image, "")`` or ``(None, reason)``.
 
+    :func:`read_image_reduced` with no reduction; its checks are described here.
+
     Before decoding, the size in the file's header is read and the image refused when it has
     more than ``max_pixels`` pixels, or when it differs from ``expected_size = (width, height)``
     (the annotation's ``width``, ``height``: the stored frame, since decoding ignores EXIF
@@ -131,28 +133,68 @@ def read_image_checked(path: str | Path, expected_size: tuple[float, float] | No
     A JPEG without its end-of-image marker counts as undecodable: OpenCV would return it with
     the missing part filled in grey, i.e. a silently damaged image.
     """
+    image, reason, _factor = read_image_reduced(path, expected_size, max_pixels, 1)
+    return image, reason
+
+
+def read_image_reduced(path: str | Path, expected_size: tuple[float, float] | None = None,
+                       max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, reduction: int = 1
+                       ) -> tuple[np.ndarray | None, str, int]:
+    """:func:`read_image_checked` decoding a JPEG at ``1 / reduction`` of its size in the DCT
+    domain (:mod:`kpfast.data.jpeg`): ``(image, reason, factor)`` with ``factor`` the reduction
+    applied (1 for other formats, which are always decoded in full). The size checks use the
+    header's full size, before any decoding.
+    """
     data, reason = _read_regular_file(path)
     if data is None:
-        return None, reason
+        return None, reason, 1
+    factor = reduction if is_jpeg(data) else 1
+    image, reason = _checked_decode(data, expected_size, max_pixels, factor)
+    return image, reason, factor
+
+
+def _header_problem(data: np.ndarray, expected_size, max_pixels: int) -> str:
+    """Why the file must not be decoded (the checks of :func:`read_image_checked`), or ``""``."""
     if data.size < 4:
-        return None, f"file too short ({data.size} bytes)"
+        return f"file too short ({data.size} bytes)"
     size = image_size_from_header(data)
     if size is None:
-        return None, "no readable JPEG/PNG/BMP/WebP header"
+        return "no readable JPEG/PNG/BMP/WebP header"
     width, height = size
     if width <= 0 or height <= 0:
-        return None, f"header gives an empty size {width}x{height}"
+        return f"header gives an empty size {width}x{height}"
     if width * height > max_pixels:
-        return None, (f"header size {width}x{height} = {width * height / 1e6:.4g} Mpx exceeds "
-                      f"max_image_pixels = {max_pixels / 1e6:g} Mpx (not decoded)")
+        return (f"header size {width}x{height} = {width * height / 1e6:.4g} Mpx exceeds "
+                f"max_image_pixels = {max_pixels / 1e6:g} Mpx (not decoded)")
     if expected_size is not None:
         ew, eh = (int(round(v)) for v in expected_size)
         if (width, height) != (ew, eh):
-            return None, (f"header size {width}x{height} differs from the annotation's "
-                          f"{ew}x{eh} (not decoded)")
+            return f"header size {width}x{height} differs from the annotation's {ew}x{eh} (not decoded)"
     if data[0] == 0xFF and data[1] == 0xD8 and b"\xff\xd9" not in data[-1024:].tobytes():
-        return None, "truncated JPEG (no end-of-image marker)"
-    image = cv2.imdecode(data, _DECODE_FLAGS)
+        return "truncated JPEG (no end-of-image marker)"
+    return ""
+
+
+def read_jpeg_bytes_checked(path: str | Path, expected_size: tuple[float, float] | None = None,
+                            max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray | None, str]:
+    """The encoded bytes of a JPEG that passes :func:`read_image_checked`'s header checks, not
+    decoded (the device decodes it: docs/design.md §Performance): ``(bytes, "")`` or
+    ``(None, reason)``. Other formats are refused: nvJPEG decodes JPEGs only."""
+    data, reason = _read_regular_file(path)
+    if data is None:
+        return None, reason
+    reason = _header_problem(data, expected_size, max_pixels)
+    if not reason and not is_jpeg(data):
+        reason = "not a JPEG (data.decode_device: cuda decodes JPEGs only)"
+    return (None, reason) if reason else (data, "")
+
+
+def _checked_decode(data: np.ndarray, expected_size, max_pixels: int, reduction: int):
+    """The header checks of :func:`read_image_checked`, then the decode."""
+    reason = _header_problem(data, expected_size, max_pixels)
+    if reason:
+        return None, reason
+    image = cv2.imdecode(data, decode_flags(reduction))
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         return None, "OpenCV cannot decode it"
     return image, ""
@@ -169,14 +211,16 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, size_wh: tuple[int, int]) -
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
+def to_chw(rgb: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB -> the ``(3, H, W)`` uint8 tensor a sample carries (normalised
+    on the device by :func:`kpfast.data.normalize.prepare_images`)."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1)))
+
+
 def normalize_image(rgb: np.ndarray) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32 normalised with ImageNet mean/std."""
-    out = np.empty((3,) + rgb.shape[:2], dtype=np.float32)
-    for c in range(3):
-        # Writing channel planes directly avoids a separate HWC->CHW copy.
-        np.multiply(rgb[:, :, c], _SCALE[c], out=out[c], dtype=np.float32)
-        out[c] -= _OFFSET[c]
-    return out
+    """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` float32 normalised with ImageNet mean/std, on the
+    CPU (:func:`kpfast.data.normalize.normalize_images`)."""
+    return normalize.normalize_images(to_chw(rgb)).numpy()
 
 
 def denormalize_image(chw: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from kpfast.data.normalize import prepare_images
 from kpfast.engine import runtime as dist_utils
 from kpfast.engine.checkpointer import TrainState
 from kpfast.inference import autocast_context
@@ -92,10 +93,12 @@ class TrainStep:
 
     def to_device(self, batch: dict) -> dict:
         """The tensors the step needs, each copied to the device once (asynchronously from pinned memory)."""
-        images = batch["image"].to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        moved = {"image": images}
+        if "encoded" in batch:  # data.decode_device: cuda: the images are made on the device
+            from kpfast.data.gpu_pipeline import materialize_batch
+
+            batch = materialize_batch(batch, self.device)
+        # uint8 crops cross the copy and are normalised here, on the device (kpfast/data/normalize.py).
+        moved = {"image": prepare_images(batch["image"], self.device, self.channels_last)}
         for key in ("keypoints", "weights", "visibility"):
             if key in batch and torch.is_tensor(batch[key]):
                 moved[key] = batch[key].to(self.device, non_blocking=True)

@@ -86,7 +86,6 @@ def write_image(path: Path | str, image: np.ndarray) -> None:
 def save_prediction_grid(model, dataset, config, device, dataset_info, path, num_samples: int = 8) -> Path:
     """Validation crops with the predicted skeleton (left) beside the ground truth (right)."""
     from kpfast.data import collate_samples
-    from kpfast.data.transforms import denormalize_image
     from kpfast.inference import Predictor
 
     count = min(num_samples, len(dataset))
@@ -100,9 +99,8 @@ def save_prediction_grid(model, dataset, config, device, dataset_info, path, num
     pred_crop, scores = prediction.coords, prediction.scores
     gt_crop = predictor.codec.heatmap_to_crop(batch["keypoints"].double().numpy())
     gt_vis = batch["weights"].double().numpy()
-    # Normalised RGB crops -> BGR uint8 images for OpenCV drawing.
-    crops = [np.ascontiguousarray(denormalize_image(image.float().cpu().numpy())[:, :, ::-1])
-             for image in batch["image"]]
+    # The samples' uint8 RGB (3, H, W) crops -> BGR (H, W, 3) images for OpenCV drawing.
+    crops = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()[:, :, ::-1]) for image in batch["image"]]
     tiles = []
     threshold = config.eval.keypoint_score_threshold
     for i in range(count):

@@ -16,6 +16,7 @@ import torch
 
 from kpfast import geometry
 from kpfast.codecs import HeatmapCodec, build_codec
+from kpfast.data.normalize import prepare_images
 from kpfast.inference.autocast import autocast_context
 
 __all__ = ["Predictor", "CropPrediction", "BOX_PADDING"]
@@ -33,7 +34,9 @@ class CropPrediction:
 
 
 class Predictor:
-    """Runs ``model`` on normalised crops and decodes with ``codec``.
+    """Runs ``model`` on crops and decodes with ``codec``. Crops are uint8 RGB ``(B, 3, H, W)``,
+    as kpfast.data's samples and :meth:`crop` give them, normalised on the model's device
+    (kpfast/data/normalize.py); floating-point crops are taken as already normalised.
 
     ``flip_test``: average with the prediction of the mirrored crop (codec.flip_merge).
     ``precision``: "fp32", "bf16" or "fp16" autocast. ``channels_last``: feed the crops in the
@@ -70,11 +73,10 @@ class Predictor:
 
     @torch.no_grad()
     def heatmaps(self, crops: torch.Tensor) -> torch.Tensor:
-        """Float32 score heatmaps of normalised crops ``(B, 3, H, W)``: activated and, with the
-        flip test, merged with the flipped-back prediction of the mirrored crops."""
-        crops = crops.to(self.device)
-        if self.channels_last:
-            crops = crops.contiguous(memory_format=torch.channels_last)
+        """Float32 score heatmaps of crops ``(B, 3, H, W)`` (uint8 RGB, or normalised floats):
+        activated and, with the flip test, merged with the flipped-back prediction of the
+        mirrored crops."""
+        crops = prepare_images(crops, self.device, self.channels_last)
         with self._eval_mode(), autocast_context(crops.device, self.precision):
             heatmaps = self.codec.activate(self.model(crops)["heatmaps"].float())
             if self.flip_test:
@@ -83,7 +85,8 @@ class Predictor:
         return heatmaps
 
     def predict_crops(self, crops: torch.Tensor, space: str = "heatmap") -> CropPrediction:
-        """Keypoints of normalised crops in heatmap pixels, or input-crop pixels (``space="crop"``)."""
+        """Keypoints of crops (uint8 RGB, or normalised floats) in heatmap pixels, or input-crop
+        pixels (``space="crop"``)."""
         if space not in ("heatmap", "crop"):
             raise ValueError(f"space: expected 'heatmap' or 'crop' (image pixels need each crop's affine: "
                              f"predict_batch / predict_image), got {space!r}")
@@ -97,14 +100,15 @@ class Predictor:
         return self.codec.heatmap_to_image(prediction.coords, self.codec.sample_matrices(metas)), prediction.scores
 
     def crop(self, image: np.ndarray, boxes) -> tuple[torch.Tensor, np.ndarray]:
-        """Normalised crops ``(N, 3, H, W)`` of person ``boxes`` ``[[x, y, w, h], ...]`` on a BGR
-        uint8 image, and their image -> heatmap matrices ``(N, 2, 3)``.
+        """uint8 RGB crops ``(N, 3, H, W)`` of person ``boxes`` ``[[x, y, w, h], ...]`` on a BGR
+        uint8 image (normalised on the device by :meth:`heatmaps`), and their image -> heatmap
+        matrices ``(N, 2, 3)``.
 
         Each box is widened to the input's aspect ratio and padded ``box_padding`` times, as
         kpfast.data crops its samples, so a model sees people at the scale it was trained on."""
         import cv2
 
-        from kpfast.data.transforms import normalize_image
+        from kpfast.data.transforms import to_chw
 
         in_w, in_h = self.codec.input_wh
         crops, matrices = [], []
@@ -112,7 +116,7 @@ class Predictor:
             center, scale = geometry.bbox_xywh_to_center_scale(bbox, in_w / in_h, self.box_padding)
             crop = cv2.warpAffine(image, np.asarray(self.codec.crop_matrix(center, scale), np.float64), (in_w, in_h),
                                   flags=cv2.INTER_LINEAR)
-            crops.append(torch.from_numpy(normalize_image(np.ascontiguousarray(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)))))
+            crops.append(to_chw(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)))
             matrices.append(self.codec.image_to_heatmap_matrix(center, scale))
         return torch.stack(crops), np.stack(matrices)
 

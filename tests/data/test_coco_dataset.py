@@ -8,6 +8,7 @@ import torch
 
 from kpfast import geometry
 from kpfast.data import (CocoKeypointDataset, DatasetInfo, build_dataloader, collate_samples)
+from kpfast.data.normalize import normalize_images
 
 # Needs the data/eval extras (absent on the GPU machine): skip, do not fail, without them.
 pytest.importorskip("pycocotools")
@@ -35,15 +36,16 @@ def test_yields_the_12_valid_instances_in_both_modes(coco_sample):
 def test_sample_layout(coco_sample):
     ds = CocoKeypointDataset(coco_sample, "val", input_size=(128, 96), train=True)
     s = ds[3]
-    assert s["image"].shape == (3, 128, 96) and s["image"].dtype == torch.float32
+    assert s["image"].shape == (3, 128, 96) and s["image"].dtype == torch.uint8  # RGB, normalised on the device
     assert s["keypoints"].shape == (17, 2) and s["keypoints"].dtype == torch.float32
     assert s["weights"].shape == (17,) and set(s["weights"].unique().tolist()) <= {0.0, 1.0}
     meta = s["meta"]
     assert {"image_id", "center", "scale", "rotation", "score", "area", "bbox", "flipped"} <= set(meta)
     assert isinstance(meta["image_id"], int) and isinstance(meta["flipped"], bool)
     assert meta["center"].shape == (2,) and meta["scale"].shape == (2,) and meta["bbox"].shape == (4,)
-    # ImageNet normalisation: values span roughly [-2.1, 2.6].
-    assert -2.2 < float(s["image"].min()) and float(s["image"].max()) < 2.7
+    # ImageNet normalisation (the consumer's): values span roughly [-2.1, 2.6].
+    image = normalize_images(s["image"])
+    assert -2.2 < float(image.min()) and float(image.max()) < 2.7
     assert ds.heatmap_size == (32, 24)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from kpfast.data.normalize import normalize_images
 from kpfast.engine.config import load_config
 from kpfast.engine.loop import train_one_epoch
 from kpfast.engine.checkpointer import TrainState
@@ -86,7 +87,7 @@ def test_training_step_makes_no_host_device_sync(tiny_overrides, sync_recorder, 
     trainer.step(batch)  # first step: lazy allocations
     with sync_recorder:
         trainer.step(batch)
-        nan_batch = dict(batch, image=batch["image"].clone())
+        nan_batch = dict(batch, image=normalize_images(batch["image"]))  # floats: taken as normalised
         nan_batch["image"][0] = float("nan")
         trainer.step(nan_batch)  # a skipped step takes the same path
     assert sync_recorder.calls == []
@@ -130,8 +131,8 @@ def test_a_nonfinite_step_leaves_weights_buffers_optimizer_and_ema_unchanged(tin
     model_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     optim_before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in trainer.optimizer.state.items()}
     ema_before = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
-    nan_batch = dict(batch, image=batch["image"].clone())
-    nan_batch["image"][:] = float("nan")  # NaN activations: the forward writes NaN into BN statistics
+    # NaN activations: the forward writes NaN into BN statistics (float crops: taken as normalised).
+    nan_batch = dict(batch, image=torch.full(batch["image"].shape, float("nan")))
     trainer.step(nan_batch)
     after = trainer.model.state_dict()
     assert any(k.endswith("running_mean") for k in after)

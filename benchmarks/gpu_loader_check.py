@@ -1,0 +1,101 @@
+"""The device half of the ``data.decode_device: cuda`` loader on a GPU (docs/design.md §Performance).
+
+Runs with torch alone (the GPU machine has no pycocotools/albumentations): random COCO-sized
+images and crop matrices with the default augmentation's scale/rotation/flip ranges; the warp and
+normalisation on the GPU must equal the same code on CPU tensors (which the CPU tests check
+against cv2.warpAffine) within ``--tolerance`` grey levels; then batches of ``--batch`` are
+timed on the GPU. The nvJPEG decode runs when torchvision is installed and matches the CPU decode
+within 2 grey levels (decoders' IDCTs may differ by rounding); without it the decode is reported
+``skipped: torchvision missing`` and the rest still runs on images made in memory.
+
+    python benchmarks/gpu_loader_check.py [--out FILE.json] [--batch 64] [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from kpfast import geometry
+from kpfast.data.gpu_pipeline import warp_images
+from kpfast.data.normalize import normalize_images
+
+
+def _matrices(batch: int, rng: np.random.Generator, out_wh=(192, 256)) -> torch.Tensor:
+    mats = []
+    for _ in range(batch):
+        h = rng.uniform(60, 470)
+        scale = np.array([h * 0.75, h]) * 1.25 * rng.uniform(0.75, 1.25)
+        rotation = rng.uniform(-40, 40) if rng.random() < 0.6 else 0.0
+        m = geometry.crop_matrix(rng.uniform([100, 100], [540, 380]), scale, rotation, out_wh, "udp")
+        if rng.random() < 0.5:
+            m = geometry.compose_affine(geometry.flip_matrix(out_wh[0]), m)
+        mats.append(m)
+    return torch.from_numpy(np.stack(mats))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--tolerance", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("skipped: no GPU (torch.cuda.is_available() is False)")
+        return 0
+    cuda = torch.device("cuda")
+    rng = np.random.default_rng(0)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, 480, 640), dtype=np.uint8)) for _ in range(args.batch)]
+    mats = _matrices(args.batch, rng)
+    report: dict = {"batch": args.batch, "input_size": [256, 192], "device": torch.cuda.get_device_name()}
+    cpu = normalize_images(warp_images(images, mats, (256, 192)).round())
+    gpu = normalize_images(warp_images([i.to(cuda) for i in images], mats, (256, 192)).round()).cpu()
+    grey = ((gpu - cpu).abs() * 255 * 0.229).max().item()  # in grey levels (smallest std)
+    report["warp_max_grey_diff_vs_cpu"] = round(grey, 3)
+    ok = grey <= args.tolerance
+    try:
+        from torchvision.io import decode_jpeg, encode_jpeg
+    except ImportError:
+        report["decode"] = "skipped: torchvision missing"
+    else:
+        encoded = [encode_jpeg(i, quality=90) for i in images[:8]]
+        on_gpu = decode_jpeg(encoded, device=cuda)
+        on_cpu = decode_jpeg(encoded)
+        diff = max((a.cpu().int() - b.int()).abs().max().item() for a, b in zip(on_gpu, on_cpu))
+        report["decode"] = f"nvJPEG vs CPU decode max diff {diff} grey levels"
+        ok = ok and diff <= 2
+        batch_bytes = [encode_jpeg(i, quality=90) for i in images]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.rounds):
+            decode_jpeg(batch_bytes, device=cuda)
+        torch.cuda.synchronize()
+        report["decode_images_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
+    on_device = [i.to(cuda) for i in images]
+    for _ in range(3):
+        normalize_images(warp_images(on_device, mats, (256, 192)))
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.rounds):
+        normalize_images(warp_images(on_device, mats, (256, 192)).round())
+    torch.cuda.synchronize()
+    report["warp_normalise_samples_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
+    report["ok"] = bool(ok and math.isfinite(grey))
+    print(json.dumps(report, indent=1))
+    if report["decode"].startswith("skipped"):
+        print(report["decode"])
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(report, handle, indent=1)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
