@@ -84,7 +84,9 @@ def test_cpp_refined_methods_are_the_vocabulary():
     terms = [term.strip() for term in match.group(1).split("||")]
     named = [re.fullmatch(r"method == DecodeMethod::(\w+)", term) for term in terms]
     assert all(named), f"decode.h's is_refined: expected `method == DecodeMethod::NAME || ...`, got {terms}"
-    assert sorted(m.group(1).lower() for m in named) == sorted(vocabulary.REFINED_DECODE_METHODS)
+    refined = sorted(m.group(1).lower() for m in named)
+    assert refined == sorted(vocabulary.REFINED_DECODE_METHODS), \
+        f"decode.h's is_refined names {refined}, REFINED_DECODE_METHODS is {vocabulary.REFINED_DECODE_METHODS}"
 
 
 def test_docstrings_describe_every_name():
