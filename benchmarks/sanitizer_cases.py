@@ -33,9 +33,9 @@ def decode_paths(device: torch.device) -> dict:
 
 
 def _decode_cases(maps, backend: str) -> None:
-    from kpfast import ops
+    from kpfast import ops, vocabulary
 
-    for method in ("argmax", "quarter", "dark", "udp", "local_mean"):
+    for method in vocabulary.DECODE_METHODS:
         ops.decode_heatmaps(maps, method=method, blur_kernel=11, window=5, backend=backend)
     source = maps.detach().requires_grad_(True)  # the same (offset) storage: a misaligned map
     coords, _ = ops.soft_argmax(source, beta=2.0, backend=backend)

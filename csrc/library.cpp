@@ -79,7 +79,7 @@ STABLE_TORCH_LIBRARY(kpfast, m) {
         "Tensor? sigma, float sigma_value, str encoding, str kind, float alpha, float gamma, float beta, "
         "float keypoint_weight, float background_weight, float threshold, float l1_weight) -> Tensor grad_pred");
   // Op 3: heatmap decoding (docs/design.md). heatmaps (B, K, H, W) contiguous float32/float16/bfloat16;
-  // method one of argmax, quarter, dark, udp, local_mean; coords (B, K, 2) and scores (B, K) float32.
+  // method one of kpfast/vocabulary.py DECODE_METHODS; coords (B, K, 2) and scores (B, K) float32.
   m.def("decode_heatmaps(Tensor heatmaps, str method, int blur_kernel, int window) -> (Tensor coords, Tensor scores)");
   // Soft-argmax: coords (B, K, 2), scores (B, K) = the map maximum, and the per-map log-normaliser
   // log sum exp(beta h) that the fused backward needs (float32, or float64 for float64 maps).

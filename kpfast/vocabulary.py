@@ -3,9 +3,10 @@
 A name's integer code is its position in its tuple here. Everything else derives from this
 module: the argument checks (kpfast/ops/_checks.py), the Triton kernels' constants
 (kpfast/triton/gaussian.py, loss.py, decode.py), the reference's tables, the config's ``Literal``
-types (kpfast/engine/config.py). The C++ enums (csrc/kpfast/gaussian.h, loss.h, decode.h) are
-written by hand and must give the same codes; tests/ops/test_vocabulary.py parses them and fails
-when any of these disagree. docs/extending.md says how to add a name.
+types (kpfast/engine/config.py), and the tests' lists of every name. The C++ enums
+(csrc/kpfast/gaussian.h, loss.h, decode.h) and decode.h's ``is_refined`` are written by hand and
+must agree; tests/ops/test_vocabulary.py parses them and fails when any of these disagree.
+docs/extending.md says how to add a name.
 
 Standard library only: the kernel layer, the reference and the config all import it.
 """
@@ -47,7 +48,8 @@ FUSED_GRADIENT_LOSS_KINDS = tuple(kind.name for kind in LOSS_KIND_TRAITS if kind
 REDUCTIONS = ("mean", "sum", "none")
 
 # Decoders (docs/design.md, Op 3). The refined ones take a Taylor step on the blurred map: their
-# offset is unbounded, so every backend clips their points to the map, and only they read blur_kernel.
+# offset is unbounded, so every backend clips their points to the map (the C++ kernels through
+# decode.h's is_refined, the Triton kernel through decode_config's CLIP), and only they read blur_kernel.
 DECODE_METHODS = ("argmax", "quarter", "dark", "udp", "local_mean")
 REFINED_DECODE_METHODS = ("dark", "udp")
 

@@ -125,11 +125,12 @@ def specialisations(sizes=SIZES, keypoints=(LAUNCH_KEYPOINTS,)) -> list[Spec]:
 
 
 def _size_specialisations(height: int, width: int, keypoints: int, first_size: bool) -> list[Spec]:
+    from kpfast import vocabulary
     from kpfast.triton import decode, loss, render
 
     specs = []
     size = f"{height}x{width}"
-    for encoding in ("msra", "udp", "dark"):
+    for encoding in vocabulary.ENCODINGS:
         for instances in ("one", "many"):  # N == 1 is specialised by Triton's launcher (launcher_ints)
             for dtype in DTYPES:
                 size_of = ELEMENT_BYTES[dtype]
@@ -152,8 +153,8 @@ def _size_specialisations(height: int, width: int, keypoints: int, first_size: b
                                   dict(size=size, encoding=encoding, N=instances, dtype=dtype),
                                   _sig(names, types, c), c, options=options))
                 for kind in loss.KINDS:
-                    # the compiled-product default exponents and the general powers (mse has none)
-                    for fixed in ((True,) if kind == "mse" else (True, False)):
+                    # the compiled-product default exponents and, for a kind with exponents, the general powers
+                    for fixed in loss.exponent_variants(kind):
                         c = loss.launch_config(height, width, encoding, kind, fixed, element_size=size_of)
                         warps = c.pop("num_warps", 4)
                         options = _launch_options(c)
@@ -177,9 +178,9 @@ def _size_specialisations(height: int, width: int, keypoints: int, first_size: b
                                  + ["fp32"] * 8)
                         specs.append(Spec("loss._loss_backward_kernel", label, _sig(names, types, c), c, warps,
                                           elements_per_loop=block, options=options))
-                        if kind == "cornernet":
+                        if not vocabulary.loss_kind(kind).fused_gradient:
                             continue
-                        # the gradient-in-forward opt-in (mse, focal): loss and gradient in one pass
+                        # the gradient-in-forward opt-in: loss and gradient in one pass
                         c = loss.fused_launch_config(height, width, encoding, kind, fixed,
                                                      element_size=size_of)
                         warps = c.pop("num_warps", 4)
@@ -199,14 +200,14 @@ def _size_specialisations(height: int, width: int, keypoints: int, first_size: b
                                       4, elements_per_loop=loss.RESCALE_BLOCK))
     for dtype in DTYPES:
         for method in decode.METHODS:
-            for blur_kernel in (BLURS[dtype] if method in ("dark", "udp") else (11,)):
+            for blur_kernel in (BLURS[dtype] if method in vocabulary.REFINED_DECODE_METHODS else (11,)):
                 c = decode.decode_config(height, width, method, blur_kernel, 3)
                 warps = c.pop("num_warps")
                 options = _launch_options(c)
                 names = ["maps_ptr", "coords_ptr", "scores_ptr", "height", "width"]
                 types = [f"*{dtype}", "*fp32", "*fp32", "i32", "i32"]
                 label = dict(size=size, method=method, dtype=dtype)
-                if method in ("dark", "udp"):
+                if method in vocabulary.REFINED_DECODE_METHODS:
                     label["blur_kernel"] = blur_kernel
                 specs.append(Spec("decode._decode_kernel", label, _sig(names, types, c), c, warps,
                                   elements_per_loop=c["BLOCK"], options=options))

@@ -212,7 +212,7 @@ void decode_cpu_kernel(const scalar_t* heatmaps, float* coords, float* scores, i
       const int x = static_cast<int>(index % width), y = static_cast<int>(index / width);
       float ox, oy;
       refine(m, height, width, x, y, best, method, g, k, window, tmp, &ox, &oy);
-      const bool clipped = method == DecodeMethod::DARK || method == DecodeMethod::UDP;
+      const bool clipped = is_refined(method);
       coords[2 * map] = clipped ? clip_to_map(x, ox, width) : static_cast<float>(x) + ox;
       coords[2 * map + 1] = clipped ? clip_to_map(y, oy, height) : static_cast<float>(y) + oy;
     }

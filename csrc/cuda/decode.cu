@@ -356,7 +356,7 @@ __global__ void __launch_bounds__(kMapThreads, 9) decode_kernel(const scalar_t* 
     }
   }
   if (threadIdx.x == 0) {
-    const bool clipped = method == DecodeMethod::DARK || method == DecodeMethod::UDP;
+    const bool clipped = is_refined(method);
     coords[2 * map] = !positive ? -1.0f : (clipped ? clip_to_map(x, ox, width) : static_cast<float>(x) + ox);
     coords[2 * map + 1] = !positive ? -1.0f : (clipped ? clip_to_map(y, oy, height) : static_cast<float>(y) + oy);
     scores[map] = best;

@@ -24,6 +24,12 @@ namespace kpfast {
 
 enum class DecodeMethod : int { ARGMAX = 0, QUARTER = 1, DARK = 2, UDP = 3, LOCAL_MEAN = 4 };
 
+// kpfast/vocabulary.py REFINED_DECODE_METHODS: an unbounded offset, so every kernel clips the
+// point to the map. The one list the kernels read (tests/ops/test_vocabulary.py checks it).
+KPF_HOST_DEVICE constexpr bool is_refined(DecodeMethod method) {
+  return method == DecodeMethod::DARK || method == DecodeMethod::UDP;
+}
+
 constexpr int kMaxBlurKernel = 31;         // blur kernels are odd, 1..31
 constexpr int kPatch = 5;                  // the 5x5 patch of blurred values around the argmax
 constexpr float kDarkFloor = 1e-10f;       // DARK: log(max(b, 1e-10))

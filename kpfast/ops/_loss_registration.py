@@ -42,9 +42,10 @@ backward then moves nothing. The reasons it was set aside, and the way around ea
   sync, CUDA-graph capturable, one launch.
 
 Implemented as the explicit opt-in ``heatmap_loss(..., fused_gradient=True)`` for the Triton
-backend, mse and focal, in eager mode when pred requires a gradient (:class:`FusedGradientLoss`,
-kpfast/triton/loss.py ``heatmap_loss_fused`` / ``heatmap_loss_rescale_``); the compiled CPU/CUDA
-backends would need the same two ops in the schema. What it cannot fix, hence opt-in only:
+backend, the kinds with the ``fused_gradient`` trait (kpfast/vocabulary.py), in eager mode when
+pred requires a gradient (:class:`FusedGradientLoss`, kpfast/triton/loss.py ``heatmap_loss_fused`` /
+``heatmap_loss_rescale_``); the compiled CPU/CUDA backends would need the same two ops in the
+schema. What it cannot fix, hence opt-in only:
 * AMP loss scaling (``GradScaler``) and weighted sums of losses multiply the upstream by a factor
   the forward does not know: every map is rescaled, 2b + 2b = 2x the roofline, worse than the
   separate kernel's 1.5x. (A caller that knows the factor could pass it to the forward.)
@@ -110,9 +111,10 @@ def register(namespace: str) -> None:
 
 def expected_upstream(reduction: str, num_maps: int, pixels_per_map: int) -> float:
     """The upstream gradient of every map's loss sum that ``loss.backward()`` gives after the
-    reduction of kpfast.reference.reduce_map_losses (mse / focal), computed as autograd computes it
-    (a float32 division), so that the device-side comparison of the first backward matches bit for
-    bit: ``mean`` 1 / (B K H W), ``sum`` 1, ``none`` 1 / (H W) (the per-map values then summed)."""
+    reduction of kpfast.reference.reduce_map_losses (a kind that does not count positives), computed
+    as autograd computes it (a float32 division), so that the device-side comparison of the first
+    backward matches bit for bit: ``mean`` 1 / (B K H W), ``sum`` 1, ``none`` 1 / (H W) (the per-map
+    values then summed)."""
     one = torch.ones((), dtype=torch.float32)
     if reduction == "mean":
         return float(one / max(num_maps * pixels_per_map, 1))
@@ -122,8 +124,8 @@ def expected_upstream(reduction: str, num_maps: int, pixels_per_map: int) -> flo
 
 
 class FusedGradientLoss(torch.autograd.Function):
-    """The gradient-in-forward opt-in (``heatmap_loss(..., fused_gradient=True)``, Triton, mse and
-    focal, eager): the forward writes the gradient for the expected upstream into a buffer held by
+    """The gradient-in-forward opt-in (``heatmap_loss(..., fused_gradient=True)``, Triton, the
+    ``fused_gradient`` kinds, eager): the forward writes the gradient for the expected upstream into a buffer held by
     ``ctx`` (not a saved tensor); the first backward takes it and rescales it in place only where
     the device-side test finds another upstream; a later backward (``retain_graph``) recomputes
     with the separate backward kernel from the saved inputs. See the module docstring."""

@@ -45,7 +45,8 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
     No (B, K, H, W) target, weight or intermediate tensor is allocated; the backward pass writes
     the one gradient buffer. Per pixel, with ``t`` the target of :func:`render_heatmaps` (same
     encodings, sigma forms and instance axis: the max over instances) and ``p`` the prediction
-    (``p = sigmoid(z)`` for the logit kinds):
+    (``p = sigmoid(z)`` for the logit kinds), one formula per kind of kpfast/vocabulary.py (its traits
+    say which kinds take logits, their defaults and normalisation):
 
     * ``"mse"``: ``(p - t)^2`` on raw values;
     * ``"focal"`` (logits): ``a_t |t - p|^gamma BCEWithLogits(z, t)``, ``a_t = alpha t + (1 - alpha)(1 - t)``;
@@ -59,10 +60,10 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
     any finite logit).
 
     Args:
-        pred: ``(B, K, H, W)`` float32/bfloat16/float16 predictions (logits for focal/cornernet); any strides.
+        pred: ``(B, K, H, W)`` float32/bfloat16/float16 predictions (logits for the logit kinds); any strides.
         keypoints, weights, sigma, encoding: as :func:`kpfast.ops.render_heatmaps` (``(B, K, 2)`` or
             ``(B, N, K, 2)``). The loss is not differentiable w.r.t. them (they are detached).
-        kind: ``"mse"``, ``"focal"`` or ``"cornernet"``.
+        kind: one of the kinds above (``kpfast.vocabulary.LOSS_KINDS``).
         alpha: focal class balance (default 0.25) or cornernet exponent (default 2); unused by mse.
         gamma: focal exponent (default 2). beta: cornernet negative exponent (default 4).
         keypoint_weight, background_weight, threshold: the pixel weighting (15, 1, 0.1).
@@ -75,9 +76,10 @@ def heatmap_loss(pred: torch.Tensor, keypoints: torch.Tensor, weights: torch.Ten
         fused_gradient: opt-in (experimental) gradient-in-forward: the forward also writes the gradient
             w.r.t. ``pred`` for the upstream ``loss.backward()`` gives, and the first backward only
             rescales it where the upstream differs (checked on the device). Used with the ``triton``
-            backend for mse and focal in eager mode when ``pred`` requires a gradient; every other
-            call (and torch.compile) takes the separate backward kernel. It pays when the upstream
-            is the plain one (no AMP loss scale): see kpfast/ops/_loss_registration.py.
+            backend for the kinds with the ``fused_gradient`` trait (``kpfast.vocabulary``) in eager
+            mode when ``pred`` requires a gradient; every other call (and torch.compile) takes the
+            separate backward kernel. It pays when the upstream is the plain one (no AMP loss
+            scale): see kpfast/ops/_loss_registration.py.
 
     Returns:
         A float32 scalar (``mean``/``sum``; 0 for an empty batch) or ``(B, K)`` float32 losses (``none``).

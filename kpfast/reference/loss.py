@@ -91,11 +91,11 @@ def reduce_map_losses(map_losses: torch.Tensor, positives: torch.Tensor, kind: s
                       pixels_per_map: int) -> torch.Tensor:
     """The requested reduction of per-map loss sums (shared by every backend).
 
-    * mse / focal: ``mean`` = total / (B*K*H*W), ``sum`` = total, ``none`` = per-map sum / (H*W)
-      (so ``none.mean() == mean``).
-    * cornernet (CenterNet normalisation): ``mean`` and ``sum`` = total over the batch / the total
-      number of positives (the negative term alone, i.e. divided by 1, when there are none);
-      ``none`` = each map's sum / its own number of positives (at least 1).
+    * a kind without the ``counts_positives`` trait (kpfast/vocabulary.py): ``mean`` = total /
+      (B*K*H*W), ``sum`` = total, ``none`` = per-map sum / (H*W) (so ``none.mean() == mean``).
+    * a kind with it (cornernet's CenterNet normalisation): ``mean`` and ``sum`` = total over the
+      batch / the total number of positives (the negative term alone, i.e. divided by 1, when there
+      are none); ``none`` = each map's sum / its own number of positives (at least 1).
     An empty batch gives 0 for ``mean`` and ``sum``.
     """
     if vocabulary.loss_kind(kind).counts_positives:

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from kpfast.triton._common import launch
-from kpfast.vocabulary import DECODE_METHOD_CODES
+from kpfast.vocabulary import DECODE_METHOD_CODES, REFINED_DECODE_METHODS
 
 # The codes of kpfast/vocabulary.py (the METHOD constexpr the kernel is compiled for).
 METHODS = DECODE_METHOD_CODES
@@ -130,7 +130,7 @@ def _blurred_maximum(base, height, width, KSIZE: tl.constexpr, KPAD: tl.constexp
 
 
 @triton.jit
-def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.constexpr,
+def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.constexpr, CLIP: tl.constexpr,
                    KSIZE: tl.constexpr, KPAD: tl.constexpr, ROWS: tl.constexpr, WINDOW: tl.constexpr,
                    WROWS: tl.constexpr, WCOLS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_W: tl.constexpr):
     map_id = tl.program_id(0).to(tl.int64)
@@ -276,7 +276,7 @@ def _decode_kernel(maps_ptr, coords_ptr, scores_ptr, height, width, METHOD: tl.c
         oy = tl.where(refine, sy, 0.0)
     px = x.to(tl.float32) + ox
     py = y.to(tl.float32) + oy
-    if METHOD == DARK or METHOD == UDP:
+    if CLIP:  # a refined method (decode_config)
         # kpfast.reference.decode.clip_to_map: a near-singular Hessian makes the Newton step
         # arbitrarily long; the point is clipped to the map's area [-0.5, W-0.5] x [-0.5, H-0.5].
         # tl.cast, not .to(): a side of 1 reaches the kernel as the constant 1, a Python int.
@@ -315,7 +315,9 @@ def decode_config(height: int, width: int, method: str, blur_kernel: int, window
     """The constexprs (and launch options) of the decode kernel for an H x W map."""
     radius = blur_kernel // 2
     kpad = triton.next_power_of_2(blur_kernel)
-    return dict(METHOD=METHODS[method], KSIZE=blur_kernel, KPAD=kpad,
+    # CLIP: vocabulary.REFINED_DECODE_METHODS, whose unbounded offsets are clipped to the map (a
+    # constexpr read here, so that a new refined method needs no edit of the kernel's clip).
+    return dict(METHOD=METHODS[method], CLIP=method in REFINED_DECODE_METHODS, KSIZE=blur_kernel, KPAD=kpad,
                 ROWS=min(triton.next_power_of_2(5 + 2 * radius), PATCH_TILE // (8 * kpad)),
                 WINDOW=window, **window_tile(window),
                 BLOCK=min(2048, triton.next_power_of_2(max(height * width, 1))),

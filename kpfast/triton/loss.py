@@ -15,6 +15,8 @@ csrc/kpfast/loss.h ``fixed_exponents``); other exponents take the general exp(g 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -315,6 +317,12 @@ def fixed_exponents(kind: str, alpha: float, gamma: float, beta: float) -> bool:
     if kind == "cornernet":
         return alpha == 2.0 and beta == 4.0
     return True
+
+
+def exponent_variants(kind: str) -> tuple[bool, ...]:
+    """The ``FIXED`` values a launch of ``kind`` can take (tools/triton_aot.py compiles each):
+    the general powers only for a kind whose fixed_exponents reads an exponent (NaN is no default)."""
+    return (True,) if fixed_exponents(kind, math.nan, math.nan, math.nan) else (True, False)
 
 
 def launch_config(height: int, width: int, encoding: str, kind: str, fixed: bool = True, has_weights: bool = True,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kpfast import geometry
+from kpfast import geometry, vocabulary
 from kpfast.codecs import HeatmapCodec, build_codec
 
 # Sub-pixel keypoints well inside a 16x12 map (x, y in heatmap pixels).
@@ -136,7 +136,8 @@ def _config(**loss):
                            eval=SimpleNamespace(decoder="udp", blur_kernel=7), train=SimpleNamespace(ops_backend="torch"))
 
 
-@pytest.mark.parametrize("kind, logits", [("mse", False), ("focal", True), ("cornernet", True)])
+@pytest.mark.parametrize("kind, logits",
+                         [(kind.name, kind.takes_logits) for kind in vocabulary.LOSS_KIND_TRAITS])
 def test_build_codec_reads_the_config_by_attribute(kind, logits):
     codec = build_codec(_config(kind=kind, encoding="msra"), flip_pairs=[[1, 2]])
     assert codec.logits is logits

@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from kpfast import backends
+from kpfast import backends, vocabulary
 
 H, W = 13, 11  # odd, non-square maps catch row/column mix-ups
 KERNEL_BACKENDS = ("cpu", "cuda", "triton")
@@ -360,9 +360,9 @@ class FindPeaksCase(OpCase):
 
 
 OP_CASES = [
-    *(RenderCase(encoding) for encoding in ("msra", "udp", "dark")),
-    *(LossCase(kind) for kind in ("mse", "focal", "cornernet")),
-    *(DecodeCase(method) for method in ("argmax", "quarter", "dark", "udp", "local_mean")),
+    *(RenderCase(encoding) for encoding in vocabulary.ENCODINGS),
+    *(LossCase(kind) for kind in vocabulary.LOSS_KINDS),
+    *(DecodeCase(method) for method in vocabulary.DECODE_METHODS),
     SoftArgmaxCase(),
     FindPeaksCase(),
 ]

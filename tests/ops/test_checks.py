@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from kpfast import vocabulary
 from kpfast.ops import decode_heatmaps, find_peaks, heatmap_loss, render_heatmaps, soft_argmax
 
 from .harness import kernel_backends_and_torch
@@ -16,12 +17,12 @@ def _every_op(device, backend, sigma):
     keypoints = torch.rand(2, 3, 2, device=device) * 6
     weights = torch.ones(2, 3, device=device)
     pred = torch.rand(2, 3, 8, 6, device=device)
-    for encoding in ("msra", "udp", "dark"):
+    for encoding in vocabulary.ENCODINGS:
         render_heatmaps(keypoints, weights, size=(8, 6), sigma=sigma, encoding=encoding, backend=backend)
-    for kind in ("mse", "focal", "cornernet"):
+    for kind in vocabulary.LOSS_KINDS:
         for reduction in ("mean", "none"):
             heatmap_loss(pred, keypoints, weights, sigma=sigma, kind=kind, reduction=reduction, backend=backend)
-    for method in ("argmax", "quarter", "dark", "udp", "local_mean"):
+    for method in vocabulary.DECODE_METHODS:
         decode_heatmaps(pred, method, backend=backend)
     soft_argmax(pred, backend=backend)
     find_peaks(pred, backend=backend)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kpfast
+from kpfast import vocabulary
 from kpfast.ops import decode_heatmaps, flip_merge, render_heatmaps
 from kpfast.reference import decode as reference
 
@@ -17,7 +18,7 @@ from .harness import (H, W, backend_params, decode_test_maps, gaussian_maps, ker
                       non_finite_maps, special_maps)
 from .published import published_decode
 
-METHODS = ("argmax", "quarter", "dark", "udp", "local_mean")
+METHODS = vocabulary.DECODE_METHODS  # every method: a new one gets these tests (docs/extending.md)
 
 
 def _assert_decoded_equal(got, expected, atol=1e-4):

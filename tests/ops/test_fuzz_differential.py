@@ -17,15 +17,16 @@ import random
 import pytest
 import torch
 
+from kpfast import vocabulary
 from kpfast.ops import decode_heatmaps, find_peaks, heatmap_loss, render_heatmaps, soft_argmax
 from kpfast.ops._checks import SIGMA_FLOOR
 from .harness import TOLERANCE, backend_params
 
 CPU_CASES = 300
 TRITON_CASES = 12
-ENCODINGS = ("udp", "msra", "dark")
-LOSS_KINDS = ("mse", "focal", "cornernet")
-DECODE_METHODS = ("argmax", "quarter", "dark", "udp", "local_mean")
+ENCODINGS = vocabulary.ENCODINGS
+LOSS_KINDS = vocabulary.LOSS_KINDS
+DECODE_METHODS = vocabulary.DECODE_METHODS
 # DARK/UDP on noise and plateaus: the Hessian is near singular and float32 rounding of the blur is
 # amplified (docs/ops-arguments-and-precision.md: up to 1e-2 px at blur <= 31).
 REFINED_TOLERANCE = 1e-2
@@ -181,7 +182,7 @@ def test_a_sigma_below_the_minimum_is_refused(sigma):
 # ----------------------------------------------------------------------------- decode
 
 def _decode_tolerance(method: str, kind: str, blur: int) -> float:
-    if method not in ("dark", "udp") or kind in ("gaussian", "constant"):
+    if method not in vocabulary.REFINED_DECODE_METHODS or kind in ("gaussian", "constant"):
         return TOLERANCE["decode"]
     return REFINED_TOLERANCE
 

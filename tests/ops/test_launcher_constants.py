@@ -9,6 +9,7 @@ reference, and on a GPU they are the first launch of each such specialisation. T
 import pytest
 import torch
 
+from kpfast import vocabulary
 from kpfast.ops import decode_heatmaps, find_peaks, heatmap_loss, render_heatmaps, soft_argmax
 
 from .harness import TOLERANCE
@@ -77,7 +78,7 @@ def test_loss_and_its_gradient(kernel_backend, size, counts, kind):
 def test_decoders(kernel_backend, size, counts):
     backend, device = kernel_backend
     maps = _maps(size, counts, device)
-    for method in ("argmax", "quarter", "dark", "udp", "local_mean"):
+    for method in vocabulary.DECODE_METHODS:
         got = decode_heatmaps(maps, method, backend=backend)
         expected = decode_heatmaps(maps.cpu(), method, backend="torch")
         # UDP on a single row (column): its Hessian is eps along the flat axis, so its step there

@@ -8,6 +8,7 @@ float32, bfloat16 and float16. Each is compared with the same backend on a fresh
 import pytest
 import torch
 
+from kpfast import vocabulary
 from kpfast.ops import decode_heatmaps, find_peaks, heatmap_loss, render_heatmaps, soft_argmax
 
 from .harness import TOLERANCE, edge_case_keypoints
@@ -94,7 +95,7 @@ def test_decoders_and_peaks(kernel_backend, dtype, layout):
     backend, device = kernel_backend
     maps = _maps(device, dtype, seed=1)
     view = _layout(maps, layout)
-    for method in ("argmax", "quarter", "dark", "udp", "local_mean"):
+    for method in vocabulary.DECODE_METHODS:
         got, expected = decode_heatmaps(view, method, backend=backend), decode_heatmaps(maps, method, backend=backend)
         _assert_close(got[0], expected[0], torch.float32, f"{method} coords")
         assert torch.equal(got[1], expected[1]), method  # scores: copied map values

@@ -5,6 +5,7 @@ Half-precision predictions (values, gradients, dtypes): tests/ops/test_common.py
 
 import functools
 import importlib
+import re
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from kpfast.ops import heatmap_loss, render_heatmaps
 from .harness import TOLERANCE, RecordOps, assert_close_across_kernels, edge_case_keypoints, predictions, sigma_forms
 
 KINDS = vocabulary.LOSS_KINDS  # every kind: a new one gets these tests (docs/extending.md)
-ENCODINGS = ("msra", "udp", "dark")
+ENCODINGS = vocabulary.ENCODINGS
 # float32: loss values to 1e-5 relative, gradients to 1e-4 relative (half-precision predictions:
 # test_common.py::test_half_precision with TOLERANCE["loss_grad"][dtype] for the gradients).
 LOSS_RTOL, GRAD_RTOL = TOLERANCE["loss"], TOLERANCE["loss_grad"][torch.float32]
@@ -233,10 +234,14 @@ def test_empty_batches(kernel_backend, shape, reduction):
 def test_defaults_depend_on_kind():
     keypoints, weights = keypoints_with_edge_cases()
     pred = make_pred("focal", 2, 5, "cpu")
-    for kind, alpha, l1 in (("focal", 0.25, 0.1), ("cornernet", 2.0, 0.0), ("mse", None, 0.0)):
+    # the published presets: RetinaNet's alpha 0.25 (+ 0.1 x L1), CenterNet's alpha 2
+    assert (vocabulary.loss_kind("focal").default_alpha, vocabulary.loss_kind("focal").default_l1_weight) == (0.25, 0.1)
+    assert vocabulary.loss_kind("cornernet").default_alpha == 2.0
+    for traits in vocabulary.LOSS_KIND_TRAITS:  # every kind takes its defaults from its traits
+        kind, alpha, l1 = traits.name, traits.default_alpha, traits.default_l1_weight
         explicit = heatmap_loss(pred, keypoints, weights, kind=kind, alpha=alpha, l1_weight=l1, backend="torch")
         default = heatmap_loss(pred, keypoints, weights, kind=kind, backend="torch")
-        assert float(default) == float(explicit)
+        assert float(default) == float(explicit), kind
     with_l1 = heatmap_loss(pred, keypoints, weights, kind="focal", backend="torch")
     without = heatmap_loss(pred, keypoints, weights, kind="focal", l1_weight=0.0, backend="torch")
     assert float(with_l1) > float(without), "focal's default includes 0.1 x L1"
@@ -268,7 +273,7 @@ def test_not_differentiable_wrt_keypoints():
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(kind="l2"), ValueError, r"kind: expected one of \('mse', 'focal', 'cornernet'\), got 'l2'"),
+        (dict(kind="l2"), ValueError, re.escape(f"kind: expected one of {vocabulary.LOSS_KINDS}, got 'l2'")),
         (dict(reduction="avg"), ValueError, "reduction: expected one of"),
         (dict(encoding="gauss"), ValueError, "encoding: expected one of"),
         (dict(alpha=1.5), ValueError, r"alpha: expected a finite value in \[0.0, 1.0\], got 1.5"),
@@ -369,7 +374,8 @@ def test_fixed_exponent_policy():
     assert fixed_exponents("mse", 0.0, 7.0, 9.0)
 
 
-@pytest.mark.parametrize("kind, exponents", [
+# Per-kind exponent cases: a kind with exponents needs its own (test_every_kind_with_exponents_has_cases).
+EXPONENT_PATHS = [
     ("focal", dict(gamma=2.0)),                 # fixed: gamma^2 as products
     ("focal", dict(gamma=1.5)),                 # general, libm powers on the CPU
     ("focal", dict(gamma=2.5)),
@@ -377,7 +383,10 @@ def test_fixed_exponent_policy():
     ("cornernet", dict(alpha=2.0, beta=4.0)),   # fixed
     ("cornernet", dict(alpha=3.0, beta=5.0)),   # general (libm)
     ("cornernet", dict(alpha=2.0, beta=3.0)),   # general (small integers), alpha alone is not enough
-])
+]
+
+
+@pytest.mark.parametrize("kind, exponents", EXPONENT_PATHS)
 def test_exponent_paths_match_reference(kernel_backend, kind, exponents):
     """Each exponent path (the fixed products and the general powers) against the reference, on
     maps with ignored keypoints, several instances and a strided per-keypoint sigma."""
@@ -399,10 +408,26 @@ def test_exponent_paths_match_reference(kernel_backend, kind, exponents):
 _ABOVE_2, _ABOVE_4 = 2.0 + 2.0**-22, 4.0 + 2.0**-21
 
 
-@pytest.mark.parametrize("kind, fixed, nearby", [
+FIXED_AND_NEARBY = [
     ("focal", dict(gamma=2.0), dict(gamma=_ABOVE_2)),
     ("cornernet", dict(alpha=2.0, beta=4.0), dict(alpha=_ABOVE_2, beta=_ABOVE_4)),
-])
+]
+
+
+def test_every_kind_with_exponents_has_cases():
+    """A kind whose launches can take the general powers (kpfast.triton.loss.exponent_variants, from
+    the fixed-exponent policy) has rows in both per-kind exponent tables above."""
+    pytest.importorskip("triton")
+    from kpfast.triton.loss import exponent_variants
+
+    with_exponents = [kind for kind in KINDS if False in exponent_variants(kind)]
+    assert "focal" in with_exponents and "mse" not in with_exponents  # the policy is read, not empty
+    for name, table in (("EXPONENT_PATHS", EXPONENT_PATHS), ("FIXED_AND_NEARBY", FIXED_AND_NEARBY)):
+        missing = [kind for kind in with_exponents if kind not in {row[0] for row in table}]
+        assert not missing, f"tests/ops/test_loss.py {name}: no exponent cases for {missing}"
+
+
+@pytest.mark.parametrize("kind, fixed, nearby", FIXED_AND_NEARBY)
 def test_fixed_exponents_continue_the_general_path(kernel_backend, kind, fixed, nearby):
     """The fixed products at the default exponents agree with the general powers one float32 ulp
     away (which take the general path): the two paths compute the same function."""
@@ -485,7 +510,7 @@ def test_expected_upstream_is_what_autograd_gives(reduction, batch, num_keypoint
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("kind", ["mse", "focal"])
+@pytest.mark.parametrize("kind", vocabulary.FUSED_GRADIENT_LOSS_KINDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_fused_gradient_matches_the_separate_backward(kind, reduction):
     """fused_gradient=True (Triton): the same loss and gradient as the separate backward kernel

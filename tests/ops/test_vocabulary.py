@@ -56,15 +56,48 @@ def test_cpp_enums_give_every_name_its_vocabulary_code(vocabulary_name):
 
 
 def test_codes_are_positions_and_traits_are_consistent():
-    assert vocabulary.ENCODING_CODES == {"msra": 0, "udp": 1, "dark": 2}
-    assert list(vocabulary.LOSS_KIND_CODES.values()) == list(range(len(vocabulary.LOSS_KINDS)))
-    assert vocabulary.LOGIT_LOSS_KINDS == ("focal", "cornernet")
-    assert vocabulary.POSITIVE_COUNTING_LOSS_KINDS == ("cornernet",)
+    # The rules, not their current values, so that a new name changes nothing here.
+    for names, codes in ((vocabulary.ENCODINGS, vocabulary.ENCODING_CODES),
+                         (vocabulary.LOSS_KINDS, vocabulary.LOSS_KIND_CODES),
+                         (vocabulary.DECODE_METHODS, vocabulary.DECODE_METHOD_CODES)):
+        assert codes == {name: code for code, name in enumerate(names)}
+    traits = vocabulary.LOSS_KIND_TRAITS
+    assert vocabulary.LOSS_KINDS == tuple(kind.name for kind in traits)
+    assert vocabulary.LOGIT_LOSS_KINDS == tuple(kind.name for kind in traits if kind.takes_logits)
+    assert vocabulary.POSITIVE_COUNTING_LOSS_KINDS == tuple(kind.name for kind in traits if kind.counts_positives)
+    assert vocabulary.FUSED_GRADIENT_LOSS_KINDS == tuple(kind.name for kind in traits if kind.fused_gradient)
+    # fused_gradient needs the mean/sum upstream before the forward: not known for a kind that
+    # counts positives (kpfast/ops/_loss_registration.py)
+    assert not [kind.name for kind in traits if kind.fused_gradient and kind.counts_positives]
     assert set(vocabulary.REFINED_DECODE_METHODS) <= set(vocabulary.DECODE_METHODS)
     for names in (vocabulary.ENCODINGS, vocabulary.LOSS_KINDS, vocabulary.DECODE_METHODS, vocabulary.REDUCTIONS):
         assert len(set(names)) == len(names)
-    with pytest.raises(ValueError, match=r"kind: expected one of \('mse', 'focal', 'cornernet'\), got 'l2'"):
+    with pytest.raises(ValueError, match=re.escape(f"kind: expected one of {vocabulary.LOSS_KINDS}, got 'l2'")):
         vocabulary.loss_kind("l2")
+
+
+def test_cpp_refined_methods_are_the_vocabulary():
+    """decode.h's is_refined (the kernels' clip to the map) names exactly REFINED_DECODE_METHODS."""
+    text = (CSRC / "kpfast/decode.h").read_text()
+    match = re.search(r"constexpr bool is_refined\(DecodeMethod method\) \{\s*return ([^;]*);", text)
+    assert match, "decode.h: no `constexpr bool is_refined(DecodeMethod method) { return ...; }`"
+    terms = [term.strip() for term in match.group(1).split("||")]
+    named = [re.fullmatch(r"method == DecodeMethod::(\w+)", term) for term in terms]
+    assert all(named), f"decode.h's is_refined: expected `method == DecodeMethod::NAME || ...`, got {terms}"
+    refined = sorted(m.group(1).lower() for m in named)
+    assert refined == sorted(vocabulary.REFINED_DECODE_METHODS), \
+        f"decode.h's is_refined names {refined}, REFINED_DECODE_METHODS is {vocabulary.REFINED_DECODE_METHODS}"
+
+
+def test_docstrings_describe_every_name():
+    """The op docstrings describe each kind / method in a line of its own: a new name needs its line."""
+    from kpfast.ops import heatmap_loss
+
+    missing = [kind for kind in vocabulary.LOSS_KINDS if f'* ``"{kind}"``' not in heatmap_loss.__doc__]
+    assert not missing, f"kpfast/ops/loss.py heatmap_loss docstring: no formula for {missing}"
+    missing = [method for method in vocabulary.DECODE_METHODS
+               if f'``"{method}"`` (' not in decode_op.decode_heatmaps.__doc__]
+    assert not missing, f"kpfast/ops/decode.py decode_heatmaps docstring: no description of {missing}"
 
 
 def test_reference_tables_cover_exactly_the_vocabulary():
@@ -80,14 +113,18 @@ def test_triton_constants_are_the_vocabulary_codes():
     assert gaussian.ENCODINGS == vocabulary.ENCODING_CODES
     assert loss.KINDS == vocabulary.LOSS_KIND_CODES
     assert decode.METHODS == vocabulary.DECODE_METHOD_CODES
-    named = {gaussian.MSRA: "msra", gaussian.UDP: "udp", gaussian.DARK: "dark"}
-    assert {constant.value: name for constant, name in named.items()} == {
-        vocabulary.ENCODING_CODES[name]: name for name in named.values()}
-    assert loss.MSE.value == vocabulary.LOSS_KIND_CODES["mse"]
-    assert loss.FOCAL.value == vocabulary.LOSS_KIND_CODES["focal"]
-    for constant, name in ((decode.QUARTER, "quarter"), (decode.DARK, "dark"), (decode.UDP, "udp"),
-                           (decode.LOCAL_MEAN, "local_mean")):
-        assert constant.value == vocabulary.DECODE_METHOD_CODES[name]
+    # Each named constant the kernels compare against (NAME for the name "name"; a kind or method
+    # that falls to a final else has none) holds its name's code.
+    checked = 0
+    for module, codes in ((gaussian, vocabulary.ENCODING_CODES), (loss, vocabulary.LOSS_KIND_CODES),
+                          (decode, vocabulary.DECODE_METHOD_CODES)):
+        for name, code in codes.items():
+            constant = getattr(module, name.upper(), None)
+            if constant is not None:
+                assert constant.value == code, f"{module.__name__}.{name.upper()}"
+                checked += 1
+    assert checked >= 9  # msra udp dark, mse focal, quarter dark udp local_mean: the lookup finds them
+    assert decode.decode_config(8, 8, "udp", 11, 3)["CLIP"] and not decode.decode_config(8, 8, "argmax", 11, 3)["CLIP"]
     # per-kind launch tables: a new kind must choose its tile (tools/triton_aot.py checks for spills)
     assert set(loss.TILE_BY_KIND) == set(vocabulary.LOSS_KINDS)
 

@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton")
 
 import triton.language as tl  # noqa: E402
 
-from kpfast import backends  # noqa: E402
+from kpfast import backends, vocabulary  # noqa: E402
 from kpfast.reference import decode as reference  # noqa: E402
 from kpfast.triton.decode import _taps  # noqa: E402
 
@@ -88,7 +88,7 @@ def test_soft_argmax_nan_or_plus_inf_makes_the_map_nan():
     assert torch.isfinite(coords[0, 2]).all()
 
 
-@pytest.mark.parametrize("method", ["argmax", "quarter", "dark", "udp", "local_mean"])
+@pytest.mark.parametrize("method", vocabulary.DECODE_METHODS)
 def test_decode_skips_nan_pixels_explicitly(method):
     """NaN pixels are never the maximum (docs/design.md), whatever tl.max does with NaN: NaN in the
     first chunk, beside the maximum, and a whole NaN map."""
@@ -157,7 +157,7 @@ def test_every_launch_runs_under_its_inputs_device(monkeypatch):
         assert seen[before:] == [device], call
 
 
-@pytest.mark.parametrize("kind", ["mse", "focal", "cornernet"])
+@pytest.mark.parametrize("kind", vocabulary.LOSS_KINDS)
 def test_loss_over_several_row_tiles_matches_the_reference(kind):
     """64x48 maps take two 32x64 tiles (the 2048-pixel tiles that keep the kernels unspilled)."""
     _need_triton()
