@@ -3,8 +3,9 @@
 Runs with torch alone (the GPU machine has no pycocotools/albumentations): random COCO-sized
 images and crop matrices with the default augmentation's scale/rotation/flip ranges; the warp and
 normalisation on the GPU must equal the same code on CPU tensors (which the CPU tests check
-against cv2.warpAffine) within ``--tolerance`` grey levels; then batches of ``--batch`` are
-timed on the GPU. The nvJPEG decode runs when torchvision is installed and matches the CPU decode
+against cv2.warpAffine) within ``--tolerance`` grey levels, and the default photometric
+augmentation (kpfast.data.gpu_photometric, checked against albumentations on the CPU) its CPU
+result within 1; then batches of ``--batch`` are timed on the GPU. The nvJPEG decode runs when torchvision is installed and matches the CPU decode
 within 2 grey levels (decoders' IDCTs may differ by rounding); without it the decode is reported
 ``skipped: torchvision missing`` and the rest still runs on images made in memory.
 
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 from kpfast import geometry
+from kpfast.data.augment import DEFAULT_AUGMENTATION
+from kpfast.data.gpu_photometric import PhotometricAugmenter
 from kpfast.data.gpu_pipeline import warp_images
 from kpfast.data.normalize import normalize_images
 
@@ -87,6 +90,29 @@ def main(argv=None) -> int:
         normalize_images(warp_images(on_device, mats, (256, 192)).round())
     torch.cuda.synchronize()
     report["warp_normalise_samples_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
+    # The default photometric augmentation (kpfast/data/gpu_photometric.py): every transform forced
+    # on, GPU against the same draws on CPU tensors (1 grey level: float32 sums in another order),
+    # then the default probabilities timed.
+    entries = DEFAULT_AUGMENTATION["albumentations"]
+    forced = PhotometricAugmenter.from_config([dict(e, p=1.0) for e in entries if e["p"] > 0])
+    crops = warp_images(images, mats, (256, 192)).round_().clamp_(0, 255).to(torch.uint8)
+    draws = forced.sample(args.batch, 256, 192, torch.Generator().manual_seed(0))
+    on_cpu = forced.apply(crops, draws)
+    on_gpu = forced.apply(crops.to(cuda), draws).cpu()
+    photometric_diff = (on_gpu.int() - on_cpu.int()).abs().max().item()
+    report["photometric_max_grey_diff_vs_cpu"] = photometric_diff
+    ok = ok and photometric_diff <= 1
+    augmenter = PhotometricAugmenter.from_config(entries)
+    generator = torch.Generator().manual_seed(1)
+    crops = crops.to(cuda)
+    for _ in range(3):
+        augmenter(crops, generator)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(args.rounds):
+        augmenter(crops, generator)
+    torch.cuda.synchronize()
+    report["photometric_default_samples_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
     report["ok"] = bool(ok and math.isfinite(grey))
     print(json.dumps(report, indent=1))
     if report["decode"].startswith("skipped"):

@@ -2,15 +2,17 @@
 
 Compares, in one run and on the same instances:
 
-* ``reduced_decode``: kpfast's pipeline (images + keypoints; targets are rendered later by the
-  fused ops), JPEGs decoded at 1/2-1/8 when the crop allows (:mod:`kpfast.data.jpeg`);
-* ``full_decode``: the same with ``decode_reduction_margin=None``, i.e. the pipeline as it was;
+* ``full_decode``: kpfast's default pipeline (images + keypoints; targets are rendered later by
+  the fused ops);
+* ``reduced_decode``: the same with ``data.decode_reduction_margin: 1.0`` (opt-in), JPEGs decoded
+  at 1/2-1/8 when the crop allows (:mod:`kpfast.data.jpeg`);
 * either one also rendering 17 Gaussian heatmaps per sample on the CPU with numpy, as other
   toolkits do in their loaders (MMPose 1.x ``generate_udp_gaussian_heatmaps``: one full-map
   ``exp`` per keypoint);
-* ``encoded_bytes``: the worker half of ``data.decode_device: cuda`` (file bytes, header checks,
-  box-level augmentation, keypoints; decode, warp and normalisation happen on the GPU, not
-  counted here; no photometric augmentation on that path yet);
+* ``encoded_bytes``: the worker half of ``data.decode_device: cuda`` with the default augmentation
+  (file bytes, header checks, box-level augmentation, keypoints, the photometric parameters);
+  decode, warp, photometric augmentation and normalisation happen on the GPU, not counted here
+  (``benchmarks/gpu_loader_check.py`` times them on a GPU);
 * ``mmpose_style``: a minimal MMPose-style loader (full ``cv2.imread``, random scale/rotation/
   flip, ``warpAffine``, flip, normalise, numpy heatmaps; no photometric augmentation).
 
@@ -124,10 +126,10 @@ def _make_dataset(request):
                                  train=True, augmentation="default", decode_reduction_margin=margin)
         ds.name = request.param
         datasets[pipeline] = ds
-    # The worker half of data.decode_device: cuda: header-checked bytes + the sampled crop; no
-    # albumentations stage on that path (yet), so the box-level augmentation only.
+    # The worker half of data.decode_device: cuda: header-checked bytes, the sampled crop and the
+    # default photometric augmentation's parameters (applied on the device, not counted here).
     ds = CocoKeypointDataset(root, split, input_size=INPUT_SIZE, heatmap_size=HEATMAP_SIZE, train=True,
-                             augmentation={"albumentations": []}, decode_device="cuda")
+                             augmentation="default", decode_device="cuda")
     ds.name = request.param
     datasets["encoded_bytes"] = ds
     return datasets

@@ -51,7 +51,7 @@ from torch.utils.data import Dataset, get_worker_info
 from .. import geometry
 from .augment import BoxJitter, CropAugmenter, resolve_augmentation_config
 from .info import DatasetInfo
-from .jpeg import DEFAULT_REDUCTION_MARGIN, reduced_matrix, reduction_for_scale
+from .jpeg import reduced_matrix, reduction_for_scale
 from .transforms import (DEFAULT_MAX_IMAGE_PIXELS, read_image_reduced, read_jpeg_bytes_checked,
                          to_chw, warp_crop)
 from .validate import load_json, validate_detections, validate_keypoint_annotations
@@ -238,12 +238,15 @@ class CocoKeypointDataset(Dataset):
             (:func:`clip_boxes_xywh`): "kpfast" or "mmpose".
         decode_reduction_margin: JPEGs are decoded at 1/2, 1/4 or 1/8 of their size when the
             sample's crop keeps at least this many reduced pixels per network-input pixel
-            (:mod:`kpfast.data.jpeg`); ``None`` always decodes in full. Keypoints, targets and
-            ``meta`` do not depend on it; the crop's pixels differ by resampling only.
+            (:mod:`kpfast.data.jpeg`; 1.0 is the measured choice); ``None`` (default) always
+            decodes in full. Keypoints, targets and ``meta`` do not depend on it; the crop's
+            pixels differ by resampling only (a 2x2 block average before the warp).
         decode_device: ``"cpu"`` (samples carry ``image``) or ``"cuda"``: samples carry the
             JPEG's bytes (``encoded``) and ``crop_matrix`` instead, decoded and warped on the
             device by :func:`kpfast.data.gpu_pipeline.materialize_batch`; keypoints, weights and
-            ``meta`` are the CPU path's. JPEG only; no albumentations stage (refused).
+            ``meta`` are the CPU path's. JPEG only. The ``albumentations`` entries run there too
+            (:mod:`kpfast.data.gpu_photometric`, the default ones; others are refused), drawn
+            from a seed each sample carries (``photometric_seed``, from its own stream).
     """
 
     def __init__(self, root=None, split: str = "train", *, ann_file=None, image_dir=None,
@@ -254,7 +257,7 @@ class CocoKeypointDataset(Dataset):
                  padding: float = 1.25, dataset_info: Mapping[str, Any] | None = None,
                  max_bad_fraction: float = 0.05, seed: int = 0, category_id: int | None = None,
                  max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, protocol: str = "kpfast",
-                 decode_reduction_margin: float | None = DEFAULT_REDUCTION_MARGIN,
+                 decode_reduction_margin: float | None = None,
                  decode_device: str = "cpu"):
         if decode_device not in ("cpu", "cuda"):
             raise ValueError(f"decode_device must be 'cpu' or 'cuda', got {decode_device!r}")
@@ -316,11 +319,19 @@ class CocoKeypointDataset(Dataset):
         aug_config = resolve_augmentation_config(augmentation if self.train else "none")
         self.augmentation_config = aug_config
         self.box_jitter = BoxJitter(aug_config, self.info, self.aspect_ratio)
-        self.crop_augmenter = CropAugmenter(aug_config["albumentations"], self.info.flip_index)
-        if decode_device == "cuda" and self.crop_augmenter:
-            raise ValueError("decode_device='cuda' runs no albumentations stage yet: set augmentation "
-                             "albumentations: [] (got "
-                             f"{[e['type'] for e in aug_config['albumentations'] if e.get('p', 0.5)]})")
+        # decode_device="cuda": the albumentations entries run batched on the device
+        # (kpfast.data.gpu_photometric), drawn from seeds the samples carry.
+        self.photometric = None
+        if decode_device == "cuda":
+            from .gpu_photometric import PhotometricAugmenter
+
+            try:
+                self.photometric = PhotometricAugmenter.from_config(aug_config["albumentations"])
+            except ValueError as exc:
+                raise ValueError(f"augmentation: decode_device='cuda' augments crops on the device: {exc}") from None
+            self.crop_augmenter = CropAugmenter([], self.info.flip_index)
+        else:
+            self.crop_augmenter = CropAugmenter(aug_config["albumentations"], self.info.flip_index)
         self._hm_scale = geometry.heatmap_scale((in_w, in_h), self.heatmap_size[::-1], convention)
 
         self._counters = torch.zeros((_COUNTER_SLOTS, 3), dtype=torch.int64).share_memory_()
@@ -512,6 +523,8 @@ class CocoKeypointDataset(Dataset):
                 sample["encoded"] = torch.from_numpy(image.copy())  # (the read buffer is read-only)
                 sample["crop_matrix"] = torch.from_numpy(np.asarray(plan[1], dtype=np.float64))
                 sample["input_size"] = torch.tensor(self.input_size, dtype=torch.int64)
+                if self.photometric:  # the batch's draws come from its samples' seeds (gpu_pipeline)
+                    sample["photometric_seed"] = torch.tensor(int(rng.integers(2**63 - 1)), dtype=torch.int64)
                 return sample
             if image is not None:
                 return self._make_sample(inst, image, rng, index, plan, factor)
@@ -550,7 +563,7 @@ class CocoKeypointDataset(Dataset):
         if box.flipped:
             kps_crop = kps_crop[self.info.flip_index]
             labelled = labelled[self.info.flip_index]
-        if self.crop_augmenter:  # (never with image_bgr None: refused in __init__)
+        if self.crop_augmenter:  # (never with image_bgr None: the device path has its own)
             crop, kps_crop, swaps = self.crop_augmenter(crop, kps_crop, rng)
             if swaps % 2:  # albumentations' HorizontalFlip: record it like the affine flip
                 labelled = labelled[self.info.flip_index]

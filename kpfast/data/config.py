@@ -44,10 +44,14 @@ class DataConfig(Section):
     dataset_options: dict = field({})
     # DataLoader worker processes.
     num_workers: int = field(2, ge=0, le=MAX_WORKERS)
-    # "cuda": training workers hand over JPEG bytes, decoded and warped on the GPU
-    # (kpfast.data.gpu_pipeline; needs the gpu-decode extra and no albumentations stage).
+    # "cuda": training workers hand over JPEG bytes, decoded, warped and photometrically augmented
+    # on the GPU (kpfast.data.gpu_pipeline, kpfast.data.gpu_photometric; needs the gpu-decode extra).
     # Evaluation always decodes on the CPU.
     decode_device: Literal["cpu", "cuda"] = "cpu"
+    # Training JPEGs decoded at 1/2..1/8 in the DCT domain when the crop keeps at least this many
+    # reduced pixels per input pixel (kpfast.data.jpeg); null: always in full. Off by default: it
+    # changes the pixels of crops shrunk 2x or more (docs/data.md, "Config"). Evaluation: in full.
+    decode_reduction_margin: Optional[Float] = field(None, gt=0.0)
 
     @field_validator("dataset")
     @classmethod

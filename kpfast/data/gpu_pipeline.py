@@ -15,15 +15,18 @@ first/last pixels; the output pixel ``(x, y)`` samples the image at ``crop_matri
 bilinearly, zeros outside. OpenCV rounds its coordinates to 1/32 pixel and its weights to 15 bits,
 hence the small tolerance in tests/data/test_gpu_pipeline.py.
 
-Photometric augmentation (albumentations) is not run on this path yet: the dataset refuses
-``decode_device="cuda"`` with a non-empty ``albumentations`` list rather than silently training
-on different samples. A batched one plugs in as :func:`materialize_batch`'s ``photometric``: it
-gets the warped batch, float32 RGB in [0, 255] on the device, before the rounding to uint8.
+Photometric augmentation: each sample carries a seed from its own random stream
+(``photometric_seed``); :func:`materialize_batch` draws the whole batch's parameters at once from
+a generator seeded by the batch's seeds (:func:`batch_generator`; drawing them per sample in the
+worker cost ~0.4 ms of torch overhead per sample, more than the rest of the worker's work) and
+applies them to the uint8 crops on the device (:mod:`kpfast.data.gpu_photometric`), as the CPU
+path runs albumentations on its uint8 crop after the warp. A batch's draws are a pure function of
+its samples, so a resumed run repeats them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,21 +99,35 @@ def warp_images(images: Sequence[torch.Tensor], crop_matrix: torch.Tensor, out_h
 
 
 def materialize_batch(batch: dict[str, Any], device: torch.device, out_hw: tuple[int, int] | None = None,
-                      photometric: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
+                      photometric=None) -> dict[str, Any]:
     """A collated batch of encoded samples with its ``image`` made on ``device``: decode, warp,
     round to uint8 ``(B, 3, H, W)`` RGB (what the CPU path's crop is; normalised by the consumer,
-    :func:`kpfast.data.normalize.prepare_images`). ``photometric``: the hook for a batched
-    photometric augmentation, applied to the warped float32 batch in [0, 255] before the
-    rounding. Batches that already have ``image`` are returned as they are."""
+    :func:`kpfast.data.normalize.prepare_images`), then the batch's photometric draws applied by
+    ``photometric`` (the dataset's :class:`kpfast.data.gpu_photometric.PhotometricAugmenter`).
+    Batches that already have ``image`` are returned as they are."""
     if "image" in batch:
         return batch
+    seeds = batch.get("photometric_seed")
+    if seeds is not None and photometric is None:
+        raise ValueError("photometric: the batch carries photometric seeds; expected the dataset's "
+                         "PhotometricAugmenter, got None")
     matrices = batch["crop_matrix"]
     if out_hw is None:
         out_hw = tuple(int(v) for v in batch["input_size"][0])
     images = decode_jpegs(batch["encoded"], device)
-    crops = warp_images(images, matrices, out_hw)
-    if photometric is not None:  # the place for photometric augmentation: after the warp, on the device
-        crops = photometric(crops)
-    out = {k: v for k, v in batch.items() if k not in ("encoded", "crop_matrix", "input_size")}
-    out["image"] = crops.round_().clamp_(0, 255).to(torch.uint8)
+    crops = warp_images(images, matrices, out_hw).round_().clamp_(0, 255).to(torch.uint8)
+    if seeds is not None:
+        draws = photometric.sample(crops.shape[0], out_hw[0], out_hw[1], batch_generator(seeds))
+        crops = photometric.apply(crops, draws)
+    out = {k: v for k, v in batch.items() if k not in ("encoded", "crop_matrix", "input_size", "photometric_seed")}
+    out["image"] = crops
     return out
+
+
+def batch_generator(seeds: torch.Tensor) -> torch.Generator:
+    """A CPU generator seeded by a batch's per-sample seeds, in order (a 64-bit linear congruential
+    mix: the same samples in the same order give the same generator, in any process)."""
+    mixed = 0
+    for seed in seeds.tolist():
+        mixed = (mixed * 6364136223846793005 + int(seed) + 1442695040888963407) % 2**64
+    return torch.Generator().manual_seed(mixed % 2**63)

@@ -18,7 +18,7 @@ Config (all keys optional)::
       det_score_threshold: 0.0
       max_bad_fraction: 0.05
       max_image_pixels: 64000000  # larger images (by their header) are never decoded
-      decode_reduction_margin: 1.0  # JPEGs decoded at 1/2..1/8 when the crop allows; null: full
+      decode_reduction_margin: null  # e.g. 1.0: JPEGs decoded at 1/2..1/8 when the crop allows
       decode_device: cpu      # cuda: workers hand over JPEG bytes (kpfast.data.gpu_pipeline)
       dataset_info: {}        # DatasetInfo overrides: sigmas, flip_pairs, skeleton, ...
       batch_size: 32
@@ -59,7 +59,8 @@ def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not samples:
         raise ValueError("collate_samples needs at least one sample, got an empty list")
     batch: dict[str, Any] = {key: torch.stack([s[key] for s in samples])
-                             for key in ("image", "keypoints", "weights", "crop_matrix", "input_size")
+                             for key in ("image", "keypoints", "weights", "crop_matrix", "input_size",
+                                         "photometric_seed")
                              if key in samples[0]}
     if "encoded" in samples[0]:  # decode_device="cuda": JPEG bytes of different lengths
         batch["encoded"] = [s["encoded"] for s in samples]

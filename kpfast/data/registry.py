@@ -59,16 +59,14 @@ def _coco_layout(root, config, split: str, *, train: bool, convention: str, seed
     from kpfast.data.coco import CocoKeypointDataset
 
     options = dict(config.dataset_options)
-    if not train:
-        # Evaluation decodes every image in full unless dataset_options says otherwise: a
-        # checkpoint's AP stays the one the full-resolution pipeline (and MMPose) measures; the
-        # reduced decode is a training-throughput measure (docs/data.md, "Config").
-        options.setdefault("decode_reduction_margin", None)
     return CocoKeypointDataset(
         str(root), config.train_split if split == "train" else config.val_split, train=train,
         augmentation=config.augmentation if train else "none",
         detections=None if (train or config.use_gt_boxes) else config.detections,
         det_score_threshold=config.det_score_threshold, input_size=list(config.input_size),
         convention=convention, seed=seed, protocol=protocol,
-        decode_device=config.decode_device if train else "cpu",  # evaluation decodes on the CPU
+        # Evaluation decodes on the CPU and in full: a checkpoint's AP is the one the full-resolution
+        # pipeline (and MMPose) measures (docs/data.md, "Config").
+        decode_device=config.decode_device if train else "cpu",
+        decode_reduction_margin=config.decode_reduction_margin if train else None,
         **options)

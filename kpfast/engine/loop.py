@@ -64,7 +64,7 @@ class TrainStep:
 
     def __init__(self, model: torch.nn.Module, train_model: torch.nn.Module, objective, optimizer, scaler,
                  ema=None, *, device: torch.device, grad_clip: float | None = None, precision: str = "fp32",
-                 channels_last: bool = False):
+                 channels_last: bool = False, photometric=None):
         self.model = model  # the plain module (buffers, parameters)
         self.train_model = train_model  # what runs the forward (DDP / compiled wrapper)
         self.objective = objective
@@ -75,6 +75,8 @@ class TrainStep:
         self.max_norm = float("inf") if grad_clip is None else float(grad_clip)
         self.precision = precision
         self.channels_last = channels_last
+        # data.decode_device: cuda: the training set's device-side photometric augmentation.
+        self.photometric = photometric
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.buffers = [b for b in model.buffers()]
         self.buffer_backup = [b.detach().clone() for b in self.buffers]  # allocated once
@@ -96,7 +98,7 @@ class TrainStep:
         if "encoded" in batch:  # data.decode_device: cuda: the images are made on the device
             from kpfast.data.gpu_pipeline import materialize_batch
 
-            batch = materialize_batch(batch, self.device)
+            batch = materialize_batch(batch, self.device, photometric=self.photometric)
         # uint8 crops cross the copy and are normalised here, on the device (kpfast/data/normalize.py).
         moved = {"image": prepare_images(batch["image"], self.device, self.channels_last)}
         for key in ("keypoints", "weights", "visibility"):

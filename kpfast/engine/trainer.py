@@ -133,7 +133,8 @@ class Trainer:
         self.train_model = train_model
         self.step = TrainStep(model, train_model, self.objective, self.optimizer, self.scaler, self.ema,
                               device=self.device, grad_clip=cfg.optim.grad_clip, precision=cfg.train.precision,
-                              channels_last=cfg.model.channels_last)
+                              channels_last=cfg.model.channels_last,
+                              photometric=getattr(self.data.train, "photometric", None))
         self.evaluator = Evaluator(self.data.val, cfg, self.device, self.dataset_info,
                                    distributed=self.dist.world_size > 1)
 
