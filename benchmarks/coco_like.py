@@ -26,6 +26,18 @@ _TEMPLATE = np.array([
     [0.65, 0.97], [0.35, 0.97]])                                              # ankles
 
 
+
+def coco_sample_root() -> Path | None:
+    """The real coco_sample set beside the loader benchmarks' generated one: ``$KPFAST_COCO_SAMPLE``,
+    else ``<repo>/../shared/data/coco_sample`` (or one level further up, for a worktree); None if absent."""
+    env = os.environ.get("KPFAST_COCO_SAMPLE")
+    repo = Path(__file__).resolve().parents[1]
+    for candidate in ([Path(env)] if env else [repo.parent / "shared/data/coco_sample",
+                                               repo.parent.parent / "shared/data/coco_sample"]):
+        if (candidate / "annotations/person_keypoints_val2017.json").is_file():
+            return candidate
+    return None
+
 def _texture(rng: np.random.Generator) -> np.ndarray:
     img = np.zeros((HEIGHT, WIDTH, 3), np.float32)
     for cells, amp in ((4, 70.0), (16, 40.0), (64, 25.0), (160, 12.0)):

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from coco_like import ensure_coco_like  # noqa: E402
+from coco_like import coco_sample_root, ensure_coco_like  # noqa: E402
 
 from kpfast import geometry  # noqa: E402
 from kpfast.data import CocoKeypointDataset  # noqa: E402
@@ -33,18 +33,6 @@ from kpfast.data.normalize import normalize_images  # noqa: E402
 from kpfast.data.transforms import _read_regular_file, to_chw, warp_crop  # noqa: E402
 
 INPUT_SIZE = (256, 192)
-
-
-def coco_sample_root() -> Path | None:
-    import os
-
-    env = os.environ.get("KPFAST_COCO_SAMPLE")
-    repo = Path(__file__).resolve().parents[1]
-    for c in ([Path(env)] if env else [repo.parent / "shared/data/coco_sample",
-                                       repo.parent.parent / "shared/data/coco_sample"]):
-        if (c / "annotations/person_keypoints_val2017.json").is_file():
-            return c
-    return None
 
 
 def profile(ds: CocoKeypointDataset, passes: int) -> dict[str, float]:

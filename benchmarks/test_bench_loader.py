@@ -35,9 +35,7 @@ Run: ``python -m pytest benchmarks/test_bench_loader.py --benchmark-columns=medi
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -82,17 +80,6 @@ def render_udp_heatmaps_numpy(keypoints: np.ndarray, weights: np.ndarray, size=H
     return heatmaps, out_weights
 
 
-def _coco_sample_root() -> Path | None:
-    env = os.environ.get("KPFAST_COCO_SAMPLE")
-    repo = Path(__file__).resolve().parents[1]
-    candidates = [Path(env)] if env else [repo.parent / "shared/data/coco_sample",
-                                          repo.parent.parent / "shared/data/coco_sample"]
-    for c in candidates:
-        if (c / "annotations/person_keypoints_val2017.json").is_file():
-            return c
-    return None
-
-
 @pytest.fixture(scope="module", params=["synthetic", "coco_sample", "coco_like"])
 def dataset(request):
     # One worker == one core, for this module only: the thread counts are restored afterwards,
@@ -117,7 +104,9 @@ def _make_dataset(request):
 
         root, split = ensure_coco_like(), "val"
     else:
-        root, split = _coco_sample_root(), "val"
+        from coco_like import coco_sample_root
+
+        root, split = coco_sample_root(), "val"
         if root is None:
             pytest.skip("coco_sample not found")
     datasets = {}

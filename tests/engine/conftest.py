@@ -1,21 +1,10 @@
 """Shared test fixtures: tiny configs and datasets so engine tests run in seconds on a CPU."""
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def coco_sample_root() -> Path | None:
-    """<repo>/../shared/data/coco_sample (or $KPFAST_COCO_SAMPLE); None when absent."""
-    env = os.environ.get("KPFAST_COCO_SAMPLE")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "coco_sample",
-                                                     REPO.parents[1] / "shared" / "data" / "coco_sample"]:
-        if (candidate / "annotations" / "person_keypoints_val2017.json").is_file():
-            return candidate
-    return None
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import torch
 from kpfast.engine import evaluation as ev
 from kpfast.evaluation import oks_nms
 
-from .conftest import coco_sample_root
 
 COCO_SIGMAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62,
                         1.07, 1.07, 0.87, 0.87, 0.89, 0.89]) / 10.0
@@ -21,14 +20,6 @@ def _coco(root):
 
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(root / "annotations" / "person_keypoints_val2017.json"))
-
-
-@pytest.fixture
-def coco_sample():
-    root = coco_sample_root()
-    if root is None:
-        pytest.skip("coco_sample not found (../shared/data/coco_sample or $KPFAST_COCO_SAMPLE)")
-    return root
 
 
 def test_ground_truth_as_predictions_scores_ap_1(coco_sample):

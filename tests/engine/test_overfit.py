@@ -5,14 +5,10 @@ import pytest
 from kpfast.engine.config import load_config
 from kpfast.engine.trainer import Trainer
 
-from .conftest import REPO, coco_sample_root
-
 
 @pytest.mark.slow
-def test_overfits_coco_sample_instances(tmp_path):
-    root = coco_sample_root()
-    if root is None:
-        pytest.skip("coco_sample not found (../shared/data/coco_sample or $KPFAST_COCO_SAMPLE)")
+def test_overfits_coco_sample_instances(tmp_path, coco_sample):
+    root = coco_sample  # the shared fixture skips when the sample is absent (tests/conftest.py)
     config = load_config("coco_sample_overfit", [
         f"data.root={root}",
         "train.epochs=150",
