@@ -58,9 +58,7 @@ def _synthetic(config, split: str, *, train: bool, convention: str, seed: int, p
 def _coco_layout(root, config, split: str, *, train: bool, convention: str, seed: int, protocol: str):
     from kpfast.data.coco import CocoKeypointDataset
 
-    options = dict(config.dataset_options)
-    return CocoKeypointDataset(
-        str(root), config.train_split if split == "train" else config.val_split, train=train,
+    from_config = dict(
         augmentation=config.augmentation if train else "none",
         detections=None if (train or config.use_gt_boxes) else config.detections,
         det_score_threshold=config.det_score_threshold, input_size=list(config.input_size),
@@ -68,5 +66,10 @@ def _coco_layout(root, config, split: str, *, train: bool, convention: str, seed
         # Evaluation decodes on the CPU and in full: a checkpoint's AP is the one the full-resolution
         # pipeline (and MMPose) measures (docs/data.md, "Config").
         decode_device=config.decode_device if train else "cpu",
-        decode_reduction_margin=config.decode_reduction_margin if train else None,
-        **options)
+        decode_reduction_margin=config.decode_reduction_margin if train else None)
+    taken = sorted(set(config.dataset_options) & set(from_config))
+    if taken:
+        raise ValueError(f"data.dataset_options: {taken} are set by the run's config (data.*, train.seed, "
+                         f"eval.protocol, loss.encoding), not here; got {taken[0]}={config.dataset_options[taken[0]]!r}")
+    return CocoKeypointDataset(str(root), config.train_split if split == "train" else config.val_split,
+                               train=train, **from_config, **config.dataset_options)

@@ -38,3 +38,14 @@ def test_coco_dataset_without_root_names_the_key():
     config = validate_section(DataConfig, {"dataset": "coco"}, "data.")
     with pytest.raises(ValueError, match=r"^data\.root: required for dataset 'coco'"):
         create_dataset(config, "val", train=False)
+
+
+@pytest.mark.parametrize("key,value", [("seed", 3), ("decode_reduction_margin", 1.0), ("input_size", [64, 48])])
+def test_dataset_options_cannot_set_what_the_config_sets(tmp_path, key, value):
+    # Keys the run's config passes to the dataset are refused in dataset_options, in one line naming
+    # the key (not a TypeError about a repeated keyword argument).
+    config = validate_section(DataConfig, {"dataset": "coco", "root": str(tmp_path), "dataset_options": {key: value}},
+                              "data.")
+    with pytest.raises(ValueError, match=rf"^data\.dataset_options: \['{key}'\] are set by the run's config .*"
+                                         rf"got {key}="):
+        create_dataset(config, "val", train=False)
