@@ -5,9 +5,13 @@ images and crop matrices with the default augmentation's scale/rotation/flip ran
 normalisation on the GPU must equal the same code on CPU tensors (which the CPU tests check
 against cv2.warpAffine) within ``--tolerance`` grey levels, and the default photometric
 augmentation (kpfast.data.gpu_photometric, checked against albumentations on the CPU) its CPU
-result within 1; then batches of ``--batch`` are timed on the GPU. The nvJPEG decode runs when torchvision is installed and matches the CPU decode
-within 2 grey levels (decoders' IDCTs may differ by rounding); without it the decode is reported
-``skipped: torchvision missing`` and the rest still runs on images made in memory.
+result within 1; then batches of ``--batch`` are timed on the GPU, each part with the host CPU
+time it costs this process per sample (``*_host_cpu_us_per_*``). The nvJPEG decode runs when
+torchvision is installed and matches the CPU decode within 2 grey levels (decoders' IDCTs may
+differ by rounding), and then the whole device half (``materialize_batch`` on a batch of JPEG bytes,
+then ``prepare_images``) is timed too; without torchvision the decode is reported ``skipped:
+torchvision missing`` and the rest still runs on images made in memory (gpu_suite.sh installs
+wheels carried in ``.gpu-wheels/``, see benchmarks/README.md).
 
     python benchmarks/gpu_loader_check.py [--out FILE.json] [--batch 64] [--rounds 20]
 """
@@ -26,8 +30,8 @@ import torch
 from kpfast import geometry
 from kpfast.data.augment import DEFAULT_AUGMENTATION
 from kpfast.data.gpu_photometric import PhotometricAugmenter
-from kpfast.data.gpu_pipeline import warp_images
-from kpfast.data.normalize import normalize_images
+from kpfast.data.gpu_pipeline import materialize_batch, warp_images
+from kpfast.data.normalize import normalize_images, prepare_images
 
 
 def _matrices(batch: int, rng: np.random.Generator, out_wh=(192, 256)) -> torch.Tensor:
@@ -41,6 +45,30 @@ def _matrices(batch: int, rng: np.random.Generator, out_wh=(192, 256)) -> torch.
             m = geometry.compose_affine(geometry.flip_matrix(out_wh[0]), m)
         mats.append(m)
     return torch.from_numpy(np.stack(mats))
+
+
+def _photo_like(batch: int, rng: np.random.Generator) -> list[torch.Tensor]:
+    """640x480 RGB images whose quality-90 JPEGs weigh ~140 KB, COCO's ~158 KB order (smooth
+    structure plus grain): the decode's cost follows the compressed size, and uniform noise
+    would compress to 4x that."""
+    base = torch.from_numpy(rng.uniform(0, 255, (batch, 3, 60, 80)).astype(np.float32))
+    image = torch.nn.functional.interpolate(base, size=(480, 640), mode="bicubic", align_corners=False)
+    image += torch.from_numpy(rng.normal(0, 8, image.shape).astype(np.float32))
+    return list(image.round_().clamp_(0, 255).to(torch.uint8))
+
+
+def _timed(fn, rounds: int, batch: int) -> tuple[float, float]:
+    """``(samples per second, host CPU microseconds per sample)`` of ``rounds`` calls of ``fn``
+    on a batch: wall time to the last kernel's end, and this process's CPU time (all threads:
+    launches, nvJPEG's host-side work) over the same span, which is what the device half adds to
+    the workers' CPU cost per sample (docs/data.md, "Decoding on the GPU")."""
+    torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(rounds):
+        fn()
+    torch.cuda.synchronize()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return round(rounds * batch / wall, 1), round(cpu / (rounds * batch) * 1e6, 1)
 
 
 def main(argv=None) -> int:
@@ -63,6 +91,7 @@ def main(argv=None) -> int:
     grey = ((gpu - cpu).abs() * 255 * 0.229).max().item()  # in grey levels (smallest std)
     report["warp_max_grey_diff_vs_cpu"] = round(grey, 3)
     ok = grey <= args.tolerance
+    batch_bytes = None
     try:
         from torchvision.io import decode_jpeg, encode_jpeg
     except ImportError:
@@ -74,22 +103,16 @@ def main(argv=None) -> int:
         diff = max((a.cpu().int() - b.int()).abs().max().item() for a, b in zip(on_gpu, on_cpu))
         report["decode"] = f"nvJPEG vs CPU decode max diff {diff} grey levels"
         ok = ok and diff <= 2
-        batch_bytes = [encode_jpeg(i, quality=90) for i in images]
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(args.rounds):
-            decode_jpeg(batch_bytes, device=cuda)
-        torch.cuda.synchronize()
-        report["decode_images_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
+        batch_bytes = [encode_jpeg(i, quality=90) for i in _photo_like(args.batch, rng)]
+        report["jpeg_mean_kb"] = round(sum(b.numel() for b in batch_bytes) / len(batch_bytes) / 1e3, 1)
+        decode_jpeg(batch_bytes, device=cuda)
+        report["decode_images_per_s"], report["decode_host_cpu_us_per_image"] = _timed(
+            lambda: decode_jpeg(batch_bytes, device=cuda), args.rounds, args.batch)
     on_device = [i.to(cuda) for i in images]
     for _ in range(3):
         normalize_images(warp_images(on_device, mats, (256, 192)))
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(args.rounds):
-        normalize_images(warp_images(on_device, mats, (256, 192)).round())
-    torch.cuda.synchronize()
-    report["warp_normalise_samples_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
+    report["warp_normalise_samples_per_s"], report["warp_normalise_host_cpu_us_per_sample"] = _timed(
+        lambda: normalize_images(warp_images(on_device, mats, (256, 192)).round()), args.rounds, args.batch)
     # The default photometric augmentation (kpfast/data/gpu_photometric.py): every transform forced
     # on, GPU against the same draws on CPU tensors (1 grey level: float32 sums in another order),
     # then the default probabilities timed.
@@ -107,12 +130,17 @@ def main(argv=None) -> int:
     crops = crops.to(cuda)
     for _ in range(3):
         augmenter(crops, generator)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(args.rounds):
-        augmenter(crops, generator)
-    torch.cuda.synchronize()
-    report["photometric_default_samples_per_s"] = round(args.rounds * args.batch / (time.perf_counter() - t0), 1)
+    report["photometric_default_samples_per_s"], report["photometric_default_host_cpu_us_per_sample"] = _timed(
+        lambda: augmenter(crops, generator), args.rounds, args.batch)
+    if batch_bytes is not None:
+        # The whole device half as training runs it: a collated batch of JPEG bytes, crop matrices
+        # and photometric seeds -> decoded, warped, augmented, normalised model input.
+        batch = {"encoded": batch_bytes, "crop_matrix": mats, "input_size": torch.tensor([[256, 192]] * args.batch),
+                 "photometric_seed": torch.arange(args.batch, dtype=torch.int64)}
+        step = lambda: prepare_images(materialize_batch(dict(batch), cuda, photometric=augmenter)["image"], cuda)
+        step()
+        report["device_half_samples_per_s"], report["device_half_host_cpu_us_per_sample"] = _timed(
+            step, args.rounds, args.batch)
     report["ok"] = bool(ok and math.isfinite(grey))
     print(json.dumps(report, indent=1))
     if report["decode"].startswith("skipped"):

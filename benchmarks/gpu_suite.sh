@@ -15,6 +15,8 @@
 #   install       pip install --no-build-isolation --no-deps . (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST =
 #                 the local GPU's arch only), then the built kpfast/_C*.so is copied into the
 #                 source tree, which the tests import (pytest runs from the repository root)
+#   wheels        pip install --no-deps --no-index .gpu-wheels/*.whl when there are any (torchvision
+#                 and pillow for the loader's nvJPEG decode; the GPU machine is offline)
 #   smoke         under 3 minutes from cold caches, the riskiest cases: python -m kpfast.info
 #                 --json ($OUT/info.json: versions, driver, runtime, capability, arches, self-test),
 #                 the sanitizer cases run plainly on the cuda backend, and the cuda tests of CUDA-graph
@@ -26,9 +28,10 @@
 #                 and the share of the step in heatmap work (benchmarks/test_bench_train_step.py)
 #   train-epoch   python -m kpfast.train --device cuda, one epoch of the synthetic data, samples/s
 #                 ($OUT/train_epoch.json; benchmarks/train_epoch.py)
-#   loader-gpu    the data.decode_device: cuda device half (grid_sample warp + normalise) on the GPU
-#                 against the same code on CPU tensors, and its samples/s; the nvJPEG decode when
-#                 torchvision is installed, else "skipped: torchvision missing" in the log
+#   loader-gpu    the data.decode_device: cuda device half (grid_sample warp + normalise, photometric)
+#                 on the GPU against the same code on CPU tensors, its samples/s and host CPU per
+#                 sample; the nvJPEG decode and the whole device half when torchvision is installed,
+#                 else "skipped: torchvision missing" in the log
 #                 ($OUT/loader_gpu.json; benchmarks/gpu_loader_check.py)
 #   memcheck-*    compute-sanitizer --tool memcheck on the sanitizer cases, cuda and triton
 #   racecheck-*   compute-sanitizer --tool racecheck on the same
@@ -106,6 +109,13 @@ else
   export -f install
   export PYTHON ARCH
   run install 300 bash -c install  # (a function: `timeout` runs commands only)
+fi
+
+# wheels: optional packages the offline GPU machine lacks (torchvision for the nvJPEG decode),
+# carried in .gpu-wheels/ (git-ignored; benchmarks/README.md says how to fill it) ----------------
+WHEELS=${GPU_WHEELS:-.gpu-wheels}
+if ! ls "$WHEELS"/*.whl > /dev/null 2>&1; then record wheels skipped 0 "no wheels in $WHEELS"
+else run wheels 120 $PYTHON -m pip install --no-deps --no-index "$WHEELS"/*.whl
 fi
 
 # smoke: the riskiest cases first ----------------------------------------------------------

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of the suite; a GPU machine runs the real one")
 def test_suite_runs_end_to_end_without_a_gpu(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, SUITE_BUDGET="300")
+    wheels = tmp_path / "no-wheels"  # (a developer's own .gpu-wheels/ must not be installed here)
+    env = dict(os.environ, PYTHON=sys.executable, SUITE_BUDGET="300", GPU_WHEELS=str(wheels))
     env.pop("TRITON_INTERPRET", None)
     out = tmp_path / "gpu-out"
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), "--no-install", "--quick", "--out",
@@ -28,8 +29,9 @@ def test_suite_runs_end_to_end_without_a_gpu(tmp_path):
     gpu_steps = ["gpu-tests", "triton-tests", "train-step", "train-epoch", "loader-gpu", "memcheck-cuda",
                  "memcheck-triton",
                  "racecheck-cuda", "racecheck-triton", "benchmarks"]
-    assert list(steps) == ["install", "smoke"] + gpu_steps + ["resources"]
+    assert list(steps) == ["install", "wheels", "smoke"] + gpu_steps + ["resources"]
     assert steps["install"]["status"] == "skipped" and steps["install"]["reason"] == "--no-install"
+    assert steps["wheels"]["status"] == "skipped" and steps["wheels"]["reason"] == f"no wheels in {wheels}"
     # the smoke step runs on CPU too: kpfast.info, and its tests on the CPU backends (GPU ones skip)
     assert steps["smoke"]["status"] == "passed", (out / "smoke.log").read_text()[-3000:]
     smoke_log = (out / "smoke.log").read_text()
