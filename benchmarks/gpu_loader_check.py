@@ -61,7 +61,7 @@ def _timed(fn, rounds: int, batch: int) -> tuple[float, float]:
     """``(samples per second, host CPU microseconds per sample)`` of ``rounds`` calls of ``fn``
     on a batch: wall time to the last kernel's end, and this process's CPU time (all threads:
     launches, nvJPEG's host-side work) over the same span, which is what the device half adds to
-    the workers' CPU cost per sample (docs/data.md, "Decoding on the GPU")."""
+    the workers' CPU cost per sample (benchmarks/README.md, "The data loader")."""
     torch.cuda.synchronize()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(rounds):
