@@ -6,6 +6,11 @@ factor the sample allows), box/scale/rotation sampling, warp, colour conversion,
 the uint8 CHW copy a sample carries, collate (per sample, of a batch of 32) and the batch's
 normalisation (the consumer's, on its device: here the CPU). Prints a table in microseconds per sample.
 
+``decode_1_8`` is not a stage of the pipeline: a decode at 1/8 scale still entropy-decodes every
+block of the file but leaves out nearly all the IDCT, upsampling and colour work, so it bounds what
+decoding only a crop's region could save (a region decode also entropy-decodes everything above
+the region: libjpeg-turbo's partial decoding skips IDCT work, not the Huffman stream).
+
     python benchmarks/profile_loader.py [--dataset coco_like|coco_sample|both] [--passes N]
 """
 
@@ -51,6 +56,9 @@ def profile(ds: CocoKeypointDataset, passes: int) -> dict[str, float]:
             t1 = clock()
             full = cv2.imdecode(data, decode_flags(1))
             t2 = clock()
+            cv2.imdecode(data, decode_flags(8))
+            t["decode_1_8"] += clock() - t2
+            t2 = clock()
             box, matrix = ds._plan_crop(inst, rng)
             factor = reduction_for_scale(box.scale, (in_w, in_h))
             t3 = clock()
@@ -81,8 +89,10 @@ def profile(ds: CocoKeypointDataset, passes: int) -> dict[str, float]:
                 t[name] += b - a
             t["factor_sum"] += factor
             n += 1
-    out = {k: v / n * 1e6 for k, v in t.items()}
-    out["mean_factor"] = out.pop("factor_sum") / 1e6
+    order = ["read", "decode_full", "decode_1_8", "sample_box", "decode_reduced", "warp", "bgr2rgb",
+             "albumentations", "to_chw_uint8", "collate", "normalise_batch"]
+    out = {k: t[k] / n * 1e6 for k in order}
+    out["mean_factor"] = t["factor_sum"] / n
     return out
 
 

@@ -520,7 +520,7 @@ class CocoKeypointDataset(Dataset):
             image, factor = self._load(inst, index, reduction)
             if image is not None and self.decode_device == "cuda":
                 sample = self._make_sample(inst, None, rng, index, plan)
-                sample["encoded"] = torch.from_numpy(image.copy())  # (the read buffer is read-only)
+                sample["encoded"] = torch.from_numpy(image)  # the file's bytes, in a buffer of their own
                 sample["crop_matrix"] = torch.from_numpy(np.asarray(plan[1], dtype=np.float64))
                 sample["input_size"] = torch.tensor(self.input_size, dtype=torch.int64)
                 if self.photometric:  # the batch's draws come from its samples' seeds (gpu_pipeline)

@@ -67,3 +67,34 @@ def test_predict_skips_a_fifo_named_like_an_image(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "stuck.jpg" in done.stderr and "not a regular file" in done.stderr
     assert "stored pixel frame" in done.stdout
+
+
+def test_the_reader_returns_the_file_bytes_exactly(tmp_path):
+    """Read into a buffer of the file's size (plus one byte): every byte, nothing more, for an
+    empty file too."""
+    from kpfast.data.transforms import _read_regular_file
+
+    for size in (0, 1, 4095, 4096, 150_001):
+        path = tmp_path / f"f{size}.jpg"
+        payload = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+        path.write_bytes(payload)
+        data, reason = _read_regular_file(path)
+        assert reason == "" and data.dtype == np.uint8 and data.tobytes() == payload
+
+
+def test_a_file_that_grows_while_read_is_refused(tmp_path, monkeypatch):
+    """fstat's size bounds the read; bytes beyond it mean the file changed under the reader."""
+    from kpfast.data import transforms
+
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(b"\xff\xd8" + b"\x00" * 1000)
+    real_fstat = os.fstat
+
+    def stale_fstat(fd):  # the size before the last 500 bytes were appended
+        info = real_fstat(fd)
+        return os.stat_result((info.st_mode, info.st_ino, info.st_dev, info.st_nlink, info.st_uid, info.st_gid,
+                               info.st_size - 500, info.st_atime, info.st_mtime, info.st_ctime))
+
+    monkeypatch.setattr(transforms.os, "fstat", stale_fstat)
+    data, reason = transforms._read_regular_file(path)
+    assert data is None and reason == "the file grew while it was read (fstat said 502 bytes)"
