@@ -234,7 +234,8 @@ class BoxJitter:
 class CropAugmenter:
     """The albumentations stage: crops (H, W, 3) uint8 RGB with (K, 2) keypoints in crop pixels.
 
-    Each entry's probability is drawn here from the sample's generator and only the transforms
+    Each entry's probability is drawn here from the generator the dataset hands it (the sample's
+    albumentations stream, docs/data.md "Random streams") and only the transforms
     that fire are run (built with ``p=1``): calling a whole ``A.Compose`` per sample costs more
     than the cheap photometric transforms themselves. Image-only transforms are called on the
     image alone; spatial ones go through a one-transform ``A.Compose`` that carries the keypoints

@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 # Shared counter slots: slot 0 is the main process, slot 1 + w is DataLoader worker w. Each slot
 # is written by one process only, so the increments need no lock.
 _COUNTER_SLOTS = 257
+# A sample's random streams, one per stage (CocoKeypointDataset._rng): the box jitter keeps the
+# stream it always had; the albumentations stage (photometric by default, on either decode path)
+# has its own.
+_BOX_STREAM, _ALBUMENTATIONS_STREAM = 0, 1
 _LOADED, _FAILED_EPOCH, _FAILED_TOTAL = 0, 1, 2
 
 
@@ -469,8 +473,12 @@ class CocoKeypointDataset(Dataset):
     def __len__(self) -> int:
         return len(self.instances)
 
-    def _rng(self, index: int, attempt: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, int(self._epoch[0]), index, attempt])
+    def _rng(self, index: int, attempt: int, stream: int = _BOX_STREAM) -> np.random.Generator:
+        """One stage's generator for a sample: a function of (seed, epoch, index, attempt) and the
+        stage, so the albumentations draws do not depend on how many draws the box jitter made,
+        and both decode paths take them from the same stream (docs/data.md, "Random streams")."""
+        entropy = [self.seed, int(self._epoch[0]), index, attempt]
+        return np.random.default_rng(entropy if stream == _BOX_STREAM else entropy + [stream])
 
     def _load(self, inst: Instance, row: int, reduction: int = 1) -> tuple[np.ndarray | None, int]:
         """``(image, factor)``: the BGR image decoded at ``1 / factor`` (``reduction`` for a
@@ -524,10 +532,12 @@ class CocoKeypointDataset(Dataset):
                 sample["crop_matrix"] = torch.from_numpy(np.asarray(plan[1], dtype=np.float64))
                 sample["input_size"] = torch.tensor(self.input_size, dtype=torch.int64)
                 if self.photometric:  # the batch's draws come from its samples' seeds (gpu_pipeline)
-                    sample["photometric_seed"] = torch.tensor(int(rng.integers(2**63 - 1)), dtype=torch.int64)
+                    seed = self._rng(original, attempt, _ALBUMENTATIONS_STREAM).integers(2**63 - 1)
+                    sample["photometric_seed"] = torch.tensor(int(seed), dtype=torch.int64)
                 return sample
             if image is not None:
-                return self._make_sample(inst, image, rng, index, plan, factor)
+                return self._make_sample(inst, image, rng, index, plan, factor,
+                                         albumentations_rng=self._rng(original, attempt, _ALBUMENTATIONS_STREAM))
             # A fresh stream of this attempt redraws the index, as before the box moved up.
             index = int(self._rng(original, attempt).integers(len(self)))
         raise BadDataError(f"no decodable image found after {len(self) + 1} draws")
@@ -547,10 +557,12 @@ class CocoKeypointDataset(Dataset):
         return box, matrix
 
     def _make_sample(self, inst: Instance, image_bgr: np.ndarray, rng: np.random.Generator,
-                     index: int, plan=None, factor: int = 1) -> dict[str, Any]:
+                     index: int, plan=None, factor: int = 1,
+                     albumentations_rng: np.random.Generator | None = None) -> dict[str, Any]:
         """``plan``: ``(box, matrix)`` of :meth:`_plan_crop` (sampled here when ``None``);
         ``image_bgr`` is decoded at ``1 / factor`` of the image's size; ``None``: no ``image``
-        (the device makes it, see ``decode_device``)."""
+        (the device makes it, see ``decode_device``). ``albumentations_rng``: the sample's stream of the
+        albumentations stage (needed when there is an image)."""
         in_h, in_w = self.input_size
         k = self.info.num_keypoints
         box, matrix = self._plan_crop(inst, rng) if plan is None else plan
@@ -564,7 +576,7 @@ class CocoKeypointDataset(Dataset):
             kps_crop = kps_crop[self.info.flip_index]
             labelled = labelled[self.info.flip_index]
         if self.crop_augmenter:  # (never with image_bgr None: the device path has its own)
-            crop, kps_crop, swaps = self.crop_augmenter(crop, kps_crop, rng)
+            crop, kps_crop, swaps = self.crop_augmenter(crop, kps_crop, albumentations_rng)
             if swaps % 2:  # albumentations' HorizontalFlip: record it like the affine flip
                 labelled = labelled[self.info.flip_index]
                 matrix = geometry.compose_affine(geometry.flip_matrix(in_w), matrix)

@@ -86,3 +86,48 @@ def test_precomputed_boxes_are_the_per_sample_ones(reference):
         box, matrix = reference._plan_crop(inst, reference._rng(row, 0), row)
         ref_box, ref_matrix = reference._plan_crop(inst, reference._rng(row, 0))
         assert np.array_equal(matrix, ref_matrix) and np.array_equal(box.scale, ref_box.scale), row
+
+
+def _albumentations_streams(dataset, monkeypatch):
+    """Per (epoch, index): the first draw of the generator the albumentations stage is handed."""
+    seen = []
+    augmenter = dataset.crop_augmenter
+    original = type(augmenter).__call__
+
+    def recording(self, image, keypoints, rng):
+        seen.append(_peek(rng))
+        return original(self, image, keypoints, rng)
+
+    monkeypatch.setattr(type(augmenter), "__call__", recording)
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        for i in range(len(dataset)):
+            dataset[i]
+    monkeypatch.undo()
+    return seen
+
+
+def _peek(rng):
+    """``rng``'s next 64-bit draw, without advancing it."""
+    twin = np.random.Generator(type(rng.bit_generator)())
+    twin.bit_generator.state = rng.bit_generator.state
+    return int(twin.integers(2**63 - 1))
+
+
+def test_the_albumentations_stage_has_its_own_stream_on_both_paths(synthetic_root, monkeypatch):
+    """Its draws do not move when the box jitter draws more or fewer numbers (here: no rotation,
+    shift or half-body draws at all), and the device path's photometric seed is the first draw of
+    the same stream, so both decode paths augment a sample from the same numbers' source."""
+    default = CocoKeypointDataset(synthetic_root, "train", input_size=INPUT_SIZE)
+    fewer_box_draws = CocoKeypointDataset(
+        synthetic_root, "train", input_size=INPUT_SIZE,
+        augmentation={"rotation": {"p": 0.0}, "shift": {"p": 0.0}, "half_body": {"p": 0.0}})
+    streams = _albumentations_streams(default, monkeypatch)
+    assert len(set(streams)) == len(streams) == 2 * len(default)  # a stream per (epoch, index)
+    assert _albumentations_streams(fewer_box_draws, monkeypatch) == streams
+    device = CocoKeypointDataset(synthetic_root, "train", input_size=INPUT_SIZE, decode_device="cuda")
+    seeds = []
+    for epoch in range(2):
+        device.set_epoch(epoch)
+        seeds += [int(device[i]["photometric_seed"]) for i in range(len(device))]
+    assert seeds == streams

@@ -134,6 +134,7 @@ def test_dataset_reduced_decode_keeps_targets_and_augmentation_identical(big_pho
     # path and as the reference order (box sampled after decoding, _make_sample(plan=None));
     # only the crop's pixels differ, within the resampling tolerance above.
     from kpfast.data import CocoKeypointDataset
+    from kpfast.data.coco import _ALBUMENTATIONS_STREAM
     from kpfast.data.transforms import denormalize_image, read_image_checked
 
     kw = dict(input_size=(256, 192), train=True, augmentation="default", seed=7)
@@ -146,7 +147,8 @@ def test_dataset_reduced_decode_keeps_targets_and_augmentation_identical(big_pho
         full.set_epoch(epoch)
         for i in range(len(fast)):
             a, b = fast[i], full[i]
-            ref = full._make_sample(full.instances[i], image, full._rng(i, 0), i)
+            ref = full._make_sample(full.instances[i], image, full._rng(i, 0), i,
+                                    albumentations_rng=full._rng(i, 0, _ALBUMENTATIONS_STREAM))
             for other in (b, ref):
                 assert torch_equal(a["keypoints"], other["keypoints"])
                 assert torch_equal(a["weights"], other["weights"])
