@@ -26,7 +26,6 @@ _TEMPLATE = np.array([
     [0.65, 0.97], [0.35, 0.97]])                                              # ankles
 
 
-
 def coco_sample_root() -> Path | None:
     """The real coco_sample set beside the loader benchmarks' generated one: ``$KPFAST_COCO_SAMPLE``,
     else ``<repo>/../shared/data/coco_sample`` (or one level further up, for a worktree); None if absent."""
@@ -37,6 +36,7 @@ def coco_sample_root() -> Path | None:
         if (candidate / "annotations/person_keypoints_val2017.json").is_file():
             return candidate
     return None
+
 
 def _texture(rng: np.random.Generator) -> np.ndarray:
     img = np.zeros((HEIGHT, WIDTH, 3), np.float32)

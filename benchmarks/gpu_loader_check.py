@@ -57,11 +57,13 @@ def _photo_like(batch: int, rng: np.random.Generator) -> list[torch.Tensor]:
     return list(image.round_().clamp_(0, 255).to(torch.uint8))
 
 
-def _timed(fn, rounds: int, batch: int) -> tuple[float, float]:
+def _timed(fn, rounds: int, batch: int, warmup: int = 3) -> tuple[float, float]:
     """``(samples per second, host CPU microseconds per sample)`` of ``rounds`` calls of ``fn``
-    on a batch: wall time to the last kernel's end, and this process's CPU time (all threads:
+    on a batch, after ``warmup`` untimed calls: wall time to the last kernel's end, and this process's CPU time (all threads:
     launches, nvJPEG's host-side work) over the same span, which is what the device half adds to
     the workers' CPU cost per sample (benchmarks/README.md, "The data loader")."""
+    for _ in range(warmup):
+        fn()
     torch.cuda.synchronize()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(rounds):
@@ -105,12 +107,9 @@ def main(argv=None) -> int:
         ok = ok and diff <= 2
         batch_bytes = [encode_jpeg(i, quality=90) for i in _photo_like(args.batch, rng)]
         report["jpeg_mean_kb"] = round(sum(b.numel() for b in batch_bytes) / len(batch_bytes) / 1e3, 1)
-        decode_jpeg(batch_bytes, device=cuda)
         report["decode_images_per_s"], report["decode_host_cpu_us_per_image"] = _timed(
             lambda: decode_jpeg(batch_bytes, device=cuda), args.rounds, args.batch)
     on_device = [i.to(cuda) for i in images]
-    for _ in range(3):
-        normalize_images(warp_images(on_device, mats, (256, 192)))
     report["warp_normalise_samples_per_s"], report["warp_normalise_host_cpu_us_per_sample"] = _timed(
         lambda: normalize_images(warp_images(on_device, mats, (256, 192)).round()), args.rounds, args.batch)
     # The default photometric augmentation (kpfast/data/gpu_photometric.py): every transform forced
@@ -128,8 +127,6 @@ def main(argv=None) -> int:
     augmenter = PhotometricAugmenter.from_config(entries)
     generator = torch.Generator().manual_seed(1)
     crops = crops.to(cuda)
-    for _ in range(3):
-        augmenter(crops, generator)
     report["photometric_default_samples_per_s"], report["photometric_default_host_cpu_us_per_sample"] = _timed(
         lambda: augmenter(crops, generator), args.rounds, args.batch)
     if batch_bytes is not None:
@@ -138,7 +135,6 @@ def main(argv=None) -> int:
         batch = {"encoded": batch_bytes, "crop_matrix": mats, "input_size": torch.tensor([[256, 192]] * args.batch),
                  "photometric_seed": torch.arange(args.batch, dtype=torch.int64)}
         step = lambda: prepare_images(materialize_batch(dict(batch), cuda, photometric=augmenter)["image"], cuda)
-        step()
         report["device_half_samples_per_s"], report["device_half_host_cpu_us_per_sample"] = _timed(
             step, args.rounds, args.batch)
     report["ok"] = bool(ok and math.isfinite(grey))
